@@ -1,0 +1,83 @@
+//! The polling NIC layer: packet buffers from per-worker pools, and the [`Port`]
+//! trait through which every backend (sim, pcap, and later TAP, AF_PACKET, AF_XDP,
+//! DPDK) receives and transmits bursts of Ethernet frames.
+//!
+//! All `unsafe` code of Switchyard belongs in this crate; so far none is needed.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod mbuf;
+pub mod pcap;
+pub mod sim;
+
+pub use mbuf::{Mbuf, Pool, PoolStats};
+
+/// The largest number of frames a backend moves in one `rx_burst` call.
+pub const BURST: usize = 32;
+
+/// Bytes kept in front of a received frame so a layer can prepend headers
+/// (an encapsulation, or an Ethernet header in front of an IP packet) in place.
+pub const HEADROOM: usize = 128;
+
+/// Default size of one packet buffer: headroom plus a 1514-byte frame, rounded up.
+pub const BUF_SIZE: usize = 2048;
+
+/// Counters every port keeps.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames handed to the caller by `rx_burst`.
+    pub rx_frames: u64,
+    /// Bytes of those frames.
+    pub rx_bytes: u64,
+    /// Frames accepted by `tx_burst`.
+    pub tx_frames: u64,
+    /// Bytes of those frames.
+    pub tx_bytes: u64,
+    /// Frames the device could not take (ring full) and that the caller dropped.
+    pub tx_full: u64,
+    /// Frames that arrived larger than a buffer and were dropped.
+    pub rx_oversize: u64,
+}
+
+/// A polling network port: one receive and one transmit queue.
+///
+/// Both calls move whole bursts and never block. Buffers come from the caller's
+/// [`Pool`]; a port never allocates per frame.
+pub trait Port {
+    /// Receives up to `max` frames, appending them to `out`; returns how many.
+    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize;
+
+    /// Transmits frames from the front of `pkts`. Frames the port accepted are
+    /// removed from `pkts` and their buffers go back to `pool`; frames it could
+    /// not take (ring full) stay in `pkts` for the caller to retry or drop.
+    /// Returns the number sent.
+    fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>, pool: &mut Pool) -> usize;
+
+    /// The port's Ethernet address.
+    fn mac(&self) -> [u8; 6];
+
+    /// The port's counters.
+    fn stats(&self) -> PortStats;
+
+    /// True once a finite receive side (a pcap file) has no more frames.
+    fn rx_exhausted(&self) -> bool {
+        false
+    }
+}
+
+/// Errors opening a port.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NicError {
+    /// The `nic = "..."` string names no backend we know.
+    #[error("unknown NIC backend `{0}` (expected `sim` or `pcap:IN[,OUT]`)")]
+    UnknownBackend(String),
+    /// A capture file could not be opened, read or written.
+    #[error("pcap file `{path}`: {reason}")]
+    Pcap {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
