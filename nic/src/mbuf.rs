@@ -18,11 +18,7 @@ pub struct Mbuf {
 
 impl Mbuf {
     fn with_capacity(size: usize) -> Mbuf {
-        Mbuf {
-            buf: vec![0u8; size].into_boxed_slice(),
-            head: HEADROOM.min(size),
-            len: 0,
-        }
+        Mbuf { buf: vec![0u8; size].into_boxed_slice(), head: HEADROOM.min(size), len: 0 }
     }
 
     /// The frame's bytes.
@@ -144,12 +140,7 @@ impl Pool {
     pub fn new(count: usize, buf_size: usize) -> Pool {
         let buf_size = buf_size.max(HEADROOM + 64);
         let free = (0..count).map(|_| Mbuf::with_capacity(buf_size)).collect();
-        Pool {
-            free,
-            buf_size,
-            prealloc: count as u64,
-            misses: 0,
-        }
+        Pool { free, buf_size, prealloc: count as u64, misses: 0 }
     }
 
     /// A pool of `count` buffers of the default size.
@@ -187,11 +178,7 @@ impl Pool {
 
     /// The pool's counters.
     pub fn stats(&self) -> PoolStats {
-        PoolStats {
-            prealloc: self.prealloc,
-            misses: self.misses,
-            free: self.free.len() as u64,
-        }
+        PoolStats { prealloc: self.prealloc, misses: self.misses, free: self.free.len() as u64 }
     }
 }
 

@@ -40,10 +40,7 @@ impl std::fmt::Debug for PcapPort {
 }
 
 fn pcap_err(path: &Path, reason: impl std::fmt::Display) -> NicError {
-    NicError::Pcap {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
+    NicError::Pcap { path: path.display().to_string(), reason: reason.to_string() }
 }
 
 /// Reads a pcap or pcapng file into memory and returns its bytes and the
@@ -58,9 +55,7 @@ fn index_bytes(data: &[u8]) -> Result<Vec<(usize, usize)>, String> {
     let base = data.as_ptr() as usize;
     let offset_of = |s: &[u8]| s.as_ptr() as usize - base;
     let mut frames = Vec::new();
-    let magic = data
-        .get(..4)
-        .ok_or("file is shorter than a capture header")?;
+    let magic = data.get(..4).ok_or("file is shorter than a capture header")?;
     if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
         let (mut rest, mut parser) = PcapNgParser::new(data).map_err(|e| e.to_string())?;
         while !rest.is_empty() {
@@ -84,10 +79,7 @@ fn index_bytes(data: &[u8]) -> Result<Vec<(usize, usize)>, String> {
     } else {
         let (mut rest, parser) = PcapParser::new(data).map_err(|e| e.to_string())?;
         if parser.header().datalink != pcap_file::DataLink::ETHERNET {
-            return Err(format!(
-                "link type {:?} is not Ethernet",
-                parser.header().datalink
-            ));
+            return Err(format!("link type {:?} is not Ethernet", parser.header().datalink));
         }
         while !rest.is_empty() {
             let (r, pkt) = parser.next_packet(rest).map_err(|e| e.to_string())?;
@@ -154,9 +146,7 @@ impl PcapPort {
     pub fn close_output(&mut self) -> Result<(), NicError> {
         if let Some((path, w)) = self.writer.take() {
             use std::io::Write;
-            w.into_writer()
-                .flush()
-                .map_err(|e| pcap_err(Path::new(&path), e))?;
+            w.into_writer().flush().map_err(|e| pcap_err(Path::new(&path), e))?;
         }
         Ok(())
     }
@@ -251,10 +241,7 @@ mod tests {
             port.tx_burst(&mut burst, &mut pool);
         }
         let (_, frames) = index_capture(&second).unwrap();
-        assert_eq!(
-            frames.iter().map(|f| f.1).collect::<Vec<_>>(),
-            vec![60, 61, 62, 63, 64]
-        );
+        assert_eq!(frames.iter().map(|f| f.1).collect::<Vec<_>>(), vec![60, 61, 62, 63, 64]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -37,12 +37,7 @@ pub fn pair(mac: [u8; 6], ring: usize) -> (SimPort, SimWire) {
     let rx = Arc::new(ArrayQueue::new(ring));
     let tx = Arc::new(ArrayQueue::new(ring));
     (
-        SimPort {
-            mac,
-            rx: rx.clone(),
-            tx: tx.clone(),
-            stats: PortStats::default(),
-        },
+        SimPort { mac, rx: rx.clone(), tx: tx.clone(), stats: PortStats::default() },
         SimWire { rx, tx },
     )
 }
