@@ -43,9 +43,12 @@ fn pcap_err(path: &Path, reason: impl std::fmt::Display) -> NicError {
     NicError::Pcap { path: path.display().to_string(), reason: reason.to_string() }
 }
 
-/// Reads a pcap or pcapng file into memory and returns its bytes and the
-/// (offset, length) of each packet's data within them.
-pub fn index_capture(path: &Path) -> Result<(Vec<u8>, Vec<(usize, usize)>), NicError> {
+/// A capture read into memory: its bytes, and the (offset, length) of each
+/// packet's data within them.
+pub type IndexedCapture = (Vec<u8>, Vec<(usize, usize)>);
+
+/// Reads a pcap or pcapng file into memory and indexes its packets.
+pub fn index_capture(path: &Path) -> Result<IndexedCapture, NicError> {
     let data = std::fs::read(path).map_err(|e| pcap_err(path, e))?;
     let frames = index_bytes(&data).map_err(|e| pcap_err(path, e))?;
     Ok((data, frames))

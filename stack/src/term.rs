@@ -1,0 +1,808 @@
+//! TCP termination (RFC 9293) on smoltcp, sharded as DESIGN.md draws it: many
+//! small `Interface` + `SocketSet` shards on `Medium::Ip`, a 4-tuple demux table
+//! that sends each segment to its shard, and listening sockets designated per SYN,
+//! because a smoltcp listening socket accepts exactly one connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
+use switchyard_nic::{Mbuf, Pool};
+
+use crate::tcp::{ConnId, ConnState, TcpApi, TcpError, TcpEvent};
+use crate::types::{ListenerId, TcpConfig};
+use crate::wire::ETH_LEN;
+use crate::{Duration, Instant};
+
+/// Segments queued for one shard between polls; more are dropped (TCP recovers).
+const SHARD_RX_MAX: usize = 512;
+/// Empty buffers a shard gets before each poll for the segments it sends.
+const SHARD_SPARE: usize = 64;
+/// A connection that stops acknowledging for this long is aborted.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The smoltcp device of one shard: IP packets in, IP packets out, in pooled
+/// buffers that keep room for the Ethernet header in front.
+struct ShardDevice {
+    rx: VecDeque<Mbuf>,
+    done: Vec<Mbuf>,
+    tx: Vec<Mbuf>,
+    spare: Vec<Mbuf>,
+    mtu: usize,
+}
+
+struct RxTok<'a> {
+    m: Mbuf,
+    done: &'a mut Vec<Mbuf>,
+}
+
+impl phy::RxToken for RxTok<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let r = f(self.m.data());
+        self.done.push(self.m);
+        r
+    }
+}
+
+struct TxTok<'a> {
+    tx: &'a mut Vec<Mbuf>,
+    spare: &'a mut Vec<Mbuf>,
+}
+
+impl phy::TxToken for TxTok<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        // `transmit` and `receive` only hand out a token while a spare buffer
+        // exists; should that ever fail, or the packet not fit (smoltcp is told the
+        // MTU), the packet is built and dropped rather than panicking.
+        if let Some(mut m) = self.spare.pop() {
+            m.reset();
+            if let Some(buf) = m.resize(ETH_LEN + len) {
+                let r = f(&mut buf[ETH_LEN..]);
+                self.tx.push(m);
+                return r;
+            }
+            self.spare.push(m);
+        }
+        let mut scratch = vec![0u8; len];
+        f(&mut scratch)
+    }
+}
+
+impl phy::Device for ShardDevice {
+    type RxToken<'a> = RxTok<'a>;
+    type TxToken<'a> = TxTok<'a>;
+
+    fn receive(&mut self, _now: smoltcp::time::Instant) -> Option<(RxTok<'_>, TxTok<'_>)> {
+        if self.spare.is_empty() {
+            return None;
+        }
+        let m = self.rx.pop_front()?;
+        Some((
+            RxTok { m, done: &mut self.done },
+            TxTok { tx: &mut self.tx, spare: &mut self.spare },
+        ))
+    }
+
+    fn transmit(&mut self, _now: smoltcp::time::Instant) -> Option<TxTok<'_>> {
+        if self.spare.is_empty() {
+            return None;
+        }
+        Some(TxTok { tx: &mut self.tx, spare: &mut self.spare })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        // The classifier has verified every checksum before a segment gets here.
+        let mut ck = ChecksumCapabilities::default();
+        ck.ipv4 = Checksum::Tx;
+        ck.tcp = Checksum::Tx;
+        ck.udp = Checksum::Tx;
+        ck.icmpv4 = Checksum::Tx;
+        ck.icmpv6 = Checksum::Tx;
+        caps.checksum = ck;
+        caps
+    }
+}
+
+/// One smoltcp interface with its sockets.
+struct Shard {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    dev: ShardDevice,
+    /// Closed sockets kept for reuse, with their buffers.
+    free: Vec<SocketHandle>,
+    /// Sockets in use, listening or connected.
+    used: usize,
+    /// Listening sockets not yet designated for a SYN.
+    listening: Vec<(ListenerId, SocketHandle)>,
+    /// Connection slots living in this shard.
+    slots: Vec<u32>,
+    poll_at: Option<Instant>,
+    dirty: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Free,
+    /// A listening socket designated for a SYN; not reported until established.
+    Pending(ListenerId),
+    /// Reported to the user (accepted, or returned by `connect`).
+    Open,
+    /// Reported closed; the socket finishes TIME-WAIT before the slot is freed.
+    Lingering,
+}
+
+struct Slot {
+    generation: u32,
+    phase: Phase,
+    shard: u32,
+    handle: SocketHandle,
+    local: SocketAddr,
+    remote: SocketAddr,
+    established: bool,
+    peer_closed: bool,
+    user_closed: bool,
+    want_write: bool,
+}
+
+/// Counters of TCP termination.
+#[derive(Clone, Debug, Default)]
+pub struct TcpStats {
+    /// Shards created.
+    pub shards: u64,
+    /// Connections accepted from clients.
+    pub accepted: u64,
+    /// Outgoing connections opened.
+    pub connected: u64,
+    /// Connections that ended by reset, refusal or timeout.
+    pub resets: u64,
+    /// Connections that ended in order.
+    pub closed: u64,
+    /// Segments dropped because a shard's queue was full.
+    pub shard_queue_drops: u64,
+    /// SYNs refused because the connection table was full.
+    pub table_full: u64,
+    /// Connections open now (pending, open or lingering).
+    pub active: u64,
+}
+
+/// What the terminator did with a segment.
+pub enum Input {
+    /// Queued for a shard.
+    Queued,
+    /// No connection and not a SYN for a listener: answer with a reset.
+    Unknown(Mbuf),
+    /// The connection table is full.
+    Full(Mbuf),
+}
+
+/// Sharded TCP termination for one worker.
+pub struct TcpTerminator {
+    cfg: TcpConfig,
+    seed: u64,
+    addrs: Vec<(IpAddr, u8)>,
+    shards: Vec<Shard>,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    demux: HashMap<(SocketAddr, SocketAddr), u32>,
+    /// Shards with an undesignated listening socket, per listener.
+    spare: HashMap<ListenerId, Vec<u32>>,
+    /// Where each listener listens.
+    listeners: HashMap<ListenerId, SocketAddr>,
+    dirty: Vec<u32>,
+    readable: Vec<u32>,
+    readable_scratch: Vec<u32>,
+    events: Vec<TcpEvent>,
+    next_port: u16,
+    stats: TcpStats,
+    max_shards: usize,
+}
+
+fn endpoint(a: SocketAddr) -> IpEndpoint {
+    IpEndpoint::new(IpAddress::from(a.ip()), a.port())
+}
+
+impl TcpTerminator {
+    /// A terminator for the interface addresses `addrs`.
+    pub fn new(cfg: TcpConfig, addrs: Vec<(IpAddr, u8)>, seed: u64) -> TcpTerminator {
+        let per = cfg.sockets_per_shard.max(2);
+        let max_shards = cfg.max_connections.div_ceil(per) + 1;
+        TcpTerminator {
+            next_port: cfg.ephemeral_ports.start,
+            cfg,
+            seed,
+            addrs,
+            shards: Vec::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            demux: HashMap::with_capacity(1024),
+            spare: HashMap::new(),
+            listeners: HashMap::new(),
+            dirty: Vec::new(),
+            readable: Vec::new(),
+            readable_scratch: Vec::new(),
+            events: Vec::with_capacity(256),
+            stats: TcpStats::default(),
+            max_shards,
+        }
+    }
+
+    /// Terminates connections to `addr` for `listener`.
+    pub fn listen(&mut self, listener: ListenerId, addr: SocketAddr) {
+        self.listeners.insert(listener, addr);
+        self.spare.entry(listener).or_default();
+    }
+
+    /// The local ports of upstream connections.
+    pub fn ephemeral_ports(&self) -> std::ops::Range<u16> {
+        self.cfg.ephemeral_ports.clone()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> TcpStats {
+        let mut s = self.stats.clone();
+        s.active = (self.slots.len() - self.free_slots.len()) as u64;
+        s
+    }
+
+    /// Sockets each connection holds buffers for, in bytes.
+    pub fn buffer_bytes_per_connection(&self) -> usize {
+        self.cfg.rx_buffer + self.cfg.tx_buffer
+    }
+
+    fn new_shard(&mut self, now: Instant) -> Option<u32> {
+        if self.shards.len() >= self.max_shards {
+            return None;
+        }
+        let idx = self.shards.len() as u32;
+        let mut dev = ShardDevice {
+            rx: VecDeque::new(),
+            done: Vec::new(),
+            tx: Vec::new(),
+            spare: Vec::new(),
+            mtu: 1500,
+        };
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = self.seed ^ (u64::from(idx) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut iface = Interface::new(config, &mut dev, now);
+        iface.set_any_ip(true);
+        let mut v4 = false;
+        let mut v6 = false;
+        iface.update_ip_addrs(|a| {
+            for (ip, prefix) in &self.addrs {
+                let first = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
+                if !*first {
+                    *first = true;
+                    let _ = a.push(IpCidr::new(IpAddress::from(*ip), *prefix));
+                }
+            }
+        });
+        self.shards.push(Shard {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            dev,
+            free: Vec::new(),
+            used: 0,
+            listening: Vec::new(),
+            slots: Vec::new(),
+            poll_at: None,
+            dirty: false,
+        });
+        self.stats.shards += 1;
+        Some(idx)
+    }
+
+    /// A shard with room for one more socket that has no listening socket for
+    /// `listener` (when given), creating one if needed.
+    fn shard_with_room(&mut self, now: Instant, listener: Option<ListenerId>) -> Option<u32> {
+        let per = self.cfg.sockets_per_shard.max(2);
+        for (i, s) in self.shards.iter().enumerate() {
+            if s.used < per && listener.is_none_or(|l| s.listening.iter().all(|(x, _)| *x != l)) {
+                return Some(i as u32);
+            }
+        }
+        self.new_shard(now)
+    }
+
+    fn new_socket(&mut self, shard: u32) -> SocketHandle {
+        let (rxb, txb) = (self.cfg.rx_buffer, self.cfg.tx_buffer);
+        let s = &mut self.shards[shard as usize];
+        s.used += 1;
+        if let Some(h) = s.free.pop() {
+            return h;
+        }
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; rxb]),
+            tcp::SocketBuffer::new(vec![0u8; txb]),
+        );
+        sock.set_nagle_enabled(false);
+        sock.set_timeout(Some(SOCKET_TIMEOUT));
+        s.sockets.add(sock)
+    }
+
+    fn release_socket(&mut self, shard: u32, h: SocketHandle) {
+        let s = &mut self.shards[shard as usize];
+        s.sockets.get_mut::<tcp::Socket>(h).abort();
+        s.used = s.used.saturating_sub(1);
+        s.free.push(h);
+    }
+
+    fn new_slot(&mut self, slot: Slot) -> Option<u32> {
+        let live = self.slots.len() - self.free_slots.len();
+        if live >= self.cfg.max_connections {
+            return None;
+        }
+        if let Some(i) = self.free_slots.pop() {
+            let generation = self.slots[i as usize].generation;
+            self.slots[i as usize] = Slot { generation, ..slot };
+            Some(i)
+        } else {
+            self.slots.push(slot);
+            Some(self.slots.len() as u32 - 1)
+        }
+    }
+
+    fn free_slot(&mut self, i: u32) {
+        let (shard, handle, key) = {
+            let s = &mut self.slots[i as usize];
+            s.phase = Phase::Free;
+            s.generation = s.generation.wrapping_add(1);
+            (s.shard, s.handle, (s.local, s.remote))
+        };
+        if self.demux.get(&key) == Some(&i) {
+            self.demux.remove(&key);
+        }
+        self.release_socket(shard, handle);
+        let sh = &mut self.shards[shard as usize];
+        if let Some(p) = sh.slots.iter().position(|x| *x == i) {
+            sh.slots.swap_remove(p);
+        }
+        self.free_slots.push(i);
+    }
+
+    fn mark_dirty(&mut self, shard: u32) {
+        let s = &mut self.shards[shard as usize];
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(shard);
+        }
+    }
+
+    /// Takes a segment (a whole frame, IP at offset 14) for a terminated
+    /// connection or a listener.
+    pub fn input(
+        &mut self,
+        now: Instant,
+        mut pkt: Mbuf,
+        src: SocketAddr,
+        dst: SocketAddr,
+        flags: u8,
+        listener: Option<ListenerId>,
+    ) -> Input {
+        use crate::tcp_flags::{ACK, RST, SYN};
+        let slot = match self.demux.get(&(dst, src)) {
+            Some(&i) => i,
+            None => {
+                let Some(l) = listener else { return Input::Unknown(pkt) };
+                if flags & (SYN | ACK | RST) != SYN {
+                    return Input::Unknown(pkt);
+                }
+                match self.designate(now, l, dst, src) {
+                    Some(i) => i,
+                    None => {
+                        self.stats.table_full += 1;
+                        return Input::Full(pkt);
+                    }
+                }
+            }
+        };
+        let shard = self.slots[slot as usize].shard;
+        let s = &mut self.shards[shard as usize];
+        if s.dev.rx.len() >= SHARD_RX_MAX {
+            self.stats.shard_queue_drops += 1;
+            return Input::Full(pkt);
+        }
+        pkt.adj(ETH_LEN);
+        s.dev.rx.push_back(pkt);
+        self.mark_dirty(shard);
+        Input::Queued
+    }
+
+    /// Gives a SYN for `listener` a listening socket of its own.
+    fn designate(
+        &mut self,
+        now: Instant,
+        l: ListenerId,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<u32> {
+        let shard = match self.spare.get_mut(&l).and_then(Vec::pop) {
+            Some(s) => s,
+            None => {
+                let s = self.shard_with_room(now, Some(l))?;
+                let h = self.new_socket(s);
+                let addr = self.listeners.get(&l).copied()?;
+                let ep =
+                    IpListenEndpoint { addr: Some(IpAddress::from(addr.ip())), port: addr.port() };
+                let sh = &mut self.shards[s as usize];
+                if sh.sockets.get_mut::<tcp::Socket>(h).listen(ep).is_err() {
+                    self.release_socket(s, h);
+                    return None;
+                }
+                sh.listening.push((l, h));
+                s
+            }
+        };
+        let sh = &mut self.shards[shard as usize];
+        let pos = sh.listening.iter().position(|(x, _)| *x == l)?;
+        let (_, handle) = sh.listening.swap_remove(pos);
+        let slot = Slot {
+            generation: 0,
+            phase: Phase::Pending(l),
+            shard,
+            handle,
+            local,
+            remote,
+            established: false,
+            peer_closed: false,
+            user_closed: false,
+            want_write: false,
+        };
+        let Some(i) = self.new_slot(slot) else {
+            // Give the listening socket back.
+            self.shards[shard as usize].listening.push((l, handle));
+            self.spare.entry(l).or_default().push(shard);
+            return None;
+        };
+        self.shards[shard as usize].slots.push(i);
+        self.demux.insert((local, remote), i);
+        Some(i)
+    }
+
+    /// Polls the shards that received segments, were written to, or whose timers
+    /// are due; their output goes to `out` as frames with room for Ethernet.
+    pub fn poll(&mut self, now: Instant, pool: &mut Pool, out: &mut Vec<Mbuf>) {
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            if !s.dirty && s.poll_at.is_some_and(|t| t <= now) {
+                s.dirty = true;
+                self.dirty.push(i as u32);
+            }
+        }
+        let mut k = 0;
+        while k < self.dirty.len() {
+            let idx = self.dirty[k];
+            k += 1;
+            self.poll_shard(idx, now, pool, out);
+        }
+        self.dirty.clear();
+    }
+
+    fn poll_shard(&mut self, idx: u32, now: Instant, pool: &mut Pool, out: &mut Vec<Mbuf>) {
+        let s = &mut self.shards[idx as usize];
+        s.dirty = false;
+        // Keep polling while the shard ran out of buffers for what it sends.
+        for _ in 0..64 {
+            while s.dev.spare.len() < SHARD_SPARE {
+                s.dev.spare.push(pool.alloc());
+            }
+            s.iface.poll(now, &mut s.dev, &mut s.sockets);
+            for m in s.dev.done.drain(..) {
+                pool.free(m);
+            }
+            out.append(&mut s.dev.tx);
+            if !s.dev.spare.is_empty() {
+                break;
+            }
+        }
+        s.poll_at = s.iface.poll_at(now, &s.sockets);
+        let mut j = 0;
+        while j < self.shards[idx as usize].slots.len() {
+            let slot = self.shards[idx as usize].slots[j];
+            if self.scan(slot) {
+                j += 1;
+            }
+        }
+    }
+
+    /// Reports what changed on one connection; false if the slot was freed (and
+    /// removed from its shard's list).
+    fn scan(&mut self, i: u32) -> bool {
+        let (shard, handle, phase) = {
+            let s = &self.slots[i as usize];
+            (s.shard, s.handle, s.phase)
+        };
+        let sock = self.shards[shard as usize].sockets.get::<tcp::Socket>(handle);
+        let state = sock.state();
+        let recv_queue = sock.recv_queue();
+        let capacity = sock.send_capacity() - sock.send_queue();
+        let conn = ConnId { slot: i, generation: self.slots[i as usize].generation };
+        match phase {
+            Phase::Free => false,
+            Phase::Pending(l) => match state {
+                State::Listen => {
+                    // The SYN was not taken: the socket listens again.
+                    let key = (self.slots[i as usize].local, self.slots[i as usize].remote);
+                    self.demux.remove(&key);
+                    let sh = &mut self.shards[shard as usize];
+                    sh.listening.push((l, handle));
+                    if let Some(p) = sh.slots.iter().position(|x| *x == i) {
+                        sh.slots.swap_remove(p);
+                    }
+                    self.spare.entry(l).or_default().push(shard);
+                    let s = &mut self.slots[i as usize];
+                    s.phase = Phase::Free;
+                    s.generation = s.generation.wrapping_add(1);
+                    self.free_slots.push(i);
+                    false
+                }
+                State::SynReceived => true,
+                State::Closed | State::TimeWait => {
+                    self.free_slot(i);
+                    false
+                }
+                _ => {
+                    let s = &mut self.slots[i as usize];
+                    s.phase = Phase::Open;
+                    s.established = true;
+                    self.stats.accepted += 1;
+                    self.events.push(TcpEvent::Accepted {
+                        conn,
+                        listener: l,
+                        peer: s.remote,
+                        local: s.local,
+                    });
+                    self.report_open(i, conn, state, recv_queue, capacity)
+                }
+            },
+            Phase::Open => self.report_open(i, conn, state, recv_queue, capacity),
+            Phase::Lingering => {
+                if state == State::Closed {
+                    self.free_slot(i);
+                    false
+                } else {
+                    true
+                }
+            }
+        }
+    }
+
+    fn report_open(
+        &mut self,
+        i: u32,
+        conn: ConnId,
+        state: State,
+        recv_queue: usize,
+        capacity: usize,
+    ) -> bool {
+        let s = &mut self.slots[i as usize];
+        if !s.established {
+            match state {
+                State::SynSent | State::SynReceived => return true,
+                State::Closed | State::TimeWait => {}
+                _ => {
+                    s.established = true;
+                    self.events.push(TcpEvent::Connected { conn });
+                }
+            }
+        }
+        if s.established && recv_queue > 0 {
+            self.readable.push(i);
+        }
+        if s.want_write && capacity > 0 && matches!(state, State::Established | State::CloseWait) {
+            s.want_write = false;
+            self.events.push(TcpEvent::Writable { conn });
+        }
+        let fin_in =
+            matches!(state, State::CloseWait | State::LastAck | State::Closing | State::TimeWait);
+        if s.established && fin_in && !s.peer_closed && recv_queue == 0 {
+            s.peer_closed = true;
+            self.events.push(TcpEvent::PeerClosed { conn });
+        }
+        match state {
+            State::Closed | State::TimeWait => {
+                let orderly = state == State::TimeWait || (s.user_closed && s.peer_closed);
+                if orderly {
+                    self.stats.closed += 1;
+                } else {
+                    self.stats.resets += 1;
+                }
+                self.events.push(TcpEvent::Closed { conn, reset: !orderly });
+                if state == State::Closed {
+                    self.free_slot(i);
+                    return false;
+                }
+                s.phase = Phase::Lingering;
+                s.generation = s.generation.wrapping_add(1);
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// Moves the events of the last polls to `out`, then a `Readable` for every
+    /// connection with unread data (again each turn until it has been read).
+    pub fn drain_events(&mut self, out: &mut Vec<TcpEvent>) {
+        out.append(&mut self.events);
+        std::mem::swap(&mut self.readable, &mut self.readable_scratch);
+        self.readable_scratch.sort_unstable();
+        self.readable_scratch.dedup();
+        for &i in &self.readable_scratch {
+            let s = &self.slots[i as usize];
+            if s.phase != Phase::Open {
+                continue;
+            }
+            let sock = self.shards[s.shard as usize].sockets.get::<tcp::Socket>(s.handle);
+            if sock.recv_queue() > 0 {
+                out.push(TcpEvent::Readable { conn: ConnId { slot: i, generation: s.generation } });
+                self.readable.push(i);
+            }
+        }
+        self.readable_scratch.clear();
+    }
+
+    /// The earliest timer of any shard; `Some(now)`-like when work is pending.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.shards.iter().filter_map(|s| s.poll_at).min()
+    }
+
+    fn open_slot(&self, conn: ConnId) -> Result<&Slot, TcpError> {
+        match self.slots.get(conn.slot as usize) {
+            Some(s) if s.generation == conn.generation && s.phase == Phase::Open => Ok(s),
+            _ => Err(TcpError::NoSuchConnection),
+        }
+    }
+
+    fn socket_mut(&mut self, conn: ConnId) -> Result<(&mut tcp::Socket<'static>, u32), TcpError> {
+        let (shard, handle) = {
+            let s = self.open_slot(conn)?;
+            (s.shard, s.handle)
+        };
+        let sock = self.shards[shard as usize].sockets.get_mut::<tcp::Socket>(handle);
+        Ok((sock, shard))
+    }
+
+    fn local_addr_for(&self, remote: IpAddr) -> Option<IpAddr> {
+        self.addrs.iter().map(|(a, _)| *a).find(|a| a.is_ipv4() == remote.is_ipv4())
+    }
+}
+
+impl TcpApi for TcpTerminator {
+    fn connect(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TcpError> {
+        let local_ip = self.local_addr_for(remote.ip()).ok_or(TcpError::Unroutable)?;
+        let range = self.cfg.ephemeral_ports.clone();
+        let span = usize::from(range.end.saturating_sub(range.start));
+        let mut local = None;
+        for _ in 0..span {
+            let p = self.next_port;
+            self.next_port = if p + 1 >= range.end { range.start } else { p + 1 };
+            let cand = SocketAddr::new(local_ip, p);
+            if !self.demux.contains_key(&(cand, remote)) {
+                local = Some(cand);
+                break;
+            }
+        }
+        let local = local.ok_or(TcpError::NoLocalPort)?;
+        let shard = self.shard_with_room(now, None).ok_or(TcpError::TableFull)?;
+        let handle = self.new_socket(shard);
+        let slot = Slot {
+            generation: 0,
+            phase: Phase::Open,
+            shard,
+            handle,
+            local,
+            remote,
+            established: false,
+            peer_closed: false,
+            user_closed: false,
+            want_write: false,
+        };
+        let Some(i) = self.new_slot(slot) else {
+            self.release_socket(shard, handle);
+            return Err(TcpError::TableFull);
+        };
+        let sh = &mut self.shards[shard as usize];
+        let cx = sh.iface.context();
+        let ok = sh
+            .sockets
+            .get_mut::<tcp::Socket>(handle)
+            .connect(cx, endpoint(remote), endpoint(local))
+            .is_ok();
+        if !ok {
+            self.slots[i as usize].phase = Phase::Free;
+            self.free_slots.push(i);
+            self.release_socket(shard, handle);
+            return Err(TcpError::Unroutable);
+        }
+        self.shards[shard as usize].slots.push(i);
+        self.demux.insert((local, remote), i);
+        self.stats.connected += 1;
+        self.mark_dirty(shard);
+        Ok(ConnId { slot: i, generation: self.slots[i as usize].generation })
+    }
+
+    fn recv(&mut self, conn: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
+        let (sock, shard) = self.socket_mut(conn)?;
+        if !sock.can_recv() {
+            return Ok(0);
+        }
+        let n = sock.recv_slice(buf).map_err(|_| TcpError::InvalidState)?;
+        if n > 0 {
+            // The window opened: let the shard send an update.
+            self.mark_dirty(shard);
+        }
+        Ok(n)
+    }
+
+    fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, TcpError> {
+        let (sock, shard) = self.socket_mut(conn)?;
+        if !sock.may_send() {
+            return Err(TcpError::InvalidState);
+        }
+        let n = sock.send_slice(data).map_err(|_| TcpError::InvalidState)?;
+        if n > 0 {
+            self.mark_dirty(shard);
+        }
+        if n < data.len() {
+            self.slots[conn.slot as usize].want_write = true;
+        }
+        Ok(n)
+    }
+
+    fn send_capacity(&self, conn: ConnId) -> usize {
+        match self.open_slot(conn) {
+            Ok(s) => {
+                let sock = self.shards[s.shard as usize].sockets.get::<tcp::Socket>(s.handle);
+                if sock.may_send() { sock.send_capacity() - sock.send_queue() } else { 0 }
+            }
+            Err(_) => 0,
+        }
+    }
+
+    fn send_queue(&self, conn: ConnId) -> usize {
+        match self.open_slot(conn) {
+            Ok(s) => {
+                self.shards[s.shard as usize].sockets.get::<tcp::Socket>(s.handle).send_queue()
+            }
+            Err(_) => 0,
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Ok((sock, shard)) = self.socket_mut(conn) {
+            sock.close();
+            self.slots[conn.slot as usize].user_closed = true;
+            self.mark_dirty(shard);
+        }
+    }
+
+    fn abort(&mut self, conn: ConnId) {
+        if let Ok((sock, shard)) = self.socket_mut(conn) {
+            sock.abort();
+            self.slots[conn.slot as usize].user_closed = true;
+            self.mark_dirty(shard);
+        }
+    }
+
+    fn state(&self, conn: ConnId) -> ConnState {
+        let Ok(s) = self.open_slot(conn) else { return ConnState::Closed };
+        let sock = self.shards[s.shard as usize].sockets.get::<tcp::Socket>(s.handle);
+        match sock.state() {
+            State::SynSent | State::SynReceived | State::Listen => ConnState::Connecting,
+            State::Established => ConnState::Established,
+            State::CloseWait => ConnState::PeerClosed,
+            State::FinWait1 | State::FinWait2 | State::Closing | State::LastAck => {
+                ConnState::Closing
+            }
+            State::TimeWait | State::Closed => ConnState::Closed,
+        }
+    }
+
+    fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.open_slot(conn).ok().map(|s| s.remote)
+    }
+}
