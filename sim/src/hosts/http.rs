@@ -1,0 +1,544 @@
+//! HTTP/1.1 (RFC 9112) on simulated hosts: an origin that answers every GET with
+//! a body derived from its path and names itself in `X-Backend`, and a client that
+//! keeps connections alive, checks every body byte for byte, and counts who answered.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::wire::IpAddress;
+use switchyard_nic::sim::SimWire;
+
+use super::{Host, HostConfig, refill_listeners};
+use crate::{Duration, Instant, Node};
+
+/// The body an origin sends for `path`: `size` bytes of a pattern seeded by the
+/// path, so a client can verify it and tell two paths' bodies apart.
+pub fn body_bytes(path: &str, size: usize) -> Vec<u8> {
+    let mut h: u32 = 2166136261;
+    for b in path.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(16777619);
+    }
+    (0..size)
+        .map(|i| {
+            h ^= h << 13;
+            h ^= h >> 17;
+            h ^= h << 5;
+            // Printable, so captures stay readable.
+            b'a' + ((h.wrapping_add(i as u32)) % 26) as u8
+        })
+        .collect()
+}
+
+/// What an origin counted.
+#[derive(Clone, Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Requests answered with 200.
+    pub requests: u64,
+    /// Response bytes queued.
+    pub bytes_out: u64,
+    /// Requests that could not be parsed (answered 400).
+    pub errors: u64,
+}
+
+struct ServerConn {
+    handle: SocketHandle,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+    close_after: bool,
+}
+
+/// An HTTP/1.1 origin server.
+pub struct HttpServer {
+    host: Host,
+    port: u16,
+    body_size: usize,
+    listening: Vec<SocketHandle>,
+    conns: Vec<ServerConn>,
+    bodies: HashMap<String, Vec<u8>>,
+    stats: Rc<RefCell<ServerStats>>,
+    scratch: Vec<SocketHandle>,
+}
+
+const SERVER_BUF: usize = 65536;
+const SPARE_LISTENERS: usize = 16;
+
+impl HttpServer {
+    /// An origin on `host` port `port` whose bodies are `body_size` bytes.
+    pub fn new(
+        host: HostConfig,
+        port: u16,
+        body_size: usize,
+    ) -> (HttpServer, SimWire, Rc<RefCell<ServerStats>>) {
+        let (host, wire) = Host::new(&host);
+        let stats = Rc::new(RefCell::new(ServerStats::default()));
+        let mut s = HttpServer {
+            host,
+            port,
+            body_size,
+            listening: Vec::new(),
+            conns: Vec::new(),
+            bodies: HashMap::new(),
+            stats: stats.clone(),
+            scratch: Vec::new(),
+        };
+        s.refill();
+        (s, wire, stats)
+    }
+
+    fn refill(&mut self) {
+        let mut new = std::mem::take(&mut self.scratch);
+        let n = refill_listeners(
+            &mut self.host,
+            self.port,
+            &mut self.listening,
+            &mut new,
+            SPARE_LISTENERS,
+            SERVER_BUF,
+        );
+        self.stats.borrow_mut().connections += n;
+        for handle in new.drain(..) {
+            self.conns.push(ServerConn {
+                handle,
+                inbuf: Vec::new(),
+                out: Vec::new(),
+                sent: 0,
+                close_after: false,
+            });
+        }
+        self.scratch = new;
+    }
+
+    /// Parses complete requests in `c.inbuf` and queues their responses.
+    fn answer(&mut self, i: usize) {
+        loop {
+            let c = &mut self.conns[i];
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            let (head_len, path, body_len, close) = match req.parse(&c.inbuf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let mut body = 0usize;
+                    let mut close = req.version == Some(0);
+                    for h in req.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            body = std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                        }
+                        if h.name.eq_ignore_ascii_case("connection") {
+                            close = h.value.eq_ignore_ascii_case(b"close");
+                        }
+                    }
+                    (n, req.path.unwrap_or("/").to_string(), body, close)
+                }
+                Ok(httparse::Status::Partial) => return,
+                Err(_) => {
+                    c.out.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    c.inbuf.clear();
+                    c.close_after = true;
+                    self.stats.borrow_mut().errors += 1;
+                    return;
+                }
+            };
+            if c.inbuf.len() < head_len + body_len {
+                return;
+            }
+            c.inbuf.drain(..head_len + body_len);
+            let size = self.body_size;
+            let body = self.bodies.entry(path.clone()).or_insert_with(|| body_bytes(&path, size));
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nX-Backend: {}\r\n{}\r\n",
+                body.len(),
+                self.host.name,
+                if close { "Connection: close\r\n" } else { "" }
+            );
+            let c = &mut self.conns[i];
+            c.out.extend_from_slice(head.as_bytes());
+            c.out.extend_from_slice(body);
+            c.close_after |= close;
+            let mut st = self.stats.borrow_mut();
+            st.requests += 1;
+            st.bytes_out += (head.len() + body.len()) as u64;
+            if close {
+                return;
+            }
+        }
+    }
+}
+
+impl Node for HttpServer {
+    fn name(&self) -> &str {
+        &self.host.name
+    }
+
+    fn poll(&mut self, now: Instant) {
+        self.host.poll(now);
+        self.refill();
+        let mut buf = [0u8; 8192];
+        let mut i = 0;
+        while i < self.conns.len() {
+            let h = self.conns[i].handle;
+            while self.host.socket(h).can_recv() {
+                match self.host.socket(h).recv_slice(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => self.conns[i].inbuf.extend_from_slice(&buf[..n]),
+                }
+            }
+            if !self.conns[i].inbuf.is_empty() && !self.conns[i].close_after {
+                self.answer(i);
+            }
+            let c = &mut self.conns[i];
+            let sock = self.host.sockets.get_mut::<tcp::Socket>(h);
+            if c.sent < c.out.len() && sock.can_send() {
+                if let Ok(n) = sock.send_slice(&c.out[c.sent..]) {
+                    c.sent += n;
+                }
+                if c.sent == c.out.len() {
+                    c.out.clear();
+                    c.sent = 0;
+                }
+            }
+            let idle = c.out.is_empty();
+            let established = matches!(sock.state(), State::Established | State::CloseWait);
+            if idle && established && (c.close_after || sock.state() == State::CloseWait) {
+                sock.close();
+            }
+            if matches!(sock.state(), State::Closed | State::TimeWait) {
+                self.host.sockets.remove(h);
+                self.conns.swap_remove(i);
+                continue;
+            }
+            i += 1;
+        }
+        self.host.poll(now);
+    }
+
+    fn poll_at(&self, now: Instant) -> Option<Instant> {
+        self.host.poll_at(now)
+    }
+}
+
+/// How an HTTP client population behaves.
+#[derive(Clone, Debug)]
+pub struct HttpClientConfig {
+    /// The address to connect to (a VIP).
+    pub target: SocketAddr,
+    /// Paths requested in turn.
+    pub paths: Vec<String>,
+    /// Connections open at once.
+    pub concurrency: usize,
+    /// Requests sent on one connection before it is closed.
+    pub requests_per_connection: usize,
+    /// Stop after this many requests (`None`: no limit).
+    pub total_requests: Option<u64>,
+    /// Start no request after this time (`None`: no limit).
+    pub until: Option<Instant>,
+    /// Expected body size.
+    pub body_size: usize,
+    /// A request unanswered for this long counts as timed out.
+    pub timeout: Duration,
+    /// First local port.
+    pub start_port: u16,
+}
+
+/// What an HTTP client counted.
+#[derive(Clone, Debug, Default)]
+pub struct ClientStats {
+    /// Connections opened.
+    pub connections: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Responses with status 200 and the exact expected body.
+    pub responses_ok: u64,
+    /// Connections refused or reset, other statuses, unparsable responses.
+    pub errors: u64,
+    /// Responses whose body differed from the expected bytes.
+    pub bad_bodies: u64,
+    /// Requests or connections that timed out.
+    pub timeouts: u64,
+    /// Response bytes received.
+    pub bytes_in: u64,
+    /// Path → value of `X-Backend` → responses.
+    pub by_path: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Sum of request latencies, µs.
+    pub latency_us_sum: u64,
+    /// No request will be started any more and none is in flight.
+    pub finished: bool,
+}
+
+impl ClientStats {
+    /// True when the client has finished all it will do.
+    pub fn done(&self) -> bool {
+        self.finished
+    }
+}
+
+struct Inflight {
+    path: usize,
+    sent_at: Instant,
+}
+
+struct ClientConn {
+    handle: SocketHandle,
+    opened: Instant,
+    done_requests: usize,
+    inflight: Option<Inflight>,
+    inbuf: Vec<u8>,
+}
+
+/// An HTTP/1.1 load generator.
+pub struct HttpClient {
+    host: Host,
+    cfg: HttpClientConfig,
+    conns: Vec<Option<ClientConn>>,
+    next_port: u16,
+    next_path: usize,
+    expected: Vec<Vec<u8>>,
+    request_heads: Vec<Vec<u8>>,
+    stats: Rc<RefCell<ClientStats>>,
+}
+
+const CLIENT_BUF: usize = 65536;
+
+impl HttpClient {
+    /// A client population on `host`.
+    pub fn new(
+        host: HostConfig,
+        cfg: HttpClientConfig,
+    ) -> (HttpClient, SimWire, Rc<RefCell<ClientStats>>) {
+        let (host, wire) = Host::new(&host);
+        let stats = Rc::new(RefCell::new(ClientStats::default()));
+        let paths = if cfg.paths.is_empty() { vec!["/".to_string()] } else { cfg.paths.clone() };
+        let expected = paths.iter().map(|p| body_bytes(p, cfg.body_size)).collect();
+        let request_heads = paths
+            .iter()
+            .map(|p| {
+                format!(
+                    "GET {p} HTTP/1.1\r\nHost: {}\r\nUser-Agent: switchyard-sim\r\n\r\n",
+                    cfg.target
+                )
+                .into_bytes()
+            })
+            .collect();
+        let cfg = HttpClientConfig { paths, ..cfg };
+        let c = HttpClient {
+            host,
+            conns: (0..cfg.concurrency.max(1)).map(|_| None).collect(),
+            next_port: cfg.start_port.max(1024),
+            next_path: 0,
+            expected,
+            request_heads,
+            stats: stats.clone(),
+            cfg,
+        };
+        (c, wire, stats)
+    }
+
+    fn may_start(&self, now: Instant) -> bool {
+        let st = self.stats.borrow();
+        self.cfg.total_requests.is_none_or(|t| st.requests < t)
+            && self.cfg.until.is_none_or(|u| now < u)
+    }
+
+    fn port(&mut self) -> u16 {
+        let p = self.next_port;
+        self.next_port = if p >= 60000 { 10000 } else { p + 1 };
+        p
+    }
+
+    /// Parses a complete response from the connection's buffer, if there is one.
+    fn take_response(&mut self, slot: usize, now: Instant) -> Option<bool> {
+        let c = self.conns[slot].as_mut()?;
+        let inflight = c.inflight.as_ref()?;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let (head, status, len, backend, close) = match resp.parse(&c.inbuf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let mut len = None;
+                let mut backend = String::from("?");
+                let mut close = false;
+                for h in resp.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        len = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<usize>().ok());
+                    } else if h.name.eq_ignore_ascii_case("x-backend") {
+                        backend = String::from_utf8_lossy(h.value).into_owned();
+                    } else if h.name.eq_ignore_ascii_case("connection") {
+                        close = h.value.eq_ignore_ascii_case(b"close");
+                    }
+                }
+                (n, resp.code.unwrap_or(0), len, backend, close)
+            }
+            Ok(httparse::Status::Partial) => return None,
+            Err(_) => {
+                self.stats.borrow_mut().errors += 1;
+                return Some(false);
+            }
+        };
+        let Some(len) = len else {
+            self.stats.borrow_mut().errors += 1;
+            return Some(false);
+        };
+        if c.inbuf.len() < head + len {
+            return None;
+        }
+        let body = &c.inbuf[head..head + len];
+        let path = inflight.path;
+        let mut st = self.stats.borrow_mut();
+        st.bytes_in += (head + len) as u64;
+        st.latency_us_sum += (now - inflight.sent_at).total_micros();
+        if status != 200 {
+            st.errors += 1;
+        } else if body != self.expected[path].as_slice() {
+            st.bad_bodies += 1;
+        } else {
+            st.responses_ok += 1;
+            *st.by_path
+                .entry(self.cfg.paths[path].clone())
+                .or_default()
+                .entry(backend)
+                .or_default() += 1;
+        }
+        c.inbuf.drain(..head + len);
+        c.inflight = None;
+        c.done_requests += 1;
+        Some(!close && status == 200)
+    }
+}
+
+impl Node for HttpClient {
+    fn name(&self) -> &str {
+        &self.host.name
+    }
+
+    fn poll(&mut self, now: Instant) {
+        self.host.poll(now);
+        let mut buf = [0u8; 8192];
+        for slot in 0..self.conns.len() {
+            // Open a connection where there is none and work remains.
+            if self.conns[slot].is_none() {
+                if !self.may_start(now) {
+                    continue;
+                }
+                let port = self.port();
+                let h = self.host.new_socket(CLIENT_BUF);
+                let remote = (IpAddress::from(self.cfg.target.ip()), self.cfg.target.port());
+                let cx = self.host.iface.context();
+                if self.host.sockets.get_mut::<tcp::Socket>(h).connect(cx, remote, port).is_err() {
+                    self.host.sockets.remove(h);
+                    self.stats.borrow_mut().errors += 1;
+                    continue;
+                }
+                self.stats.borrow_mut().connections += 1;
+                self.conns[slot] = Some(ClientConn {
+                    handle: h,
+                    opened: now,
+                    done_requests: 0,
+                    inflight: None,
+                    inbuf: Vec::new(),
+                });
+            }
+            let Some(h) = self.conns[slot].as_ref().map(|c| c.handle) else { continue };
+            // Read.
+            while self.host.socket(h).can_recv() {
+                match self.host.socket(h).recv_slice(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if let Some(c) = self.conns[slot].as_mut() {
+                            c.inbuf.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                }
+            }
+            let mut keep = true;
+            if let Some(ok) = self.take_response(slot, now) {
+                keep = ok;
+            }
+            let state = self.host.socket(h).state();
+            let Some(c) = self.conns[slot].as_mut() else { continue };
+            let timed_out = match &c.inflight {
+                Some(f) => now >= f.sent_at + self.cfg.timeout,
+                None => state == State::SynSent && now >= c.opened + self.cfg.timeout,
+            };
+            let failed = matches!(
+                state,
+                State::Closed | State::TimeWait | State::CloseWait | State::LastAck
+            ) && c.inflight.is_some();
+            if timed_out || failed || !keep {
+                let mut st = self.stats.borrow_mut();
+                if timed_out {
+                    st.timeouts += 1;
+                } else if failed {
+                    st.errors += 1;
+                }
+                drop(st);
+                self.host.socket(h).abort();
+                self.host.sockets.remove(h);
+                self.conns[slot] = None;
+                continue;
+            }
+            // Send the next request, or close when this connection is done.
+            if c.inflight.is_none() {
+                let more = c.done_requests < self.cfg.requests_per_connection.max(1);
+                let may_start = {
+                    let st = self.stats.borrow();
+                    self.cfg.total_requests.is_none_or(|t| st.requests < t)
+                        && self.cfg.until.is_none_or(|u| now < u)
+                };
+                let sock = self.host.sockets.get_mut::<tcp::Socket>(h);
+                if more && sock.state() == State::Established && may_start {
+                    let path = self.next_path % self.cfg.paths.len();
+                    let req = &self.request_heads[path];
+                    if sock.send_capacity() - sock.send_queue() >= req.len()
+                        && sock.send_slice(req).is_ok()
+                    {
+                        self.next_path += 1;
+                        c.inflight = Some(Inflight { path, sent_at: now });
+                        self.stats.borrow_mut().requests += 1;
+                    }
+                } else if sock.state() == State::Established || sock.state() == State::CloseWait {
+                    if !more || !may_start {
+                        sock.close();
+                    }
+                } else if matches!(sock.state(), State::TimeWait | State::Closed) {
+                    self.host.sockets.remove(h);
+                    self.conns[slot] = None;
+                }
+            }
+        }
+        self.host.poll(now);
+        let finished = !self.may_start(now) && self.conns.iter().all(Option::is_none);
+        self.stats.borrow_mut().finished = finished;
+    }
+
+    fn poll_at(&self, now: Instant) -> Option<Instant> {
+        let mut t = self.host.poll_at(now);
+        for c in self.conns.iter().flatten() {
+            let connecting =
+                self.host.sockets.get::<tcp::Socket>(c.handle).state() == State::SynSent;
+            let d = match &c.inflight {
+                Some(f) => f.sent_at + self.cfg.timeout,
+                None if connecting => c.opened + self.cfg.timeout,
+                None => continue,
+            };
+            t = Some(t.map_or(d, |x| x.min(d)));
+        }
+        if self.conns.iter().any(Option::is_none) && self.may_start(now) {
+            return Some(now);
+        }
+        if let Some(u) = self.cfg.until
+            && now < u
+        {
+            t = Some(t.map_or(u, |x| x.min(u)));
+        }
+        t
+    }
+}

@@ -1,0 +1,178 @@
+//! Simulated hosts: each is a small smoltcp stack on Ethernet (it does its own ARP)
+//! behind a sim port, plus an application: an HTTP/1.1 origin and load-generating
+//! client (RFC 9112), a TCP bulk client that checks SHA-256 digests end to end, and
+//! an echo server.
+
+mod bulk;
+mod http;
+
+use std::net::IpAddr;
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+use switchyard_nic::sim::{SimPort, SimWire, pair};
+
+pub use bulk::{BulkClient, BulkConfig, BulkStats, EchoServer, EchoStats};
+pub use http::{ClientStats, HttpClient, HttpClientConfig, HttpServer, ServerStats, body_bytes};
+
+use crate::{Duration, Instant};
+
+/// Where a simulated host sits on the network.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Node name (also the name its link is attached under).
+    pub name: String,
+    /// Ethernet address.
+    pub mac: [u8; 6],
+    /// IP address.
+    pub ip: IpAddr,
+    /// Prefix length of its subnet.
+    pub prefix: u8,
+    /// Default gateway, if any.
+    pub gateway: Option<IpAddr>,
+}
+
+/// The smoltcp device of a host: frames to and from its sim port.
+struct PortDevice(SimPort);
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut SimPort);
+
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut v = vec![0u8; len];
+        let r = f(&mut v);
+        self.0.send_frame(v);
+        r
+    }
+}
+
+impl Device for PortDevice {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+        let f = self.0.recv_frame()?;
+        Some((Rx(f), Tx(&mut self.0)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.0))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = 1514;
+        c
+    }
+}
+
+/// A host's network stack.
+struct Host {
+    name: String,
+    iface: Interface,
+    dev: PortDevice,
+    sockets: SocketSet<'static>,
+    next: Option<Instant>,
+}
+
+impl Host {
+    fn new(cfg: &HostConfig) -> (Host, SimWire) {
+        let (port, wire) = pair(cfg.mac, switchyard_nic::sim::RING);
+        let mut dev = PortDevice(port);
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac)));
+        config.random_seed = match cfg.ip {
+            IpAddr::V4(a) => u64::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a) as u64,
+        };
+        let mut iface = Interface::new(config, &mut dev, Instant::from_millis(0));
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::from(cfg.ip), cfg.prefix));
+        });
+        match cfg.gateway {
+            Some(IpAddr::V4(g)) => {
+                let _ = iface.routes_mut().add_default_ipv4_route(g);
+            }
+            Some(IpAddr::V6(g)) => {
+                let _ = iface.routes_mut().add_default_ipv6_route(g);
+            }
+            None => {}
+        }
+        let host = Host {
+            name: cfg.name.clone(),
+            iface,
+            dev,
+            sockets: SocketSet::new(Vec::new()),
+            next: None,
+        };
+        (host, wire)
+    }
+
+    fn poll(&mut self, now: Instant) {
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        self.next = self.iface.poll_at(now, &self.sockets);
+    }
+
+    fn poll_at(&self, now: Instant) -> Option<Instant> {
+        if self.dev.0.has_rx() {
+            return Some(now);
+        }
+        self.next
+    }
+
+    fn socket(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    fn new_socket(&mut self, buf: usize) -> SocketHandle {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; buf]),
+            tcp::SocketBuffer::new(vec![0; buf]),
+        );
+        s.set_nagle_enabled(false);
+        s.set_timeout(Some(Duration::from_secs(60)));
+        self.sockets.add(s)
+    }
+}
+
+/// Keeps `min` sockets listening on `port` (smoltcp has no backlog: a listening
+/// socket becomes the connection it accepts). Returns how many became
+/// connections since the last call, and pushes them onto `active`.
+fn refill_listeners(
+    host: &mut Host,
+    port: u16,
+    listening: &mut Vec<SocketHandle>,
+    active: &mut Vec<SocketHandle>,
+    min: usize,
+    buf: usize,
+) -> u64 {
+    let mut accepted = 0;
+    listening.retain(|h| {
+        let st = host.sockets.get::<tcp::Socket>(*h).state();
+        if st == tcp::State::Listen {
+            true
+        } else {
+            active.push(*h);
+            accepted += 1;
+            false
+        }
+    });
+    while listening.len() < min {
+        let h = host.new_socket(buf);
+        if host.socket(h).listen(port).is_err() {
+            host.sockets.remove(h);
+            break;
+        }
+        listening.push(h);
+    }
+    accepted
+}
