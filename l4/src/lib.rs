@@ -1,2 +1,644 @@
-//! L4 forwarding: connection table, schedulers, full-NAT rewrite (RFC 1624 checksums).
+//! L4 forwarding: a fixed-capacity connection table, round-robin scheduling and
+//! full-NAT rewrite in place (DNAT to the backend, SNAT to a local address and
+//! port) with incremental checksums (RFC 1624). Payload is never read.
+//! Sans-IO: packets and `now` in, a verdict out; the stack sends what we forward.
 #![forbid(unsafe_code)]
+
+pub mod checksum;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+
+use switchyard_nic::Mbuf;
+use switchyard_stack::{Duration, Instant, ListenerId, PacketMeta, Proto, tcp_flags};
+
+/// A backend of an L4 listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Name for counters and logs.
+    pub name: String,
+    /// Address and port packets are forwarded to.
+    pub addr: SocketAddr,
+}
+
+/// How a listener picks a backend for a new flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Scheduler {
+    /// Each new flow to the next backend in turn.
+    #[default]
+    RoundRobin,
+}
+
+/// One L4 listener.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// The listener's id, the same in every layer.
+    pub id: ListenerId,
+    /// Name for counters.
+    pub name: String,
+    /// The VIP and port.
+    pub vip: SocketAddr,
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// Where flows go.
+    pub backends: Vec<Backend>,
+    /// How they are chosen.
+    pub scheduler: Scheduler,
+}
+
+/// Idle time after which a flow is forgotten, by state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A TCP flow whose handshake has not completed.
+    pub syn: Duration,
+    /// An established TCP flow.
+    pub established: Duration,
+    /// A TCP flow after FIN or RST.
+    pub closing: Duration,
+    /// A UDP flow.
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            syn: Duration::from_secs(10),
+            established: Duration::from_secs(300),
+            closing: Duration::from_secs(10),
+            udp: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The L4 layer's configuration.
+#[derive(Clone, Debug)]
+pub struct L4Config {
+    /// The listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// Local addresses used as the source of forwarded packets (full-NAT).
+    pub snat_addrs: Vec<IpAddr>,
+    /// Source ports used for full-NAT, per address and protocol.
+    pub snat_ports: Range<u16>,
+    /// Flows held at most; fixed at start.
+    pub table_capacity: usize,
+    /// Idle timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// Why L4 did not forward a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum L4Drop {
+    /// No flow for a reply, or a reset for no flow.
+    UnknownFlow,
+    /// A TCP segment other than SYN tried to open a flow.
+    NotSyn,
+    /// The connection table is full.
+    TableFull,
+    /// No SNAT port is free.
+    NoSnatPort,
+    /// The listener id is not an L4 listener.
+    NoListener,
+    /// The packet's headers are shorter than the classifier said.
+    Malformed,
+    /// TTL or hop limit ran out.
+    TtlExceeded,
+}
+
+impl L4Drop {
+    /// Every reason, in counter order.
+    pub const ALL: [L4Drop; 7] = [
+        L4Drop::UnknownFlow,
+        L4Drop::NotSyn,
+        L4Drop::TableFull,
+        L4Drop::NoSnatPort,
+        L4Drop::NoListener,
+        L4Drop::Malformed,
+        L4Drop::TtlExceeded,
+    ];
+
+    /// A short name for counters.
+    pub fn name(self) -> &'static str {
+        match self {
+            L4Drop::UnknownFlow => "unknown_flow",
+            L4Drop::NotSyn => "not_syn",
+            L4Drop::TableFull => "table_full",
+            L4Drop::NoSnatPort => "no_snat_port",
+            L4Drop::NoListener => "no_listener",
+            L4Drop::Malformed => "malformed",
+            L4Drop::TtlExceeded => "ttl_exceeded",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What to do with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rewritten in place; send it.
+    Forward,
+    /// Drop it silently (counted).
+    Drop(L4Drop),
+    /// Drop it and answer the sender with a reset (counted).
+    Reject(L4Drop),
+}
+
+/// Errors in the L4 configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum L4Error {
+    /// A listener has no backends.
+    #[error("listener `{0}` has no backends")]
+    EmptyPool(String),
+    /// A backend's address family differs from its VIP's.
+    #[error("listener `{0}`: backend {1} is not of the VIP's address family")]
+    MixedFamily(String, SocketAddr),
+    /// No SNAT address of the backends' family.
+    #[error("listener `{0}`: no local address of the backends' family for full-NAT")]
+    NoSnatAddress(String),
+    /// Two listeners with one id.
+    #[error("listener id {0} is used twice")]
+    DuplicateListener(ListenerId),
+    /// Capacity 0 or an empty SNAT port range.
+    #[error("the connection table needs a capacity and SNAT ports")]
+    NoCapacity,
+}
+
+/// Counters of one listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// Packets from clients forwarded.
+    pub packets_in: u64,
+    /// Packets from backends forwarded back to clients.
+    pub packets_out: u64,
+    /// IP bytes from clients.
+    pub bytes_in: u64,
+    /// IP bytes to clients.
+    pub bytes_out: u64,
+    /// Flows created.
+    pub flows_new: u64,
+    /// Flows in the table now.
+    pub flows_active: u64,
+    /// New flows refused (table full, no SNAT port).
+    pub flows_refused: u64,
+}
+
+/// Counters of one backend of one listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Flows sent to it.
+    pub flows_new: u64,
+    /// Its flows in the table now.
+    pub flows_active: u64,
+    /// Packets forwarded to or from it.
+    pub packets: u64,
+    /// IP bytes forwarded to or from it.
+    pub bytes: u64,
+}
+
+/// Drops by reason.
+#[derive(Clone, Debug, Default)]
+pub struct L4Counters {
+    /// Indexed in [`L4Drop::ALL`] order.
+    pub drops: [u64; L4Drop::ALL.len()],
+    /// Flows that expired.
+    pub expired: u64,
+}
+
+impl L4Counters {
+    /// Drops for one reason.
+    pub fn dropped(&self, r: L4Drop) -> u64 {
+        self.drops[r.index()]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    proto: Proto,
+    src: SocketAddr,
+    dst: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlowState {
+    SynSent,
+    Established,
+    Closing,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    live: bool,
+    proto: Proto,
+    client: SocketAddr,
+    vip: SocketAddr,
+    backend: SocketAddr,
+    snat: SocketAddr,
+    listener: u16,
+    backend_idx: u16,
+    state: FlowState,
+    last_seen: Instant,
+    snat_pool: u16,
+}
+
+struct Listener {
+    cfg: ListenerConfig,
+    next: usize,
+    stats: ListenerStats,
+    backends: Vec<BackendStats>,
+}
+
+/// Free SNAT ports of one (address, protocol).
+struct PortPool {
+    addr: IpAddr,
+    proto: Proto,
+    free: VecDeque<u16>,
+}
+
+/// How often the table is swept for idle flows, and how much of it per sweep.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+const SWEEP_BUDGET: usize = 4096;
+
+/// The L4 layer of one worker.
+pub struct L4 {
+    listeners: Vec<Listener>,
+    by_id: HashMap<ListenerId, usize>,
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    fwd: HashMap<FlowKey, u32>,
+    rev: HashMap<FlowKey, u32>,
+    ports: Vec<PortPool>,
+    snat_ports: Range<u16>,
+    timeouts: Timeouts,
+    live: usize,
+    sweep_cursor: usize,
+    next_sweep: Option<Instant>,
+    counters: L4Counters,
+}
+
+impl L4 {
+    /// Builds the layer; the whole table is allocated here.
+    pub fn new(cfg: L4Config) -> Result<L4, L4Error> {
+        if cfg.table_capacity == 0 || cfg.snat_ports.is_empty() {
+            return Err(L4Error::NoCapacity);
+        }
+        let mut by_id = HashMap::new();
+        let mut listeners = Vec::new();
+        let mut ports: Vec<PortPool> = Vec::new();
+        for l in cfg.listeners {
+            if l.backends.is_empty() {
+                return Err(L4Error::EmptyPool(l.name));
+            }
+            for b in &l.backends {
+                if b.addr.is_ipv4() != l.vip.is_ipv4() {
+                    return Err(L4Error::MixedFamily(l.name.clone(), b.addr));
+                }
+            }
+            let Some(snat) = cfg.snat_addrs.iter().find(|a| a.is_ipv4() == l.vip.is_ipv4()) else {
+                return Err(L4Error::NoSnatAddress(l.name));
+            };
+            if !ports.iter().any(|p| p.addr == *snat && p.proto == l.proto) {
+                // Handed out from the front; freed ports go to the back, so a port
+                // is reused as late as possible.
+                let free: VecDeque<u16> = cfg.snat_ports.clone().collect();
+                ports.push(PortPool { addr: *snat, proto: l.proto, free });
+            }
+            if by_id.insert(l.id, listeners.len()).is_some() {
+                return Err(L4Error::DuplicateListener(l.id));
+            }
+            let n = l.backends.len();
+            listeners.push(Listener {
+                cfg: l,
+                next: 0,
+                stats: ListenerStats::default(),
+                backends: vec![BackendStats::default(); n],
+            });
+        }
+        let cap = cfg.table_capacity;
+        Ok(L4 {
+            listeners,
+            by_id,
+            entries: Vec::with_capacity(cap),
+            free: Vec::with_capacity(cap),
+            fwd: HashMap::with_capacity(cap),
+            rev: HashMap::with_capacity(cap),
+            ports,
+            snat_ports: cfg.snat_ports,
+            timeouts: cfg.timeouts,
+            live: 0,
+            sweep_cursor: 0,
+            next_sweep: None,
+            counters: L4Counters::default(),
+        })
+    }
+
+    /// Every (address, protocol, ports) the stack must hand back to L4: the
+    /// destinations of backends' replies.
+    pub fn snat_reservations(&self) -> Vec<(IpAddr, Proto, Range<u16>)> {
+        self.ports.iter().map(|p| (p.addr, p.proto, self.snat_ports.clone())).collect()
+    }
+
+    /// Flows in the table.
+    pub fn table_len(&self) -> usize {
+        self.live
+    }
+
+    /// Flows the table holds at most.
+    pub fn table_capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+
+    /// Counters of a listener.
+    pub fn listener_stats(&self, id: ListenerId) -> Option<&ListenerStats> {
+        self.by_id.get(&id).map(|&i| &self.listeners[i].stats)
+    }
+
+    /// Counters of a listener's backends, in configuration order.
+    pub fn backend_stats(&self, id: ListenerId) -> &[BackendStats] {
+        match self.by_id.get(&id) {
+            Some(&i) => &self.listeners[i].backends,
+            None => &[],
+        }
+    }
+
+    /// Drop counters.
+    pub fn counters(&self) -> &L4Counters {
+        &self.counters
+    }
+
+    fn refuse(&mut self, r: L4Drop, reject: bool) -> Verdict {
+        self.counters.drops[r.index()] += 1;
+        if reject { Verdict::Reject(r) } else { Verdict::Drop(r) }
+    }
+
+    /// A packet from a client to the VIP of `listener`: forwarded to the flow's
+    /// backend, or a new flow is created for it.
+    pub fn from_client(
+        &mut self,
+        now: Instant,
+        pkt: &mut Mbuf,
+        meta: &PacketMeta,
+        listener: ListenerId,
+    ) -> Verdict {
+        let key = FlowKey { proto: meta.proto, src: meta.src, dst: meta.dst };
+        let idx = match self.fwd.get(&key) {
+            Some(&i) => i,
+            None => match self.open(now, meta, listener) {
+                Ok(i) => i,
+                Err(v) => return v,
+            },
+        };
+        let e = self.entries[idx as usize];
+        if let Err(r) = rewrite(pkt, meta, e.snat, e.backend) {
+            return self.refuse(r, false);
+        }
+        self.track(idx, meta.tcp_flags, now);
+        let bytes = ip_len(pkt, meta);
+        let l = &mut self.listeners[usize::from(e.listener)];
+        l.stats.packets_in += 1;
+        l.stats.bytes_in += bytes;
+        let b = &mut l.backends[usize::from(e.backend_idx)];
+        b.packets += 1;
+        b.bytes += bytes;
+        Verdict::Forward
+    }
+
+    /// A packet from a backend to a SNAT address and port: sent back to the client.
+    pub fn from_backend(&mut self, now: Instant, pkt: &mut Mbuf, meta: &PacketMeta) -> Verdict {
+        let key = FlowKey { proto: meta.proto, src: meta.src, dst: meta.dst };
+        let Some(&idx) = self.rev.get(&key) else {
+            let reject = meta.proto == Proto::Tcp && meta.tcp_flags & tcp_flags::RST == 0;
+            return self.refuse(L4Drop::UnknownFlow, reject);
+        };
+        let e = self.entries[idx as usize];
+        if let Err(r) = rewrite(pkt, meta, e.vip, e.client) {
+            return self.refuse(r, false);
+        }
+        self.track(idx, meta.tcp_flags, now);
+        let bytes = ip_len(pkt, meta);
+        let l = &mut self.listeners[usize::from(e.listener)];
+        l.stats.packets_out += 1;
+        l.stats.bytes_out += bytes;
+        let b = &mut l.backends[usize::from(e.backend_idx)];
+        b.packets += 1;
+        b.bytes += bytes;
+        Verdict::Forward
+    }
+
+    /// Creates the flow for a client's first packet.
+    fn open(
+        &mut self,
+        now: Instant,
+        meta: &PacketMeta,
+        listener: ListenerId,
+    ) -> Result<u32, Verdict> {
+        use tcp_flags::{ACK, RST, SYN};
+        let Some(&li) = self.by_id.get(&listener) else {
+            return Err(self.refuse(L4Drop::NoListener, false));
+        };
+        let tcp = meta.proto == Proto::Tcp;
+        if tcp && meta.tcp_flags & RST != 0 {
+            return Err(self.refuse(L4Drop::UnknownFlow, false));
+        }
+        if tcp && meta.tcp_flags & (SYN | ACK) != SYN {
+            return Err(self.refuse(L4Drop::NotSyn, true));
+        }
+        if self.live >= self.entries.capacity() {
+            self.listeners[li].stats.flows_refused += 1;
+            return Err(self.refuse(L4Drop::TableFull, tcp));
+        }
+        let l = &mut self.listeners[li];
+        let bi = l.next % l.cfg.backends.len();
+        l.next = l.next.wrapping_add(1);
+        let backend = l.cfg.backends[bi].addr;
+        let Some(pi) = self
+            .ports
+            .iter()
+            .position(|p| p.proto == meta.proto && p.addr.is_ipv4() == backend.is_ipv4())
+        else {
+            return Err(self.refuse(L4Drop::NoSnatPort, tcp));
+        };
+        let Some(port) = self.ports[pi].free.pop_front() else {
+            self.listeners[li].stats.flows_refused += 1;
+            return Err(self.refuse(L4Drop::NoSnatPort, tcp));
+        };
+        let snat = SocketAddr::new(self.ports[pi].addr, port);
+        let entry = Entry {
+            live: true,
+            proto: meta.proto,
+            client: meta.src,
+            vip: meta.dst,
+            backend,
+            snat,
+            listener: li as u16,
+            backend_idx: bi as u16,
+            state: if tcp { FlowState::SynSent } else { FlowState::Udp },
+            last_seen: now,
+            snat_pool: pi as u16,
+        };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.entries[i as usize] = entry;
+                i
+            }
+            None => {
+                self.entries.push(entry);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        self.fwd.insert(FlowKey { proto: meta.proto, src: meta.src, dst: meta.dst }, idx);
+        self.rev.insert(FlowKey { proto: meta.proto, src: backend, dst: snat }, idx);
+        self.live += 1;
+        let l = &mut self.listeners[li];
+        l.stats.flows_new += 1;
+        l.stats.flows_active += 1;
+        l.backends[bi].flows_new += 1;
+        l.backends[bi].flows_active += 1;
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+        Ok(idx)
+    }
+
+    /// Follows the TCP state from the flags of a forwarded segment.
+    fn track(&mut self, idx: u32, flags: u8, now: Instant) {
+        use tcp_flags::{ACK, FIN, RST};
+        let e = &mut self.entries[idx as usize];
+        e.last_seen = now;
+        e.state = match e.state {
+            FlowState::Udp => FlowState::Udp,
+            _ if flags & (FIN | RST) != 0 => FlowState::Closing,
+            FlowState::SynSent if flags & ACK != 0 => FlowState::Established,
+            s => s,
+        };
+    }
+
+    fn timeout(&self, s: FlowState) -> Duration {
+        match s {
+            FlowState::SynSent => self.timeouts.syn,
+            FlowState::Established => self.timeouts.established,
+            FlowState::Closing => self.timeouts.closing,
+            FlowState::Udp => self.timeouts.udp,
+        }
+    }
+
+    /// Frees flows idle past their state's timeout. Cheap when nothing is due:
+    /// the table is swept in slices every 100 ms.
+    pub fn expire(&mut self, now: Instant) {
+        match self.next_sweep {
+            Some(t) if now >= t => {}
+            _ => return,
+        }
+        let n = self.entries.len();
+        let budget = SWEEP_BUDGET.min(n);
+        for _ in 0..budget {
+            if self.sweep_cursor >= n {
+                self.sweep_cursor = 0;
+            }
+            let i = self.sweep_cursor;
+            self.sweep_cursor += 1;
+            let e = self.entries[i];
+            if e.live && now >= e.last_seen + self.timeout(e.state) {
+                self.release(i as u32);
+            }
+        }
+        self.next_sweep = if self.live > 0 { Some(now + SWEEP_EVERY) } else { None };
+    }
+
+    fn release(&mut self, idx: u32) {
+        let e = self.entries[idx as usize];
+        self.fwd.remove(&FlowKey { proto: e.proto, src: e.client, dst: e.vip });
+        self.rev.remove(&FlowKey { proto: e.proto, src: e.backend, dst: e.snat });
+        self.ports[usize::from(e.snat_pool)].free.push_back(e.snat.port());
+        self.entries[idx as usize].live = false;
+        self.free.push(idx);
+        self.live -= 1;
+        self.counters.expired += 1;
+        let l = &mut self.listeners[usize::from(e.listener)];
+        l.stats.flows_active -= 1;
+        l.backends[usize::from(e.backend_idx)].flows_active -= 1;
+    }
+
+    /// When `expire` next has work.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+}
+
+fn ip_len(pkt: &Mbuf, meta: &PacketMeta) -> u64 {
+    (pkt.len().saturating_sub(usize::from(meta.ip_offset))) as u64
+}
+
+/// Rewrites source and destination address and port in place, fixing the IP
+/// header and transport checksums incrementally and spending one hop of TTL.
+fn rewrite(
+    pkt: &mut Mbuf,
+    meta: &PacketMeta,
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> Result<(), L4Drop> {
+    let ip = usize::from(meta.ip_offset);
+    let l4 = usize::from(meta.l4_offset);
+    let f = pkt.data_mut();
+    let csum_at = match meta.proto {
+        Proto::Tcp => l4 + 16,
+        Proto::Udp => l4 + 6,
+    };
+    if f.len() < csum_at + 2 || l4 < ip + 20 {
+        return Err(L4Drop::Malformed);
+    }
+    let mut l4sum = u16::from_be_bytes([f[csum_at], f[csum_at + 1]]);
+    // UDP over IPv4 may carry no checksum at all (zero); keep it that way.
+    let l4sum_used = !(meta.proto == Proto::Udp && l4sum == 0 && src.is_ipv4());
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let ttl = f[ip + 8];
+            if ttl <= 1 {
+                return Err(L4Drop::TtlExceeded);
+            }
+            let mut ipsum = u16::from_be_bytes([f[ip + 10], f[ip + 11]]);
+            let (s, d) = (s.octets(), d.octets());
+            ipsum = checksum::update(ipsum, &f[ip + 12..ip + 16], &s);
+            ipsum = checksum::update(ipsum, &f[ip + 16..ip + 20], &d);
+            let old_word = u16::from_be_bytes([ttl, f[ip + 9]]);
+            ipsum = checksum::update16(ipsum, old_word, old_word - 0x100);
+            l4sum = checksum::update(l4sum, &f[ip + 12..ip + 16], &s);
+            l4sum = checksum::update(l4sum, &f[ip + 16..ip + 20], &d);
+            f[ip + 8] = ttl - 1;
+            f[ip + 10..ip + 12].copy_from_slice(&ipsum.to_be_bytes());
+            f[ip + 12..ip + 16].copy_from_slice(&s);
+            f[ip + 16..ip + 20].copy_from_slice(&d);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            if l4 < ip + 40 {
+                return Err(L4Drop::Malformed);
+            }
+            if f[ip + 7] <= 1 {
+                return Err(L4Drop::TtlExceeded);
+            }
+            f[ip + 7] -= 1;
+            let (s, d) = (s.octets(), d.octets());
+            l4sum = checksum::update(l4sum, &f[ip + 8..ip + 24], &s);
+            l4sum = checksum::update(l4sum, &f[ip + 24..ip + 40], &d);
+            f[ip + 8..ip + 24].copy_from_slice(&s);
+            f[ip + 24..ip + 40].copy_from_slice(&d);
+        }
+        _ => return Err(L4Drop::Malformed),
+    }
+    let (sp, dp) = (src.port().to_be_bytes(), dst.port().to_be_bytes());
+    l4sum = checksum::update(l4sum, &f[l4..l4 + 2], &sp);
+    l4sum = checksum::update(l4sum, &f[l4 + 2..l4 + 4], &dp);
+    f[l4..l4 + 2].copy_from_slice(&sp);
+    f[l4 + 2..l4 + 4].copy_from_slice(&dp);
+    if l4sum_used {
+        if meta.proto == Proto::Udp && l4sum == 0 {
+            l4sum = 0xffff;
+        }
+        f[csum_at..csum_at + 2].copy_from_slice(&l4sum.to_be_bytes());
+    }
+    Ok(())
+}
