@@ -1,2 +1,1014 @@
-//! L7 proxying: HTTP/1.1 (RFC 9112) over connections terminated by the stack.
+//! L7 proxying: an HTTP/1.1 reverse proxy (RFC 9110, RFC 9112) over TCP
+//! connections terminated by our stack. Requests are framed strictly, routed by
+//! path prefix to pools, sent round-robin to backends over kept-alive upstream
+//! connections, and streamed both ways with bounded buffers. Sans-IO: events and
+//! `now` in, calls on [`TcpApi`] out.
 #![forbid(unsafe_code)]
+
+pub mod http1;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpEvent};
+use switchyard_stack::{Duration, Instant, ListenerId};
+
+use http1::{ChunkScanner, Framing, Reject, error_response};
+
+/// A backend of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Name for counters.
+    pub name: String,
+    /// Where to connect.
+    pub addr: SocketAddr,
+}
+
+/// A pool of backends.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Name for counters.
+    pub name: String,
+    /// Its backends.
+    pub backends: Vec<Backend>,
+}
+
+/// A route: requests whose path starts with `path_prefix` go to `pool`.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Path prefix to match.
+    pub path_prefix: String,
+    /// Index into [`L7Config::pools`].
+    pub pool: usize,
+}
+
+/// One L7 listener.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// The listener's id, the same in every layer.
+    pub id: ListenerId,
+    /// Name for counters.
+    pub name: String,
+    /// Routes; the first match wins, no match is 404.
+    pub routes: Vec<Route>,
+}
+
+/// Limits of the proxy.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request or response head, bytes.
+    pub max_head: usize,
+    /// Idle upstream connections kept per backend.
+    pub max_idle_upstream_per_backend: usize,
+    /// Time from a request to its response head.
+    pub request_timeout: Duration,
+    /// Time a client connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// Time to establish an upstream connection.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head: 16 * 1024,
+            max_idle_upstream_per_backend: 64,
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The L7 layer's configuration.
+#[derive(Clone, Debug)]
+pub struct L7Config {
+    /// The listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// The pools routes refer to.
+    pub pools: Vec<PoolConfig>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// Errors in the L7 configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum L7Error {
+    /// A route names a pool that does not exist.
+    #[error("listener `{0}`: route to pool index {1}, which does not exist")]
+    UnknownPool(String, usize),
+    /// A pool without backends.
+    #[error("pool `{0}` has no backends")]
+    EmptyPool(String),
+    /// Two listeners with one id.
+    #[error("listener id {0} is used twice")]
+    DuplicateListener(ListenerId),
+}
+
+/// Counters of one listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// Client connections open now.
+    pub connections_active: u64,
+    /// Client connections accepted.
+    pub connections_total: u64,
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes sent to clients.
+    pub bytes_out: u64,
+    /// Requests sent to a backend.
+    pub requests: u64,
+    /// Requests refused or failed (every 4xx and 5xx the proxy wrote itself).
+    pub errors: u64,
+    /// 4xx written by the proxy.
+    pub responses_4xx: u64,
+    /// 5xx written by the proxy.
+    pub responses_5xx: u64,
+}
+
+/// Counters of one pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The pool's name.
+    pub name: String,
+    /// Per backend, in configuration order.
+    pub backends: Vec<BackendStats>,
+}
+
+/// Counters of one backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// The backend's name.
+    pub name: String,
+    /// Requests sent to it.
+    pub requests: u64,
+    /// Complete responses relayed from it.
+    pub responses: u64,
+    /// Upstream connections opened to it.
+    pub upstream_connects: u64,
+    /// Requests sent on an idle kept-alive connection.
+    pub upstream_reuses: u64,
+    /// Connections that failed or timed out before the handshake completed.
+    pub connect_failures: u64,
+}
+
+/// Bytes buffered per direction per connection before the proxy stops reading.
+const BUF_CAP: usize = 64 * 1024;
+/// How often timeouts are checked.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    Client(u32),
+    Upstream(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// A request is in flight.
+    Request,
+    /// Answered with an error or finished: closing once `out` is flushed.
+    Closing,
+}
+
+struct Session {
+    conn: ConnId,
+    listener: usize,
+    peer_ip: Option<IpAddr>,
+    phase: Phase,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    upstream: Option<u32>,
+    keep_alive: bool,
+    head_request: bool,
+    body: Framing,
+    body_left: u64,
+    chunks: ChunkScanner,
+    body_done: bool,
+    started: Instant,
+    last_active: Instant,
+    peer_closed: bool,
+    response_started: bool,
+}
+
+struct Upstream {
+    conn: ConnId,
+    pool: usize,
+    backend: usize,
+    session: Option<u32>,
+    connected: bool,
+    opened: Instant,
+    out: Vec<u8>,
+    inbuf: Vec<u8>,
+    resp: Option<http1::ResponseInfo>,
+    /// Bytes at the front of `inbuf` known to belong to the response.
+    ready: usize,
+    left: u64,
+    chunks: ChunkScanner,
+    head_request: bool,
+    peer_closed: bool,
+}
+
+struct Pool {
+    cfg: PoolConfig,
+    next: usize,
+    idle: Vec<Vec<u32>>,
+    stats: PoolStats,
+}
+
+struct Listener {
+    cfg: ListenerConfig,
+    stats: ListenerStats,
+}
+
+/// The L7 proxy of one worker.
+pub struct L7 {
+    listeners: Vec<Listener>,
+    by_id: HashMap<ListenerId, usize>,
+    pools: Vec<Pool>,
+    pool_stats: Vec<PoolStats>,
+    limits: Limits,
+    owners: HashMap<ConnId, Owner>,
+    sessions: Vec<Option<Session>>,
+    free_sessions: Vec<u32>,
+    upstreams: Vec<Option<Upstream>>,
+    free_upstreams: Vec<u32>,
+    scratch: Vec<u8>,
+    next_check: Option<Instant>,
+}
+
+impl L7 {
+    /// Builds the proxy.
+    pub fn new(cfg: L7Config) -> Result<L7, L7Error> {
+        for p in &cfg.pools {
+            if p.backends.is_empty() {
+                return Err(L7Error::EmptyPool(p.name.clone()));
+            }
+        }
+        let mut by_id = HashMap::new();
+        let mut listeners = Vec::new();
+        for l in cfg.listeners {
+            if let Some(r) = l.routes.iter().find(|r| r.pool >= cfg.pools.len()) {
+                return Err(L7Error::UnknownPool(l.name.clone(), r.pool));
+            }
+            if by_id.insert(l.id, listeners.len()).is_some() {
+                return Err(L7Error::DuplicateListener(l.id));
+            }
+            listeners.push(Listener { cfg: l, stats: ListenerStats::default() });
+        }
+        let pools: Vec<Pool> = cfg
+            .pools
+            .into_iter()
+            .map(|p| {
+                let stats = PoolStats {
+                    name: p.name.clone(),
+                    backends: p
+                        .backends
+                        .iter()
+                        .map(|b| BackendStats { name: b.name.clone(), ..BackendStats::default() })
+                        .collect(),
+                };
+                Pool { idle: vec![Vec::new(); p.backends.len()], cfg: p, next: 0, stats }
+            })
+            .collect();
+        let pool_stats = pools.iter().map(|p| p.stats.clone()).collect();
+        Ok(L7 {
+            listeners,
+            by_id,
+            pools,
+            pool_stats,
+            limits: cfg.limits,
+            owners: HashMap::new(),
+            sessions: Vec::new(),
+            free_sessions: Vec::new(),
+            upstreams: Vec::new(),
+            free_upstreams: Vec::new(),
+            scratch: vec![0; 16 * 1024],
+            next_check: None,
+        })
+    }
+
+    /// Counters of a listener.
+    pub fn listener_stats(&self, id: ListenerId) -> Option<&ListenerStats> {
+        self.by_id.get(&id).map(|&i| &self.listeners[i].stats)
+    }
+
+    /// Counters of every pool, in configuration order.
+    pub fn pool_stats(&self) -> &[PoolStats] {
+        &self.pool_stats
+    }
+
+    fn sync_stats(&mut self, pool: usize) {
+        if let (Some(dst), Some(src)) = (self.pool_stats.get_mut(pool), self.pools.get(pool)) {
+            dst.clone_from(&src.stats);
+        }
+    }
+
+    /// Acts on one event of the TCP terminator.
+    pub fn on_event<T: TcpApi>(&mut self, now: Instant, ev: TcpEvent, tcp: &mut T) {
+        match ev {
+            TcpEvent::Accepted { conn, listener, peer, .. } => {
+                let Some(&li) = self.by_id.get(&listener) else {
+                    tcp.abort(conn);
+                    return;
+                };
+                let s = Session {
+                    conn,
+                    listener: li,
+                    peer_ip: Some(peer.ip()),
+                    phase: Phase::Head,
+                    inbuf: Vec::new(),
+                    out: Vec::new(),
+                    upstream: None,
+                    keep_alive: true,
+                    head_request: false,
+                    body: Framing::None,
+                    body_left: 0,
+                    chunks: ChunkScanner::default(),
+                    body_done: true,
+                    started: now,
+                    last_active: now,
+                    peer_closed: false,
+                    response_started: false,
+                };
+                let i = match self.free_sessions.pop() {
+                    Some(i) => {
+                        self.sessions[i as usize] = Some(s);
+                        i
+                    }
+                    None => {
+                        self.sessions.push(Some(s));
+                        (self.sessions.len() - 1) as u32
+                    }
+                };
+                self.owners.insert(conn, Owner::Client(i));
+                let st = &mut self.listeners[li].stats;
+                st.connections_total += 1;
+                st.connections_active += 1;
+                if self.next_check.is_none() {
+                    self.next_check = Some(now + CHECK_EVERY);
+                }
+            }
+            TcpEvent::Connected { conn } => {
+                if let Some(Owner::Upstream(u)) = self.owners.get(&conn).copied() {
+                    if let Some(up) = self.up(u) {
+                        up.connected = true;
+                    }
+                    self.flush_up(u, now, tcp);
+                }
+            }
+            TcpEvent::Readable { conn } => match self.owners.get(&conn).copied() {
+                Some(Owner::Client(s)) => self.read_client(s, now, tcp),
+                Some(Owner::Upstream(u)) => self.read_upstream(u, now, tcp),
+                None => {}
+            },
+            TcpEvent::Writable { conn } => match self.owners.get(&conn).copied() {
+                Some(Owner::Client(s)) => {
+                    self.flush_client(s, tcp);
+                    if let Some(u) = self.sess(s).and_then(|x| x.upstream) {
+                        self.pump_down(u, now, tcp);
+                    }
+                }
+                Some(Owner::Upstream(u)) => self.flush_up(u, now, tcp),
+                None => {}
+            },
+            TcpEvent::PeerClosed { conn } => match self.owners.get(&conn).copied() {
+                Some(Owner::Client(s)) => {
+                    let Some(x) = self.sess(s) else { return };
+                    x.peer_closed = true;
+                    if x.phase == Phase::Head && x.inbuf.is_empty() {
+                        x.phase = Phase::Closing;
+                        self.flush_client(s, tcp);
+                    }
+                }
+                Some(Owner::Upstream(u)) => {
+                    if let Some(up) = self.up(u) {
+                        up.peer_closed = true;
+                    }
+                    self.read_upstream(u, now, tcp);
+                    // Whatever is still attached could not complete: end it.
+                    if self.up(u).is_some() {
+                        self.upstream_gone(u, now, tcp);
+                        tcp.close(conn);
+                    }
+                }
+                None => {}
+            },
+            TcpEvent::Closed { conn, .. } => match self.owners.remove(&conn) {
+                Some(Owner::Client(s)) => self.drop_session(s, tcp),
+                Some(Owner::Upstream(u)) => {
+                    self.owners.insert(conn, Owner::Upstream(u));
+                    self.upstream_gone(u, now, tcp);
+                    self.owners.remove(&conn);
+                }
+                None => {}
+            },
+        }
+    }
+
+    fn sess(&mut self, s: u32) -> Option<&mut Session> {
+        self.sessions.get_mut(s as usize).and_then(Option::as_mut)
+    }
+
+    fn up(&mut self, u: u32) -> Option<&mut Upstream> {
+        self.upstreams.get_mut(u as usize).and_then(Option::as_mut)
+    }
+
+    fn read_client<T: TcpApi>(&mut self, s: u32, now: Instant, tcp: &mut T) {
+        let Some(conn) = self.sess(s).map(|x| x.conn) else { return };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut got = 0;
+        while let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) {
+            if x.inbuf.len() >= BUF_CAP || x.phase == Phase::Closing {
+                break;
+            }
+            let room = (BUF_CAP - x.inbuf.len()).min(scratch.len());
+            match tcp.recv(conn, &mut scratch[..room]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    x.inbuf.extend_from_slice(&scratch[..n]);
+                    x.last_active = now;
+                    got += n;
+                }
+            }
+        }
+        self.scratch = scratch;
+        if let Some(li) = self.sess(s).map(|x| x.listener) {
+            self.listeners[li].stats.bytes_in += got as u64;
+        }
+        self.process_client(s, now, tcp);
+    }
+
+    /// Parses and starts the next request, or moves request body bytes on.
+    fn process_client<T: TcpApi>(&mut self, s: u32, now: Instant, tcp: &mut T) {
+        let max_head = self.limits.max_head;
+        let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
+        match x.phase {
+            Phase::Closing => {
+                x.inbuf.clear();
+                return;
+            }
+            Phase::Request => {
+                self.pump_up(s, now, tcp);
+                return;
+            }
+            Phase::Head => {}
+        }
+        if x.inbuf.is_empty() {
+            return;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        let parsed = req.parse(&x.inbuf);
+        let head_len = match parsed {
+            Ok(httparse::Status::Partial) => {
+                if x.inbuf.len() > max_head {
+                    self.reject(s, Reject::HeadTooLarge, tcp);
+                }
+                return;
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                self.reject(s, Reject::HeadTooLarge, tcp);
+                return;
+            }
+            Err(_) => {
+                self.reject(s, Reject::Malformed, tcp);
+                return;
+            }
+            Ok(httparse::Status::Complete(n)) if n > max_head => {
+                self.reject(s, Reject::HeadTooLarge, tcp);
+                return;
+            }
+            Ok(httparse::Status::Complete(n)) => n,
+        };
+        let info = match http1::check_request(&req) {
+            Ok(i) => i,
+            Err(r) => {
+                self.reject(s, r, tcp);
+                return;
+            }
+        };
+        let path = req.path.unwrap_or("/");
+        let path_only = match path.find("://") {
+            Some(i) => path[i + 3..].find('/').map_or("/", |j| &path[i + 3 + j..]),
+            None => path,
+        };
+        let li = x.listener;
+        let Some(pool) = self.listeners[li]
+            .cfg
+            .routes
+            .iter()
+            .find(|r| path_only.starts_with(r.path_prefix.as_str()))
+            .map(|r| r.pool)
+        else {
+            self.reject(s, Reject::NoRoute, tcp);
+            return;
+        };
+        // Build the upstream head: request line and headers as received, minus
+        // hop-by-hop connection headers, plus X-Forwarded-For.
+        let mut head = Vec::with_capacity(head_len + 64);
+        head.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(path.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        for h in req.headers.iter() {
+            let n = h.name;
+            if n.eq_ignore_ascii_case("connection")
+                || n.eq_ignore_ascii_case("keep-alive")
+                || n.eq_ignore_ascii_case("proxy-connection")
+                || n.eq_ignore_ascii_case("x-forwarded-for")
+            {
+                continue;
+            }
+            head.extend_from_slice(n.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(h.value);
+            head.extend_from_slice(b"\r\n");
+        }
+        if let Some(ip) = x.peer_ip {
+            head.extend_from_slice(b"X-Forwarded-For: ");
+            head.extend_from_slice(ip.to_string().as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        x.inbuf.drain(..head_len);
+        x.keep_alive = info.keep_alive;
+        x.head_request = info.head;
+        x.body = info.framing;
+        x.body_left = match info.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        x.chunks = ChunkScanner::default();
+        x.body_done = info.framing == Framing::None;
+        x.started = now;
+        x.response_started = false;
+        x.phase = Phase::Request;
+
+        let Some(u) = self.upstream_for(pool, now, tcp) else {
+            self.fail(s, 502, "Bad Gateway", tcp);
+            return;
+        };
+        let head_request = info.head;
+        if let Some(up) = self.up(u) {
+            up.session = Some(s);
+            up.out.extend_from_slice(&head);
+            up.head_request = head_request;
+            up.resp = None;
+            up.ready = 0;
+            up.chunks = ChunkScanner::default();
+        }
+        if let Some(x) = self.sess(s) {
+            x.upstream = Some(u);
+        }
+        self.listeners[li].stats.requests += 1;
+        self.pump_up(s, now, tcp);
+    }
+
+    /// An idle connection to the pool's next backend, or a new one.
+    fn upstream_for<T: TcpApi>(&mut self, pool: usize, now: Instant, tcp: &mut T) -> Option<u32> {
+        let p = &mut self.pools[pool];
+        let n = p.cfg.backends.len();
+        let b = p.next % n;
+        p.next = p.next.wrapping_add(1);
+        p.stats.backends[b].requests += 1;
+        while let Some(u) = self.pools[pool].idle[b].pop() {
+            let Some(conn) = self.up(u).map(|x| x.conn) else { continue };
+            if tcp.state(conn) == ConnState::Established {
+                self.pools[pool].stats.backends[b].upstream_reuses += 1;
+                self.sync_stats(pool);
+                return Some(u);
+            }
+            tcp.close(conn);
+            self.remove_upstream(u);
+        }
+        let addr = self.pools[pool].cfg.backends[b].addr;
+        let conn = match tcp.connect(now, addr) {
+            Ok(c) => c,
+            Err(_) => {
+                self.pools[pool].stats.backends[b].connect_failures += 1;
+                self.sync_stats(pool);
+                return None;
+            }
+        };
+        self.pools[pool].stats.backends[b].upstream_connects += 1;
+        self.sync_stats(pool);
+        let up = Upstream {
+            conn,
+            pool,
+            backend: b,
+            session: None,
+            connected: false,
+            opened: now,
+            out: Vec::new(),
+            inbuf: Vec::new(),
+            resp: None,
+            ready: 0,
+            left: 0,
+            chunks: ChunkScanner::default(),
+            head_request: false,
+            peer_closed: false,
+        };
+        let u = match self.free_upstreams.pop() {
+            Some(u) => {
+                self.upstreams[u as usize] = Some(up);
+                u
+            }
+            None => {
+                self.upstreams.push(Some(up));
+                (self.upstreams.len() - 1) as u32
+            }
+        };
+        self.owners.insert(conn, Owner::Upstream(u));
+        Some(u)
+    }
+
+    /// Moves request body bytes from the client's buffer to the upstream's.
+    fn pump_up<T: TcpApi>(&mut self, s: u32, now: Instant, tcp: &mut T) {
+        for _ in 0..64 {
+            let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else {
+                return;
+            };
+            let Some(u) = x.upstream else { return };
+            let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) else {
+                return;
+            };
+            let mut moved = 0;
+            if !x.body_done && !x.inbuf.is_empty() {
+                let room = BUF_CAP.saturating_sub(up.out.len());
+                let avail = x.inbuf.len().min(room);
+                let take = match x.body {
+                    Framing::Length(_) => {
+                        let t = (x.body_left.min(avail as u64)) as usize;
+                        x.body_left -= t as u64;
+                        x.body_done = x.body_left == 0;
+                        t
+                    }
+                    Framing::Chunked => match x.chunks.scan(&x.inbuf[..avail]) {
+                        Ok(t) => {
+                            x.body_done = x.chunks.done();
+                            t
+                        }
+                        Err(_) => {
+                            // The backend already has the head: end both sides.
+                            let (client, upconn) = (x.conn, up.conn);
+                            tcp.abort(upconn);
+                            self.remove_upstream(u);
+                            if let Some(x) = self.sess(s) {
+                                x.upstream = None;
+                            }
+                            let _ = client;
+                            self.reject(s, Reject::BadChunk, tcp);
+                            return;
+                        }
+                    },
+                    _ => 0,
+                };
+                up.out.extend_from_slice(&x.inbuf[..take]);
+                x.inbuf.drain(..take);
+                moved = take;
+            }
+            let before = up.out.len();
+            self.flush_up(u, now, tcp);
+            let after = self.up(u).map_or(0, |x| x.out.len());
+            if moved == 0 && after == before {
+                break;
+            }
+        }
+    }
+
+    fn flush_up<T: TcpApi>(&mut self, u: u32, now: Instant, tcp: &mut T) {
+        let _ = now;
+        let Some(up) = self.up(u) else { return };
+        if !up.connected || up.out.is_empty() {
+            return;
+        }
+        if let Ok(n) = tcp.send(up.conn, &up.out) {
+            up.out.drain(..n);
+        }
+    }
+
+    fn read_upstream<T: TcpApi>(&mut self, u: u32, now: Instant, tcp: &mut T) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        while let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) {
+            if up.inbuf.len() >= BUF_CAP {
+                break;
+            }
+            let room = (BUF_CAP - up.inbuf.len()).min(scratch.len());
+            match tcp.recv(up.conn, &mut scratch[..room]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => up.inbuf.extend_from_slice(&scratch[..n]),
+            }
+        }
+        self.scratch = scratch;
+        let Some(up) = self.up(u) else { return };
+        if up.session.is_none() {
+            if !up.inbuf.is_empty() {
+                // Bytes from an idle connection: nothing asked for them.
+                let conn = up.conn;
+                tcp.abort(conn);
+                self.remove_upstream(u);
+            }
+            return;
+        }
+        self.pump_down(u, now, tcp);
+    }
+
+    /// Parses the response head and relays the response to the client.
+    fn pump_down<T: TcpApi>(&mut self, u: u32, now: Instant, tcp: &mut T) {
+        let max_head = self.limits.max_head;
+        for _ in 0..64 {
+            let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) else {
+                return;
+            };
+            let Some(s) = up.session else { return };
+            if up.resp.is_none() {
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(&up.inbuf) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        match http1::check_response(&resp, up.head_request) {
+                            Ok(info) => {
+                                up.left = match info.framing {
+                                    Framing::Length(l) => l,
+                                    _ => 0,
+                                };
+                                up.chunks = ChunkScanner::default();
+                                up.ready = n;
+                                up.resp = Some(info);
+                            }
+                            Err(_) => {
+                                self.bad_upstream(u, s, tcp);
+                                return;
+                            }
+                        }
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if up.inbuf.len() > max_head || up.peer_closed {
+                            self.bad_upstream(u, s, tcp);
+                        }
+                        return;
+                    }
+                    Err(_) => {
+                        self.bad_upstream(u, s, tcp);
+                        return;
+                    }
+                }
+            }
+            let Some(info) = up.resp.clone() else { return };
+            // Extend what is known to belong to the response.
+            let unseen = up.inbuf.len() - up.ready;
+            let mut body_done = match info.framing {
+                Framing::None => true,
+                Framing::Length(_) => {
+                    let t = up.left.min(unseen as u64);
+                    up.left -= t;
+                    up.ready += t as usize;
+                    up.left == 0
+                }
+                Framing::Chunked => match up.chunks.scan(&up.inbuf[up.ready..]) {
+                    Ok(t) => {
+                        up.ready += t;
+                        up.chunks.done()
+                    }
+                    Err(_) => {
+                        self.bad_upstream(u, s, tcp);
+                        return;
+                    }
+                },
+                Framing::UntilClose => {
+                    up.ready = up.inbuf.len();
+                    up.peer_closed
+                }
+            };
+            let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else {
+                return;
+            };
+            if up.ready > 0 {
+                let n = tcp.send(x.conn, &up.inbuf[..up.ready]).unwrap_or(0);
+                up.inbuf.drain(..n);
+                up.ready -= n;
+                x.response_started |= n > 0;
+                let li = x.listener;
+                self.listeners[li].stats.bytes_out += n as u64;
+                if up.ready > 0 {
+                    return; // the client's window is full: Writable resumes
+                }
+            }
+            if (100..200).contains(&info.status) && info.status != 101 {
+                // An interim response: the final one follows.
+                up.resp = None;
+                continue;
+            }
+            body_done &= up.ready == 0;
+            if body_done {
+                self.response_done(u, s, now, tcp);
+            }
+            return;
+        }
+    }
+
+    /// The response is relayed: park or close the upstream, and get the client
+    /// connection ready for its next request.
+    fn response_done<T: TcpApi>(&mut self, u: u32, s: u32, now: Instant, tcp: &mut T) {
+        let max_idle = self.limits.max_idle_upstream_per_backend;
+        let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) else { return };
+        let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
+        let (pool, b) = (up.pool, up.backend);
+        let reusable = up.resp.as_ref().is_some_and(|r| r.keep_alive)
+            && up.inbuf.is_empty()
+            && up.out.is_empty()
+            && !up.peer_closed
+            && x.body_done;
+        up.session = None;
+        up.resp = None;
+        up.ready = 0;
+        x.upstream = None;
+        x.last_active = now;
+        let client_keep = x.keep_alive && x.body_done && !x.peer_closed;
+        let upconn = up.conn;
+        self.pools[pool].stats.backends[b].responses += 1;
+        self.sync_stats(pool);
+        if reusable && self.pools[pool].idle[b].len() < max_idle {
+            self.pools[pool].idle[b].push(u);
+        } else {
+            tcp.close(upconn);
+            self.remove_upstream(u);
+        }
+        let Some(x) = self.sess(s) else { return };
+        if client_keep {
+            x.phase = Phase::Head;
+            if !x.inbuf.is_empty() {
+                self.process_client(s, now, tcp);
+            }
+        } else {
+            x.phase = Phase::Closing;
+            x.inbuf.clear();
+            self.flush_client(s, tcp);
+        }
+    }
+
+    /// The backend sent something we cannot relay: 502 if the client has seen
+    /// nothing yet, else cut the client off.
+    fn bad_upstream<T: TcpApi>(&mut self, u: u32, s: u32, tcp: &mut T) {
+        if let Some(conn) = self.up(u).map(|x| x.conn) {
+            tcp.abort(conn);
+        }
+        self.remove_upstream(u);
+        let Some(x) = self.sess(s) else { return };
+        x.upstream = None;
+        if x.response_started {
+            let conn = x.conn;
+            tcp.abort(conn);
+        } else {
+            self.fail(s, 502, "Bad Gateway", tcp);
+        }
+    }
+
+    /// An upstream connection ended (closed, reset, refused, or its peer closed).
+    fn upstream_gone<T: TcpApi>(&mut self, u: u32, now: Instant, tcp: &mut T) {
+        let Some(up) = self.up(u) else { return };
+        let (pool, b, connected, session) = (up.pool, up.backend, up.connected, up.session);
+        if let Some(s) = session {
+            // A response delimited by the close is complete now.
+            let until_close = up.resp.as_ref().is_some_and(|r| r.framing == Framing::UntilClose);
+            if until_close {
+                up.peer_closed = true;
+                self.pump_down(u, now, tcp);
+                if self.up(u).is_some_and(|x| x.session.is_none()) {
+                    self.remove_upstream(u);
+                    return;
+                }
+            }
+            if !connected {
+                self.pools[pool].stats.backends[b].connect_failures += 1;
+                self.sync_stats(pool);
+            }
+            self.bad_upstream(u, s, tcp);
+            return;
+        }
+        let idle = &mut self.pools[pool].idle[b];
+        if let Some(p) = idle.iter().position(|x| *x == u) {
+            idle.swap_remove(p);
+        }
+        self.remove_upstream(u);
+    }
+
+    fn remove_upstream(&mut self, u: u32) {
+        if let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::take) {
+            if self.owners.get(&up.conn) == Some(&Owner::Upstream(u)) {
+                self.owners.remove(&up.conn);
+            }
+            let idle = &mut self.pools[up.pool].idle[up.backend];
+            if let Some(p) = idle.iter().position(|x| *x == u) {
+                idle.swap_remove(p);
+            }
+            self.free_upstreams.push(u);
+        }
+    }
+
+    fn drop_session<T: TcpApi>(&mut self, s: u32, tcp: &mut T) {
+        let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::take) else { return };
+        if let Some(u) = x.upstream {
+            if let Some(conn) = self.up(u).map(|y| y.conn) {
+                tcp.abort(conn);
+            }
+            self.remove_upstream(u);
+        }
+        self.listeners[x.listener].stats.connections_active -= 1;
+        self.free_sessions.push(s);
+    }
+
+    /// Answers a request the proxy refuses; it never reaches a backend.
+    fn reject<T: TcpApi>(&mut self, s: u32, r: Reject, tcp: &mut T) {
+        let (code, reason) = r.status();
+        self.fail(s, code, reason, tcp);
+    }
+
+    /// Writes an error response and closes the client connection after it.
+    fn fail<T: TcpApi>(&mut self, s: u32, code: u16, reason: &str, tcp: &mut T) {
+        let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
+        x.phase = Phase::Closing;
+        x.inbuf.clear();
+        error_response(code, reason, &mut x.out);
+        let st = &mut self.listeners[x.listener].stats;
+        st.errors += 1;
+        if code >= 500 {
+            st.responses_5xx += 1;
+        } else {
+            st.responses_4xx += 1;
+        }
+        self.flush_client(s, tcp);
+    }
+
+    /// Sends what the proxy wrote itself; closes a finished connection.
+    fn flush_client<T: TcpApi>(&mut self, s: u32, tcp: &mut T) {
+        let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
+        if !x.out.is_empty() {
+            let n = tcp.send(x.conn, &x.out).unwrap_or(0);
+            x.out.drain(..n);
+            self.listeners[x.listener].stats.bytes_out += n as u64;
+        }
+        if x.out.is_empty() && x.phase == Phase::Closing {
+            tcp.close(x.conn);
+        }
+    }
+
+    /// Runs timeouts: requests without a response head (504), connections
+    /// that never completed (502), idle keep-alive clients (closed).
+    pub fn poll<T: TcpApi>(&mut self, now: Instant, tcp: &mut T) {
+        match self.next_check {
+            Some(t) if now >= t => {}
+            _ => return,
+        }
+        self.next_check = Some(now + CHECK_EVERY);
+        let idle_timeout = self.limits.idle_timeout;
+        for s in 0..self.sessions.len() as u32 {
+            let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            match x.phase {
+                Phase::Head if x.inbuf.is_empty() && now >= x.last_active + idle_timeout => {
+                    x.phase = Phase::Closing;
+                    self.flush_client(s, tcp);
+                }
+                Phase::Request if !x.response_started => {
+                    let Some(u) = x.upstream else { continue };
+                    let started = x.started;
+                    let Some(up) = self.up(u) else { continue };
+                    let (connected, opened, conn, pool, b) =
+                        (up.connected, up.opened, up.conn, up.pool, up.backend);
+                    if !connected && now >= opened + self.limits.connect_timeout {
+                        tcp.abort(conn);
+                        self.pools[pool].stats.backends[b].connect_failures += 1;
+                        self.sync_stats(pool);
+                        self.remove_upstream(u);
+                        if let Some(x) = self.sess(s) {
+                            x.upstream = None;
+                        }
+                        self.fail(s, 502, "Bad Gateway", tcp);
+                    } else if now >= started + self.limits.request_timeout {
+                        tcp.abort(conn);
+                        self.remove_upstream(u);
+                        if let Some(x) = self.sess(s) {
+                            x.upstream = None;
+                        }
+                        self.fail(s, 504, "Gateway Timeout", tcp);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.sessions.iter().all(Option::is_none) {
+            self.next_check = None;
+        }
+    }
+
+    /// When `poll` next has work.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.next_check
+    }
+}

@@ -1,0 +1,386 @@
+//! HTTP/1.1 message framing (RFC 9112 sections 6 and 7): how long a body is,
+//! strict checks against ambiguous framing (the request smuggling classes), a
+//! chunked-coding scanner that finds where a message ends without rewriting it,
+//! and the responses the proxy writes itself.
+
+/// How the body of a message is delimited (RFC 9112 6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the connection closes (responses only).
+    UntilClose,
+}
+
+/// Why a request was refused before reaching a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// Unparsable request line or header (400).
+    Malformed,
+    /// Both Content-Length and Transfer-Encoding (400).
+    ContentLengthAndTransferEncoding,
+    /// Content-Length repeated, or not a decimal number (400).
+    BadContentLength,
+    /// A transfer coding other than `chunked` (501).
+    UnsupportedTransferEncoding,
+    /// HTTP/1.1 without exactly one Host header (400).
+    BadHost,
+    /// Request head larger than the limit (431).
+    HeadTooLarge,
+    /// A chunk size line that is not hex, or a chunk not followed by CRLF (400).
+    BadChunk,
+    /// No route matches (404).
+    NoRoute,
+}
+
+impl Reject {
+    /// The status code and reason phrase to answer with.
+    pub fn status(self) -> (u16, &'static str) {
+        match self {
+            Reject::UnsupportedTransferEncoding => (501, "Not Implemented"),
+            Reject::HeadTooLarge => (431, "Request Header Fields Too Large"),
+            Reject::NoRoute => (404, "Not Found"),
+            _ => (400, "Bad Request"),
+        }
+    }
+}
+
+/// What the proxy needs from a parsed request head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestInfo {
+    /// The body's framing.
+    pub framing: Framing,
+    /// The client wants the connection kept open after the response.
+    pub keep_alive: bool,
+    /// A HEAD request (its response has no body).
+    pub head: bool,
+}
+
+/// Checks a parsed request head and works out its framing (RFC 9112 6.1–6.3).
+pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Reject> {
+    let version = req.version.ok_or(Reject::Malformed)?;
+    let mut content_length: Option<u64> = None;
+    let mut te: Option<&[u8]> = None;
+    let mut hosts = 0;
+    let mut close = version == 0;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            if content_length.is_some() {
+                return Err(Reject::BadContentLength);
+            }
+            content_length = Some(parse_decimal(h.value).ok_or(Reject::BadContentLength)?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if te.is_some() {
+                return Err(Reject::UnsupportedTransferEncoding);
+            }
+            te = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let t = trim(token);
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                    close = false;
+                }
+            }
+        }
+    }
+    if version == 1 && hosts != 1 {
+        return Err(Reject::BadHost);
+    }
+    let framing = match (te, content_length) {
+        (Some(_), Some(_)) => return Err(Reject::ContentLengthAndTransferEncoding),
+        (Some(_), None) if version == 0 => return Err(Reject::UnsupportedTransferEncoding),
+        (Some(v), None) if trim(v).eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+        (Some(_), None) => return Err(Reject::UnsupportedTransferEncoding),
+        (None, Some(0)) | (None, None) => Framing::None,
+        (None, Some(n)) => Framing::Length(n),
+    };
+    Ok(RequestInfo { framing, keep_alive: !close, head: req.method == Some("HEAD") })
+}
+
+/// What the proxy needs from a parsed response head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseInfo {
+    /// Status code.
+    pub status: u16,
+    /// The body's framing.
+    pub framing: Framing,
+    /// The backend will keep the connection open.
+    pub keep_alive: bool,
+}
+
+/// Works out a response's framing (RFC 9112 6.3), given whether the request
+/// was HEAD. A response the proxy cannot frame safely is an error (502).
+pub fn check_response(
+    resp: &httparse::Response<'_, '_>,
+    head_request: bool,
+) -> Result<ResponseInfo, Reject> {
+    let version = resp.version.ok_or(Reject::Malformed)?;
+    let status = resp.code.ok_or(Reject::Malformed)?;
+    let mut content_length: Option<u64> = None;
+    let mut te: Option<&[u8]> = None;
+    let mut close = version == 0;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = parse_decimal(h.value).ok_or(Reject::BadContentLength)?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(Reject::BadContentLength);
+            }
+            content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let t = trim(token);
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                    close = false;
+                }
+            }
+        }
+    }
+    let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
+    {
+        Framing::None
+    } else {
+        match (te, content_length) {
+            (Some(v), _) if trim(v).eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+            (Some(_), _) => Framing::UntilClose,
+            (None, Some(0)) => Framing::None,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    let keep_alive = !close && framing != Framing::UntilClose;
+    Ok(ResponseInfo { status, framing, keep_alive })
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &v[start..end.max(start)]
+}
+
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    let v = trim(v);
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// Finds the end of a chunked body (RFC 9112 7.1) as bytes stream past, without
+/// changing them: chunk sizes, extensions, data, and the trailer section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkScanner {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    FinalLf,
+    Done,
+}
+
+impl Default for ChunkScanner {
+    fn default() -> Self {
+        ChunkScanner { state: ChunkState::Size, size: 0, digits: 0 }
+    }
+}
+
+impl ChunkScanner {
+    /// True once the last chunk and the trailer section have passed.
+    pub fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Scans `data`; returns how many bytes belong to the body (all of them
+    /// unless the body ends inside `data`).
+    pub fn scan(&mut self, data: &[u8]) -> Result<usize, Reject> {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                ChunkState::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = (b as char).to_digit(16).unwrap_or(0);
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(Reject::BadChunk);
+                        }
+                        self.size = self.size * 16 + u64::from(d);
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::Ext,
+                    b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
+                    _ => return Err(Reject::BadChunk),
+                },
+                ChunkState::Ext => match b {
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    b'\n' | 0 => return Err(Reject::BadChunk),
+                    _ => {}
+                },
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(Reject::BadChunk);
+                    }
+                    self.digits = 0;
+                    self.state =
+                        if self.size == 0 { ChunkState::TrailerStart } else { ChunkState::Data };
+                }
+                ChunkState::Data => {
+                    let take = (self.size.min((data.len() - i) as u64)) as usize;
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err(Reject::BadChunk);
+                    }
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(Reject::BadChunk);
+                    }
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::TrailerStart => match b {
+                    b'\r' => self.state = ChunkState::FinalLf,
+                    b'\n' => return Err(Reject::BadChunk),
+                    _ => self.state = ChunkState::TrailerLine,
+                },
+                ChunkState::TrailerLine => match b {
+                    b'\r' => self.state = ChunkState::TrailerLf,
+                    b'\n' => return Err(Reject::BadChunk),
+                    _ => {}
+                },
+                ChunkState::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(Reject::BadChunk);
+                    }
+                    self.state = ChunkState::TrailerStart;
+                }
+                ChunkState::FinalLf => {
+                    if b != b'\n' {
+                        return Err(Reject::BadChunk);
+                    }
+                    self.state = ChunkState::Done;
+                    return Ok(i + 1);
+                }
+                ChunkState::Done => return Ok(i),
+            }
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+/// A complete response written by the proxy itself, closing the connection.
+pub fn error_response(status: u16, reason: &str, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let body_len = reason.len() + 1;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\nConnection: close\r\nServer: switchyard\r\n\r\n{reason}\n"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(raw: &[u8]) -> Result<RequestInfo, Reject> {
+        let mut h = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Request::new(&mut h);
+        match r.parse(raw) {
+            Ok(httparse::Status::Complete(_)) => check_request(&r),
+            _ => Err(Reject::Malformed),
+        }
+    }
+
+    #[test]
+    fn framing_of_requests() {
+        assert_eq!(req(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().framing, Framing::None);
+        assert_eq!(
+            req(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").unwrap().framing,
+            Framing::Length(5)
+        );
+        assert_eq!(
+            req(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap()
+                .framing,
+            Framing::Chunked
+        );
+        assert!(
+            !req(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().keep_alive
+        );
+        assert!(!req(b"GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
+    }
+
+    #[test]
+    fn ambiguous_requests_are_refused() {
+        use Reject::*;
+        let cases: &[(&[u8], Reject)] = &[
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", ContentLengthAndTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", BadContentLength),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", BadContentLength),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", BadContentLength),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", UnsupportedTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", UnsupportedTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", UnsupportedTransferEncoding),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", UnsupportedTransferEncoding),
+            (b"GET / HTTP/1.1\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n z\r\n\r\n", Malformed),
+            (b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n", Malformed),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(req(raw), Err(*want), "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn chunk_scanner_finds_the_end_and_refuses_bad_sizes() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nGET /next";
+        let mut s = ChunkScanner::default();
+        let n = s.scan(body).unwrap();
+        assert!(s.done());
+        assert_eq!(&body[n..], b"GET /next");
+        // Byte by byte gives the same answer.
+        let mut s = ChunkScanner::default();
+        let mut total = 0;
+        for b in body.iter() {
+            total += s.scan(std::slice::from_ref(b)).unwrap();
+            if s.done() {
+                break;
+            }
+        }
+        assert_eq!(total, n);
+        for bad in [&b"z\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"5\n", b"fffffffffffffffff\r\n"] {
+            assert_eq!(ChunkScanner::default().scan(bad), Err(Reject::BadChunk), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The proxy against an in-memory TCP: the test plays clients and origins byte
+//! by byte and checks what each side receives.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use switchyard_l7::*;
+use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpError, TcpEvent};
+use switchyard_stack::{Duration, Instant};
+
+struct Conn {
+    remote: SocketAddr,
+    state: Option<ConnState>,
+    to_l7: VecDeque<u8>,
+    sent: Vec<u8>,
+    window: usize,
+    closed: bool,
+    aborted: bool,
+}
+
+/// A TCP that moves bytes between the proxy and the test by hand.
+struct FakeTcp {
+    conns: HashMap<ConnId, Conn>,
+    next: u32,
+    connects: Vec<ConnId>,
+    refuse: bool,
+}
+
+impl FakeTcp {
+    fn new_conn(&mut self, remote: SocketAddr, state: ConnState) -> ConnId {
+        self.next += 1;
+        let id = ConnId { slot: self.next, generation: 0 };
+        self.conns.insert(
+            id,
+            Conn {
+                remote,
+                state: Some(state),
+                to_l7: VecDeque::new(),
+                sent: Vec::new(),
+                window: usize::MAX,
+                closed: false,
+                aborted: false,
+            },
+        );
+        id
+    }
+    fn c(&mut self, id: ConnId) -> &mut Conn {
+        self.conns.get_mut(&id).expect("conn")
+    }
+}
+
+impl TcpApi for FakeTcp {
+    fn connect(&mut self, _now: Instant, remote: SocketAddr) -> Result<ConnId, TcpError> {
+        if self.refuse {
+            return Err(TcpError::NoLocalPort);
+        }
+        let id = self.new_conn(remote, ConnState::Connecting);
+        self.connects.push(id);
+        Ok(id)
+    }
+    fn recv(&mut self, conn: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
+        let c = self.conns.get_mut(&conn).ok_or(TcpError::NoSuchConnection)?;
+        let n = buf.len().min(c.to_l7.len());
+        for (i, b) in c.to_l7.drain(..n).enumerate() {
+            buf[i] = b;
+        }
+        Ok(n)
+    }
+    fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, TcpError> {
+        let c = self.conns.get_mut(&conn).ok_or(TcpError::NoSuchConnection)?;
+        if c.closed || c.aborted {
+            return Err(TcpError::InvalidState);
+        }
+        let n = data.len().min(c.window.saturating_sub(c.sent.len()));
+        c.sent.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+    fn send_capacity(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, |c| c.window.saturating_sub(c.sent.len()))
+    }
+    fn send_queue(&self, _conn: ConnId) -> usize {
+        0
+    }
+    fn close(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.closed = true;
+        }
+    }
+    fn abort(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.aborted = true;
+        }
+    }
+    fn state(&self, conn: ConnId) -> ConnState {
+        match self.conns.get(&conn) {
+            Some(c) if c.closed || c.aborted => ConnState::Closed,
+            Some(c) => c.state.unwrap_or(ConnState::Closed),
+            None => ConnState::Closed,
+        }
+    }
+    fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.conns.get(&conn).map(|c| c.remote)
+    }
+}
+
+struct H {
+    l7: L7,
+    tcp: FakeTcp,
+    now: Instant,
+}
+
+fn backend(name: &str, addr: &str) -> Backend {
+    Backend { name: name.into(), addr: addr.parse().unwrap() }
+}
+
+impl H {
+    fn new() -> H {
+        let cfg = L7Config {
+            listeners: vec![ListenerConfig {
+                id: 3,
+                name: "web".into(),
+                routes: vec![
+                    Route { path_prefix: "/api/".into(), pool: 0 },
+                    Route { path_prefix: "/one/".into(), pool: 2 },
+                    Route { path_prefix: "/static/".into(), pool: 1 },
+                ],
+            }],
+            pools: vec![
+                PoolConfig {
+                    name: "api".into(),
+                    backends: vec![
+                        backend("api-1", "198.18.0.31:8080"),
+                        backend("api-2", "198.18.0.32:8080"),
+                    ],
+                },
+                PoolConfig {
+                    name: "static".into(),
+                    backends: vec![backend("static-1", "198.18.0.41:8080")],
+                },
+                PoolConfig {
+                    name: "one".into(),
+                    backends: vec![backend("one-1", "198.18.0.51:8080")],
+                },
+            ],
+            limits: Limits::default(),
+        };
+        H {
+            l7: L7::new(cfg).unwrap(),
+            tcp: FakeTcp { conns: HashMap::new(), next: 0, connects: Vec::new(), refuse: false },
+            now: Instant::from_secs(1),
+        }
+    }
+
+    fn ev(&mut self, ev: TcpEvent) {
+        self.l7.on_event(self.now, ev, &mut self.tcp);
+    }
+
+    fn client(&mut self) -> ConnId {
+        let c = self.tcp.new_conn("198.18.0.101:40000".parse().unwrap(), ConnState::Established);
+        self.ev(TcpEvent::Accepted {
+            conn: c,
+            listener: 3,
+            peer: "198.18.0.101:40000".parse().unwrap(),
+            local: "198.18.0.10:80".parse().unwrap(),
+        });
+        c
+    }
+
+    fn write(&mut self, conn: ConnId, bytes: &[u8]) {
+        self.tcp.c(conn).to_l7.extend(bytes.iter().copied());
+        self.ev(TcpEvent::Readable { conn });
+    }
+
+    /// Completes every pending upstream connect; returns the new upstream conns.
+    fn accept_upstreams(&mut self) -> Vec<ConnId> {
+        let new: Vec<ConnId> = std::mem::take(&mut self.tcp.connects);
+        for &u in &new {
+            self.tcp.c(u).state = Some(ConnState::Established);
+            self.ev(TcpEvent::Connected { conn: u });
+        }
+        new
+    }
+
+    fn take(&mut self, conn: ConnId) -> Vec<u8> {
+        std::mem::take(&mut self.tcp.c(conn).sent)
+    }
+}
+
+fn response(body: &[u8], extra: &str) -> Vec<u8> {
+    let mut r =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{extra}\r\n", body.len()).into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+fn header_block(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).into_owned()
+}
+
+#[test]
+fn routes_by_prefix_and_relays_byte_exact() {
+    let mut h = H::new();
+    let c = h.client();
+    h.write(c, b"GET /api/users HTTP/1.1\r\nHost: vip\r\n\r\n");
+    let ups = h.accept_upstreams();
+    assert_eq!(ups.len(), 1);
+    assert_eq!(h.tcp.c(ups[0]).remote, "198.18.0.31:8080".parse().unwrap());
+    let req = header_block(&h.take(ups[0]));
+    assert!(req.starts_with("GET /api/users HTTP/1.1\r\n"), "{req}");
+    assert!(req.contains("Host: vip\r\n"));
+    assert!(req.contains("X-Forwarded-For: 198.18.0.101\r\n"));
+    let resp = response(b"users!", "X-Backend: api-1\r\n");
+    h.write(ups[0], &resp);
+    assert_eq!(h.take(c), resp);
+
+    h.write(c, b"GET /static/logo.png HTTP/1.1\r\nHost: vip\r\n\r\n");
+    let ups = h.accept_upstreams();
+    assert_eq!(h.tcp.c(ups[0]).remote, "198.18.0.41:8080".parse().unwrap());
+    assert!(header_block(&h.take(ups[0])).starts_with("GET /static/logo.png "));
+    let st = h.l7.listener_stats(3).unwrap();
+    assert_eq!((st.requests, st.errors), (2, 0));
+}
+
+#[test]
+fn keep_alive_reuses_one_upstream_connection() {
+    let mut h = H::new();
+    let c = h.client();
+    let mut first = None;
+    for i in 0..5 {
+        h.write(c, format!("GET /one/{i} HTTP/1.1\r\nHost: vip\r\n\r\n").as_bytes());
+        if let Some(u) = h.accept_upstreams().first() {
+            first = Some(*u);
+        }
+        let u = first.unwrap();
+        assert!(header_block(&h.take(u)).starts_with(&format!("GET /one/{i} ")));
+        let body = format!("body {i}");
+        h.write(u, &response(body.as_bytes(), ""));
+        assert!(h.take(c).ends_with(body.as_bytes()));
+    }
+    let one = &h.l7.pool_stats()[2].backends[0];
+    assert_eq!(
+        (one.requests, one.responses, one.upstream_connects, one.upstream_reuses),
+        (5, 5, 1, 4)
+    );
+    assert!(!h.tcp.c(c).closed);
+}
+
+#[test]
+fn round_robin_alternates_backends() {
+    let mut h = H::new();
+    let mut seen = Vec::new();
+    let mut ups: Vec<ConnId> = Vec::new();
+    for _ in 0..4 {
+        let c = h.client();
+        h.write(c, b"GET /api/x HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n");
+        ups.extend(h.accept_upstreams());
+        let u = *ups.iter().find(|u| !h.tcp.c(**u).sent.is_empty()).expect("request sent upstream");
+        seen.push(h.tcp.c(u).remote.to_string());
+        let req = header_block(&h.take(u));
+        assert!(!req.contains("Connection"), "hop-by-hop header forwarded: {req}");
+        h.write(u, &response(b"ok", ""));
+        assert!(h.take(c).ends_with(b"ok"));
+        assert!(h.tcp.c(c).closed, "client asked to close");
+    }
+    assert_eq!(
+        seen,
+        ["198.18.0.31:8080", "198.18.0.32:8080", "198.18.0.31:8080", "198.18.0.32:8080"]
+    );
+    // The client closed each time, but the upstream connections were kept.
+    assert_eq!(ups.len(), 2);
+}
+
+#[test]
+fn post_body_and_chunked_response_are_relayed() {
+    let mut h = H::new();
+    let c = h.client();
+    h.write(c, b"POST /one/upload HTTP/1.1\r\nHost: vip\r\nContent-Length: 11\r\n\r\nhello");
+    let u = h.accept_upstreams()[0];
+    h.write(c, b" world");
+    let sent = h.take(u);
+    assert!(sent.ends_with(b"\r\n\r\nhello world"), "{}", header_block(&sent));
+    let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    h.write(u, &resp[..30]);
+    h.write(u, &resp[30..]);
+    assert_eq!(h.take(c), resp.to_vec());
+    // The response ended with its last chunk: the upstream is parked for reuse.
+    h.write(c, b"GET /one/again HTTP/1.1\r\nHost: vip\r\n\r\n");
+    assert!(h.accept_upstreams().is_empty());
+    assert!(header_block(&h.take(u)).starts_with("GET /one/again "));
+}
+
+#[test]
+fn bad_requests_get_their_status_and_never_reach_a_backend() {
+    let cases: &[(&[u8], &str)] = &[
+        (b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc", "400"),
+        (b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "400"),
+        (b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: abc\r\n\r\n", "400"),
+        (b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: identity\r\n\r\n", "501"),
+        (b"GET /api/ HTTP/1.1\r\nHost: v\r\nBad\x00Header: x\r\n\r\n", "400"),
+        (b"GET /nowhere HTTP/1.1\r\nHost: v\r\n\r\n", "404"),
+        (b"GET /api/ HTTP/1.1\r\n\r\n", "400"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "400"),
+    ];
+    for (raw, status) in cases {
+        let mut h = H::new();
+        let c = h.client();
+        h.write(c, raw);
+        assert!(h.tcp.connects.is_empty(), "reached a backend: {}", header_block(raw));
+        let out = header_block(&h.take(c));
+        assert!(out.starts_with(&format!("HTTP/1.1 {status} ")), "{} -> {out}", header_block(raw));
+        assert!(h.tcp.c(c).closed);
+        assert_eq!(h.l7.listener_stats(3).unwrap().errors, 1);
+    }
+    // An oversized head: 431.
+    let mut h = H::new();
+    let c = h.client();
+    let mut big = b"GET /api/ HTTP/1.1\r\nHost: v\r\n".to_vec();
+    while big.len() < 20_000 {
+        big.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    }
+    h.write(c, &big);
+    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 431 "));
+    assert!(h.tcp.connects.is_empty());
+}
+
+#[test]
+fn a_reset_upstream_gives_502_and_a_silent_one_504() {
+    let mut h = H::new();
+    let c = h.client();
+    h.write(c, b"GET /one/ HTTP/1.1\r\nHost: v\r\n\r\n");
+    let u = h.tcp.connects.pop().unwrap();
+    h.ev(TcpEvent::Closed { conn: u, reset: true });
+    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 502 "));
+    assert_eq!(h.l7.pool_stats()[2].backends[0].connect_failures, 1);
+
+    let c = h.client();
+    h.write(c, b"GET /one/ HTTP/1.1\r\nHost: v\r\n\r\n");
+    h.accept_upstreams();
+    h.now += Duration::from_secs(31);
+    h.l7.poll(h.now, &mut h.tcp);
+    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 504 "));
+    assert_eq!(h.l7.listener_stats(3).unwrap().responses_5xx, 2);
+}
+
+#[test]
+fn a_slow_client_gets_every_byte_of_a_large_response() {
+    let mut h = H::new();
+    let c = h.client();
+    h.tcp.c(c).window = 4096;
+    h.write(c, b"GET /one/big HTTP/1.1\r\nHost: v\r\n\r\n");
+    let u = h.accept_upstreams()[0];
+    let body: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let resp = response(&body, "");
+    let mut fed = 0;
+    let mut got = Vec::new();
+    for _ in 0..100_000 {
+        if fed < resp.len() && h.tcp.c(u).to_l7.len() < 65536 {
+            let n = (resp.len() - fed).min(8192);
+            h.write(u, &resp[fed..fed + n]);
+            fed += n;
+        }
+        let chunk = h.take(c);
+        got.extend_from_slice(&chunk);
+        h.ev(TcpEvent::Writable { conn: c });
+        // The proxy reads the upstream again when there is room.
+        h.ev(TcpEvent::Readable { conn: u });
+        if got.len() == resp.len() {
+            break;
+        }
+    }
+    assert_eq!(got.len(), resp.len());
+    assert!(got == resp, "bytes differ");
+}
