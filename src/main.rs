@@ -1,1 +1,107 @@
-fn main() {}
+//! The `switchyard` command: `demo`, `run`, `check`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard::config::Config;
+use switchyard::run::{self, SimOptions};
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Userspace L4 + L7 load-balancing dataplane")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the embedded demo: an L4 listener and an L7 listener with simulated
+    /// clients and backends on the in-process network.
+    Demo {
+        /// Virtual seconds the clients send for.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Seed of the simulated network (replays a run exactly).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run as fast as possible instead of pacing to the wall clock.
+        #[arg(long)]
+        fast: bool,
+        /// Write every frame on the load balancer's link to this pcap file.
+        #[arg(long)]
+        pcap: Option<PathBuf>,
+    },
+    /// Run the dataplane from a configuration file.
+    Run {
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// With `nic = "sim"`: run as fast as possible instead of pacing.
+        #[arg(long)]
+        fast: bool,
+        /// With `nic = "sim"`: write the load balancer's link to this pcap file.
+        #[arg(long)]
+        pcap: Option<PathBuf>,
+    },
+    /// Validate a configuration file; exit 2 if it is invalid.
+    Check {
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Demo { seconds, seed, fast, pcap } => {
+            let mut cfg = Config::demo();
+            if let Some(sim) = cfg.sim.as_mut() {
+                sim.seconds = seconds.max(1);
+                if let Some(s) = seed {
+                    sim.seed = s;
+                }
+            }
+            run::sim(&cfg, &SimOptions { pace: !fast, pcap, title: "switchyard demo".into() })
+        }
+        Cmd::Run { config, fast, pcap } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match cfg.device.nic {
+                switchyard::config::NicSpec::Sim => run::sim(
+                    &cfg,
+                    &SimOptions {
+                        pace: !fast,
+                        pcap,
+                        title: format!("switchyard {}", config.display()),
+                    },
+                ),
+                switchyard::config::NicSpec::Pcap { .. } => run::pcap(&cfg),
+            }
+        }
+        Cmd::Check { config } => match load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listeners, {} pools, {} backends)",
+                    config.display(),
+                    c.listeners.len(),
+                    c.pools.len(),
+                    c.pools.iter().map(|p| p.backends.len()).sum::<usize>()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+    }
+}

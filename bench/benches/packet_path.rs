@@ -49,7 +49,9 @@ fn classify(c: &mut Criterion) {
         },
         1,
     );
-    stack.add_listener("198.18.0.10:5432".parse().unwrap(), Proto::Tcp, ListenerKind::L4, 0).unwrap();
+    stack
+        .add_listener("198.18.0.10:5432".parse().unwrap(), Proto::Tcp, ListenerKind::L4, 0)
+        .unwrap();
     let mut pool = Pool::with_count(64);
     let now = Instant::from_millis(0);
     let mut g = c.benchmark_group("classify");

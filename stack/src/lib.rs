@@ -237,6 +237,7 @@ impl Stack {
             term::Input::Queued => self.counters.tcp_terminated += 1,
             term::Input::Unknown(pkt) => self.reject(now, pkt, meta, DropReason::UnknownFlow, pool),
             term::Input::Full(pkt) => self.drop_packet(pkt, DropReason::TcpTableFull, pool),
+            term::Input::Duplicate(pkt) => pool.free(pkt),
         }
     }
 

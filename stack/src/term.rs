@@ -120,6 +120,10 @@ struct Shard {
     used: usize,
     /// Listening sockets not yet designated for a SYN.
     listening: Vec<(ListenerId, SocketHandle)>,
+    /// Listeners with a socket designated for a SYN since the last poll: that
+    /// socket still listens, so no second one may listen beside it (smoltcp
+    /// would give the SYN to whichever comes first).
+    designated: Vec<ListenerId>,
     /// Connection slots living in this shard.
     slots: Vec<u32>,
     poll_at: Option<Instant>,
@@ -165,6 +169,8 @@ pub struct TcpStats {
     pub closed: u64,
     /// Segments dropped because a shard's queue was full.
     pub shard_queue_drops: u64,
+    /// SYNs for connections already known (retransmissions), dropped.
+    pub duplicate_syns: u64,
     /// SYNs refused because the connection table was full.
     pub table_full: u64,
     /// Connections open now (pending, open or lingering).
@@ -179,6 +185,8 @@ pub enum Input {
     Unknown(Mbuf),
     /// The connection table is full.
     Full(Mbuf),
+    /// A retransmitted SYN for a half-open connection (see `input`).
+    Duplicate(Mbuf),
 }
 
 /// Sharded TCP termination for one worker.
@@ -289,6 +297,7 @@ impl TcpTerminator {
             free: Vec::new(),
             used: 0,
             listening: Vec::new(),
+            designated: Vec::new(),
             slots: Vec::new(),
             poll_at: None,
             dirty: false,
@@ -302,7 +311,10 @@ impl TcpTerminator {
     fn shard_with_room(&mut self, now: Instant, listener: Option<ListenerId>) -> Option<u32> {
         let per = self.cfg.sockets_per_shard.max(2);
         for (i, s) in self.shards.iter().enumerate() {
-            if s.used < per && listener.is_none_or(|l| s.listening.iter().all(|(x, _)| *x != l)) {
+            let free_for = |l: ListenerId| {
+                s.listening.iter().all(|(x, _)| *x != l) && !s.designated.contains(&l)
+            };
+            if s.used < per && listener.is_none_or(free_for) {
                 return Some(i as u32);
             }
         }
@@ -386,6 +398,14 @@ impl TcpTerminator {
     ) -> Input {
         use crate::tcp_flags::{ACK, RST, SYN};
         let slot = match self.demux.get(&(dst, src)) {
+            // A SYN again for a connection we know: its SYN-ACK was lost. smoltcp
+            // would hand it to the first listening socket of the shard rather than
+            // to the half-open one, so drop it; the half-open socket retransmits
+            // its SYN-ACK by itself.
+            Some(_) if flags & (SYN | ACK | RST) == SYN => {
+                self.stats.duplicate_syns += 1;
+                return Input::Duplicate(pkt);
+            }
             Some(&i) => i,
             None => {
                 let Some(l) = listener else { return Input::Unknown(pkt) };
@@ -441,6 +461,7 @@ impl TcpTerminator {
         let sh = &mut self.shards[shard as usize];
         let pos = sh.listening.iter().position(|(x, _)| *x == l)?;
         let (_, handle) = sh.listening.swap_remove(pos);
+        sh.designated.push(l);
         let slot = Slot {
             generation: 0,
             phase: Phase::Pending(l),
@@ -485,6 +506,7 @@ impl TcpTerminator {
     fn poll_shard(&mut self, idx: u32, now: Instant, pool: &mut Pool, out: &mut Vec<Mbuf>) {
         let s = &mut self.shards[idx as usize];
         s.dirty = false;
+        s.designated.clear();
         // Keep polling while the shard ran out of buffers for what it sends.
         for _ in 0..64 {
             while s.dev.spare.len() < SHARD_SPARE {

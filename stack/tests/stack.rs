@@ -154,69 +154,94 @@ fn pattern(n: usize) -> Vec<u8> {
 #[test]
 fn echoes_through_terminated_connections_from_several_clients() {
     let mut b = Bench::new();
-    let data = pattern(100_000);
-    let mut handles = Vec::new();
-    for k in 0..6u16 {
-        let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; 65536]),
-            tcp::SocketBuffer::new(vec![0; 65536]),
-        );
-        s.connect(b.host.context(), (IpAddress::v4(198, 18, 0, 10), 80), 40000 + k).unwrap();
-        handles.push((b.sockets.add(s), 0usize, Vec::new()));
-    }
     let mut accepted = Vec::new();
+    let mut closed = 0;
     let mut buf = vec![0u8; 4096];
-    let mut app = |now: Instant, ev: TcpEvent, tcp: &mut TcpTerminator| {
-        let _ = now;
-        match ev {
-            TcpEvent::Accepted { conn, listener, local, .. } => {
-                assert_eq!(listener, 0);
-                assert_eq!(local, VIP.parse::<SocketAddr>().unwrap());
-                accepted.push(conn);
-            }
-            TcpEvent::Readable { conn } | TcpEvent::Writable { conn } => loop {
-                let room = tcp.send_capacity(conn).min(buf.len());
-                if room == 0 {
-                    break;
-                }
-                let n = tcp.recv(conn, &mut buf[..room]).unwrap();
-                if n == 0 {
-                    break;
-                }
-                assert_eq!(tcp.send(conn, &buf[..n]).unwrap(), n);
-            },
-            TcpEvent::PeerClosed { conn } => tcp.close(conn),
-            _ => {}
+    let mut app = |_: Instant, ev: TcpEvent, tcp: &mut TcpTerminator| match ev {
+        TcpEvent::Accepted { conn, listener, local, .. } => {
+            assert_eq!(listener, 0);
+            assert_eq!(local, VIP.parse::<SocketAddr>().unwrap());
+            accepted.push(conn);
         }
+        TcpEvent::Readable { conn } | TcpEvent::Writable { conn } => loop {
+            let room = tcp.send_capacity(conn).min(buf.len());
+            if room == 0 {
+                break;
+            }
+            let n = tcp.recv(conn, &mut buf[..room]).unwrap();
+            if n == 0 {
+                break;
+            }
+            assert_eq!(tcp.send(conn, &buf[..n]).unwrap(), n);
+        },
+        TcpEvent::PeerClosed { conn } => tcp.close(conn),
+        TcpEvent::Closed { .. } => closed += 1,
+        _ => {}
     };
-    for _ in 0..20_000 {
-        b.step(&mut app);
-        let mut all = true;
-        for (h, sent, got) in handles.iter_mut() {
-            let s = b.sockets.get_mut::<tcp::Socket>(*h);
-            if s.can_send() && *sent < data.len() {
-                *sent += s.send_slice(&data[*sent..]).unwrap();
-            }
-            while s.can_recv() {
-                s.recv(|d| {
-                    got.extend_from_slice(d);
-                    (d.len(), ())
-                })
-                .unwrap();
-            }
-            all &= got.len() == data.len();
+    // Two rounds of six clients whose SYNs arrive in one burst: the second round
+    // reuses the first round's sockets. Each client sends its own bytes, so a
+    // connection wired to the wrong socket would show.
+    for round in 0..2u16 {
+        let mut clients = Vec::new();
+        for k in 0..6u16 {
+            let mut s = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 65536]),
+                tcp::SocketBuffer::new(vec![0; 65536]),
+            );
+            s.connect(
+                b.host.context(),
+                (IpAddress::v4(198, 18, 0, 10), 80),
+                40000 + round * 10 + k,
+            )
+            .unwrap();
+            let data: Vec<u8> = pattern(50_000 + usize::from(k) * 1000)
+                .into_iter()
+                .map(|x| x ^ (k as u8 * 37))
+                .collect();
+            clients.push((b.sockets.add(s), data, 0usize, Vec::new()));
         }
-        if all {
-            break;
+        for _ in 0..20_000 {
+            b.step(&mut app);
+            let mut all = true;
+            for (h, data, sent, got) in clients.iter_mut() {
+                let s = b.sockets.get_mut::<tcp::Socket>(*h);
+                if s.can_send() && *sent < data.len() {
+                    *sent += s.send_slice(&data[*sent..]).unwrap();
+                }
+                while s.can_recv() {
+                    s.recv(|d| {
+                        got.extend_from_slice(d);
+                        (d.len(), ())
+                    })
+                    .unwrap();
+                }
+                if got.len() == data.len() && s.is_open() && s.state() == tcp::State::Established {
+                    s.close();
+                }
+                all &= got.len() == data.len() && !s.is_open();
+            }
+            if all {
+                break;
+            }
+        }
+        for (k, (h, data, _, got)) in clients.iter().enumerate() {
+            assert!(
+                got == data,
+                "round {round} client {k}: echo differs ({} of {} bytes)",
+                got.len(),
+                data.len()
+            );
+            b.sockets.remove(*h);
+        }
+        for _ in 0..100 {
+            b.step(&mut app);
         }
     }
-    assert_eq!(accepted.len(), 6);
-    for (_, _, got) in &handles {
-        assert!(got == &data, "echo differs: {} of {} bytes", got.len(), data.len());
-    }
+    assert_eq!(accepted.len(), 12);
+    assert_eq!(closed, 12);
     let st = b.stack.tcp_stats();
-    assert_eq!(st.accepted, 6);
-    // Four sockets per shard: six connections need at least two shards.
+    assert_eq!(st.accepted, 12);
+    // Four sockets per shard: six connections at once need at least two shards.
     assert!(st.shards >= 2, "{st:?}");
     assert!(b.stack.counters().arp_replies_sent >= 1);
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 use switchyard_nic::sim::{SimPort, SimWire, pair};
 
 pub use bulk::{BulkClient, BulkConfig, BulkStats, EchoServer, EchoStats};
@@ -34,8 +34,26 @@ pub struct HostConfig {
     pub gateway: Option<IpAddr>,
 }
 
-/// The smoltcp device of a host: frames to and from its sim port.
-struct PortDevice(SimPort);
+/// The smoltcp device of a host: frames to and from its sim port. It drops a
+/// retransmitted SYN for a connection that is already half-open or open: smoltcp
+/// would give it to the first listening socket on the port, not to its own.
+struct PortDevice(SimPort, Vec<(IpEndpoint, IpEndpoint)>);
+
+/// The (local, remote) endpoints of a pure TCP SYN in an IPv4 Ethernet frame.
+fn syn_tuple(f: &[u8]) -> Option<(IpEndpoint, IpEndpoint)> {
+    if f.len() < 34 || f[12..14] != [8, 0] || f[23] != 6 {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let t = f.get(14 + ihl..14 + ihl + 14)?;
+    if t[13] & 0x17 != 0x02 {
+        return None;
+    }
+    let src = IpAddress::v4(f[26], f[27], f[28], f[29]);
+    let dst = IpAddress::v4(f[30], f[31], f[32], f[33]);
+    let (sp, dp) = (u16::from_be_bytes([t[0], t[1]]), u16::from_be_bytes([t[2], t[3]]));
+    Some((IpEndpoint::new(dst, dp), IpEndpoint::new(src, sp)))
+}
 
 struct Rx(Vec<u8>);
 struct Tx<'a>(&'a mut SimPort);
@@ -60,8 +78,13 @@ impl Device for PortDevice {
     type TxToken<'a> = Tx<'a>;
 
     fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
-        let f = self.0.recv_frame()?;
-        Some((Rx(f), Tx(&mut self.0)))
+        loop {
+            let f = self.0.recv_frame()?;
+            if syn_tuple(&f).is_some_and(|t| self.1.contains(&t)) {
+                continue;
+            }
+            return Some((Rx(f), Tx(&mut self.0)));
+        }
     }
 
     fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
@@ -88,7 +111,7 @@ struct Host {
 impl Host {
     fn new(cfg: &HostConfig) -> (Host, SimWire) {
         let (port, wire) = pair(cfg.mac, switchyard_nic::sim::RING);
-        let mut dev = PortDevice(port);
+        let mut dev = PortDevice(port, Vec::new());
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac)));
         config.random_seed = match cfg.ip {
             IpAddr::V4(a) => u64::from(u32::from(a)),
@@ -118,6 +141,16 @@ impl Host {
     }
 
     fn poll(&mut self, now: Instant) {
+        let busy = &mut self.dev.1;
+        busy.clear();
+        for (_, s) in self.sockets.iter() {
+            if let smoltcp::socket::Socket::Tcp(t) = s
+                && t.state() != tcp::State::Listen
+                && let (Some(l), Some(r)) = (t.local_endpoint(), t.remote_endpoint())
+            {
+                busy.push((l, r));
+            }
+        }
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         self.next = self.iface.poll_at(now, &self.sockets);
     }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Switchyard's demo and tests need on a fresh Debian 12 machine.
+# Idempotent: a second run installs nothing. Needs root (or sudo) for apt.
+set -euo pipefail
+
+need_apt=()
+command -v tshark >/dev/null 2>&1 || need_apt+=(tshark)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+
+if ((${#need_apt[@]})); then
+    sudo_cmd=()
+    [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+    echo "setup: installing ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # tshark asks whether non-root users may capture; answer for it.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | "${sudo_cmd[@]}" debconf-set-selections
+    "${sudo_cmd[@]}" apt-get update -qq
+    "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo not found; install Rust stable (1.85 or newer, edition 2024) with rustup" >&2
+    exit 1
+fi
+echo "setup: ok ($(cargo --version), $(tshark --version 2>/dev/null | head -1))"

@@ -1,0 +1,996 @@
+//! The TOML configuration: parsing, validation, and errors that name the file,
+//! line and key. Unknown keys are refused with a suggestion of the nearest known
+//! one. The validated [`Config`] is what the rest of the binary works from.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+
+use serde::Deserialize;
+use switchyard_stack::{Proto, TcpConfig};
+use toml::Spanned;
+
+/// The configuration `switchyard demo` runs on.
+pub const DEMO_CONFIG: &str = include_str!("demo.toml");
+
+/// A configuration error, located in the file it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `<embedded demo config>`).
+    pub file: String,
+    /// 1-based line, 0 when the error has no position (a missing section).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted key path, such as `listener[1].pool`.
+    pub key: String,
+    /// What is wrong and, where we can tell, what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        } else {
+            write!(f, "{}: ", self.file)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "key `{}`: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    device: RawDevice,
+    #[serde(default)]
+    tcp: RawTcp,
+    #[serde(default)]
+    l4: RawL4,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    #[serde(default)]
+    pool: Vec<RawPool>,
+    sim: Option<RawSim>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    nic: Spanned<String>,
+    mac: Spanned<String>,
+    addresses: Spanned<Vec<Spanned<String>>>,
+    gateway: Option<Spanned<String>>,
+    #[serde(default = "one")]
+    workers: Spanned<u32>,
+    seed: Option<u64>,
+}
+
+fn one() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTcp {
+    sockets_per_shard: Option<Spanned<u32>>,
+    max_connections: Option<Spanned<u32>>,
+    buffer_size: Option<Spanned<u32>>,
+    ephemeral_ports: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawL4 {
+    table_capacity: Option<Spanned<u32>>,
+    snat_ports: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    mode: Spanned<String>,
+    address: Spanned<String>,
+    protocol: Option<Spanned<String>>,
+    pool: Option<Spanned<String>>,
+    scheduler: Option<Spanned<String>>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path_prefix: Spanned<String>,
+    pool: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: Spanned<String>,
+    backends: Spanned<Vec<RawBackend>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: Spanned<String>,
+    address: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSim {
+    #[serde(default)]
+    seed: u64,
+    #[serde(default = "ten")]
+    seconds: Spanned<u32>,
+    #[serde(default = "default_body")]
+    body_size: u32,
+    #[serde(default)]
+    client: Vec<RawSimClient>,
+}
+
+fn ten() -> Spanned<u32> {
+    Spanned::new(0..0, 10)
+}
+
+fn default_body() -> u32 {
+    1024
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSimClient {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    listener: Spanned<String>,
+    address: Spanned<String>,
+    #[serde(default = "one")]
+    concurrency: Spanned<u32>,
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default = "hundred")]
+    requests_per_connection: u32,
+    total: Option<u64>,
+    #[serde(default = "mib")]
+    bytes_per_stream: u32,
+    #[serde(default)]
+    loss: f64,
+    #[serde(default)]
+    reorder: f64,
+    #[serde(default = "default_latency")]
+    latency_us: u32,
+}
+
+fn hundred() -> u32 {
+    100
+}
+
+fn mib() -> u32 {
+    1 << 20
+}
+
+fn default_latency() -> u32 {
+    500
+}
+
+// ---------------------------------------------------------------------------
+// The validated configuration.
+
+/// Which NIC backend to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicSpec {
+    /// The in-process simulated network.
+    Sim,
+    /// Frames from a capture file; transmitted frames optionally to another.
+    Pcap {
+        /// Capture to read.
+        input: String,
+        /// Capture to write.
+        output: Option<String>,
+    },
+}
+
+/// The device section.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// The NIC backend.
+    pub nic: NicSpec,
+    /// Our Ethernet address.
+    pub mac: [u8; 6],
+    /// Interface addresses with prefix lengths.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Next hop for off-link destinations.
+    pub gateway: Option<IpAddr>,
+    /// Worker count (1 until the multi-queue issue).
+    pub workers: u32,
+    /// Seed for everything random in the dataplane (ISNs, ports).
+    pub seed: u64,
+}
+
+/// A backend server.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Name shown in counters.
+    pub name: String,
+    /// Address and port.
+    pub addr: SocketAddr,
+}
+
+/// A named group of backends.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// Name referenced by listeners and routes.
+    pub name: String,
+    /// Its members.
+    pub backends: Vec<Backend>,
+}
+
+/// What a listener does.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Forward packets through the connection table.
+    L4 {
+        /// TCP or UDP.
+        proto: Proto,
+        /// Index into [`Config::pools`].
+        pool: usize,
+    },
+    /// Terminate TCP and proxy HTTP.
+    L7 {
+        /// (path prefix, pool index) in match order.
+        routes: Vec<(String, usize)>,
+    },
+}
+
+/// A listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Name shown in counters.
+    pub name: String,
+    /// Address and port it listens on (a VIP).
+    pub addr: SocketAddr,
+    /// L4 or L7.
+    pub mode: Mode,
+}
+
+/// A simulated client population (sim only).
+#[derive(Debug, Clone)]
+pub struct SimClient {
+    /// Name of the client host(s).
+    pub name: String,
+    /// HTTP requests or bulk TCP streams.
+    pub kind: SimClientKind,
+    /// Index into [`Config::listeners`].
+    pub listener: usize,
+    /// The client host's address.
+    pub addr: IpAddr,
+    /// Concurrent connections.
+    pub concurrency: u32,
+    /// Paths requested in turn (HTTP).
+    pub paths: Vec<String>,
+    /// Requests per keep-alive connection (HTTP).
+    pub requests_per_connection: u32,
+    /// Bytes per stream (bulk).
+    pub bytes_per_stream: u32,
+    /// Requests (HTTP) or streams (bulk) in all; `None` runs for `sim.seconds`.
+    pub total: Option<u64>,
+    /// Loss probability on the client's link.
+    pub loss: f64,
+    /// Reorder probability on the client's link.
+    pub reorder: f64,
+    /// One-way latency of the client's link.
+    pub latency_us: u32,
+}
+
+/// Kinds of simulated client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimClientKind {
+    /// HTTP/1.1 keep-alive requests, bodies verified.
+    Http,
+    /// TCP streams echoed back and compared by digest.
+    Bulk,
+}
+
+/// The sim section.
+#[derive(Debug, Clone)]
+pub struct Sim {
+    /// Seed of the simulated network.
+    pub seed: u64,
+    /// Virtual seconds to run.
+    pub seconds: u32,
+    /// Body size the simulated HTTP origins serve.
+    pub body_size: u32,
+    /// Client populations.
+    pub clients: Vec<SimClient>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from.
+    pub file: String,
+    /// The device.
+    pub device: Device,
+    /// TCP termination settings.
+    pub tcp: TcpConfig,
+    /// L4 connection table capacity per worker.
+    pub l4_table_capacity: u32,
+    /// Local ports used for L4 full-NAT.
+    pub snat_ports: Range<u16>,
+    /// Listeners in file order.
+    pub listeners: Vec<Listener>,
+    /// Pools in file order.
+    pub pools: Vec<Pool>,
+    /// Simulation settings, when present.
+    pub sim: Option<Sim>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&file, &src)
+    }
+
+    /// The embedded demo configuration.
+    pub fn demo() -> Config {
+        match Config::parse("<embedded demo config>", DEMO_CONFIG) {
+            Ok(c) => c,
+            Err(e) => panic!("the embedded demo config is invalid: {e}"),
+        }
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(file: &str, src: &str) -> Result<Config, ConfigError> {
+        let cx = Cx { file, src };
+        let raw: RawConfig = toml::from_str(src).map_err(|e| cx.toml_error(&e))?;
+        cx.validate(raw)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation.
+
+struct Cx<'a> {
+    file: &'a str,
+    src: &'a str,
+}
+
+impl Cx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = line_col(self.src, span.start);
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            key: if span.is_empty() && span.start == 0 {
+                String::new()
+            } else {
+                key_path(self.src, span.start)
+            },
+            message: message.into(),
+        }
+    }
+
+    fn at<T>(&self, v: &Spanned<T>, message: impl Into<String>) -> ConfigError {
+        self.err(v.span(), message)
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let msg = e.message().trim().to_string();
+        let message = match suggestion(&msg) {
+            Some(s) => format!("{msg} (did you mean `{s}`?)"),
+            None => msg,
+        };
+        match e.span() {
+            Some(span) => self.err(span, message),
+            None => ConfigError {
+                file: self.file.to_string(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message,
+            },
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let device = self.device(&raw.device)?;
+        let mut tcp = TcpConfig::default();
+        if let Some(v) = &raw.tcp.sockets_per_shard {
+            tcp.sockets_per_shard = self.range_u32(v, 4, 4096)? as usize;
+        }
+        if let Some(v) = &raw.tcp.max_connections {
+            tcp.max_connections = self.range_u32(v, 1, 4_000_000)? as usize;
+        }
+        if let Some(v) = &raw.tcp.buffer_size {
+            let b = self.range_u32(v, 1024, 16 << 20)? as usize;
+            tcp.rx_buffer = b;
+            tcp.tx_buffer = b;
+        }
+        if let Some(v) = &raw.tcp.ephemeral_ports {
+            tcp.ephemeral_ports = self.port_range(v)?;
+        }
+        let l4_table_capacity = match &raw.l4.table_capacity {
+            Some(v) => self.range_u32(v, 1, 1 << 26)?,
+            None => 65536,
+        };
+        let snat_ports = match &raw.l4.snat_ports {
+            Some(v) => self.port_range(v)?,
+            None => 40960..65535,
+        };
+        if snat_ports.start < tcp.ephemeral_ports.end && tcp.ephemeral_ports.start < snat_ports.end
+        {
+            let span = raw.l4.snat_ports.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            return Err(self.err(
+                span,
+                format!(
+                    "L4 SNAT ports {}-{} overlap the TCP ephemeral ports {}-{}",
+                    snat_ports.start,
+                    snat_ports.end - 1,
+                    tcp.ephemeral_ports.start,
+                    tcp.ephemeral_ports.end - 1
+                ),
+            ));
+        }
+
+        let mut pools: Vec<Pool> = Vec::new();
+        for p in &raw.pool {
+            if pools.iter().any(|q| q.name == *p.name.get_ref()) {
+                return Err(
+                    self.at(&p.name, format!("pool `{}` is defined twice", p.name.get_ref()))
+                );
+            }
+            if p.backends.get_ref().is_empty() {
+                return Err(self.at(&p.backends, "a pool needs at least one backend"));
+            }
+            let mut backends = Vec::new();
+            for b in p.backends.get_ref() {
+                backends.push(Backend {
+                    name: b.name.get_ref().clone(),
+                    addr: self.socket_addr(&b.address)?,
+                });
+            }
+            pools.push(Pool { name: p.name.get_ref().clone(), backends });
+        }
+        let pool_index = |name: &Spanned<String>| -> Result<usize, ConfigError> {
+            pools.iter().position(|p| p.name == *name.get_ref()).ok_or_else(|| {
+                let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+                let hint = nearest(name.get_ref(), &names)
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default();
+                self.at(name, format!("no pool named `{}`{hint}", name.get_ref()))
+            })
+        };
+
+        let mut listeners: Vec<Listener> = Vec::new();
+        for l in &raw.listener {
+            let addr = self.socket_addr(&l.address)?;
+            if listeners.iter().any(|o| o.name == *l.name.get_ref()) {
+                return Err(
+                    self.at(&l.name, format!("listener `{}` is defined twice", l.name.get_ref()))
+                );
+            }
+            let mode = match l.mode.get_ref().as_str() {
+                "l4" => {
+                    let proto = match l.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+                        None | Some((_, "tcp")) => Proto::Tcp,
+                        Some((_, "udp")) => Proto::Udp,
+                        Some((p, other)) => {
+                            return Err(
+                                self.at(p, format!("protocol `{other}`: expected `tcp` or `udp`"))
+                            );
+                        }
+                    };
+                    if let Some(s) = &l.scheduler
+                        && s.get_ref() != "round-robin"
+                    {
+                        return Err(self.at(
+                            s,
+                            format!("scheduler `{}`: only `round-robin` is available", s.get_ref()),
+                        ));
+                    }
+                    if let Some(r) = l.route.first() {
+                        return Err(self.at(&r.pool, "routes belong to `mode = \"l7\"` listeners"));
+                    }
+                    let pool = match &l.pool {
+                        Some(p) => pool_index(p)?,
+                        None => {
+                            return Err(self.at(&l.mode, "an L4 listener needs `pool = \"...\"`"));
+                        }
+                    };
+                    Mode::L4 { proto, pool }
+                }
+                "l7" => {
+                    if let Some(p) = &l.protocol
+                        && p.get_ref() != "tcp"
+                    {
+                        return Err(self.at(p, "L7 listeners are TCP"));
+                    }
+                    if let Some(p) = &l.pool {
+                        return Err(
+                            self.at(p, "L7 listeners choose pools in `[[listener.route]]` tables")
+                        );
+                    }
+                    if let Some(s) = &l.scheduler {
+                        return Err(self.at(
+                            s,
+                            "set the scheduler on the pool's routes' listener only for L4",
+                        ));
+                    }
+                    if l.route.is_empty() {
+                        return Err(self.at(
+                            &l.mode,
+                            "an L7 listener needs at least one `[[listener.route]]`",
+                        ));
+                    }
+                    let mut routes = Vec::new();
+                    for r in &l.route {
+                        if !r.path_prefix.get_ref().starts_with('/') {
+                            return Err(self.at(&r.path_prefix, "a path prefix starts with `/`"));
+                        }
+                        routes.push((r.path_prefix.get_ref().clone(), pool_index(&r.pool)?));
+                    }
+                    Mode::L7 { routes }
+                }
+                other => {
+                    return Err(self.at(&l.mode, format!("mode `{other}`: expected `l4` or `l7`")));
+                }
+            };
+            let proto = match mode {
+                Mode::L4 { proto, .. } => proto,
+                Mode::L7 { .. } => Proto::Tcp,
+            };
+            if let Some(o) = listeners.iter().find(|o| {
+                o.addr == addr
+                    && match o.mode {
+                        Mode::L4 { proto: p, .. } => p == proto,
+                        Mode::L7 { .. } => proto == Proto::Tcp,
+                    }
+            }) {
+                return Err(
+                    self.at(&l.address, format!("{addr} is already used by listener `{}`", o.name))
+                );
+            }
+            if let Mode::L4 { pool, .. } = mode {
+                if let Some(b) =
+                    pools[pool].backends.iter().find(|b| b.addr.is_ipv4() != addr.is_ipv4())
+                {
+                    return Err(self.at(
+                        &l.address,
+                        format!(
+                            "listener and backend `{}` are of different address families",
+                            b.name
+                        ),
+                    ));
+                }
+                if !device.addresses.iter().any(|(a, _)| a.is_ipv4() == addr.is_ipv4()) {
+                    return Err(self.at(
+                        &l.address,
+                        "full-NAT needs an interface address of the same family in `device.addresses`",
+                    ));
+                }
+            }
+            listeners.push(Listener { name: l.name.get_ref().clone(), addr, mode });
+        }
+        if listeners.is_empty() {
+            return Err(ConfigError {
+                file: self.file.to_string(),
+                line: 0,
+                column: 0,
+                key: "listener".into(),
+                message: "no listeners: add at least one `[[listener]]`".into(),
+            });
+        }
+
+        let sim = match &raw.sim {
+            None => None,
+            Some(s) => Some(self.sim(s, &listeners)?),
+        };
+        if device.nic == NicSpec::Sim && sim.is_none() {
+            return Err(self.at(&raw.device.nic, "`nic = \"sim\"` needs a `[sim]` section"));
+        }
+        Ok(Config {
+            file: self.file.to_string(),
+            device,
+            tcp,
+            l4_table_capacity,
+            snat_ports,
+            listeners,
+            pools,
+            sim,
+        })
+    }
+
+    fn device(&self, d: &RawDevice) -> Result<Device, ConfigError> {
+        let nic = match d.nic.get_ref().as_str() {
+            "sim" => NicSpec::Sim,
+            s if s.starts_with("pcap:") => {
+                let rest = &s["pcap:".len()..];
+                let (input, output) = match rest.split_once(',') {
+                    Some((i, o)) => (i.to_string(), Some(o.to_string())),
+                    None => (rest.to_string(), None),
+                };
+                if input.is_empty() {
+                    return Err(self.at(&d.nic, "`pcap:` needs a capture file: `pcap:IN[,OUT]`"));
+                }
+                NicSpec::Pcap { input, output }
+            }
+            other => {
+                return Err(self.at(
+                    &d.nic,
+                    format!("unknown NIC backend `{other}`: expected `sim` or `pcap:IN[,OUT]`"),
+                ));
+            }
+        };
+        let mac = parse_mac(d.mac.get_ref()).ok_or_else(|| {
+            self.at(
+                &d.mac,
+                format!("`{}` is not a MAC address like 02:00:00:00:00:01", d.mac.get_ref()),
+            )
+        })?;
+        if mac[0] & 1 == 1 {
+            return Err(self.at(&d.mac, "the device MAC must be unicast"));
+        }
+        let mut addresses = Vec::new();
+        for a in d.addresses.get_ref() {
+            let (ip, prefix) = a
+                .get_ref()
+                .split_once('/')
+                .and_then(|(ip, p)| Some((ip.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?)))
+                .filter(|(ip, p)| *p <= if ip.is_ipv4() { 32 } else { 128 })
+                .ok_or_else(|| {
+                    self.at(
+                        a,
+                        format!(
+                            "`{}` is not an address with prefix like 198.18.0.2/24",
+                            a.get_ref()
+                        ),
+                    )
+                })?;
+            addresses.push((ip, prefix));
+        }
+        if addresses.is_empty() {
+            return Err(self.at(&d.addresses, "at least one interface address is needed"));
+        }
+        let gateway = match &d.gateway {
+            Some(g) => Some(
+                g.get_ref()
+                    .parse::<IpAddr>()
+                    .map_err(|_| self.at(g, format!("`{}` is not an IP address", g.get_ref())))?,
+            ),
+            None => None,
+        };
+        if *d.workers.get_ref() != 1 {
+            return Err(self.at(
+                &d.workers,
+                "only `workers = 1` is supported until the multi-queue issue lands",
+            ));
+        }
+        Ok(Device {
+            nic,
+            mac,
+            addresses,
+            gateway,
+            workers: 1,
+            seed: d.seed.unwrap_or(0x5717_c4a2d),
+        })
+    }
+
+    fn sim(&self, s: &RawSim, listeners: &[Listener]) -> Result<Sim, ConfigError> {
+        let mut clients = Vec::new();
+        for c in &s.client {
+            let kind = match c.kind.get_ref().as_str() {
+                "http" => SimClientKind::Http,
+                "bulk" => SimClientKind::Bulk,
+                other => {
+                    return Err(
+                        self.at(&c.kind, format!("kind `{other}`: expected `http` or `bulk`"))
+                    );
+                }
+            };
+            let listener = listeners
+                .iter()
+                .position(|l| l.name == *c.listener.get_ref())
+                .ok_or_else(|| {
+                    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+                    let hint = nearest(c.listener.get_ref(), &names)
+                        .map(|n| format!(" (did you mean `{n}`?)"))
+                        .unwrap_or_default();
+                    self.at(
+                        &c.listener,
+                        format!("no listener named `{}`{hint}", c.listener.get_ref()),
+                    )
+                })?;
+            match (&listeners[listener].mode, kind) {
+                (Mode::L7 { .. }, SimClientKind::Http)
+                | (Mode::L4 { proto: Proto::Tcp, .. }, SimClientKind::Bulk) => {}
+                _ => {
+                    return Err(self.at(
+                        &c.kind,
+                        "`http` clients go to L7 listeners and `bulk` clients to TCP L4 listeners",
+                    ));
+                }
+            }
+            if kind == SimClientKind::Http && c.paths.is_empty() {
+                return Err(self.at(&c.kind, "an `http` client needs `paths = [\"/...\"]`"));
+            }
+            let addr = c.address.get_ref().parse::<IpAddr>().map_err(|_| {
+                self.at(&c.address, format!("`{}` is not an IP address", c.address.get_ref()))
+            })?;
+            if !(0.0..0.5).contains(&c.loss) || !(0.0..0.5).contains(&c.reorder) {
+                return Err(self.at(&c.name, "loss and reorder are probabilities below 0.5"));
+            }
+            clients.push(SimClient {
+                name: c.name.get_ref().clone(),
+                kind,
+                listener,
+                addr,
+                concurrency: self.range_u32(&c.concurrency, 1, 10_000)?,
+                paths: c.paths.clone(),
+                requests_per_connection: c.requests_per_connection.max(1),
+                bytes_per_stream: c.bytes_per_stream.max(1),
+                total: c.total,
+                loss: c.loss,
+                reorder: c.reorder,
+                latency_us: c.latency_us,
+            });
+        }
+        Ok(Sim {
+            seed: s.seed,
+            seconds: self.range_u32(&s.seconds, 1, 86_400)?,
+            body_size: s.body_size,
+            clients,
+        })
+    }
+
+    fn range_u32(&self, v: &Spanned<u32>, lo: u32, hi: u32) -> Result<u32, ConfigError> {
+        let x = *v.get_ref();
+        if x < lo || x > hi {
+            return Err(self.at(v, format!("{x} is out of range {lo}..={hi}")));
+        }
+        Ok(x)
+    }
+
+    fn port_range(&self, v: &Spanned<String>) -> Result<Range<u16>, ConfigError> {
+        let bad = || self.at(v, format!("`{}` is not a port range like 40960-65535", v.get_ref()));
+        let (a, b) = v.get_ref().split_once('-').ok_or_else(bad)?;
+        let a: u16 = a.trim().parse().map_err(|_| bad())?;
+        let b: u16 = b.trim().parse().map_err(|_| bad())?;
+        if a == 0 || b < a || b == u16::MAX {
+            return Err(bad());
+        }
+        Ok(a..b + 1)
+    }
+
+    fn socket_addr(&self, v: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        let a: SocketAddr = v.get_ref().parse().map_err(|_| {
+            self.at(v, format!("`{}` is not an address:port like 198.18.0.10:80", v.get_ref()))
+        })?;
+        if a.port() == 0 {
+            return Err(self.at(v, "port 0 is not a port"));
+        }
+        Ok(a)
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = offset - before.iter().rposition(|&b| b == b'\n').map(|p| p + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// The dotted key at a byte offset: the nearest table header above it (with an
+/// index for arrays of tables) and the key on the offset's line.
+fn key_path(src: &str, offset: usize) -> String {
+    let offset = offset.min(src.len());
+    let line_start = src[..offset].rfind('\n').map(|p| p + 1).unwrap_or(0);
+    let line_end = src[line_start..].find('\n').map(|p| line_start + p).unwrap_or(src.len());
+    let trimmed = src[line_start..line_end].trim_start();
+    let is_header = trimmed.starts_with('[');
+    let key = if is_header {
+        String::new()
+    } else {
+        trimmed.split(['=', ' ', '\t']).next().unwrap_or("").trim().trim_matches('"').to_string()
+    };
+    let mut header = String::new();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for l in src[..if is_header { line_end } else { line_start }].lines() {
+        let t = l.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            // A new element of a parent array restarts the count of its children.
+            counts.retain(|(n, _)| !n.starts_with(&format!("{name}.")));
+            match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((name.clone(), 0)),
+            }
+            header = indexed(&name, &counts);
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            header = name.trim().to_string();
+        }
+    }
+    match (header.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => header,
+        (false, false) => format!("{header}.{key}"),
+    }
+}
+
+fn indexed(name: &str, counts: &[(String, usize)]) -> String {
+    let mut out = String::new();
+    let mut prefix = String::new();
+    for part in name.split('.') {
+        if !prefix.is_empty() {
+            prefix.push('.');
+            out.push('.');
+        }
+        prefix.push_str(part);
+        out.push_str(part);
+        if let Some((_, c)) = counts.iter().find(|(n, _)| *n == prefix) {
+            out.push_str(&format!("[{c}]"));
+        }
+    }
+    out
+}
+
+/// From serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown
+/// variant"), the expected name nearest to `x`.
+fn suggestion(msg: &str) -> Option<String> {
+    let rest =
+        msg.strip_prefix("unknown field `").or_else(|| msg.strip_prefix("unknown variant `"))?;
+    let (got, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    nearest(got, &expected).map(str::to_string)
+}
+
+/// The candidate nearest to `got`, if any is close enough to be a likely typo.
+fn nearest<'a>(got: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(got, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(src: &str) -> ConfigError {
+        match Config::parse("t.toml", src) {
+            Ok(_) => panic!("config should be refused:\n{src}"),
+            Err(e) => e,
+        }
+    }
+
+    const BASE: &str = r#"
+[device]
+nic = "pcap:in.pcap"
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.2/24"]
+
+[[listener]]
+name = "pg"
+mode = "l4"
+address = "198.18.0.10:5432"
+pool = "db"
+
+[[listener]]
+name = "web"
+mode = "l7"
+address = "198.18.0.10:80"
+  [[listener.route]]
+  path_prefix = "/api/"
+  pool = "db"
+
+[[pool]]
+name = "db"
+backends = [{ name = "a", address = "198.18.0.21:5432" }]
+"#;
+
+    #[test]
+    fn demo_config_is_valid() {
+        let c = Config::demo();
+        assert_eq!(c.listeners.len(), 2);
+        assert!(c.sim.is_some());
+    }
+
+    #[test]
+    fn base_is_valid() {
+        let c = Config::parse("t.toml", BASE).unwrap();
+        assert_eq!(c.listeners[1].name, "web");
+        assert!(matches!(&c.listeners[1].mode, Mode::L7 { routes } if routes[0].1 == 0));
+    }
+
+    #[test]
+    fn unknown_key_names_line_key_and_suggestion() {
+        let e = err(&BASE.replace("pool = \"db\"\n\n[[listener]]", "pol = \"db\"\n\n[[listener]]"));
+        assert_eq!(e.line, 11, "{e}");
+        assert_eq!(e.key, "listener[0].pol", "{e}");
+        assert!(e.message.contains("did you mean `pool`?"), "{e}");
+        assert!(e.to_string().starts_with("t.toml:11:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_pool_in_nested_route_is_located() {
+        let e = err(&BASE.replace("  pool = \"db\"", "  pool = \"dbb\""));
+        assert_eq!(e.line, 19, "{e}");
+        assert_eq!(e.key, "listener[1].route[0].pool", "{e}");
+        assert!(e.message.contains("did you mean `db`?"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let e = err(&BASE.replace("198.18.0.10:5432", "198.18.0.10"));
+        assert_eq!((e.line, e.key.as_str()), (10, "listener[0].address"), "{e}");
+        let e = err(&BASE.replace("02:00:00:00:00:01", "02:00:00:00:01"));
+        assert_eq!(e.key, "device.mac", "{e}");
+        let e = err(&BASE.replace("mode = \"l4\"", "mode = \"l5\""));
+        assert!(e.message.contains("expected `l4` or `l7`"), "{e}");
+        let e = err(&BASE.replace("[device]", "[devices]"));
+        assert!(e.message.contains("did you mean `device`?"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_listener_address_is_refused() {
+        let e = err(&BASE.replace("198.18.0.10:80", "198.18.0.10:5432"));
+        assert!(e.message.contains("already used by listener `pg`"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_port_ranges_are_refused() {
+        let src = BASE.replace(
+            "[[listener]]\nname = \"pg\"",
+            "[l4]\nsnat_ports = \"30000-40000\"\n\n[[listener]]\nname = \"pg\"",
+        );
+        let e = err(&src);
+        assert_eq!(e.key, "l4.snat_ports", "{e}");
+        assert!(e.message.contains("overlap"), "{e}");
+    }
+
+    #[test]
+    fn key_paths() {
+        let src = "[a]\nx = 1\n[[b]]\ny = 2\n[[b]]\n[[b.c]]\nz = 3\n";
+        assert_eq!(key_path(src, src.find("x").unwrap()), "a.x");
+        assert_eq!(key_path(src, src.find("y").unwrap()), "b[0].y");
+        assert_eq!(key_path(src, src.find("z").unwrap()), "b[1].c[0].z");
+    }
+}

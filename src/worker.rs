@@ -1,0 +1,215 @@
+//! The worker: one port, one stack, one L4 table, one L7 proxy, run to completion
+//! on one core. Each `poll` moves one receive burst through the layers and sends
+//! everything they produced in one transmit burst (DESIGN.md, "The packet path").
+
+use std::net::IpAddr;
+
+use switchyard_l4::{L4, Verdict};
+use switchyard_l7::L7;
+use switchyard_nic::{BURST, Mbuf, Pool, Port};
+use switchyard_stack::tcp::TcpEvent;
+use switchyard_stack::{DropReason, Ingress, Instant, ListenerKind, Proto, Stack, StackConfig};
+
+use crate::config::{Config, Mode};
+
+/// Packet buffers per worker: enough for a receive burst, socket output and the
+/// frames waiting for ARP, with room to spare.
+const POOL_BUFFERS: usize = 8192;
+
+/// Errors building a worker from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The stack refused a listener or port range.
+    #[error("stack: {0}")]
+    Stack(#[from] switchyard_stack::StackError),
+    /// The L4 layer refused its configuration.
+    #[error("l4: {0}")]
+    L4(#[from] switchyard_l4::L4Error),
+    /// The L7 layer refused its configuration.
+    #[error("l7: {0}")]
+    L7(#[from] switchyard_l7::L7Error),
+}
+
+/// The layers of one worker, without the port.
+pub struct Dataplane {
+    /// L2/L3 and TCP termination.
+    pub stack: Stack,
+    /// The L4 connection table.
+    pub l4: L4,
+    /// The L7 proxy.
+    pub l7: L7,
+    pool: Pool,
+    rx: Vec<Mbuf>,
+    tx: Vec<Mbuf>,
+    events: Vec<TcpEvent>,
+    more_rx: bool,
+    /// Frames the port could not take and that were dropped.
+    pub tx_dropped: u64,
+}
+
+impl Dataplane {
+    /// Builds the layers for `cfg`.
+    pub fn new(cfg: &Config) -> Result<Dataplane, BuildError> {
+        let mut stack = Stack::new(
+            StackConfig {
+                mac: cfg.device.mac,
+                addresses: cfg.device.addresses.clone(),
+                gateway: cfg.device.gateway,
+                tcp: cfg.tcp.clone(),
+            },
+            cfg.device.seed,
+        );
+        let mut l4_listeners = Vec::new();
+        let mut l7_listeners = Vec::new();
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            let id = i as u16;
+            match &l.mode {
+                Mode::L4 { proto, pool } => {
+                    stack.add_listener(l.addr, *proto, ListenerKind::L4, id)?;
+                    l4_listeners.push(switchyard_l4::ListenerConfig {
+                        id,
+                        name: l.name.clone(),
+                        vip: l.addr,
+                        proto: *proto,
+                        backends: cfg.pools[*pool]
+                            .backends
+                            .iter()
+                            .map(|b| switchyard_l4::Backend { name: b.name.clone(), addr: b.addr })
+                            .collect(),
+                        scheduler: switchyard_l4::Scheduler::RoundRobin,
+                    });
+                }
+                Mode::L7 { routes } => {
+                    stack.add_listener(l.addr, Proto::Tcp, ListenerKind::L7, id)?;
+                    l7_listeners.push(switchyard_l7::ListenerConfig {
+                        id,
+                        name: l.name.clone(),
+                        routes: routes
+                            .iter()
+                            .map(|(prefix, pool)| switchyard_l7::Route {
+                                path_prefix: prefix.clone(),
+                                pool: *pool,
+                            })
+                            .collect(),
+                    });
+                }
+            }
+        }
+        let snat_addrs: Vec<IpAddr> = cfg.device.addresses.iter().map(|(a, _)| *a).collect();
+        let l4 = L4::new(switchyard_l4::L4Config {
+            listeners: l4_listeners,
+            snat_addrs,
+            snat_ports: cfg.snat_ports.clone(),
+            table_capacity: cfg.l4_table_capacity as usize,
+            timeouts: switchyard_l4::Timeouts::default(),
+        })?;
+        for (addr, proto, ports) in l4.snat_reservations() {
+            stack.reserve_l4_ports(addr, proto, ports)?;
+        }
+        let l7 = L7::new(switchyard_l7::L7Config {
+            listeners: l7_listeners,
+            pools: cfg
+                .pools
+                .iter()
+                .map(|p| switchyard_l7::PoolConfig {
+                    name: p.name.clone(),
+                    backends: p
+                        .backends
+                        .iter()
+                        .map(|b| switchyard_l7::Backend { name: b.name.clone(), addr: b.addr })
+                        .collect(),
+                })
+                .collect(),
+            limits: switchyard_l7::Limits::default(),
+        })?;
+        Ok(Dataplane {
+            stack,
+            l4,
+            l7,
+            pool: Pool::with_count(POOL_BUFFERS),
+            rx: Vec::with_capacity(BURST),
+            tx: Vec::with_capacity(4 * BURST),
+            events: Vec::with_capacity(256),
+            more_rx: false,
+            tx_dropped: 0,
+        })
+    }
+
+    /// One turn of the loop: a receive burst through every layer, then one
+    /// transmit burst. Returns the number of frames received.
+    pub fn poll<P: Port>(&mut self, port: &mut P, now: Instant) -> usize {
+        let Dataplane { stack, l4, l7, pool, rx, tx, events, .. } = self;
+        let n = port.rx_burst(pool, rx, BURST);
+        self.more_rx = n == BURST;
+        for pkt in rx.drain(..) {
+            match stack.ingress(now, pkt, pool) {
+                Ingress::Done => {}
+                Ingress::L4 { mut pkt, listener, meta } => {
+                    match l4.from_client(now, &mut pkt, &meta, listener) {
+                        Verdict::Forward => stack.send_ip(now, pkt, pool),
+                        Verdict::Drop(_) => stack.drop_packet(pkt, DropReason::L4, pool),
+                        Verdict::Reject(_) => stack.reject(now, pkt, &meta, DropReason::L4, pool),
+                    }
+                }
+                Ingress::L4Return { mut pkt, meta } => {
+                    match l4.from_backend(now, &mut pkt, &meta) {
+                        Verdict::Forward => stack.send_ip(now, pkt, pool),
+                        Verdict::Drop(_) => stack.drop_packet(pkt, DropReason::L4, pool),
+                        Verdict::Reject(_) => {
+                            stack.reject(now, pkt, &meta, DropReason::UnknownFlow, pool)
+                        }
+                    }
+                }
+            }
+        }
+        // TCP: segments in, then the proxy acts on what happened, then what it
+        // wrote goes out in the same turn.
+        stack.poll(now, pool);
+        stack.drain_tcp_events(events);
+        for ev in events.drain(..) {
+            l7.on_event(now, ev, stack.tcp());
+        }
+        l7.poll(now, stack.tcp());
+        stack.poll(now, pool);
+        l4.expire(now);
+
+        stack.take_tx(tx);
+        port.tx_burst(tx, pool);
+        if !tx.is_empty() {
+            self.tx_dropped += tx.len() as u64;
+            for m in tx.drain(..) {
+                pool.free(m);
+            }
+        }
+        n
+    }
+
+    /// When the worker next has work without new frames: now if a burst was
+    /// full, else the earliest timer of any layer.
+    pub fn poll_at(&self, now: Instant) -> Option<Instant> {
+        if self.more_rx {
+            return Some(now);
+        }
+        [self.stack.poll_at(), self.l7.poll_at(), self.l4.next_expiry()].into_iter().flatten().min()
+    }
+
+    /// The worker's buffer pool counters.
+    pub fn pool_stats(&self) -> switchyard_nic::PoolStats {
+        self.pool.stats()
+    }
+}
+
+/// A worker: a port and the dataplane it feeds.
+pub struct Worker<P: Port> {
+    /// The port.
+    pub port: P,
+    /// The layers.
+    pub dp: Dataplane,
+}
+
+impl<P: Port> Worker<P> {
+    /// One turn of the loop.
+    pub fn poll(&mut self, now: Instant) -> usize {
+        self.dp.poll(&mut self.port, now)
+    }
+}

@@ -1,0 +1,315 @@
+//! The simulated world a `nic = "sim"` configuration runs in: the load balancer's
+//! worker on a sim port, a simulated backend host for every pool member (an HTTP
+//! origin behind L7 routes, an echo server behind L4 listeners), and the client
+//! populations of the `[sim]` section, all on one switch.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::rc::Rc;
+
+use switchyard_nic::sim::{RING, SimPort, pair};
+use switchyard_sim::hosts::{
+    BulkClient, BulkConfig, BulkStats, ClientStats, EchoServer, EchoStats, HostConfig, HttpClient,
+    HttpClientConfig, HttpServer, ServerStats,
+};
+use switchyard_sim::{Duration, Instant, LinkConfig, LinkId, Network, Node};
+
+use crate::config::{Config, Mode, SimClientKind};
+use crate::worker::{BuildError, Worker};
+
+/// A simulated backend host and what it counted.
+pub enum BackendHost {
+    /// An HTTP origin.
+    Http(Rc<RefCell<ServerStats>>),
+    /// An echo server.
+    Echo(Rc<RefCell<EchoStats>>),
+}
+
+/// A simulated client population and what it counted.
+pub enum ClientHost {
+    /// HTTP requests.
+    Http(Rc<RefCell<ClientStats>>),
+    /// Bulk streams.
+    Bulk(Rc<RefCell<BulkStats>>),
+}
+
+impl ClientHost {
+    /// True when the client has finished everything it started.
+    pub fn done(&self) -> bool {
+        match self {
+            ClientHost::Http(s) => s.borrow().done(),
+            ClientHost::Bulk(s) => s.borrow().done(),
+        }
+    }
+
+    /// Errors of any kind the client saw: failed or timed-out requests and
+    /// streams, and wrong bodies.
+    pub fn errors(&self) -> u64 {
+        match self {
+            ClientHost::Http(s) => {
+                let s = s.borrow();
+                s.errors + s.bad_bodies + s.timeouts
+            }
+            ClientHost::Bulk(s) => {
+                let s = s.borrow();
+                s.streams_failed + s.timeouts
+            }
+        }
+    }
+}
+
+/// The load balancer as a node of the simulated network.
+struct LbNode(Rc<RefCell<Worker<SimPort>>>);
+
+impl Node for LbNode {
+    fn name(&self) -> &str {
+        "switchyard"
+    }
+
+    fn poll(&mut self, now: Instant) {
+        let mut w = self.0.borrow_mut();
+        // Drain what arrived in full bursts before yielding to the network.
+        for _ in 0..64 {
+            if w.poll(now) < switchyard_nic::BURST {
+                break;
+            }
+        }
+    }
+
+    fn poll_at(&self, now: Instant) -> Option<Instant> {
+        self.0.borrow().dp.poll_at(now)
+    }
+}
+
+/// Errors building the world.
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    /// The configuration has no `[sim]` section.
+    #[error("the configuration has no [sim] section")]
+    NoSim,
+    /// The dataplane refused the configuration.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// Two simulated hosts would share an address.
+    #[error("simulated hosts need distinct addresses: {0} is used twice")]
+    DuplicateHost(IpAddr),
+    /// A pcap tap could not be created.
+    #[error("pcap tap {0}: {1}")]
+    Tap(String, std::io::Error),
+}
+
+/// The running simulation.
+pub struct World {
+    /// The network.
+    pub net: Network,
+    /// The load balancer's worker.
+    pub lb: Rc<RefCell<Worker<SimPort>>>,
+    /// The configuration it runs.
+    pub cfg: Config,
+    /// Backend hosts, by pool index then backend index.
+    pub backends: Vec<Vec<BackendHost>>,
+    /// Client populations in `[sim]` order.
+    pub clients: Vec<ClientHost>,
+    /// The load balancer's link to the switch.
+    pub lb_link: LinkId,
+    /// Each client population's link.
+    pub client_links: Vec<LinkId>,
+    /// When the clients started.
+    pub start: Instant,
+    /// When clients stop starting new work (start + `sim.seconds`).
+    pub end: Instant,
+}
+
+fn host_mac(ip: IpAddr) -> [u8; 6] {
+    let o = match ip {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
+    [0x02, 0x00, o[0], o[1], o[2], o[3]]
+}
+
+impl World {
+    /// Builds the world for a configuration with a `[sim]` section.
+    pub fn build(cfg: &Config) -> Result<World, WorldError> {
+        let sim = cfg.sim.as_ref().ok_or(WorldError::NoSim)?;
+        let mut net = Network::new(sim.seed);
+        let start = net.now();
+        let end = start + Duration::from_secs(u64::from(sim.seconds));
+        let (prefix, gateway) = (cfg.device.addresses[0].1, None);
+        let mut used: Vec<IpAddr> = cfg.device.addresses.iter().map(|a| a.0).collect();
+        let mut claim = |ip: IpAddr| {
+            if used.contains(&ip) {
+                return Err(WorldError::DuplicateHost(ip));
+            }
+            used.push(ip);
+            Ok(())
+        };
+
+        let (port, wire) = pair(cfg.device.mac, RING);
+        let dp = crate::worker::Dataplane::new(cfg)?;
+        let lb = Rc::new(RefCell::new(Worker { port, dp }));
+        net.add_node(Box::new(LbNode(lb.clone())));
+        let lb_link = net.attach("switchyard", wire, LinkConfig::ideal());
+
+        // Which pools sit behind L7 routes (HTTP origins) and which behind L4.
+        let mut http_pool = vec![false; cfg.pools.len()];
+        for l in &cfg.listeners {
+            if let Mode::L7 { routes } = &l.mode {
+                for (_, p) in routes {
+                    http_pool[*p] = true;
+                }
+            }
+        }
+        let mut backends = Vec::new();
+        for (pi, pool) in cfg.pools.iter().enumerate() {
+            let mut hosts = Vec::new();
+            for b in &pool.backends {
+                claim(b.addr.ip())?;
+                let host = HostConfig {
+                    name: b.name.clone(),
+                    mac: host_mac(b.addr.ip()),
+                    ip: b.addr.ip(),
+                    prefix,
+                    gateway,
+                };
+                if http_pool[pi] {
+                    let (node, wire, stats) =
+                        HttpServer::new(host, b.addr.port(), sim.body_size as usize);
+                    net.add_node(Box::new(node));
+                    net.attach(&b.name, wire, LinkConfig::ideal());
+                    hosts.push(BackendHost::Http(stats));
+                } else {
+                    let (node, wire, stats) = EchoServer::new(host, b.addr.port());
+                    net.add_node(Box::new(node));
+                    net.attach(&b.name, wire, LinkConfig::ideal());
+                    hosts.push(BackendHost::Echo(stats));
+                }
+            }
+            backends.push(hosts);
+        }
+
+        let mut clients = Vec::new();
+        let mut client_links = Vec::new();
+        for (ci, c) in cfg.sim.iter().flat_map(|s| s.clients.iter()).enumerate() {
+            claim(c.addr)?;
+            let host = HostConfig {
+                name: c.name.clone(),
+                mac: host_mac(c.addr),
+                ip: c.addr,
+                prefix,
+                gateway,
+            };
+            let target: SocketAddr = cfg.listeners[c.listener].addr;
+            let until = if c.total.is_some() { None } else { Some(end) };
+            let link = LinkConfig {
+                latency: Duration::from_micros(u64::from(c.latency_us)),
+                loss: c.loss,
+                duplicate: 0.0,
+                reorder: c.reorder,
+                reorder_delay: Duration::from_micros(u64::from(c.latency_us) + 200),
+            };
+            match c.kind {
+                SimClientKind::Http => {
+                    let (node, wire, stats) = HttpClient::new(
+                        host,
+                        HttpClientConfig {
+                            target,
+                            paths: c.paths.clone(),
+                            concurrency: c.concurrency as usize,
+                            requests_per_connection: c.requests_per_connection as usize,
+                            total_requests: c.total,
+                            until,
+                            body_size: sim.body_size as usize,
+                            timeout: Duration::from_secs(10),
+                            start_port: 10000,
+                        },
+                    );
+                    net.add_node(Box::new(node));
+                    client_links.push(net.attach(&c.name, wire, link));
+                    clients.push(ClientHost::Http(stats));
+                }
+                SimClientKind::Bulk => {
+                    let (node, wire, stats) = BulkClient::new(
+                        host,
+                        BulkConfig {
+                            target,
+                            streams: c.concurrency as usize,
+                            bytes_per_stream: c.bytes_per_stream as usize,
+                            total_streams: c.total,
+                            until,
+                            seed: sim.seed ^ ((ci as u64 + 1) << 32),
+                            timeout: Duration::from_secs(30),
+                            start_port: 10000,
+                        },
+                    );
+                    net.add_node(Box::new(node));
+                    client_links.push(net.attach(&c.name, wire, link));
+                    clients.push(ClientHost::Bulk(stats));
+                }
+            }
+        }
+        Ok(World {
+            net,
+            lb,
+            cfg: cfg.clone(),
+            backends,
+            clients,
+            lb_link,
+            client_links,
+            start,
+            end,
+        })
+    }
+
+    /// Records every frame on the load balancer's link to a pcap file.
+    pub fn tap_lb(&mut self, path: &Path) -> Result<(), WorldError> {
+        self.net.tap(self.lb_link, path).map_err(|e| WorldError::Tap(path.display().to_string(), e))
+    }
+
+    /// True when every client has finished what it started.
+    pub fn clients_done(&self) -> bool {
+        self.clients.iter().all(ClientHost::done)
+    }
+
+    /// Runs the simulation: until `sim.seconds` of virtual time have passed and
+    /// the clients have finished their last requests (at most `grace` longer).
+    /// `tick` is called after every `step` of virtual time.
+    pub fn run(&mut self, step: Duration, grace: Duration, mut tick: impl FnMut(&World)) -> bool {
+        let deadline = self.end + grace;
+        loop {
+            let t = self.net.now() + step;
+            self.net.run_until(t);
+            tick(self);
+            let past_end = self.net.now() >= self.end;
+            let all_total =
+                self.cfg.sim.iter().flat_map(|s| s.clients.iter()).all(|c| c.total.is_some());
+            if (past_end || all_total) && self.clients_done() {
+                return true;
+            }
+            if self.net.now() >= deadline {
+                return false;
+            }
+        }
+    }
+
+    /// Requests answered by each backend (HTTP origins) or connections served
+    /// (echo servers), keyed by backend name.
+    pub fn backend_load(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (pool, hosts) in self.cfg.pools.iter().zip(&self.backends) {
+            for (b, h) in pool.backends.iter().zip(hosts) {
+                let n = match h {
+                    BackendHost::Http(s) => s.borrow().requests,
+                    BackendHost::Echo(s) => s.borrow().connections,
+                };
+                out.insert(b.name.clone(), n);
+            }
+        }
+        out
+    }
+}
