@@ -180,7 +180,7 @@ pub struct ListenerStats {
     pub bytes_out: u64,
     /// Flows created.
     pub flows_new: u64,
-    /// Flows in the table now.
+    /// Flows open now (in the table and not closing).
     pub flows_active: u64,
     /// New flows refused (table full, no SNAT port).
     pub flows_refused: u64,
@@ -191,7 +191,7 @@ pub struct ListenerStats {
 pub struct BackendStats {
     /// Flows sent to it.
     pub flows_new: u64,
-    /// Its flows in the table now.
+    /// Its flows open now (in the table and not closing).
     pub flows_active: u64,
     /// Packets forwarded to or from it.
     pub packets: u64,
@@ -509,12 +509,21 @@ impl L4 {
         use tcp_flags::{ACK, FIN, RST};
         let e = &mut self.entries[idx as usize];
         e.last_seen = now;
+        let was = e.state;
         e.state = match e.state {
             FlowState::Udp => FlowState::Udp,
             _ if flags & (FIN | RST) != 0 => FlowState::Closing,
             FlowState::SynSent if flags & ACK != 0 => FlowState::Established,
             s => s,
         };
+        if e.state == FlowState::Closing && was != FlowState::Closing {
+            // No longer active; the entry stays until the closing timeout so late
+            // segments (retransmitted FINs, last ACKs) still find it.
+            let (li, bi) = (usize::from(e.listener), usize::from(e.backend_idx));
+            let l = &mut self.listeners[li];
+            l.stats.flows_active -= 1;
+            l.backends[bi].flows_active -= 1;
+        }
     }
 
     fn timeout(&self, s: FlowState) -> Duration {
@@ -558,9 +567,11 @@ impl L4 {
         self.free.push(idx);
         self.live -= 1;
         self.counters.expired += 1;
-        let l = &mut self.listeners[usize::from(e.listener)];
-        l.stats.flows_active -= 1;
-        l.backends[usize::from(e.backend_idx)].flows_active -= 1;
+        if e.state != FlowState::Closing {
+            let l = &mut self.listeners[usize::from(e.listener)];
+            l.stats.flows_active -= 1;
+            l.backends[usize::from(e.backend_idx)].flows_active -= 1;
+        }
     }
 
     /// When `expire` next has work.

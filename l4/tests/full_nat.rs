@@ -154,6 +154,19 @@ fn full_nat_rewrites_both_ways_with_valid_checksums_v4() {
     assert!(out.ends_with(b"SELECT 1;"));
     let st = t.l4.listener_stats(0).unwrap();
     assert_eq!((st.flows_new, st.flows_active, st.packets_in, st.packets_out), (1, 1, 2, 1));
+
+    // A FIN makes the flow inactive, but it stays in the table for the last ACKs.
+    let fin = packet(client, vip, Proto::Tcp, tcp_flags::FIN | tcp_flags::ACK, b"");
+    assert_eq!(t.client(&fin, 0).0, Verdict::Forward);
+    assert_eq!(t.l4.listener_stats(0).unwrap().flows_active, 0);
+    assert_eq!(t.l4.backend_stats(0)[0].flows_active, 0);
+    assert_eq!(t.l4.table_len(), 1);
+    let last_ack = packet(m.dst, m.src, Proto::Tcp, tcp_flags::ACK, b"");
+    assert_eq!(t.backend(&last_ack).0, Verdict::Forward);
+    t.now += Duration::from_secs(11);
+    t.l4.expire(t.now);
+    assert_eq!(t.l4.table_len(), 0);
+    assert_eq!(t.l4.listener_stats(0).unwrap().flows_active, 0);
 }
 
 #[test]
