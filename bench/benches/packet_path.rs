@@ -1,6 +1,8 @@
-//! Micro-benchmarks of the packet path: the Internet checksum, and the stack's
-//! classification of a frame for an L4 listener (parse, validate, look up).
-//! Run with `cargo bench -p switchyard-bench`; compare figures from one run only.
+//! Micro-benchmarks of the packet path: the Internet checksum, the stack's
+//! classification of a frame for an L4 listener (parse, validate, look up), and
+//! classification plus L4 forwarding of an established flow (table lookup and
+//! full-NAT rewrite). Run with `cargo bench -p switchyard-bench`; compare
+//! figures from one run only.
 
 use std::hint::black_box;
 
@@ -75,5 +77,71 @@ fn classify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, checksum, classify);
+fn l4_forward(c: &mut Criterion) {
+    use switchyard_l4::{Backend, L4, L4Config, ListenerConfig, Scheduler, Timeouts, Verdict};
+    let mut stack = Stack::new(
+        StackConfig {
+            mac: LB_MAC,
+            addresses: vec![("198.18.0.2".parse().unwrap(), 24)],
+            gateway: None,
+            tcp: TcpConfig::default(),
+        },
+        1,
+    );
+    stack
+        .add_listener("198.18.0.10:5432".parse().unwrap(), Proto::Tcp, ListenerKind::L4, 0)
+        .unwrap();
+    let mut l4 = L4::new(L4Config {
+        listeners: vec![ListenerConfig {
+            id: 0,
+            name: "pg".into(),
+            vip: "198.18.0.10:5432".parse().unwrap(),
+            proto: Proto::Tcp,
+            backends: (1..=3)
+                .map(|i| Backend {
+                    name: format!("pg-{i}"),
+                    addr: format!("198.18.0.2{i}:5432").parse().unwrap(),
+                })
+                .collect(),
+            scheduler: Scheduler::RoundRobin,
+        }],
+        snat_addrs: vec!["198.18.0.2".parse().unwrap()],
+        snat_ports: 40960..65535,
+        table_capacity: 65536,
+        timeouts: Timeouts::default(),
+    })
+    .unwrap();
+    let mut pool = Pool::with_count(64);
+    let now = Instant::from_millis(0);
+    // Open the flow once with a SYN; then measure its data packets.
+    let syn = tcp_frame(0, 0x02);
+    let mut m = pool.alloc();
+    m.fill(&syn);
+    if let Ingress::L4 { mut pkt, meta, listener } = stack.ingress(now, m, &mut pool) {
+        assert_eq!(l4.from_client(now, &mut pkt, &meta, listener), Verdict::Forward);
+        pool.free(pkt);
+    }
+    let mut g = c.benchmark_group("l4");
+    g.throughput(Throughput::Elements(1));
+    for (name, size) in [("classify_and_forward_64B", 10), ("classify_and_forward_1500B", 1446)] {
+        let frame = tcp_frame(size, 0x10);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut m = pool.alloc();
+                m.fill(&frame);
+                match stack.ingress(now, m, &mut pool) {
+                    Ingress::L4 { mut pkt, meta, listener } => {
+                        let v = l4.from_client(now, &mut pkt, &meta, listener);
+                        assert_eq!(v, Verdict::Forward);
+                        pool.free(pkt);
+                    }
+                    _ => panic!("frame not classified for L4"),
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, checksum, classify, l4_forward);
 criterion_main!(benches);
