@@ -266,19 +266,24 @@ impl Snapshot {
         let _ = writeln!(o, "== summary after {:.1} s of virtual time ==", self.t);
         let _ = writeln!(
             o,
-            "{:<12} {:<4} {:<20} {:>10} {:>12} {:>12} {:>7}",
-            "LISTENER", "MODE", "ADDRESS", "CONNS", "REQUESTS", "BYTES", "ERRORS"
+            "{:<12} {:<4} {:<20} {:>10} {:>12} {:>12} {:>12} {:>7}",
+            "LISTENER", "MODE", "ADDRESS", "CONNS", "REQUESTS", "PACKETS", "BYTES", "ERRORS"
         );
         for l in &self.listeners {
-            let req = if l.mode == "l7" { l.units.to_string() } else { "-".into() };
+            let (req, pkts) = if l.mode == "l7" {
+                (l.units.to_string(), "-".into())
+            } else {
+                ("-".into(), l.units.to_string())
+            };
             let _ = writeln!(
                 o,
-                "{:<12} {:<4} {:<20} {:>10} {:>12} {:>12} {:>7}",
+                "{:<12} {:<4} {:<20} {:>10} {:>12} {:>12} {:>12} {:>7}",
                 l.name,
                 l.mode,
                 l.addr,
                 l.total_conns,
                 req,
+                pkts,
                 bytes(l.bytes as f64),
                 l.errors
             );
