@@ -8,6 +8,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
+use switchyard_l4::Scheduler;
 use switchyard_stack::{Proto, TcpConfig};
 use toml::Spanned;
 
@@ -127,6 +128,7 @@ struct RawPool {
 struct RawBackend {
     name: Spanned<String>,
     address: Spanned<String>,
+    weight: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +229,8 @@ pub struct Backend {
     pub name: String,
     /// Address and port.
     pub addr: SocketAddr,
+    /// Share of new flows relative to the pool's other backends (0: none).
+    pub weight: u32,
 }
 
 /// A named group of backends.
@@ -247,6 +251,8 @@ pub enum Mode {
         proto: Proto,
         /// Index into [`Config::pools`].
         pool: usize,
+        /// How new flows pick a backend.
+        scheduler: Scheduler,
     },
     /// Terminate TCP and proxy HTTP.
     L7 {
@@ -466,9 +472,14 @@ impl Cx<'_> {
             }
             let mut backends = Vec::new();
             for b in p.backends.get_ref() {
+                let weight = match &b.weight {
+                    Some(w) => self.range_u32(w, 0, 10_000)?,
+                    None => 1,
+                };
                 backends.push(Backend {
                     name: b.name.get_ref().clone(),
                     addr: self.socket_addr(&b.address)?,
+                    weight,
                 });
             }
             pools.push(Pool { name: p.name.get_ref().clone(), backends });
@@ -502,14 +513,27 @@ impl Cx<'_> {
                             );
                         }
                     };
-                    if let Some(s) = &l.scheduler
-                        && s.get_ref() != "round-robin"
-                    {
-                        return Err(self.at(
-                            s,
-                            format!("scheduler `{}`: only `round-robin` is available", s.get_ref()),
-                        ));
-                    }
+                    let scheduler = match &l.scheduler {
+                        None => Scheduler::RoundRobin,
+                        Some(s) => match Scheduler::ALL.iter().find(|k| k.name() == s.get_ref()) {
+                            Some(k) => *k,
+                            None => {
+                                let names: Vec<&str> =
+                                    Scheduler::ALL.iter().map(|k| k.name()).collect();
+                                let hint = nearest(s.get_ref(), &names)
+                                    .map(|n| format!("; did you mean `{n}`?"))
+                                    .unwrap_or_default();
+                                return Err(self.at(
+                                    s,
+                                    format!(
+                                        "scheduler `{}`: expected one of {}{hint}",
+                                        s.get_ref(),
+                                        names.join(", ")
+                                    ),
+                                ));
+                            }
+                        },
+                    };
                     if let Some(r) = l.route.first() {
                         return Err(self.at(&r.pool, "routes belong to `mode = \"l7\"` listeners"));
                     }
@@ -519,7 +543,7 @@ impl Cx<'_> {
                             return Err(self.at(&l.mode, "an L4 listener needs `pool = \"...\"`"));
                         }
                     };
-                    Mode::L4 { proto, pool }
+                    Mode::L4 { proto, pool, scheduler }
                 }
                 "l7" => {
                     if let Some(p) = &l.protocol
@@ -955,6 +979,23 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert_eq!(e.line, 19, "{e}");
         assert_eq!(e.key, "listener[1].route[0].pool", "{e}");
         assert!(e.message.contains("did you mean `db`?"), "{e}");
+    }
+
+    #[test]
+    fn schedulers_and_weights() {
+        let src = BASE.replace("pool = \"db\"\n\n[[listener]]", "pool = \"db\"\nscheduler = \"maglev\"\n\n[[listener]]").replace(
+            "backends = [{ name = \"a\", address = \"198.18.0.21:5432\" }]",
+            "backends = [{ name = \"a\", address = \"198.18.0.21:5432\", weight = 3 }, { name = \"b\", address = \"198.18.0.22:5432\" }]",
+        );
+        let c = Config::parse("t.toml", &src).unwrap();
+        assert!(matches!(c.listeners[0].mode, Mode::L4 { scheduler: Scheduler::Maglev, .. }));
+        assert_eq!(c.pools[0].backends.iter().map(|b| b.weight).collect::<Vec<_>>(), vec![3, 1]);
+        let e = err(&src.replace("\"maglev\"", "\"maglve\""));
+        assert_eq!((e.line, e.key.as_str()), (12, "listener[0].scheduler"), "{e}");
+        assert!(e.message.contains("did you mean `maglev`?"), "{e}");
+        let e = err(&src.replace("weight = 3", "weight = -1"));
+        assert_eq!((e.line, e.key.as_str()), (24, "pool[0].backends"), "{e}");
+        assert!(e.message.contains("-1"), "{e}");
     }
 
     #[test]

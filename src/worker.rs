@@ -64,7 +64,7 @@ impl Dataplane {
         for (i, l) in cfg.listeners.iter().enumerate() {
             let id = i as u16;
             match &l.mode {
-                Mode::L4 { proto, pool } => {
+                Mode::L4 { proto, pool, scheduler } => {
                     stack.add_listener(l.addr, *proto, ListenerKind::L4, id)?;
                     l4_listeners.push(switchyard_l4::ListenerConfig {
                         id,
@@ -74,9 +74,13 @@ impl Dataplane {
                         backends: cfg.pools[*pool]
                             .backends
                             .iter()
-                            .map(|b| switchyard_l4::Backend { name: b.name.clone(), addr: b.addr })
+                            .map(|b| switchyard_l4::Backend {
+                                name: b.name.clone(),
+                                addr: b.addr,
+                                weight: b.weight,
+                            })
                             .collect(),
-                        scheduler: switchyard_l4::Scheduler::RoundRobin,
+                        scheduler: *scheduler,
                     });
                 }
                 Mode::L7 { routes } => {

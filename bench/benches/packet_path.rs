@@ -101,6 +101,7 @@ fn l4_forward(c: &mut Criterion) {
                 .map(|i| Backend {
                     name: format!("pg-{i}"),
                     addr: format!("198.18.0.2{i}:5432").parse().unwrap(),
+                    weight: 1,
                 })
                 .collect(),
             scheduler: Scheduler::RoundRobin,

@@ -5,11 +5,13 @@
 #![forbid(unsafe_code)]
 
 pub mod checksum;
+pub mod sched;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
+pub use sched::Scheduler;
 use switchyard_nic::Mbuf;
 use switchyard_stack::{Duration, Instant, ListenerId, PacketMeta, Proto, tcp_flags};
 
@@ -20,14 +22,8 @@ pub struct Backend {
     pub name: String,
     /// Address and port packets are forwarded to.
     pub addr: SocketAddr,
-}
-
-/// How a listener picks a backend for a new flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Scheduler {
-    /// Each new flow to the next backend in turn.
-    #[default]
-    RoundRobin,
+    /// Share of new flows relative to the other backends (0: none).
+    pub weight: u32,
 }
 
 /// One L4 listener.
@@ -103,11 +99,13 @@ pub enum L4Drop {
     Malformed,
     /// TTL or hop limit ran out.
     TtlExceeded,
+    /// No backend can take new flows (every weight is zero).
+    NoBackend,
 }
 
 impl L4Drop {
     /// Every reason, in counter order.
-    pub const ALL: [L4Drop; 7] = [
+    pub const ALL: [L4Drop; 8] = [
         L4Drop::UnknownFlow,
         L4Drop::NotSyn,
         L4Drop::TableFull,
@@ -115,6 +113,7 @@ impl L4Drop {
         L4Drop::NoListener,
         L4Drop::Malformed,
         L4Drop::TtlExceeded,
+        L4Drop::NoBackend,
     ];
 
     /// A short name for counters.
@@ -127,6 +126,7 @@ impl L4Drop {
             L4Drop::NoListener => "no_listener",
             L4Drop::Malformed => "malformed",
             L4Drop::TtlExceeded => "ttl_exceeded",
+            L4Drop::NoBackend => "no_backend",
         }
     }
 
@@ -247,7 +247,7 @@ struct Entry {
 
 struct Listener {
     cfg: ListenerConfig,
-    next: usize,
+    picker: sched::Picker,
     stats: ListenerStats,
     backends: Vec<BackendStats>,
 }
@@ -311,9 +311,13 @@ impl L4 {
                 return Err(L4Error::DuplicateListener(l.id));
             }
             let n = l.backends.len();
+            let ids: Vec<String> = l.backends.iter().map(|b| b.addr.to_string()).collect();
+            let ids: Vec<&[u8]> = ids.iter().map(|s| s.as_bytes()).collect();
+            let weights: Vec<u32> = l.backends.iter().map(|b| b.weight).collect();
+            let picker = sched::Picker::new(l.scheduler, &ids, &weights);
             listeners.push(Listener {
                 cfg: l,
-                next: 0,
+                picker,
                 stats: ListenerStats::default(),
                 backends: vec![BackendStats::default(); n],
             });
@@ -452,8 +456,13 @@ impl L4 {
             return Err(self.refuse(L4Drop::TableFull, tcp));
         }
         let l = &mut self.listeners[li];
-        let bi = l.next % l.cfg.backends.len();
-        l.next = l.next.wrapping_add(1);
+        let active = &l.backends;
+        let Some(bi) =
+            l.picker.pick(meta.src, meta.dst, |i| active.get(i).map_or(0, |b| b.flows_active))
+        else {
+            l.stats.flows_refused += 1;
+            return Err(self.refuse(L4Drop::NoBackend, tcp));
+        };
         let backend = l.cfg.backends[bi].addr;
         let Some(pi) = self
             .ports

@@ -17,7 +17,7 @@ fn cfg(capacity: usize) -> L4Config {
         addrs
             .iter()
             .enumerate()
-            .map(|(i, a)| Backend { name: format!("b{i}"), addr: a.parse().unwrap() })
+            .map(|(i, a)| Backend { name: format!("b{i}"), addr: a.parse().unwrap(), weight: 1 })
             .collect()
     };
     L4Config {
