@@ -106,6 +106,7 @@ impl Dataplane {
             snat_ports: cfg.snat_ports.clone(),
             table_capacity: cfg.l4_table_capacity as usize,
             timeouts: switchyard_l4::Timeouts::default(),
+            hash_seed: cfg.device.seed ^ 0x4c34,
         })?;
         for (addr, proto, ports) in l4.snat_reservations() {
             stack.reserve_l4_ports(addr, proto, ports)?;

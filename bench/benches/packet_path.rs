@@ -110,6 +110,7 @@ fn l4_forward(c: &mut Criterion) {
         snat_ports: 40960..65535,
         table_capacity: 65536,
         timeouts: Timeouts::default(),
+        hash_seed: 1,
     })
     .unwrap();
     let mut pool = Pool::with_count(64);

@@ -13,7 +13,9 @@ use std::ops::Range;
 
 pub use sched::Scheduler;
 use switchyard_nic::Mbuf;
-use switchyard_stack::{Duration, Instant, ListenerId, PacketMeta, Proto, tcp_flags};
+use switchyard_stack::{
+    Duration, FlowMap, Instant, ListenerId, PacketMeta, Proto, flow_map, tcp_flags,
+};
 
 /// A backend of an L4 listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +82,8 @@ pub struct L4Config {
     pub table_capacity: usize,
     /// Idle timeouts.
     pub timeouts: Timeouts,
+    /// Key of the flow tables' hash (from the configuration, so runs repeat).
+    pub hash_seed: u64,
 }
 
 /// Why L4 did not forward a packet.
@@ -269,8 +273,8 @@ pub struct L4 {
     by_id: HashMap<ListenerId, usize>,
     entries: Vec<Entry>,
     free: Vec<u32>,
-    fwd: HashMap<FlowKey, u32>,
-    rev: HashMap<FlowKey, u32>,
+    fwd: FlowMap<FlowKey, u32>,
+    rev: FlowMap<FlowKey, u32>,
     ports: Vec<PortPool>,
     snat_ports: Range<u16>,
     timeouts: Timeouts,
@@ -328,8 +332,8 @@ impl L4 {
             by_id,
             entries: Vec::with_capacity(cap),
             free: Vec::with_capacity(cap),
-            fwd: HashMap::with_capacity(cap),
-            rev: HashMap::with_capacity(cap),
+            fwd: flow_map(cap, cfg.hash_seed),
+            rev: flow_map(cap, cfg.hash_seed ^ 0x7265_7600),
             ports,
             snat_ports: cfg.snat_ports,
             timeouts: cfg.timeouts,

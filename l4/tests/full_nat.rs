@@ -51,6 +51,7 @@ fn cfg(capacity: usize) -> L4Config {
         snat_ports: 40960..40970,
         table_capacity: capacity,
         timeouts: Timeouts::default(),
+        hash_seed: 1,
     }
 }
 

@@ -72,6 +72,7 @@ fn round_robin_is_exact_through_the_table() {
         snat_ports: 20000..40000,
         table_capacity: FLOWS,
         timeouts: Timeouts::default(),
+        hash_seed: 1,
     })
     .unwrap();
     let mut pool = Pool::with_count(4);

@@ -11,7 +11,6 @@ pub mod term;
 pub mod types;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
@@ -31,7 +30,7 @@ pub struct Stack {
     gateway: Option<IpAddr>,
     /// Addresses answered for: interface addresses and listener VIPs.
     owned: Vec<IpAddr>,
-    listeners: HashMap<(SocketAddr, Proto), (ListenerKind, ListenerId)>,
+    listeners: FlowMap<(SocketAddr, Proto), (ListenerKind, ListenerId)>,
     l4_ranges: Vec<(IpAddr, Proto, Range<u16>)>,
     neigh: Neighbors,
     tcp: TcpTerminator,
@@ -52,7 +51,7 @@ impl Stack {
             owned: cfg.addresses.iter().map(|a| a.0).collect(),
             addrs: cfg.addresses,
             gateway: cfg.gateway,
-            listeners: HashMap::new(),
+            listeners: flow_map(16, seed),
             l4_ranges: Vec::new(),
             neigh: Neighbors::default(),
             tcp,

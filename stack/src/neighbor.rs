@@ -2,7 +2,7 @@
 //! address, learned from ARP (RFC 826), with a short queue of frames per neighbor
 //! that waits for resolution and a bounded number of retries.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 
 use switchyard_nic::Mbuf;
@@ -38,9 +38,14 @@ pub enum Queued {
 }
 
 /// One neighbor table per worker.
-#[derive(Default)]
 pub struct Neighbors {
-    entries: HashMap<IpAddr, Entry>,
+    entries: crate::FlowMap<IpAddr, Entry>,
+}
+
+impl Default for Neighbors {
+    fn default() -> Self {
+        Neighbors { entries: crate::flow_map(64, 0x6e65_6967) }
+    }
 }
 
 impl Neighbors {

@@ -197,7 +197,7 @@ pub struct TcpTerminator {
     shards: Vec<Shard>,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
-    demux: HashMap<(SocketAddr, SocketAddr), u32>,
+    demux: crate::FlowMap<(SocketAddr, SocketAddr), u32>,
     /// Shards with an undesignated listening socket, per listener.
     spare: HashMap<ListenerId, Vec<u32>>,
     /// Where each listener listens.
@@ -228,7 +228,7 @@ impl TcpTerminator {
             shards: Vec::new(),
             slots: Vec::new(),
             free_slots: Vec::new(),
-            demux: HashMap::with_capacity(1024),
+            demux: crate::flow_map(1024, seed ^ 0x6465_6d75_7800),
             spare: HashMap::new(),
             listeners: HashMap::new(),
             dirty: Vec::new(),

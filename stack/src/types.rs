@@ -3,6 +3,19 @@
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
+/// A hash map for tables whose keys come from the network (flows, 4-tuples):
+/// foldhash, keyed by a per-worker seed from the configuration, so it is fast
+/// and not trivially floodable, and runs stay repeatable.
+pub type FlowMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+
+/// An empty [`FlowMap`] with room for `capacity` entries, keyed by `seed`.
+pub fn flow_map<K, V>(capacity: usize, seed: u64) -> FlowMap<K, V> {
+    std::collections::HashMap::with_capacity_and_hasher(
+        capacity,
+        foldhash::fast::FixedState::with_seed(seed),
+    )
+}
+
 /// Index of a listener in the configuration; the same number in every layer.
 pub type ListenerId = u16;
 

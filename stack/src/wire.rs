@@ -54,16 +54,28 @@ pub fn put32(b: &mut [u8], off: usize, v: u32) {
     }
 }
 
-/// Adds `data` to a running one's-complement sum (RFC 1071), as 16-bit words.
-pub fn sum(mut acc: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
+/// Adds `data` to a running one's-complement sum (RFC 1071). `data` must start
+/// on a 16-bit boundary of the checksummed bytes. Eight bytes are added per step
+/// as two 32-bit words into a 64-bit accumulator (RFC 1071 section 2(B): the sum
+/// may be taken over larger words and folded); the result is folded to 16 bits.
+pub fn sum(acc: u32, data: &[u8]) -> u32 {
+    let mut s = u64::from(acc);
+    let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        acc = acc.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
+        s += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        s += u64::from(u32::from_be_bytes([c[4], c[5], c[6], c[7]]));
     }
-    if let [last] = chunks.remainder() {
-        acc = acc.wrapping_add(u32::from(*last) << 8);
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for c in &mut rest {
+        s += u64::from(u16::from_be_bytes([c[0], c[1]]));
     }
-    acc
+    if let [last] = rest.remainder() {
+        s += u64::from(*last) << 8;
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u32
 }
 
 /// Folds a running sum to 16 bits and complements it: the checksum field value.
@@ -331,6 +343,30 @@ mod tests {
         put16(&mut f, 20, 0x2000); // more fragments
         fix_ipv4_checksum(&mut f[14..]);
         assert_eq!(parse_ip(&f, ETHERTYPE_IPV4), Err(DropReason::Fragment));
+    }
+
+    #[test]
+    fn wide_sum_equals_the_16_bit_definition() {
+        fn reference(data: &[u8]) -> u16 {
+            let mut acc = 0u32;
+            for c in data.chunks(2) {
+                let w = if c.len() == 2 {
+                    u16::from_be_bytes([c[0], c[1]])
+                } else {
+                    u16::from(c[0]) << 8
+                };
+                acc += u32::from(w);
+                acc = (acc & 0xffff) + (acc >> 16);
+            }
+            !(acc as u16)
+        }
+        let data: Vec<u8> =
+            (0..1501u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for len in 0..data.len() {
+            assert_eq!(fold(sum(0, &data[..len])), reference(&data[..len]), "length {len}");
+        }
+        let ones = vec![0xffu8; 1500];
+        assert_eq!(fold(sum(0xffff, &ones)), reference(&ones));
     }
 
     #[test]
