@@ -279,6 +279,7 @@ pub struct L4 {
     snat_ports: Range<u16>,
     timeouts: Timeouts,
     live: usize,
+    capacity: usize,
     sweep_cursor: usize,
     next_sweep: Option<Instant>,
     counters: L4Counters,
@@ -338,6 +339,7 @@ impl L4 {
             snat_ports: cfg.snat_ports,
             timeouts: cfg.timeouts,
             live: 0,
+            capacity: cap,
             sweep_cursor: 0,
             next_sweep: None,
             counters: L4Counters::default(),
@@ -357,7 +359,22 @@ impl L4 {
 
     /// Flows the table holds at most.
     pub fn table_capacity(&self) -> usize {
-        self.entries.capacity()
+        self.capacity
+    }
+
+    /// Memory the connection table reserved at start, in bytes: the entry slab,
+    /// its free list and both lookup maps (buckets plus one control byte each).
+    pub fn table_bytes(&self) -> usize {
+        let map = |buckets: usize| buckets * (std::mem::size_of::<(FlowKey, u32)>() + 1);
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.free.capacity() * std::mem::size_of::<u32>()
+            + map(self.fwd.capacity())
+            + map(self.rev.capacity())
+    }
+
+    /// [`L4::table_bytes`] per flow of capacity.
+    pub fn bytes_per_entry(&self) -> usize {
+        self.table_bytes() / self.capacity.max(1)
     }
 
     /// Counters of a listener.
@@ -455,7 +472,7 @@ impl L4 {
         if tcp && meta.tcp_flags & (SYN | ACK) != SYN {
             return Err(self.refuse(L4Drop::NotSyn, true));
         }
-        if self.live >= self.entries.capacity() {
+        if self.live >= self.capacity {
             self.listeners[li].stats.flows_refused += 1;
             return Err(self.refuse(L4Drop::TableFull, tcp));
         }

@@ -282,3 +282,67 @@ fn bad_configurations_are_refused() {
     assert_eq!(L4::new(c).err(), Some(L4Error::NoSnatAddress("pg6".into())));
     assert_eq!(L4::new(cfg(0)).err(), Some(L4Error::NoCapacity));
 }
+
+#[test]
+fn a_syn_flood_fills_at_most_the_table_and_established_flows_carry_on() {
+    let mut c = cfg(1000);
+    c.snat_ports = 20000..60000;
+    let mut t =
+        T { l4: L4::new(c).unwrap(), pool: Pool::with_count(16), now: Instant::from_secs(1) };
+    let vip = sa("198.18.0.10:5432");
+    let client = sa("198.18.0.101:40000");
+    assert_eq!(
+        t.client(&packet(client, vip, Proto::Tcp, tcp_flags::SYN, b""), 0).0,
+        Verdict::Forward
+    );
+    assert_eq!(
+        t.client(&packet(client, vip, Proto::Tcp, tcp_flags::ACK, b"hello"), 0).0,
+        Verdict::Forward
+    );
+    // 5,000 SYNs from spoofed sources: the table takes what fits, the rest are
+    // refused and counted, and nothing else grows.
+    let bytes = t.l4.table_bytes();
+    let mut refused = 0;
+    for i in 0..5000u32 {
+        let src = SocketAddr::new(
+            IpAddr::from([198, 19, (i >> 8) as u8, i as u8]),
+            1024 + (i % 60000) as u16,
+        );
+        match t.client(&packet(src, vip, Proto::Tcp, tcp_flags::SYN, b""), 0).0 {
+            Verdict::Forward => {}
+            Verdict::Reject(L4Drop::TableFull) => refused += 1,
+            v => panic!("unexpected {v:?}"),
+        }
+    }
+    assert_eq!(t.l4.table_len(), 1000, "the table filled up");
+    assert_eq!(t.l4.table_bytes(), bytes, "no allocation under load");
+    assert_eq!(refused, 4001);
+    assert_eq!(t.l4.counters().dropped(L4Drop::TableFull), 4001);
+    assert_eq!(t.l4.listener_stats(0).unwrap().flows_refused, refused);
+    // The established flow still forwards both ways.
+    let (v, out) = t.client(&packet(client, vip, Proto::Tcp, tcp_flags::ACK, b"more"), 0);
+    assert_eq!(v, Verdict::Forward);
+    let fwd = meta(&out);
+    let (v, back) = t.backend(&packet(fwd.dst, fwd.src, Proto::Tcp, tcp_flags::ACK, b"reply"));
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(meta(&back).dst, client);
+    // Half-open flood entries expire after the SYN timeout; the flow does not.
+    t.now += Duration::from_secs(11);
+    let (v, _) = t.client(&packet(client, vip, Proto::Tcp, tcp_flags::ACK, b"still here"), 0);
+    assert_eq!(v, Verdict::Forward);
+    for _ in 0..3 {
+        t.l4.expire(t.now);
+    }
+    assert_eq!(t.l4.table_len(), 1);
+    println!(
+        "connection table: {} bytes for {} flows, {} bytes per entry",
+        t.l4.table_bytes(),
+        t.l4.table_capacity(),
+        t.l4.bytes_per_entry()
+    );
+    assert!(
+        t.l4.bytes_per_entry() > 0 && t.l4.bytes_per_entry() < 512,
+        "{} bytes per entry",
+        t.l4.bytes_per_entry()
+    );
+}
