@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 use switchyard_l4::Scheduler;
+use switchyard_stack::Duration;
+use switchyard_stack::health::CheckConfig;
 use switchyard_stack::{Proto, TcpConfig};
 use toml::Spanned;
 
@@ -121,6 +123,16 @@ struct RawRoute {
 struct RawPool {
     name: Spanned<String>,
     backends: Spanned<Vec<RawBackend>>,
+    health: Option<RawHealth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval_ms: Option<Spanned<u32>>,
+    timeout_ms: Option<Spanned<u32>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +186,8 @@ struct RawSimClient {
     reorder: f64,
     #[serde(default = "default_latency")]
     latency_us: u32,
+    #[serde(default)]
+    start_ms: u32,
 }
 
 fn hundred() -> u32 {
@@ -240,6 +254,8 @@ pub struct Pool {
     pub name: String,
     /// Its members.
     pub backends: Vec<Backend>,
+    /// Active TCP-connect health checks of its members (L4 listeners).
+    pub health: Option<CheckConfig>,
 }
 
 /// What a listener does.
@@ -299,6 +315,8 @@ pub struct SimClient {
     pub reorder: f64,
     /// One-way latency of the client's link.
     pub latency_us: u32,
+    /// Virtual milliseconds after the start before the client begins.
+    pub start_ms: u32,
 }
 
 /// Kinds of simulated client.
@@ -482,7 +500,28 @@ impl Cx<'_> {
                     weight,
                 });
             }
-            pools.push(Pool { name: p.name.get_ref().clone(), backends });
+            let health = match &p.health {
+                None => None,
+                Some(h) => {
+                    let mut c = CheckConfig::default();
+                    if let Some(v) = &h.interval_ms {
+                        c.interval =
+                            Duration::from_millis(u64::from(self.range_u32(v, 10, 3_600_000)?));
+                    }
+                    if let Some(v) = &h.timeout_ms {
+                        c.timeout =
+                            Duration::from_millis(u64::from(self.range_u32(v, 10, 600_000)?));
+                    }
+                    if let Some(v) = &h.rise {
+                        c.rise = self.range_u32(v, 1, 100)?;
+                    }
+                    if let Some(v) = &h.fall {
+                        c.fall = self.range_u32(v, 1, 100)?;
+                    }
+                    Some(c)
+                }
+            };
+            pools.push(Pool { name: p.name.get_ref().clone(), backends, health });
         }
         let pool_index = |name: &Spanned<String>| -> Result<usize, ConfigError> {
             pools.iter().position(|p| p.name == *name.get_ref()).ok_or_else(|| {
@@ -778,6 +817,7 @@ impl Cx<'_> {
                 loss: c.loss,
                 reorder: c.reorder,
                 latency_us: c.latency_us,
+                start_ms: c.start_ms,
             });
         }
         Ok(Sim {

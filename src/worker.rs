@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use switchyard_l4::{L4, Verdict};
 use switchyard_l7::L7;
 use switchyard_nic::{BURST, Mbuf, Pool, Port};
+use switchyard_stack::health::{Change, HealthChecker};
 use switchyard_stack::tcp::TcpEvent;
 use switchyard_stack::{DropReason, Ingress, Instant, ListenerKind, Proto, Stack, StackConfig};
 
@@ -38,6 +39,9 @@ pub struct Dataplane {
     pub l4: L4,
     /// The L7 proxy.
     pub l7: L7,
+    /// Active health checks of L4 backends.
+    pub health: HealthChecker,
+    changes: Vec<Change>,
     pool: Pool,
     rx: Vec<Mbuf>,
     tx: Vec<Mbuf>,
@@ -61,11 +65,17 @@ impl Dataplane {
         );
         let mut l4_listeners = Vec::new();
         let mut l7_listeners = Vec::new();
+        let mut health = HealthChecker::default();
         for (i, l) in cfg.listeners.iter().enumerate() {
             let id = i as u16;
             match &l.mode {
                 Mode::L4 { proto, pool, scheduler } => {
                     stack.add_listener(l.addr, *proto, ListenerKind::L4, id)?;
+                    if let Some(check) = cfg.pools[*pool].health {
+                        for (bi, b) in cfg.pools[*pool].backends.iter().enumerate() {
+                            health.add((id, bi as u16), b.addr, check, Instant::from_millis(0));
+                        }
+                    }
                     l4_listeners.push(switchyard_l4::ListenerConfig {
                         id,
                         name: l.name.clone(),
@@ -131,6 +141,8 @@ impl Dataplane {
             stack,
             l4,
             l7,
+            health,
+            changes: Vec::new(),
             pool: Pool::with_count(POOL_BUFFERS),
             rx: Vec::with_capacity(BURST),
             tx: Vec::with_capacity(4 * BURST),
@@ -143,7 +155,7 @@ impl Dataplane {
     /// One turn of the loop: a receive burst through every layer, then one
     /// transmit burst. Returns the number of frames received.
     pub fn poll<P: Port>(&mut self, port: &mut P, now: Instant) -> usize {
-        let Dataplane { stack, l4, l7, pool, rx, tx, events, .. } = self;
+        let Dataplane { stack, l4, l7, health, changes, pool, rx, tx, events, .. } = self;
         let n = port.rx_burst(pool, rx, BURST);
         self.more_rx = n == BURST;
         for pkt in rx.drain(..) {
@@ -172,9 +184,18 @@ impl Dataplane {
         stack.poll(now, pool);
         stack.drain_tcp_events(events);
         for ev in events.drain(..) {
-            l7.on_event(now, ev, stack.tcp());
+            if health.owns(event_conn(&ev)) {
+                health.on_event(ev, stack.tcp());
+            } else {
+                l7.on_event(now, ev, stack.tcp());
+            }
         }
         l7.poll(now, stack.tcp());
+        health.poll(now, stack.tcp());
+        health.drain_changes(changes);
+        for c in changes.drain(..) {
+            l4.set_backend_up(c.tag.0, usize::from(c.tag.1), c.up);
+        }
         stack.poll(now, pool);
         l4.expire(now);
 
@@ -195,12 +216,26 @@ impl Dataplane {
         if self.more_rx {
             return Some(now);
         }
-        [self.stack.poll_at(), self.l7.poll_at(), self.l4.next_expiry()].into_iter().flatten().min()
+        [self.stack.poll_at(), self.l7.poll_at(), self.l4.next_expiry(), self.health.poll_at()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The worker's buffer pool counters.
     pub fn pool_stats(&self) -> switchyard_nic::PoolStats {
         self.pool.stats()
+    }
+}
+
+fn event_conn(ev: &TcpEvent) -> switchyard_stack::tcp::ConnId {
+    match *ev {
+        TcpEvent::Accepted { conn, .. }
+        | TcpEvent::Connected { conn }
+        | TcpEvent::Readable { conn }
+        | TcpEvent::Writable { conn }
+        | TcpEvent::PeerClosed { conn }
+        | TcpEvent::Closed { conn, .. } => conn,
     }
 }
 

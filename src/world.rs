@@ -116,6 +116,8 @@ pub struct World {
     pub lb_link: LinkId,
     /// Each client population's link.
     pub client_links: Vec<LinkId>,
+    /// Each backend's link, by pool index then backend index.
+    pub backend_links: Vec<Vec<LinkId>>,
     /// When the clients started.
     pub start: Instant,
     /// When clients stop starting new work (start + `sim.seconds`).
@@ -166,8 +168,10 @@ impl World {
             }
         }
         let mut backends = Vec::new();
+        let mut backend_links = Vec::new();
         for (pi, pool) in cfg.pools.iter().enumerate() {
             let mut hosts = Vec::new();
+            let mut links = Vec::new();
             for b in &pool.backends {
                 claim(b.addr.ip())?;
                 let host = HostConfig {
@@ -181,16 +185,17 @@ impl World {
                     let (node, wire, stats) =
                         HttpServer::new(host, b.addr.port(), sim.body_size as usize);
                     net.add_node(Box::new(node));
-                    net.attach(&b.name, wire, LinkConfig::ideal());
+                    links.push(net.attach(&b.name, wire, LinkConfig::ideal()));
                     hosts.push(BackendHost::Http(stats));
                 } else {
                     let (node, wire, stats) = EchoServer::new(host, b.addr.port());
                     net.add_node(Box::new(node));
-                    net.attach(&b.name, wire, LinkConfig::ideal());
+                    links.push(net.attach(&b.name, wire, LinkConfig::ideal()));
                     hosts.push(BackendHost::Echo(stats));
                 }
             }
             backends.push(hosts);
+            backend_links.push(links);
         }
 
         let mut clients = Vec::new();
@@ -227,6 +232,7 @@ impl World {
                             body_size: sim.body_size as usize,
                             timeout: Duration::from_secs(10),
                             start_port: 10000,
+                            start: Some(start + Duration::from_millis(u64::from(c.start_ms))),
                         },
                     );
                     net.add_node(Box::new(node));
@@ -245,6 +251,7 @@ impl World {
                             seed: sim.seed ^ ((ci as u64 + 1) << 32),
                             timeout: Duration::from_secs(30),
                             start_port: 10000,
+                            start: Some(start + Duration::from_millis(u64::from(c.start_ms))),
                         },
                     );
                     net.add_node(Box::new(node));
@@ -261,6 +268,7 @@ impl World {
             clients,
             lb_link,
             client_links,
+            backend_links,
             start,
             end,
         })

@@ -390,6 +390,20 @@ impl L4 {
         }
     }
 
+    /// Marks a backend of a listener up or down (from health checks or an
+    /// operator). A down backend gets no new flows; its flows already in the
+    /// table carry on until they close.
+    pub fn set_backend_up(&mut self, id: ListenerId, backend: usize, up: bool) {
+        if let Some(&i) = self.by_id.get(&id) {
+            self.listeners[i].picker.set_up(backend, up);
+        }
+    }
+
+    /// Whether a backend of a listener takes new flows.
+    pub fn backend_up(&self, id: ListenerId, backend: usize) -> bool {
+        self.by_id.get(&id).is_some_and(|&i| self.listeners[i].picker.is_up(backend))
+    }
+
     /// Drop counters.
     pub fn counters(&self) -> &L4Counters {
         &self.counters

@@ -182,6 +182,13 @@ impl Maglev {
 #[derive(Clone, Debug)]
 pub struct Picker {
     kind: Scheduler,
+    /// Configured weights.
+    base: Vec<u32>,
+    /// Which backends may take new flows.
+    up: Vec<bool>,
+    /// Stable identities, for rebuilding the Maglev table.
+    names: Vec<Vec<u8>>,
+    /// Effective weights: the configured weight, or 0 while down.
     weights: Vec<u32>,
     next: usize,
     current: Vec<i64>,
@@ -195,7 +202,37 @@ impl Picker {
             Scheduler::SourceIp | Scheduler::Maglev => Some(Maglev::new(names, weights)),
             _ => None,
         };
-        Picker { kind, weights: weights.to_vec(), next: 0, current: vec![0; weights.len()], maglev }
+        Picker {
+            kind,
+            base: weights.to_vec(),
+            up: vec![true; weights.len()],
+            names: names.iter().map(|n| n.to_vec()).collect(),
+            weights: weights.to_vec(),
+            next: 0,
+            current: vec![0; weights.len()],
+            maglev,
+        }
+    }
+
+    /// Takes backend `i` out of rotation for new flows, or puts it back. The
+    /// Maglev table is rebuilt with the other backends keeping their entries
+    /// where they can; flows already in the connection table are not affected.
+    pub fn set_up(&mut self, i: usize, up: bool) {
+        if self.up.get(i) == Some(&up) || i >= self.up.len() {
+            return;
+        }
+        self.up[i] = up;
+        self.weights[i] = if up { self.base[i] } else { 0 };
+        self.current.iter_mut().for_each(|c| *c = 0);
+        if self.maglev.is_some() {
+            let names: Vec<&[u8]> = self.names.iter().map(|n| n.as_slice()).collect();
+            self.maglev = Some(Maglev::new(&names, &self.weights));
+        }
+    }
+
+    /// Whether backend `i` takes new flows.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.up.get(i).copied().unwrap_or(false)
     }
 
     /// The scheduler.

@@ -88,9 +88,12 @@ pub struct LinkStats {
     pub reordered: u64,
     /// Frames dropped because the receiving port's ring was full.
     pub ring_full: u64,
+    /// Frames dropped while the link was down.
+    pub down: u64,
 }
 
 struct Link {
+    up: bool,
     wire: SimWire,
     cfg: LinkConfig,
     stats: LinkStats,
@@ -184,7 +187,7 @@ impl Network {
     /// arriving on it wake the node of the same name.
     pub fn attach(&mut self, name: &str, wire: SimWire, cfg: LinkConfig) -> LinkId {
         let node = self.nodes.iter().position(|n| n.name() == name);
-        self.links.push(Link { wire, cfg, stats: LinkStats::default(), node, tap: None });
+        self.links.push(Link { up: true, wire, cfg, stats: LinkStats::default(), node, tap: None });
         LinkId(self.links.len() - 1)
     }
 
@@ -207,6 +210,14 @@ impl Network {
             if let Some(w) = l.tap.take() {
                 let _ = w.into_writer().into_inner();
             }
+        }
+    }
+
+    /// Cuts a link (every frame on it is dropped, both ways) or restores it:
+    /// a host that crashed, or a cable pulled.
+    pub fn set_link_up(&mut self, link: LinkId, up: bool) {
+        if let Some(l) = self.links.get_mut(link.0) {
+            l.up = up;
         }
     }
 
@@ -285,9 +296,14 @@ impl Network {
     /// Puts a frame on a link in one direction, with the link's impairments.
     fn send(&mut self, link: usize, hop: Hop, frame: Vec<u8>) {
         let cfg = self.links[link].cfg;
+        let up = self.links[link].up;
         let st = &mut self.links[link].stats;
         st.frames += 1;
         st.bytes += frame.len() as u64;
+        if !up {
+            st.down += 1;
+            return;
+        }
         if cfg.loss > 0.0 && self.rng.random_bool(cfg.loss) {
             st.lost += 1;
             return;

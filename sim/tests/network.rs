@@ -42,6 +42,7 @@ fn run(seed: u64, link: LinkConfig, tap: Option<&std::path::Path>) -> Outcome {
             body_size: 1500,
             timeout: Duration::from_secs(5),
             start_port: 20000,
+            start: None,
         },
     );
     net.add_node(Box::new(client));
@@ -63,6 +64,7 @@ fn run(seed: u64, link: LinkConfig, tap: Option<&std::path::Path>) -> Outcome {
             seed,
             timeout: Duration::from_secs(10),
             start_port: 30000,
+            start: None,
         },
     );
     net.add_node(Box::new(bulk));

@@ -5,6 +5,7 @@
 //! sharded interfaces.
 #![forbid(unsafe_code)]
 
+pub mod health;
 pub mod neighbor;
 pub mod tcp;
 pub mod term;

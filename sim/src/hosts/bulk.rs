@@ -143,6 +143,8 @@ pub struct BulkConfig {
     pub timeout: Duration,
     /// First local port.
     pub start_port: u16,
+    /// Start no work before this time (`None`: at once).
+    pub start: Option<Instant>,
 }
 
 /// What a bulk client counted.
@@ -213,6 +215,7 @@ impl BulkClient {
     fn may_start(&self, now: Instant) -> bool {
         self.cfg.total_streams.is_none_or(|t| self.started < t)
             && self.cfg.until.is_none_or(|u| now < u)
+            && self.cfg.start.is_none_or(|t| now >= t)
     }
 }
 
@@ -325,11 +328,17 @@ impl Node for BulkClient {
             }
         }
         self.host.poll(now);
-        let finished = !self.may_start(now) && self.streams.iter().all(Option::is_none);
+        let waiting = self.cfg.start.is_some_and(|t| now < t);
+        let finished = !waiting && !self.may_start(now) && self.streams.iter().all(Option::is_none);
         self.stats.borrow_mut().finished = finished;
     }
 
     fn poll_at(&self, now: Instant) -> Option<Instant> {
+        if let Some(start) = self.cfg.start
+            && now < start
+        {
+            return Some(start);
+        }
         if self.streams.iter().any(Option::is_none) && self.may_start(now) {
             return Some(now);
         }

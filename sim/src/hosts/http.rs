@@ -246,6 +246,8 @@ pub struct HttpClientConfig {
     pub timeout: Duration,
     /// First local port.
     pub start_port: u16,
+    /// Start no work before this time (`None`: at once).
+    pub start: Option<Instant>,
 }
 
 /// What an HTTP client counted.
@@ -345,6 +347,7 @@ impl HttpClient {
         let st = self.stats.borrow();
         self.cfg.total_requests.is_none_or(|t| st.requests < t)
             && self.cfg.until.is_none_or(|u| now < u)
+            && self.cfg.start.is_none_or(|t| now >= t)
     }
 
     fn port(&mut self) -> u16 {
@@ -515,7 +518,8 @@ impl Node for HttpClient {
             }
         }
         self.host.poll(now);
-        let finished = !self.may_start(now) && self.conns.iter().all(Option::is_none);
+        let waiting = self.cfg.start.is_some_and(|t| now < t);
+        let finished = !waiting && !self.may_start(now) && self.conns.iter().all(Option::is_none);
         self.stats.borrow_mut().finished = finished;
     }
 
@@ -530,6 +534,11 @@ impl Node for HttpClient {
                 None => continue,
             };
             t = Some(t.map_or(d, |x| x.min(d)));
+        }
+        if let Some(start) = self.cfg.start
+            && now < start
+        {
+            return Some(start);
         }
         if self.conns.iter().any(Option::is_none) && self.may_start(now) {
             return Some(now);
