@@ -6,16 +6,16 @@
 
 pub mod checksum;
 pub mod sched;
+mod table;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
 pub use sched::Scheduler;
 use switchyard_nic::Mbuf;
-use switchyard_stack::{
-    Duration, FlowMap, Instant, ListenerId, PacketMeta, Proto, flow_map, tcp_flags,
-};
+use switchyard_stack::{Duration, Instant, ListenerId, PacketMeta, Proto, tcp_flags};
+use table::{FlowState, FlowTable, STATES};
 
 /// A backend of an L4 listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,36 +219,6 @@ impl L4Counters {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FlowKey {
-    proto: Proto,
-    src: SocketAddr,
-    dst: SocketAddr,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FlowState {
-    SynSent,
-    Established,
-    Closing,
-    Udp,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    live: bool,
-    proto: Proto,
-    client: SocketAddr,
-    vip: SocketAddr,
-    backend: SocketAddr,
-    snat: SocketAddr,
-    listener: u16,
-    backend_idx: u16,
-    state: FlowState,
-    last_seen: Instant,
-    snat_pool: u16,
-}
-
 struct Listener {
     cfg: ListenerConfig,
     picker: sched::Picker,
@@ -263,35 +233,30 @@ struct PortPool {
     free: VecDeque<u16>,
 }
 
-/// How often the table is swept for idle flows, and how much of it per sweep.
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
-const SWEEP_BUDGET: usize = 4096;
+/// Listener id → index; ids are small numbers from the configuration.
+const NO_LISTENER: u16 = u16::MAX;
 
 /// The L4 layer of one worker.
 pub struct L4 {
     listeners: Vec<Listener>,
-    by_id: HashMap<ListenerId, usize>,
-    entries: Vec<Entry>,
-    free: Vec<u32>,
-    fwd: FlowMap<FlowKey, u32>,
-    rev: FlowMap<FlowKey, u32>,
+    by_id: Vec<u16>,
+    table: FlowTable,
     ports: Vec<PortPool>,
     snat_ports: Range<u16>,
     timeouts: Timeouts,
-    live: usize,
-    capacity: usize,
-    sweep_cursor: usize,
-    next_sweep: Option<Instant>,
     counters: L4Counters,
 }
 
 impl L4 {
     /// Builds the layer; the whole table is allocated here.
     pub fn new(cfg: L4Config) -> Result<L4, L4Error> {
-        if cfg.table_capacity == 0 || cfg.snat_ports.is_empty() {
+        if cfg.table_capacity == 0
+            || cfg.snat_ports.is_empty()
+            || cfg.table_capacity >= u32::MAX as usize
+        {
             return Err(L4Error::NoCapacity);
         }
-        let mut by_id = HashMap::new();
+        let mut by_id: Vec<u16> = Vec::new();
         let mut listeners = Vec::new();
         let mut ports: Vec<PortPool> = Vec::new();
         for l in cfg.listeners {
@@ -312,9 +277,14 @@ impl L4 {
                 let free: VecDeque<u16> = cfg.snat_ports.clone().collect();
                 ports.push(PortPool { addr: *snat, proto: l.proto, free });
             }
-            if by_id.insert(l.id, listeners.len()).is_some() {
+            let id = usize::from(l.id);
+            if by_id.len() <= id {
+                by_id.resize(id + 1, NO_LISTENER);
+            }
+            if by_id[id] != NO_LISTENER {
                 return Err(L4Error::DuplicateListener(l.id));
             }
+            by_id[id] = listeners.len() as u16;
             let n = l.backends.len();
             let ids: Vec<String> = l.backends.iter().map(|b| b.addr.to_string()).collect();
             let ids: Vec<&[u8]> = ids.iter().map(|s| s.as_bytes()).collect();
@@ -327,23 +297,30 @@ impl L4 {
                 backends: vec![BackendStats::default(); n],
             });
         }
-        let cap = cfg.table_capacity;
+        let span = usize::from(cfg.snat_ports.end - cfg.snat_ports.start);
+        let table = FlowTable::new(
+            cfg.table_capacity,
+            ports.len(),
+            cfg.snat_ports.start,
+            span,
+            cfg.hash_seed,
+        );
         Ok(L4 {
             listeners,
             by_id,
-            entries: Vec::with_capacity(cap),
-            free: Vec::with_capacity(cap),
-            fwd: flow_map(cap, cfg.hash_seed),
-            rev: flow_map(cap, cfg.hash_seed ^ 0x7265_7600),
+            table,
             ports,
             snat_ports: cfg.snat_ports,
             timeouts: cfg.timeouts,
-            live: 0,
-            capacity: cap,
-            sweep_cursor: 0,
-            next_sweep: None,
             counters: L4Counters::default(),
         })
+    }
+
+    fn index_of(&self, id: ListenerId) -> Option<usize> {
+        match self.by_id.get(usize::from(id)) {
+            Some(&i) if i != NO_LISTENER => Some(usize::from(i)),
+            _ => None,
+        }
     }
 
     /// Every (address, protocol, ports) the stack must hand back to L4: the
@@ -354,38 +331,36 @@ impl L4 {
 
     /// Flows in the table.
     pub fn table_len(&self) -> usize {
-        self.live
+        self.table.len()
     }
 
     /// Flows the table holds at most.
     pub fn table_capacity(&self) -> usize {
-        self.capacity
+        self.table.capacity()
     }
 
-    /// Memory the connection table reserved at start, in bytes: the entry slab,
-    /// its free list and both lookup maps (buckets plus one control byte each).
+    /// Memory the connection table reserved at start, in bytes: entries, free
+    /// list, the hash index and the reply arrays.
     pub fn table_bytes(&self) -> usize {
-        let map = |buckets: usize| buckets * (std::mem::size_of::<(FlowKey, u32)>() + 1);
-        self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.free.capacity() * std::mem::size_of::<u32>()
-            + map(self.fwd.capacity())
-            + map(self.rev.capacity())
+        self.table.bytes()
     }
 
-    /// [`L4::table_bytes`] per flow of capacity.
+    /// Bytes per flow of capacity: the entry, its free-list slot and its share
+    /// of the hash index (the reply arrays, 4 bytes per SNAT port per pool, come
+    /// on top and do not grow with the table).
     pub fn bytes_per_entry(&self) -> usize {
-        self.table_bytes() / self.capacity.max(1)
+        self.table.per_flow_bytes() / self.table.capacity().max(1)
     }
 
     /// Counters of a listener.
     pub fn listener_stats(&self, id: ListenerId) -> Option<&ListenerStats> {
-        self.by_id.get(&id).map(|&i| &self.listeners[i].stats)
+        self.index_of(id).map(|i| &self.listeners[i].stats)
     }
 
     /// Counters of a listener's backends, in configuration order.
     pub fn backend_stats(&self, id: ListenerId) -> &[BackendStats] {
-        match self.by_id.get(&id) {
-            Some(&i) => &self.listeners[i].backends,
+        match self.index_of(id) {
+            Some(i) => &self.listeners[i].backends,
             None => &[],
         }
     }
@@ -394,14 +369,14 @@ impl L4 {
     /// operator). A down backend gets no new flows; its flows already in the
     /// table carry on until they close.
     pub fn set_backend_up(&mut self, id: ListenerId, backend: usize, up: bool) {
-        if let Some(&i) = self.by_id.get(&id) {
+        if let Some(i) = self.index_of(id) {
             self.listeners[i].picker.set_up(backend, up);
         }
     }
 
     /// Whether a backend of a listener takes new flows.
     pub fn backend_up(&self, id: ListenerId, backend: usize) -> bool {
-        self.by_id.get(&id).is_some_and(|&i| self.listeners[i].picker.is_up(backend))
+        self.index_of(id).is_some_and(|i| self.listeners[i].picker.is_up(backend))
     }
 
     /// Drop counters.
@@ -423,24 +398,29 @@ impl L4 {
         meta: &PacketMeta,
         listener: ListenerId,
     ) -> Verdict {
-        let key = FlowKey { proto: meta.proto, src: meta.src, dst: meta.dst };
-        let idx = match self.fwd.get(&key) {
-            Some(&i) => i,
-            None => match self.open(now, meta, listener) {
+        let Some(li) = self.index_of(listener) else {
+            return self.refuse(L4Drop::NoListener, false);
+        };
+        let idx = match self.table.find(li as u16, meta.src) {
+            Some(i) => i,
+            None => match self.open(now, meta, li) {
                 Ok(i) => i,
                 Err(v) => return v,
             },
         };
-        let e = self.entries[idx as usize];
-        if let Err(r) = rewrite(pkt, meta, e.snat, e.backend) {
+        let e = *self.table.entry(idx);
+        let l = &self.listeners[li];
+        let backend = l.cfg.backends[usize::from(e.backend)].addr;
+        let snat = SocketAddr::new(self.ports[usize::from(e.pool)].addr, e.snat_port);
+        if let Err(r) = rewrite(pkt, meta, snat, backend) {
             return self.refuse(r, false);
         }
         self.track(idx, meta.tcp_flags, now);
         let bytes = ip_len(pkt, meta);
-        let l = &mut self.listeners[usize::from(e.listener)];
+        let l = &mut self.listeners[li];
         l.stats.packets_in += 1;
         l.stats.bytes_in += bytes;
-        let b = &mut l.backends[usize::from(e.backend_idx)];
+        let b = &mut l.backends[usize::from(e.backend)];
         b.packets += 1;
         b.bytes += bytes;
         Verdict::Forward
@@ -448,37 +428,36 @@ impl L4 {
 
     /// A packet from a backend to a SNAT address and port: sent back to the client.
     pub fn from_backend(&mut self, now: Instant, pkt: &mut Mbuf, meta: &PacketMeta) -> Verdict {
-        let key = FlowKey { proto: meta.proto, src: meta.src, dst: meta.dst };
-        let Some(&idx) = self.rev.get(&key) else {
-            let reject = meta.proto == Proto::Tcp && meta.tcp_flags & tcp_flags::RST == 0;
+        let reject = meta.proto == Proto::Tcp && meta.tcp_flags & tcp_flags::RST == 0;
+        let pool = self.ports.iter().position(|p| p.addr == meta.dst.ip() && p.proto == meta.proto);
+        let found = pool.and_then(|p| self.table.find_reply(p as u16, meta.dst.port()));
+        let Some(idx) = found else {
             return self.refuse(L4Drop::UnknownFlow, reject);
         };
-        let e = self.entries[idx as usize];
-        if let Err(r) = rewrite(pkt, meta, e.vip, e.client) {
+        let e = *self.table.entry(idx);
+        let li = usize::from(e.listener);
+        let l = &self.listeners[li];
+        // The reply must come from the flow's backend.
+        if l.cfg.backends[usize::from(e.backend)].addr != meta.src {
+            return self.refuse(L4Drop::UnknownFlow, reject);
+        }
+        if let Err(r) = rewrite(pkt, meta, l.cfg.vip, e.client) {
             return self.refuse(r, false);
         }
         self.track(idx, meta.tcp_flags, now);
         let bytes = ip_len(pkt, meta);
-        let l = &mut self.listeners[usize::from(e.listener)];
+        let l = &mut self.listeners[li];
         l.stats.packets_out += 1;
         l.stats.bytes_out += bytes;
-        let b = &mut l.backends[usize::from(e.backend_idx)];
+        let b = &mut l.backends[usize::from(e.backend)];
         b.packets += 1;
         b.bytes += bytes;
         Verdict::Forward
     }
 
     /// Creates the flow for a client's first packet.
-    fn open(
-        &mut self,
-        now: Instant,
-        meta: &PacketMeta,
-        listener: ListenerId,
-    ) -> Result<u32, Verdict> {
+    fn open(&mut self, now: Instant, meta: &PacketMeta, li: usize) -> Result<u32, Verdict> {
         use tcp_flags::{ACK, RST, SYN};
-        let Some(&li) = self.by_id.get(&listener) else {
-            return Err(self.refuse(L4Drop::NoListener, false));
-        };
         let tcp = meta.proto == Proto::Tcp;
         if tcp && meta.tcp_flags & RST != 0 {
             return Err(self.refuse(L4Drop::UnknownFlow, false));
@@ -486,7 +465,7 @@ impl L4 {
         if tcp && meta.tcp_flags & (SYN | ACK) != SYN {
             return Err(self.refuse(L4Drop::NotSyn, true));
         }
-        if self.live >= self.capacity {
+        if self.table.len() >= self.table.capacity() {
             self.listeners[li].stats.flows_refused += 1;
             return Err(self.refuse(L4Drop::TableFull, tcp));
         }
@@ -510,63 +489,39 @@ impl L4 {
             self.listeners[li].stats.flows_refused += 1;
             return Err(self.refuse(L4Drop::NoSnatPort, tcp));
         };
-        let snat = SocketAddr::new(self.ports[pi].addr, port);
-        let entry = Entry {
-            live: true,
-            proto: meta.proto,
-            client: meta.src,
-            vip: meta.dst,
-            backend,
-            snat,
-            listener: li as u16,
-            backend_idx: bi as u16,
-            state: if tcp { FlowState::SynSent } else { FlowState::Udp },
-            last_seen: now,
-            snat_pool: pi as u16,
+        let state = if tcp { FlowState::SynSent } else { FlowState::Udp };
+        let Some(idx) =
+            self.table.insert(li as u16, meta.src, bi as u16, pi as u16, port, state, now)
+        else {
+            self.ports[pi].free.push_front(port);
+            self.listeners[li].stats.flows_refused += 1;
+            return Err(self.refuse(L4Drop::TableFull, tcp));
         };
-        let idx = match self.free.pop() {
-            Some(i) => {
-                self.entries[i as usize] = entry;
-                i
-            }
-            None => {
-                self.entries.push(entry);
-                (self.entries.len() - 1) as u32
-            }
-        };
-        self.fwd.insert(FlowKey { proto: meta.proto, src: meta.src, dst: meta.dst }, idx);
-        self.rev.insert(FlowKey { proto: meta.proto, src: backend, dst: snat }, idx);
-        self.live += 1;
         let l = &mut self.listeners[li];
         l.stats.flows_new += 1;
         l.stats.flows_active += 1;
         l.backends[bi].flows_new += 1;
         l.backends[bi].flows_active += 1;
-        if self.next_sweep.is_none() {
-            self.next_sweep = Some(now + SWEEP_EVERY);
-        }
         Ok(idx)
     }
 
     /// Follows the TCP state from the flags of a forwarded segment.
     fn track(&mut self, idx: u32, flags: u8, now: Instant) {
         use tcp_flags::{ACK, FIN, RST};
-        let e = &mut self.entries[idx as usize];
-        e.last_seen = now;
-        let was = e.state;
-        e.state = match e.state {
+        let e = *self.table.entry(idx);
+        let state = match e.state {
             FlowState::Udp => FlowState::Udp,
             _ if flags & (FIN | RST) != 0 => FlowState::Closing,
             FlowState::SynSent if flags & ACK != 0 => FlowState::Established,
             s => s,
         };
-        if e.state == FlowState::Closing && was != FlowState::Closing {
+        self.table.touch(idx, now, state);
+        if state == FlowState::Closing && e.state != FlowState::Closing {
             // No longer active; the entry stays until the closing timeout so late
             // segments (retransmitted FINs, last ACKs) still find it.
-            let (li, bi) = (usize::from(e.listener), usize::from(e.backend_idx));
-            let l = &mut self.listeners[li];
+            let l = &mut self.listeners[usize::from(e.listener)];
             l.stats.flows_active -= 1;
-            l.backends[bi].flows_active -= 1;
+            l.backends[usize::from(e.backend)].flows_active -= 1;
         }
     }
 
@@ -579,48 +534,40 @@ impl L4 {
         }
     }
 
-    /// Frees flows idle past their state's timeout. Cheap when nothing is due:
-    /// the table is swept in slices every 100 ms.
+    /// Frees flows idle past their state's timeout. Each state keeps its flows
+    /// in last-seen order, so only the flows that expire are looked at.
     pub fn expire(&mut self, now: Instant) {
-        match self.next_sweep {
-            Some(t) if now >= t => {}
-            _ => return,
-        }
-        let n = self.entries.len();
-        let budget = SWEEP_BUDGET.min(n);
-        for _ in 0..budget {
-            if self.sweep_cursor >= n {
-                self.sweep_cursor = 0;
-            }
-            let i = self.sweep_cursor;
-            self.sweep_cursor += 1;
-            let e = self.entries[i];
-            if e.live && now >= e.last_seen + self.timeout(e.state) {
-                self.release(i as u32);
+        for st in STATES {
+            let timeout = self.timeout(st);
+            while let Some(i) = self.table.oldest(st) {
+                if now < self.table.entry(i).last_seen + timeout {
+                    break;
+                }
+                self.release(i);
             }
         }
-        self.next_sweep = if self.live > 0 { Some(now + SWEEP_EVERY) } else { None };
     }
 
     fn release(&mut self, idx: u32) {
-        let e = self.entries[idx as usize];
-        self.fwd.remove(&FlowKey { proto: e.proto, src: e.client, dst: e.vip });
-        self.rev.remove(&FlowKey { proto: e.proto, src: e.backend, dst: e.snat });
-        self.ports[usize::from(e.snat_pool)].free.push_back(e.snat.port());
-        self.entries[idx as usize].live = false;
-        self.free.push(idx);
-        self.live -= 1;
+        let e = *self.table.entry(idx);
+        self.table.remove(idx);
+        self.ports[usize::from(e.pool)].free.push_back(e.snat_port);
         self.counters.expired += 1;
         if e.state != FlowState::Closing {
             let l = &mut self.listeners[usize::from(e.listener)];
             l.stats.flows_active -= 1;
-            l.backends[usize::from(e.backend_idx)].flows_active -= 1;
+            l.backends[usize::from(e.backend)].flows_active -= 1;
         }
     }
 
     /// When `expire` next has work.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.next_sweep
+        STATES
+            .iter()
+            .filter_map(|st| {
+                self.table.oldest(*st).map(|i| self.table.entry(i).last_seen + self.timeout(*st))
+            })
+            .min()
     }
 }
 
