@@ -5,6 +5,7 @@
 /// The checksum `csum` after the bytes `old` of the covered data became `new`.
 /// Both must have the same even length and start on a 16-bit boundary of the
 /// checksummed data.
+#[inline]
 pub fn update(csum: u16, old: &[u8], new: &[u8]) -> u16 {
     let mut sum = u32::from(!csum);
     for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
@@ -18,6 +19,7 @@ pub fn update(csum: u16, old: &[u8], new: &[u8]) -> u16 {
 }
 
 /// The checksum after one 16-bit word changed from `old` to `new`.
+#[inline]
 pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
     update(csum, &old.to_be_bytes(), &new.to_be_bytes())
 }

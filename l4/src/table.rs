@@ -108,7 +108,9 @@ impl FlowTable {
     /// Bytes that grow with the capacity: entries, free list, hash index (the
     /// reply arrays are fixed by the SNAT port range instead).
     pub fn per_flow_bytes(&self) -> usize {
-        self.entries.len() * std::mem::size_of::<Entry>() + self.free.capacity() * 4 + self.index.len() * 4
+        self.entries.len() * std::mem::size_of::<Entry>()
+            + self.free.capacity() * 4
+            + self.index.len() * 4
     }
 
     pub fn entry(&self, i: u32) -> &Entry {
