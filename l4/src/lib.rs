@@ -242,6 +242,7 @@ pub struct L4 {
     by_id: Vec<u16>,
     table: FlowTable,
     ports: Vec<PortPool>,
+    next_pool: usize,
     snat_ports: Range<u16>,
     timeouts: Timeouts,
     counters: L4Counters,
@@ -268,14 +269,20 @@ impl L4 {
                     return Err(L4Error::MixedFamily(l.name.clone(), b.addr));
                 }
             }
-            let Some(snat) = cfg.snat_addrs.iter().find(|a| a.is_ipv4() == l.vip.is_ipv4()) else {
+            let family: Vec<IpAddr> =
+                cfg.snat_addrs.iter().copied().filter(|a| a.is_ipv4() == l.vip.is_ipv4()).collect();
+            if family.is_empty() {
                 return Err(L4Error::NoSnatAddress(l.name));
-            };
-            if !ports.iter().any(|p| p.addr == *snat && p.proto == l.proto) {
-                // Handed out from the front; freed ports go to the back, so a port
-                // is reused as late as possible.
-                let free: VecDeque<u16> = cfg.snat_ports.clone().collect();
-                ports.push(PortPool { addr: *snat, proto: l.proto, free });
+            }
+            // Every local address of the family is a SNAT source: each gives the
+            // whole port range, so concurrent flows scale with addresses.
+            for snat in family {
+                if !ports.iter().any(|p| p.addr == snat && p.proto == l.proto) {
+                    // Handed out from the front; freed ports go to the back, so a
+                    // port is reused as late as possible.
+                    let free: VecDeque<u16> = cfg.snat_ports.clone().collect();
+                    ports.push(PortPool { addr: snat, proto: l.proto, free });
+                }
             }
             let id = usize::from(l.id);
             if by_id.len() <= id {
@@ -310,6 +317,7 @@ impl L4 {
             by_id,
             table,
             ports,
+            next_pool: 0,
             snat_ports: cfg.snat_ports,
             timeouts: cfg.timeouts,
             counters: L4Counters::default(),
@@ -478,15 +486,21 @@ impl L4 {
             return Err(self.refuse(L4Drop::NoBackend, tcp));
         };
         let backend = l.cfg.backends[bi].addr;
-        let Some(pi) = self
-            .ports
-            .iter()
-            .position(|p| p.proto == meta.proto && p.addr.is_ipv4() == backend.is_ipv4())
-        else {
+        // The next SNAT pool of the family and protocol with a free port, in turn.
+        let n = self.ports.len();
+        let start = self.next_pool;
+        let pick = (0..n).map(|k| (start + k) % n).find(|&p| {
+            let pool = &self.ports[p];
+            pool.proto == meta.proto
+                && pool.addr.is_ipv4() == backend.is_ipv4()
+                && !pool.free.is_empty()
+        });
+        let Some(pi) = pick else {
+            self.listeners[li].stats.flows_refused += 1;
             return Err(self.refuse(L4Drop::NoSnatPort, tcp));
         };
+        self.next_pool = pi + 1;
         let Some(port) = self.ports[pi].free.pop_front() else {
-            self.listeners[li].stats.flows_refused += 1;
             return Err(self.refuse(L4Drop::NoSnatPort, tcp));
         };
         let state = if tcp { FlowState::SynSent } else { FlowState::Udp };
@@ -534,15 +548,12 @@ impl L4 {
         }
     }
 
-    /// Frees flows idle past their state's timeout. Each state keeps its flows
-    /// in last-seen order, so only the flows that expire are looked at.
+    /// Frees flows idle past their state's timeout. Only flows at the front
+    /// of their state's list are looked at.
     pub fn expire(&mut self, now: Instant) {
         for st in STATES {
             let timeout = self.timeout(st);
-            while let Some(i) = self.table.oldest(st) {
-                if now < self.table.entry(i).last_seen + timeout {
-                    break;
-                }
+            while let Some(i) = self.table.expired(st, now, timeout) {
                 self.release(i);
             }
         }
@@ -560,14 +571,9 @@ impl L4 {
         }
     }
 
-    /// When `expire` next has work.
+    /// When `expire` next has work (possibly early: it then finds nothing).
     pub fn next_expiry(&self) -> Option<Instant> {
-        STATES
-            .iter()
-            .filter_map(|st| {
-                self.table.oldest(*st).map(|i| self.table.entry(i).last_seen + self.timeout(*st))
-            })
-            .min()
+        STATES.iter().filter_map(|st| self.table.earliest(*st, self.timeout(*st))).min()
     }
 }
 

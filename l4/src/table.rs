@@ -1,14 +1,16 @@
 //! The connection table: a fixed slab of flow entries, an open-addressing index
 //! (linear probing, backward-shift deletion, no tombstones) on (listener, client
 //! endpoint), a direct array per SNAT port pool for replies, and one intrusive
-//! list per TCP/UDP state in last-seen order, so expiry only touches what
-//! expires. Everything is allocated at start; nothing is allocated per packet.
+//! list per TCP/UDP state in queueing order. A packet only notes when it was
+//! seen; an entry is moved to the back of its list lazily, when it reaches the
+//! front and turns out to have been seen since (so the per-packet path touches
+//! no neighbouring entries). Everything is allocated at start.
 
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 
 use foldhash::fast::FixedState;
-use switchyard_stack::Instant;
+use switchyard_stack::{Duration, Instant};
 
 const NIL: u32 = u32::MAX;
 
@@ -29,7 +31,10 @@ pub(crate) const STATES: [FlowState; 4] =
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entry {
     pub client: SocketAddr,
-    pub last_seen: Instant,
+    /// When it was put at the back of its list.
+    queued: Instant,
+    /// Milliseconds from `queued` to the last packet (saturating).
+    seen_ms: u32,
     prev: u32,
     next: u32,
     pub snat_port: u16,
@@ -66,7 +71,8 @@ impl FlowTable {
     ) -> FlowTable {
         let blank = Entry {
             client: SocketAddr::from(([0, 0, 0, 0], 0)),
-            last_seen: Instant::from_micros(0),
+            queued: Instant::from_micros(0),
+            seen_ms: 0,
             prev: NIL,
             next: NIL,
             snat_port: 0,
@@ -161,7 +167,8 @@ impl FlowTable {
         let i = self.free.pop()?;
         self.entries[i as usize] = Entry {
             client,
-            last_seen: now,
+            queued: now,
+            seen_ms: 0,
             prev: NIL,
             next: NIL,
             snat_port,
@@ -182,13 +189,57 @@ impl FlowTable {
         Some(i)
     }
 
-    /// Marks a flow seen at `now` in `state`.
+    /// Marks a flow seen at `now` in `state`. Within a state this writes the
+    /// entry only; a change of state moves it to the back of the new state's list.
     pub fn touch(&mut self, i: u32, now: Instant, state: FlowState) {
+        let e = &mut self.entries[i as usize];
+        if e.state == state {
+            let ms = (now - e.queued).total_millis();
+            e.seen_ms = u32::try_from(ms).unwrap_or(u32::MAX);
+            return;
+        }
         self.unlink(i);
         let e = &mut self.entries[i as usize];
-        e.last_seen = now;
+        e.queued = now;
+        e.seen_ms = 0;
         e.state = state;
         self.push_tail(i);
+    }
+
+    /// When a flow was last seen.
+    pub fn last_seen(&self, i: u32) -> Instant {
+        let e = &self.entries[i as usize];
+        e.queued + Duration::from_millis(u64::from(e.seen_ms))
+    }
+
+    /// A flow of `state` idle for `timeout` at `now`, if there is one. Flows
+    /// seen since they were queued are moved to the back on the way.
+    pub fn expired(&mut self, state: FlowState, now: Instant, timeout: Duration) -> Option<u32> {
+        loop {
+            let h = self.heads[state as usize];
+            if h == NIL {
+                return None;
+            }
+            let seen = self.last_seen(h);
+            if now >= seen + timeout {
+                return Some(h);
+            }
+            if self.entries[h as usize].seen_ms == 0 {
+                return None;
+            }
+            self.unlink(h);
+            let e = &mut self.entries[h as usize];
+            e.queued = seen;
+            e.seen_ms = 0;
+            self.push_tail(h);
+        }
+    }
+
+    /// The earliest time a flow of `state` can expire (a lower bound: the
+    /// front entry may have been seen since it was queued).
+    pub fn earliest(&self, state: FlowState, timeout: Duration) -> Option<Instant> {
+        let h = self.heads[state as usize];
+        (h != NIL).then(|| self.entries[h as usize].queued + timeout)
     }
 
     /// Removes a flow.
@@ -235,12 +286,6 @@ impl FlowTable {
         self.entries[i as usize].live = false;
         self.free.push(i);
         self.live -= 1;
-    }
-
-    /// The least recently seen flow in `state`.
-    pub fn oldest(&self, state: FlowState) -> Option<u32> {
-        let h = self.heads[state as usize];
-        (h != NIL).then_some(h)
     }
 
     fn push_tail(&mut self, i: u32) {
@@ -318,19 +363,26 @@ mod tests {
     }
 
     #[test]
-    fn lists_keep_last_seen_order_per_state() {
+    fn expiry_follows_last_seen_per_state() {
         let mut t = FlowTable::new(8, 1, 100, 8, 1);
-        let a =
-            t.insert(0, client(1), 0, 0, 100, FlowState::SynSent, Instant::from_secs(1)).unwrap();
-        let b =
-            t.insert(0, client(2), 0, 0, 101, FlowState::SynSent, Instant::from_secs(2)).unwrap();
-        assert_eq!(t.oldest(FlowState::SynSent), Some(a));
-        t.touch(a, Instant::from_secs(3), FlowState::SynSent);
-        assert_eq!(t.oldest(FlowState::SynSent), Some(b));
-        t.touch(b, Instant::from_secs(4), FlowState::Established);
-        assert_eq!(t.oldest(FlowState::SynSent), Some(a));
-        assert_eq!(t.oldest(FlowState::Established), Some(b));
+        let secs = Instant::from_secs;
+        let timeout = Duration::from_secs(10);
+        let a = t.insert(0, client(1), 0, 0, 100, FlowState::SynSent, secs(1)).unwrap();
+        let b = t.insert(0, client(2), 0, 0, 101, FlowState::SynSent, secs(2)).unwrap();
+        assert_eq!(t.earliest(FlowState::SynSent, timeout), Some(secs(11)));
+        t.touch(a, secs(3), FlowState::SynSent);
+        assert_eq!(t.last_seen(a), secs(3));
+        // At 12 s, b (seen at 2 s) is expired; a (seen at 3 s) is not.
+        assert_eq!(t.expired(FlowState::SynSent, secs(12), timeout), Some(b));
+        t.remove(b);
+        assert_eq!(t.expired(FlowState::SynSent, secs(12), timeout), None);
+        assert_eq!(t.expired(FlowState::SynSent, secs(13), timeout), Some(a));
+        // A change of state moves the flow to the other list.
+        t.touch(a, secs(13), FlowState::Established);
+        assert_eq!(t.expired(FlowState::SynSent, secs(100), timeout), None);
+        assert_eq!(t.expired(FlowState::Established, secs(100), timeout), Some(a));
         t.remove(a);
-        assert_eq!(t.oldest(FlowState::SynSent), None);
+        assert_eq!(t.earliest(FlowState::Established, timeout), None);
+        assert_eq!(t.len(), 0);
     }
 }

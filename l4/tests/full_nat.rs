@@ -346,3 +346,31 @@ fn a_syn_flood_fills_at_most_the_table_and_established_flows_carry_on() {
         t.l4.bytes_per_entry()
     );
 }
+
+#[test]
+fn several_snat_addresses_multiply_the_ports() {
+    let mut c = cfg(64);
+    c.snat_addrs =
+        vec!["198.18.0.2".parse().unwrap(), "198.18.0.3".parse().unwrap(), SNAT6.parse().unwrap()];
+    let mut t =
+        T { l4: L4::new(c).unwrap(), pool: Pool::with_count(16), now: Instant::from_secs(1) };
+    let vip = sa("198.18.0.10:5432");
+    let mut sources = std::collections::BTreeMap::new();
+    for i in 0..20u16 {
+        let client = SocketAddr::new(IpAddr::from([198, 18, 2, 1]), 3000 + i);
+        let (v, out) = t.client(&packet(client, vip, Proto::Tcp, tcp_flags::SYN, b""), 0);
+        assert_eq!(v, Verdict::Forward, "flow {i}");
+        let m = meta(&out);
+        *sources.entry(m.src.ip()).or_insert(0) += 1;
+        // The reply to whichever address was used finds its way back.
+        let (v, back) =
+            t.backend(&packet(m.dst, m.src, Proto::Tcp, tcp_flags::SYN | tcp_flags::ACK, b""));
+        assert_eq!(v, Verdict::Forward);
+        assert_eq!(meta(&back).dst, client);
+    }
+    assert_eq!(sources.values().copied().collect::<Vec<_>>(), vec![10, 10], "{sources:?}");
+    let late = packet(sa("198.18.2.1:4000"), vip, Proto::Tcp, tcp_flags::SYN, b"");
+    assert_eq!(t.client(&late, 0).0, Verdict::Reject(L4Drop::NoSnatPort));
+    let res = t.l4.snat_reservations();
+    assert!(res.iter().any(|r| r.0 == "198.18.0.3".parse::<IpAddr>().unwrap()));
+}
