@@ -5,6 +5,7 @@
 //!   2. established: M data packets of 64 bytes (or `--size`) spread at random
 //!      over those N flows (lookups and rewrites in a table of N flows), read
 //!      in order from a ring of 2^20 pre-built frames.
+//!
 //! Usage: `cargo run --release -p switchyard-bench --bin l4-replay -- [--flows N]
 //! [--packets M] [--size BYTES] [--scheduler maglev]`. Quote the figures as
 //! measured on the machine that printed them.
