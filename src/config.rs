@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
-use switchyard_l4::Scheduler;
+use switchyard_l4::{Forwarding, Scheduler};
 use switchyard_stack::Duration;
 use switchyard_stack::health::CheckConfig;
 use switchyard_stack::{Proto, TcpConfig};
@@ -107,6 +107,7 @@ struct RawListener {
     protocol: Option<Spanned<String>>,
     pool: Option<Spanned<String>>,
     scheduler: Option<Spanned<String>>,
+    forwarding: Option<Spanned<String>>,
     #[serde(default)]
     route: Vec<RawRoute>,
 }
@@ -269,6 +270,8 @@ pub enum Mode {
         pool: usize,
         /// How new flows pick a backend.
         scheduler: Scheduler,
+        /// How packets reach the backends.
+        forwarding: Forwarding,
     },
     /// Terminate TCP and proxy HTTP.
     L7 {
@@ -582,7 +585,28 @@ impl Cx<'_> {
                             return Err(self.at(&l.mode, "an L4 listener needs `pool = \"...\"`"));
                         }
                     };
-                    Mode::L4 { proto, pool, scheduler }
+                    let forwarding = match &l.forwarding {
+                        None => Forwarding::FullNat,
+                        Some(f) => match Forwarding::ALL.iter().find(|k| k.name() == f.get_ref()) {
+                            Some(k) => *k,
+                            None => {
+                                let names: Vec<&str> =
+                                    Forwarding::ALL.iter().map(|k| k.name()).collect();
+                                let hint = nearest(f.get_ref(), &names)
+                                    .map(|n| format!("; did you mean `{n}`?"))
+                                    .unwrap_or_default();
+                                return Err(self.at(
+                                    f,
+                                    format!(
+                                        "forwarding `{}`: expected one of {}{hint}",
+                                        f.get_ref(),
+                                        names.join(", ")
+                                    ),
+                                ));
+                            }
+                        },
+                    };
+                    Mode::L4 { proto, pool, scheduler, forwarding }
                 }
                 "l7" => {
                     if let Some(p) = &l.protocol
@@ -1033,6 +1057,13 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         let e = err(&src.replace("\"maglev\"", "\"maglve\""));
         assert_eq!((e.line, e.key.as_str()), (12, "listener[0].scheduler"), "{e}");
         assert!(e.message.contains("did you mean `maglev`?"), "{e}");
+        let dsr = src
+            .replace("scheduler = \"maglev\"", "scheduler = \"maglev\"\nforwarding = \"dsr-ipip\"");
+        let c = Config::parse("t.toml", &dsr).unwrap();
+        assert!(matches!(c.listeners[0].mode, Mode::L4 { forwarding: Forwarding::DsrIpip, .. }));
+        let e = err(&dsr.replace("dsr-ipip", "dsr"));
+        assert_eq!(e.key, "listener[0].forwarding", "{e}");
+        assert!(e.message.contains("full-nat, dsr-ipip"), "{e}");
         let e = err(&src.replace("weight = 3", "weight = -1"));
         assert_eq!((e.line, e.key.as_str()), (24, "pool[0].backends"), "{e}");
         assert!(e.message.contains("-1"), "{e}");

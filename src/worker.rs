@@ -69,7 +69,7 @@ impl Dataplane {
         for (i, l) in cfg.listeners.iter().enumerate() {
             let id = i as u16;
             match &l.mode {
-                Mode::L4 { proto, pool, scheduler } => {
+                Mode::L4 { proto, pool, scheduler, forwarding } => {
                     stack.add_listener(l.addr, *proto, ListenerKind::L4, id)?;
                     if let Some(check) = cfg.pools[*pool].health {
                         for (bi, b) in cfg.pools[*pool].backends.iter().enumerate() {
@@ -91,6 +91,7 @@ impl Dataplane {
                             })
                             .collect(),
                         scheduler: *scheduler,
+                        forwarding: *forwarding,
                     });
                 }
                 Mode::L7 { routes } => {

@@ -158,13 +158,21 @@ impl World {
         net.add_node(Box::new(LbNode(lb.clone())));
         let lb_link = net.attach("switchyard", wire, LinkConfig::ideal());
 
-        // Which pools sit behind L7 routes (HTTP origins) and which behind L4.
+        // Which pools sit behind L7 routes (HTTP origins) and which behind L4;
+        // backends of DSR listeners own the VIP, as they would on a loopback.
         let mut http_pool = vec![false; cfg.pools.len()];
+        let mut pool_vips: Vec<Vec<IpAddr>> = vec![Vec::new(); cfg.pools.len()];
         for l in &cfg.listeners {
-            if let Mode::L7 { routes } = &l.mode {
-                for (_, p) in routes {
-                    http_pool[*p] = true;
+            match &l.mode {
+                Mode::L7 { routes } => {
+                    for (_, p) in routes {
+                        http_pool[*p] = true;
+                    }
                 }
+                Mode::L4 { pool, forwarding: switchyard_l4::Forwarding::DsrIpip, .. } => {
+                    pool_vips[*pool].push(l.addr.ip());
+                }
+                Mode::L4 { .. } => {}
             }
         }
         let mut backends = Vec::new();
@@ -180,6 +188,7 @@ impl World {
                     ip: b.addr.ip(),
                     prefix,
                     gateway,
+                    vips: pool_vips[pi].clone(),
                 };
                 if http_pool[pi] {
                     let (node, wire, stats) =
@@ -208,6 +217,7 @@ impl World {
                 ip: c.addr,
                 prefix,
                 gateway,
+                vips: Vec::new(),
             };
             let target: SocketAddr = cfg.listeners[c.listener].addr;
             let until = if c.total.is_some() { None } else { Some(end) };

@@ -105,6 +105,7 @@ fn l4_forward(c: &mut Criterion) {
                 })
                 .collect(),
             scheduler: Scheduler::RoundRobin,
+            forwarding: switchyard_l4::Forwarding::FullNat,
         }],
         snat_addrs: vec!["198.18.0.2".parse().unwrap()],
         snat_ports: 40960..65535,

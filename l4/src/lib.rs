@@ -43,6 +43,34 @@ pub struct ListenerConfig {
     pub backends: Vec<Backend>,
     /// How they are chosen.
     pub scheduler: Scheduler,
+    /// How packets reach them.
+    pub forwarding: Forwarding,
+}
+
+/// How an L4 listener delivers packets to its backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Forwarding {
+    /// Full-NAT: destination rewritten to the backend, source to a local SNAT
+    /// address and port; replies come back through the load balancer.
+    #[default]
+    FullNat,
+    /// Direct server return by IP-in-IP (RFC 2003; IPv6 in IPv6, RFC 2473): the
+    /// packet is sent unchanged inside an outer header to the backend, which
+    /// owns the VIP and answers the client directly.
+    DsrIpip,
+}
+
+impl Forwarding {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarding::FullNat => "full-nat",
+            Forwarding::DsrIpip => "dsr-ipip",
+        }
+    }
+
+    /// Every mode, for configuration parsing.
+    pub const ALL: [Forwarding; 2] = [Forwarding::FullNat, Forwarding::DsrIpip];
 }
 
 /// Idle time after which a flow is forgotten, by state.
@@ -160,6 +188,10 @@ pub enum L4Error {
     /// A backend's address family differs from its VIP's.
     #[error("listener `{0}`: backend {1} is not of the VIP's address family")]
     MixedFamily(String, SocketAddr),
+    /// With DSR the backend receives the packet as sent to the VIP, so it must
+    /// listen on the VIP's port.
+    #[error("listener `{0}`: with DSR, backend {1} must use the VIP's port")]
+    DsrPort(String, SocketAddr),
     /// No SNAT address of the backends' family.
     #[error("listener `{0}`: no local address of the backends' family for full-NAT")]
     NoSnatAddress(String),
@@ -221,6 +253,8 @@ impl L4Counters {
 
 struct Listener {
     cfg: ListenerConfig,
+    /// Outer source address of DSR tunnels.
+    tunnel_src: IpAddr,
     picker: sched::Picker,
     stats: ListenerStats,
     backends: Vec<BackendStats>,
@@ -268,12 +302,15 @@ impl L4 {
                 if b.addr.is_ipv4() != l.vip.is_ipv4() {
                     return Err(L4Error::MixedFamily(l.name.clone(), b.addr));
                 }
+                if l.forwarding == Forwarding::DsrIpip && b.addr.port() != l.vip.port() {
+                    return Err(L4Error::DsrPort(l.name.clone(), b.addr));
+                }
             }
             let family: Vec<IpAddr> =
                 cfg.snat_addrs.iter().copied().filter(|a| a.is_ipv4() == l.vip.is_ipv4()).collect();
-            if family.is_empty() {
+            let Some(&tunnel_src) = family.first() else {
                 return Err(L4Error::NoSnatAddress(l.name));
-            }
+            };
             // Every local address of the family is a SNAT source: each gives the
             // whole port range, so concurrent flows scale with addresses.
             for snat in family {
@@ -299,6 +336,7 @@ impl L4 {
             let picker = sched::Picker::new(l.scheduler, &ids, &weights);
             listeners.push(Listener {
                 cfg: l,
+                tunnel_src,
                 picker,
                 stats: ListenerStats::default(),
                 backends: vec![BackendStats::default(); n],
@@ -419,8 +457,14 @@ impl L4 {
         let e = *self.table.entry(idx);
         let l = &self.listeners[li];
         let backend = l.cfg.backends[usize::from(e.backend)].addr;
-        let snat = SocketAddr::new(self.ports[usize::from(e.pool)].addr, e.snat_port);
-        if let Err(r) = rewrite(pkt, meta, snat, backend) {
+        let done = match l.cfg.forwarding {
+            Forwarding::FullNat => {
+                let snat = SocketAddr::new(self.ports[usize::from(e.pool)].addr, e.snat_port);
+                rewrite(pkt, meta, snat, backend)
+            }
+            Forwarding::DsrIpip => encapsulate(pkt, meta, l.tunnel_src, backend.ip()),
+        };
+        if let Err(r) = done {
             return self.refuse(r, false);
         }
         self.track(idx, meta.tcp_flags, now);
@@ -486,6 +530,18 @@ impl L4 {
             return Err(self.refuse(L4Drop::NoBackend, tcp));
         };
         let backend = l.cfg.backends[bi].addr;
+        let state = if tcp { FlowState::SynSent } else { FlowState::Udp };
+        if self.listeners[li].cfg.forwarding == Forwarding::DsrIpip {
+            // No SNAT: replies go from the backend straight to the client.
+            let Some(idx) =
+                self.table.insert(li as u16, meta.src, bi as u16, table::NO_POOL, 0, state, now)
+            else {
+                self.listeners[li].stats.flows_refused += 1;
+                return Err(self.refuse(L4Drop::TableFull, tcp));
+            };
+            self.count_new(li, bi);
+            return Ok(idx);
+        }
         // The next SNAT pool of the family and protocol with a free port, in turn.
         let n = self.ports.len();
         let start = self.next_pool;
@@ -503,7 +559,6 @@ impl L4 {
         let Some(port) = self.ports[pi].free.pop_front() else {
             return Err(self.refuse(L4Drop::NoSnatPort, tcp));
         };
-        let state = if tcp { FlowState::SynSent } else { FlowState::Udp };
         let Some(idx) =
             self.table.insert(li as u16, meta.src, bi as u16, pi as u16, port, state, now)
         else {
@@ -511,12 +566,16 @@ impl L4 {
             self.listeners[li].stats.flows_refused += 1;
             return Err(self.refuse(L4Drop::TableFull, tcp));
         };
+        self.count_new(li, bi);
+        Ok(idx)
+    }
+
+    fn count_new(&mut self, li: usize, bi: usize) {
         let l = &mut self.listeners[li];
         l.stats.flows_new += 1;
         l.stats.flows_active += 1;
         l.backends[bi].flows_new += 1;
         l.backends[bi].flows_active += 1;
-        Ok(idx)
     }
 
     /// Follows the TCP state from the flags of a forwarded segment.
@@ -562,7 +621,9 @@ impl L4 {
     fn release(&mut self, idx: u32) {
         let e = *self.table.entry(idx);
         self.table.remove(idx);
-        self.ports[usize::from(e.pool)].free.push_back(e.snat_port);
+        if let Some(pool) = self.ports.get_mut(usize::from(e.pool)) {
+            pool.free.push_back(e.snat_port);
+        }
         self.counters.expired += 1;
         if e.state != FlowState::Closing {
             let l = &mut self.listeners[usize::from(e.listener)];
@@ -579,6 +640,29 @@ impl L4 {
 
 fn ip_len(pkt: &Mbuf, meta: &PacketMeta) -> u64 {
     (pkt.len().saturating_sub(usize::from(meta.ip_offset))) as u64
+}
+
+/// Puts the packet, unchanged, inside an outer IP header from `src` to `dst`
+/// (IP-in-IP, protocol 4; IPv6-in-IPv6, next header 41), using the buffer's
+/// headroom: the Ethernet header moves to the front; the stack fills it in.
+fn encapsulate(pkt: &mut Mbuf, meta: &PacketMeta, src: IpAddr, dst: IpAddr) -> Result<(), L4Drop> {
+    use switchyard_stack::wire::put_ip_header;
+    let ip = usize::from(meta.ip_offset);
+    let inner = pkt.len().checked_sub(ip).ok_or(L4Drop::Malformed)?;
+    let (hdr, proto) = match (src, dst) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => (20, 4),
+        (IpAddr::V6(_), IpAddr::V6(_)) => (40, 41),
+        _ => return Err(L4Drop::Malformed),
+    };
+    if pkt.prepend(hdr).is_none() {
+        return Err(L4Drop::Malformed);
+    }
+    let f = pkt.data_mut();
+    f.copy_within(hdr..hdr + ip, 0);
+    if put_ip_header(&mut f[ip..], src, dst, proto, inner) == 0 {
+        return Err(L4Drop::Malformed);
+    }
+    Ok(())
 }
 
 /// Rewrites source and destination address and port in place, fixing the IP

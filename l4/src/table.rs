@@ -14,6 +14,9 @@ use switchyard_stack::{Duration, Instant};
 
 const NIL: u32 = u32::MAX;
 
+/// The pool of a flow without SNAT (DSR): no reply entry.
+pub(crate) const NO_POOL: u16 = u16::MAX;
+
 /// Where a flow is in its life; each state has its own idle timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FlowState {
@@ -162,8 +165,10 @@ impl FlowTable {
         state: FlowState,
         now: Instant,
     ) -> Option<u32> {
-        let off = usize::from(snat_port.checked_sub(self.port_base)?);
-        self.rev.get(usize::from(pool)).and_then(|r| r.get(off))?;
+        let off = usize::from(snat_port.wrapping_sub(self.port_base));
+        if pool != NO_POOL {
+            self.rev.get(usize::from(pool)).and_then(|r| r.get(off))?;
+        }
         let i = self.free.pop()?;
         self.entries[i as usize] = Entry {
             client,
@@ -183,7 +188,9 @@ impl FlowTable {
             s = (s + 1) & self.mask;
         }
         self.index[s] = i;
-        self.rev[usize::from(pool)][off] = i;
+        if let Some(slot) = self.rev.get_mut(usize::from(pool)).and_then(|r| r.get_mut(off)) {
+            *slot = i;
+        }
         self.push_tail(i);
         self.live += 1;
         Some(i)

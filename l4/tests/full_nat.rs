@@ -29,6 +29,7 @@ fn cfg(capacity: usize) -> L4Config {
                 proto: Proto::Tcp,
                 backends: backends(&["198.18.0.21:5432", "198.18.0.22:5432", "198.18.0.23:5432"]),
                 scheduler: Scheduler::RoundRobin,
+                forwarding: Forwarding::FullNat,
             },
             ListenerConfig {
                 id: 1,
@@ -37,6 +38,7 @@ fn cfg(capacity: usize) -> L4Config {
                 proto: Proto::Tcp,
                 backends: backends(&["[2001:2::21]:5432"]),
                 scheduler: Scheduler::RoundRobin,
+                forwarding: Forwarding::FullNat,
             },
             ListenerConfig {
                 id: 2,
@@ -45,6 +47,7 @@ fn cfg(capacity: usize) -> L4Config {
                 proto: Proto::Udp,
                 backends: backends(&["198.18.0.31:53"]),
                 scheduler: Scheduler::RoundRobin,
+                forwarding: Forwarding::FullNat,
             },
         ],
         snat_addrs: vec![SNAT4.parse().unwrap(), SNAT6.parse().unwrap()],
@@ -373,4 +376,38 @@ fn several_snat_addresses_multiply_the_ports() {
     assert_eq!(t.client(&late, 0).0, Verdict::Reject(L4Drop::NoSnatPort));
     let res = t.l4.snat_reservations();
     assert!(res.iter().any(|r| r.0 == "198.18.0.3".parse::<IpAddr>().unwrap()));
+}
+
+#[test]
+fn dsr_wraps_the_untouched_packet_in_ip_in_ip() {
+    for (vip, backend, client, outer_src, proto) in [
+        ("198.18.0.10:5432", "198.18.0.21:5432", "198.18.0.101:33000", SNAT4, 4u8),
+        ("[2001:2::10]:5432", "[2001:2::21]:5432", "[2001:2::101]:33000", SNAT6, 41u8),
+    ] {
+        let mut c = cfg(8);
+        c.listeners[0].vip = sa(vip);
+        c.listeners[0].backends = vec![Backend { name: "b".into(), addr: sa(backend), weight: 1 }];
+        c.listeners[0].forwarding = Forwarding::DsrIpip;
+        c.listeners.truncate(1);
+        let mut t =
+            T { l4: L4::new(c).unwrap(), pool: Pool::with_count(4), now: Instant::from_secs(1) };
+        let syn = packet(sa(client), sa(vip), Proto::Tcp, tcp_flags::SYN, b"");
+        let (v, out) = t.client(&syn, 0);
+        assert_eq!(v, Verdict::Forward);
+        let hdr = if proto == 4 { 20 } else { 40 };
+        assert_eq!(out.len(), syn.len() + hdr);
+        assert_eq!(&out[12..14], &syn[12..14], "ethertype kept");
+        let ip = parse_ip(&out, get16(&out, 12)).expect("outer header valid");
+        assert_eq!(ip.proto, proto);
+        assert_eq!(ip.src, outer_src.parse::<IpAddr>().unwrap());
+        assert_eq!(ip.dst, sa(backend).ip());
+        assert_eq!(&out[ETH_LEN + hdr..], &syn[ETH_LEN..], "inner packet untouched");
+        assert_eq!(t.l4.table_len(), 1);
+        assert!(t.l4.snat_reservations().iter().all(|r| r.2 == (40960..40970)));
+    }
+    // A backend on another port cannot take DSR traffic for the VIP.
+    let mut c = cfg(8);
+    c.listeners[0].forwarding = Forwarding::DsrIpip;
+    c.listeners[0].backends[0].addr = sa("198.18.0.21:6432");
+    assert!(matches!(L4::new(c), Err(L4Error::DsrPort(..))));
 }

@@ -67,6 +67,7 @@ fn round_robin_is_exact_through_the_table() {
             proto: Proto::Tcp,
             backends,
             scheduler: Scheduler::RoundRobin,
+            forwarding: Forwarding::FullNat,
         }],
         snat_addrs: vec!["198.18.0.2".parse().unwrap()],
         snat_ports: 20000..40000,

@@ -14,6 +14,7 @@ fn host(name: &str, last: u8) -> HostConfig {
         ip: IpAddr::from([198, 18, 0, last]),
         prefix: 24,
         gateway: None,
+        vips: Vec::new(),
     }
 }
 

@@ -117,6 +117,7 @@ fn main() {
             })
             .collect(),
         scheduler: a.scheduler,
+        forwarding: switchyard_l4::Forwarding::FullNat,
     };
     let mut l4 = match L4::new(L4Config {
         listeners: vec![listener],

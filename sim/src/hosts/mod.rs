@@ -32,12 +32,45 @@ pub struct HostConfig {
     pub prefix: u8,
     /// Default gateway, if any.
     pub gateway: Option<IpAddr>,
+    /// Addresses the host also serves but never answers ARP for, and
+    /// IP-in-IP tunnels it terminates: a backend behind a DSR listener, with
+    /// the VIP on its loopback (Linux `arp_ignore`).
+    pub vips: Vec<IpAddr>,
 }
 
 /// The smoltcp device of a host: frames to and from its sim port. It drops a
 /// retransmitted SYN for a connection that is already half-open or open: smoltcp
 /// would give it to the first listening socket on the port, not to its own.
-struct PortDevice(SimPort, Vec<(IpEndpoint, IpEndpoint)>);
+struct PortDevice {
+    port: SimPort,
+    busy: Vec<(IpEndpoint, IpEndpoint)>,
+    ip: IpAddr,
+    vips: Vec<IpAddr>,
+}
+
+impl PortDevice {
+    /// What the host does with a received frame before smoltcp sees it: drop
+    /// ARP requests for VIPs and retransmitted SYNs of known connections, and
+    /// strip the outer header of IP-in-IP packets addressed to the host.
+    fn filter(&self, mut f: Vec<u8>) -> Option<Vec<u8>> {
+        if f.len() >= 42 && f[12..14] == [8, 6] {
+            let target = IpAddr::from([f[38], f[39], f[40], f[41]]);
+            return (!self.vips.contains(&target)).then_some(f);
+        }
+        if f.len() >= 34 && f[12..14] == [8, 0] && f[23] == 4 {
+            let dst = IpAddr::from([f[30], f[31], f[32], f[33]]);
+            let ihl = usize::from(f[14] & 0x0f) * 4;
+            if dst != self.ip || f.len() < 14 + ihl + 20 {
+                return None;
+            }
+            f.drain(14..14 + ihl);
+        }
+        if syn_tuple(&f).is_some_and(|t| self.busy.contains(&t)) {
+            return None;
+        }
+        Some(f)
+    }
+}
 
 /// The (local, remote) endpoints of a pure TCP SYN in an IPv4 Ethernet frame.
 fn syn_tuple(f: &[u8]) -> Option<(IpEndpoint, IpEndpoint)> {
@@ -79,16 +112,15 @@ impl Device for PortDevice {
 
     fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
         loop {
-            let f = self.0.recv_frame()?;
-            if syn_tuple(&f).is_some_and(|t| self.1.contains(&t)) {
-                continue;
+            let f = self.port.recv_frame()?;
+            if let Some(f) = self.filter(f) {
+                return Some((Rx(f), Tx(&mut self.port)));
             }
-            return Some((Rx(f), Tx(&mut self.0)));
         }
     }
 
     fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.0))
+        Some(Tx(&mut self.port))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -111,7 +143,7 @@ struct Host {
 impl Host {
     fn new(cfg: &HostConfig) -> (Host, SimWire) {
         let (port, wire) = pair(cfg.mac, switchyard_nic::sim::RING);
-        let mut dev = PortDevice(port, Vec::new());
+        let mut dev = PortDevice { port, busy: Vec::new(), ip: cfg.ip, vips: cfg.vips.clone() };
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac)));
         config.random_seed = match cfg.ip {
             IpAddr::V4(a) => u64::from(u32::from(a)),
@@ -120,6 +152,10 @@ impl Host {
         let mut iface = Interface::new(config, &mut dev, Instant::from_millis(0));
         iface.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(IpAddress::from(cfg.ip), cfg.prefix));
+            for v in &cfg.vips {
+                let _ =
+                    a.push(IpCidr::new(IpAddress::from(*v), if v.is_ipv4() { 32 } else { 128 }));
+            }
         });
         match cfg.gateway {
             Some(IpAddr::V4(g)) => {
@@ -141,7 +177,7 @@ impl Host {
     }
 
     fn poll(&mut self, now: Instant) {
-        let busy = &mut self.dev.1;
+        let busy = &mut self.dev.busy;
         busy.clear();
         for (_, s) in self.sockets.iter() {
             if let smoltcp::socket::Socket::Tcp(t) = s
@@ -156,7 +192,7 @@ impl Host {
     }
 
     fn poll_at(&self, now: Instant) -> Option<Instant> {
-        if self.dev.0.has_rx() {
+        if self.dev.port.has_rx() {
             return Some(now);
         }
         self.next
