@@ -236,3 +236,66 @@ fn zero_weights_take_no_flows() {
         assert_eq!(none.pick(vip, vip, |_| 0), None, "{}", kind.name());
     }
 }
+
+/// A backend change rebuilds the Maglev table, but flows already in the
+/// connection table stay where they are; only new flows see the new table.
+#[test]
+fn established_flows_never_move_when_maglev_changes() {
+    let backends: Vec<Backend> = (1..=5)
+        .map(|i| Backend {
+            name: format!("b{i}"),
+            addr: format!("198.18.1.{i}:5432").parse().unwrap(),
+            weight: 1,
+        })
+        .collect();
+    let mut l4 = L4::new(L4Config {
+        listeners: vec![ListenerConfig {
+            id: 0,
+            name: "pg".into(),
+            vip: VIP.parse().unwrap(),
+            proto: Proto::Tcp,
+            backends,
+            scheduler: Scheduler::Maglev,
+            forwarding: Forwarding::FullNat,
+        }],
+        snat_addrs: vec!["198.18.0.2".parse().unwrap()],
+        snat_ports: 1024..65535,
+        table_capacity: 4096,
+        timeouts: Timeouts::default(),
+        hash_seed: 1,
+    })
+    .unwrap();
+    let mut pool = Pool::with_count(4);
+    let now = Instant::from_secs(1);
+    let vip: SocketAddr = VIP.parse().unwrap();
+    let mut send = |l4: &mut L4, src: SocketAddr, flags: u8| -> SocketAddr {
+        let mut f = vec![0u8; ETH_LEN + 40];
+        put_eth(&mut f, [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], ETHERTYPE_IPV4);
+        put_ip_header(&mut f[ETH_LEN..], src.ip(), vip.ip(), IPPROTO_TCP, 20);
+        let t = &mut f[ETH_LEN + 20..];
+        put16(t, 0, src.port());
+        put16(t, 2, vip.port());
+        t[12] = 0x50;
+        t[13] = flags;
+        fix_l4_checksum(t, src.ip(), vip.ip(), IPPROTO_TCP, 16);
+        let ip = parse_ip(&f, ETHERTYPE_IPV4).unwrap();
+        let meta = parse_transport(&f, &ip).unwrap();
+        let mut m = pool.alloc();
+        m.fill(&f);
+        assert_eq!(l4.from_client(now, &mut m, &meta, 0), Verdict::Forward);
+        let out = m.data().to_vec();
+        pool.free(m);
+        let ip = parse_ip(&out, ETHERTYPE_IPV4).unwrap();
+        parse_transport(&out, &ip).unwrap().dst
+    };
+    let flows: Vec<SocketAddr> = clients(7).into_iter().take(2000).collect();
+    let before: Vec<SocketAddr> = flows.iter().map(|c| send(&mut l4, *c, 0x02)).collect();
+    // Backend 3 goes down: the table is rebuilt without it.
+    l4.set_backend_up(0, 2, false);
+    let moved = flows.iter().zip(&before).filter(|(c, b)| send(&mut l4, **c, 0x10) != **b).count();
+    assert_eq!(moved, 0, "established flows moved");
+    // New flows avoid the down backend.
+    let fresh: Vec<SocketAddr> =
+        clients(8).into_iter().take(2000).map(|c| send(&mut l4, c, 0x02)).collect();
+    assert!(fresh.iter().all(|b| *b != "198.18.1.3:5432".parse().unwrap()));
+}
