@@ -169,6 +169,10 @@ impl Dataplane {
                         Verdict::Reject(_) => stack.reject(now, pkt, &meta, DropReason::L4, pool),
                     }
                 }
+                Ingress::L4Icmp { mut pkt, err } => match l4.icmp_error(now, &mut pkt, &err) {
+                    Verdict::Forward => stack.send_ip(now, pkt, pool),
+                    _ => stack.drop_packet(pkt, DropReason::L4, pool),
+                },
                 Ingress::L4Return { mut pkt, meta } => {
                     match l4.from_backend(now, &mut pkt, &meta) {
                         Verdict::Forward => stack.send_ip(now, pkt, pool),

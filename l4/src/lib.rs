@@ -14,6 +14,7 @@ use std::ops::Range;
 
 pub use sched::Scheduler;
 use switchyard_nic::Mbuf;
+use switchyard_stack::IcmpError;
 use switchyard_stack::{Duration, Instant, ListenerId, PacketMeta, Proto, tcp_flags};
 use table::{FlowState, FlowTable, STATES};
 
@@ -242,6 +243,8 @@ pub struct L4Counters {
     pub drops: [u64; L4Drop::ALL.len()],
     /// Flows that expired.
     pub expired: u64,
+    /// ICMP errors rewritten and forwarded to the other side of their flow.
+    pub icmp_relayed: u64,
 }
 
 impl L4Counters {
@@ -507,6 +510,49 @@ impl L4 {
         Verdict::Forward
     }
 
+    /// An ICMP error about a flow (from the backend side about a packet we sent
+    /// from a SNAT port, or from a client about a packet it got from the VIP):
+    /// rewritten so the other side recognises its own packet in the quote, and
+    /// forwarded to it. IPv4, full-NAT flows.
+    pub fn icmp_error(&mut self, now: Instant, pkt: &mut Mbuf, err: &IcmpError) -> Verdict {
+        let _ = now;
+        let found = match err.listener {
+            None => {
+                let pool = self
+                    .ports
+                    .iter()
+                    .position(|p| p.addr == err.inner_src.ip() && p.proto == err.proto);
+                pool.and_then(|p| self.table.find_reply(p as u16, err.inner_src.port()))
+            }
+            Some(id) => self.index_of(id).and_then(|li| self.table.find(li as u16, err.inner_dst)),
+        };
+        let Some(idx) = found else {
+            return self.refuse(L4Drop::UnknownFlow, false);
+        };
+        let e = *self.table.entry(idx);
+        let l = &self.listeners[usize::from(e.listener)];
+        let Some(pool) = self.ports.get(usize::from(e.pool)) else {
+            return self.refuse(L4Drop::UnknownFlow, false); // DSR: replies bypass us
+        };
+        let backend = l.cfg.backends[usize::from(e.backend)].addr;
+        let snat = SocketAddr::new(pool.addr, e.snat_port);
+        // (outer src, outer dst, quoted src, quoted dst)
+        let (osrc, odst, qsrc, qdst) = match err.listener {
+            None if err.inner_dst == backend => {
+                (l.cfg.vip.ip(), e.client.ip(), e.client, l.cfg.vip)
+            }
+            Some(_) if err.inner_src == l.cfg.vip => (snat.ip(), backend.ip(), backend, snat),
+            _ => return self.refuse(L4Drop::UnknownFlow, false),
+        };
+        match relay_icmp(pkt, err, osrc, odst, qsrc, qdst) {
+            Ok(()) => {
+                self.counters.icmp_relayed += 1;
+                Verdict::Forward
+            }
+            Err(r) => self.refuse(r, false),
+        }
+    }
+
     /// Creates the flow for a client's first packet.
     fn open(&mut self, now: Instant, meta: &PacketMeta, li: usize) -> Result<u32, Verdict> {
         use tcp_flags::{ACK, RST, SYN};
@@ -640,6 +686,52 @@ impl L4 {
 
 fn ip_len(pkt: &Mbuf, meta: &PacketMeta) -> u64 {
     (pkt.len().saturating_sub(usize::from(meta.ip_offset))) as u64
+}
+
+/// Rewrites an ICMPv4 error in place: outer addresses, the quoted packet's
+/// addresses and ports, and the IP and ICMP checksums, recomputed in full
+/// (errors are rare; the quoted transport checksum is left as it was).
+fn relay_icmp(
+    pkt: &mut Mbuf,
+    err: &IcmpError,
+    osrc: IpAddr,
+    odst: IpAddr,
+    qsrc: SocketAddr,
+    qdst: SocketAddr,
+) -> Result<(), L4Drop> {
+    use switchyard_stack::wire::{fix_ipv4_checksum, fold, sum};
+    let (IpAddr::V4(os), IpAddr::V4(od), IpAddr::V4(qs), IpAddr::V4(qd)) =
+        (osrc, odst, qsrc.ip(), qdst.ip())
+    else {
+        return Err(L4Drop::Malformed);
+    };
+    let (icmp, qip, ql4) = (
+        usize::from(err.icmp_offset),
+        usize::from(err.inner_ip_offset),
+        usize::from(err.inner_l4_offset),
+    );
+    let f = pkt.data_mut();
+    if f.len() < ql4 + 8 || icmp < 14 + 20 || qip + 20 > ql4 {
+        return Err(L4Drop::Malformed);
+    }
+    let ttl = f[14 + 8];
+    if ttl <= 1 {
+        return Err(L4Drop::TtlExceeded);
+    }
+    f[14 + 8] = ttl - 1;
+    f[14 + 12..14 + 16].copy_from_slice(&os.octets());
+    f[14 + 16..14 + 20].copy_from_slice(&od.octets());
+    fix_ipv4_checksum(&mut f[14..icmp]);
+    f[qip + 12..qip + 16].copy_from_slice(&qs.octets());
+    f[qip + 16..qip + 20].copy_from_slice(&qd.octets());
+    fix_ipv4_checksum(&mut f[qip..ql4]);
+    f[ql4..ql4 + 2].copy_from_slice(&qsrc.port().to_be_bytes());
+    f[ql4 + 2..ql4 + 4].copy_from_slice(&qdst.port().to_be_bytes());
+    f[icmp + 2] = 0;
+    f[icmp + 3] = 0;
+    let c = fold(sum(0, &f[icmp..]));
+    f[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+    Ok(())
 }
 
 /// Puts the packet, unchanged, inside an outer IP header from `src` to `dst`

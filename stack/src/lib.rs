@@ -186,10 +186,7 @@ impl Stack {
         }
         pkt.truncate(ip.end);
         match ip.proto {
-            IPPROTO_ICMP if ip.src.is_ipv4() => {
-                self.icmp4(pkt, &ip, pool);
-                return Ingress::Done;
-            }
+            IPPROTO_ICMP if ip.src.is_ipv4() => return self.icmp4(pkt, &ip, pool),
             IPPROTO_ICMPV6 if ip.src.is_ipv6() => {
                 self.icmp6(now, pkt, &ip, pool);
                 return Ingress::Done;
@@ -455,23 +452,33 @@ impl Stack {
         }
     }
 
-    fn icmp4(&mut self, mut pkt: Mbuf, ip: &IpInfo, pool: &mut Pool) {
+    fn icmp4(&mut self, mut pkt: Mbuf, ip: &IpInfo, pool: &mut Pool) -> Ingress {
         let f = pkt.data();
         let Some(msg) = f.get(ip.l4_offset..ip.end) else {
             self.drop_packet(pkt, DropReason::Truncated, pool);
-            return;
+            return Ingress::Done;
         };
         if msg.len() < 8 {
             self.drop_packet(pkt, DropReason::Truncated, pool);
-            return;
+            return Ingress::Done;
         }
         if fold(sum(0, msg)) != 0 {
             self.drop_packet(pkt, DropReason::BadL4Checksum, pool);
-            return;
+            return Ingress::Done;
+        }
+        // Destination unreachable (fragmentation needed among them), time
+        // exceeded, parameter problem: errors about a flow L4 may own.
+        if matches!(msg[0], 3 | 11 | 12) {
+            if let Some(err) = self.icmp_error(msg, ip.l4_offset) {
+                self.counters.to_l4 += 1;
+                return Ingress::L4Icmp { pkt, err };
+            }
+            self.drop_packet(pkt, DropReason::IcmpIgnored, pool);
+            return Ingress::Done;
         }
         if msg[0] != 8 || msg[1] != 0 {
             self.drop_packet(pkt, DropReason::IcmpIgnored, pool);
-            return;
+            return Ingress::Done;
         }
         // Echo reply in place: swap addresses, type 0, checksums again.
         let mac = self.mac;
@@ -492,6 +499,49 @@ impl Stack {
         put16(msg, 2, c);
         self.counters.icmp_echo_replies += 1;
         self.push_tx(pkt);
+        Ingress::Done
+    }
+
+    /// Reads the packet quoted by an ICMP error (RFC 792: its IP header and at
+    /// least 8 bytes) and says which L4 flow it is about, if any: one of our
+    /// SNAT ports (an error from the backend side) or an L4 VIP (from a client).
+    fn icmp_error(&self, msg: &[u8], icmp_offset: usize) -> Option<IcmpError> {
+        let q = msg.get(8..)?;
+        if q.len() < 28 || q[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = usize::from(q[0] & 0x0f) * 4;
+        let ports = q.get(ihl..ihl + 8)?;
+        let proto = match q[9] {
+            IPPROTO_TCP => Proto::Tcp,
+            IPPROTO_UDP => Proto::Udp,
+            _ => return None,
+        };
+        let src = SocketAddr::new(IpAddr::from([q[12], q[13], q[14], q[15]]), get16(ports, 0));
+        let dst = SocketAddr::new(IpAddr::from([q[16], q[17], q[18], q[19]]), get16(ports, 2));
+        let listener = match self.listeners.get(&(src, proto)) {
+            Some(&(ListenerKind::L4, id)) => Some(id),
+            Some(_) => return None,
+            None => {
+                let ours = self
+                    .l4_ranges
+                    .iter()
+                    .any(|(a, p, r)| *a == src.ip() && *p == proto && r.contains(&src.port()));
+                if !ours {
+                    return None;
+                }
+                None
+            }
+        };
+        Some(IcmpError {
+            icmp_offset: icmp_offset as u16,
+            inner_ip_offset: (icmp_offset + 8) as u16,
+            inner_l4_offset: (icmp_offset + 8 + ihl) as u16,
+            proto,
+            inner_src: src,
+            inner_dst: dst,
+            listener,
+        })
     }
 
     fn icmp6(&mut self, now: Instant, mut pkt: Mbuf, ip: &IpInfo, pool: &mut Pool) {

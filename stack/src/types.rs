@@ -126,6 +126,13 @@ pub enum Ingress {
         /// What the classifier parsed.
         meta: PacketMeta,
     },
+    /// An ICMPv4 error about an L4 flow (for example fragmentation needed).
+    L4Icmp {
+        /// The frame, untouched.
+        pkt: switchyard_nic::Mbuf,
+        /// Where the quoted packet is and which flow it names.
+        err: IcmpError,
+    },
     /// A packet to a local address and port owned by L4 (a full-NAT reply).
     L4Return {
         /// The frame, untouched.
@@ -133,6 +140,27 @@ pub enum Ingress {
         /// What the classifier parsed.
         meta: PacketMeta,
     },
+}
+
+/// An ICMP error the classifier traced to an L4 flow: the quoted packet is one
+/// the load balancer sent (from a SNAT port, `listener` is `None`) or one a
+/// client got from a VIP (`listener` names the VIP's listener).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpError {
+    /// Offset of the ICMP header in the frame.
+    pub icmp_offset: u16,
+    /// Offset of the quoted IP header.
+    pub inner_ip_offset: u16,
+    /// Offset of the quoted transport header (8 bytes of it are present).
+    pub inner_l4_offset: u16,
+    /// Protocol of the quoted packet.
+    pub proto: Proto,
+    /// Source of the quoted packet.
+    pub inner_src: SocketAddr,
+    /// Destination of the quoted packet.
+    pub inner_dst: SocketAddr,
+    /// The L4 listener whose VIP sent the quoted packet, for client-side errors.
+    pub listener: Option<ListenerId>,
 }
 
 /// Why a frame was dropped. Every drop is counted by reason.

@@ -131,7 +131,10 @@ impl Bench {
         self.now += Duration::from_millis(1);
         self.host.poll(self.now, &mut self.wire, &mut self.sockets);
         for f in std::mem::take(&mut self.wire.tx) {
-            if let Ingress::L4 { pkt, .. } | Ingress::L4Return { pkt, .. } = self.ingress(&f) {
+            if let Ingress::L4 { pkt, .. }
+            | Ingress::L4Return { pkt, .. }
+            | Ingress::L4Icmp { pkt, .. } = self.ingress(&f)
+            {
                 self.pool.free(pkt);
             }
         }
@@ -473,7 +476,10 @@ fn bad_input_is_counted_by_reason_and_never_panics() {
             f.truncate(rng.random_range(0..=f.len()));
             f
         };
-        if let Ingress::L4 { pkt, .. } | Ingress::L4Return { pkt, .. } = b.ingress(&frame) {
+        if let Ingress::L4 { pkt, .. }
+        | Ingress::L4Return { pkt, .. }
+        | Ingress::L4Icmp { pkt, .. } = b.ingress(&frame)
+        {
             b.pool.free(pkt);
         }
         b.stack.poll(b.now, &mut b.pool);

@@ -165,7 +165,7 @@ fn main() {
                     }
                     pool.free(pkt);
                 }
-                Ingress::L4Return { pkt, .. } => {
+                Ingress::L4Return { pkt, .. } | Ingress::L4Icmp { pkt, .. } => {
                     other += 1;
                     pool.free(pkt);
                 }

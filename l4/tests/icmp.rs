@@ -1,0 +1,174 @@
+//! ICMP errors relayed to the other side of their flow: the stack recognises an
+//! error quoting a packet of an L4 flow, and L4 rewrites outer and quoted
+//! headers so the receiver finds its own packet in the quote.
+
+use std::net::{IpAddr, SocketAddr};
+
+use switchyard_l4::*;
+use switchyard_nic::{Mbuf, Pool};
+use switchyard_stack::wire::*;
+use switchyard_stack::*;
+
+const LB_MAC: [u8; 6] = [0x02, 0x53, 0x59, 0, 0, 2];
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn tcp(src: SocketAddr, dst: SocketAddr, flags: u8) -> Vec<u8> {
+    let mut f = vec![0u8; ETH_LEN + 40];
+    put_eth(&mut f, LB_MAC, [2, 0, 0, 0, 0, 1], ETHERTYPE_IPV4);
+    put_ip_header(&mut f[ETH_LEN..], src.ip(), dst.ip(), IPPROTO_TCP, 20);
+    let t = &mut f[ETH_LEN + 20..];
+    put16(t, 0, src.port());
+    put16(t, 2, dst.port());
+    put32(t, 4, 7777);
+    t[12] = 0x50;
+    t[13] = flags;
+    fix_l4_checksum(t, src.ip(), dst.ip(), IPPROTO_TCP, 16);
+    f
+}
+
+/// An ICMP error from `from` to `to` quoting the IP packet of `quoted` (a frame).
+fn icmp_error(from: IpAddr, to: IpAddr, kind: [u8; 2], rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut msg = vec![kind[0], kind[1], 0, 0];
+    msg.extend_from_slice(&rest);
+    msg.extend_from_slice(&quoted[ETH_LEN..ETH_LEN + 28]);
+    let c = fold(sum(0, &msg));
+    put16(&mut msg, 2, c);
+    let mut f = vec![0u8; ETH_LEN + 20];
+    put_eth(&mut f, LB_MAC, [2, 0, 0, 0, 0, 9], ETHERTYPE_IPV4);
+    put_ip_header(&mut f[ETH_LEN..], from, to, IPPROTO_ICMP, msg.len());
+    f.extend_from_slice(&msg);
+    f
+}
+
+struct Lb {
+    stack: Stack,
+    l4: L4,
+    pool: Pool,
+    now: Instant,
+}
+
+impl Lb {
+    fn new() -> Lb {
+        let mut stack = Stack::new(
+            StackConfig {
+                mac: LB_MAC,
+                addresses: vec![("198.18.0.2".parse().unwrap(), 24)],
+                gateway: None,
+                tcp: TcpConfig::default(),
+            },
+            1,
+        );
+        stack.add_listener(sa("198.18.0.10:5432"), Proto::Tcp, ListenerKind::L4, 0).unwrap();
+        let l4 = L4::new(L4Config {
+            listeners: vec![ListenerConfig {
+                id: 0,
+                name: "pg".into(),
+                vip: sa("198.18.0.10:5432"),
+                proto: Proto::Tcp,
+                backends: vec![Backend {
+                    name: "pg-1".into(),
+                    addr: sa("198.18.0.21:5432"),
+                    weight: 1,
+                }],
+                scheduler: Scheduler::RoundRobin,
+                forwarding: Forwarding::FullNat,
+            }],
+            snat_addrs: vec!["198.18.0.2".parse().unwrap()],
+            snat_ports: 40960..65535,
+            table_capacity: 64,
+            timeouts: Timeouts::default(),
+            hash_seed: 1,
+        })
+        .unwrap();
+        for (a, p, r) in l4.snat_reservations() {
+            stack.reserve_l4_ports(a, p, r).unwrap();
+        }
+        Lb { stack, l4, pool: Pool::with_count(16), now: Instant::from_secs(1) }
+    }
+
+    /// One frame through classifier and L4, as the worker does; the IP packet
+    /// L4 forwarded, if it did.
+    fn input(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
+        let mut m: Mbuf = self.pool.alloc();
+        m.fill(frame);
+        let (v, pkt) = match self.stack.ingress(self.now, m, &mut self.pool) {
+            Ingress::L4 { mut pkt, listener, meta } => {
+                (self.l4.from_client(self.now, &mut pkt, &meta, listener), pkt)
+            }
+            Ingress::L4Return { mut pkt, meta } => {
+                (self.l4.from_backend(self.now, &mut pkt, &meta), pkt)
+            }
+            Ingress::L4Icmp { mut pkt, err } => (self.l4.icmp_error(self.now, &mut pkt, &err), pkt),
+            Ingress::Done => return None,
+        };
+        let out = (v == Verdict::Forward).then(|| pkt.data().to_vec());
+        self.pool.free(pkt);
+        out
+    }
+}
+
+fn quoted(f: &[u8]) -> (SocketAddr, SocketAddr) {
+    let ip = parse_ip(f, ETHERTYPE_IPV4).unwrap();
+    let q = &f[ip.l4_offset + 8..];
+    assert_eq!(fold(sum(0, &q[..20])), 0, "quoted IP header checksum");
+    let src = SocketAddr::new(IpAddr::from([q[12], q[13], q[14], q[15]]), get16(q, 20));
+    let dst = SocketAddr::new(IpAddr::from([q[16], q[17], q[18], q[19]]), get16(q, 22));
+    (src, dst)
+}
+
+#[test]
+fn fragmentation_needed_from_the_backend_side_reaches_the_client() {
+    let mut lb = Lb::new();
+    let client = sa("198.18.0.101:33000");
+    let vip = sa("198.18.0.10:5432");
+    let fwd = lb.input(&tcp(client, vip, 0x02)).expect("SYN forwarded");
+    let ip = parse_ip(&fwd, ETHERTYPE_IPV4).unwrap();
+    let m = parse_transport(&fwd, &ip).unwrap();
+    assert_eq!(m.src, sa("198.18.0.2:40960"));
+    // A router on the way to the backend cannot forward 1500 bytes: MTU 1400.
+    let err =
+        icmp_error("198.18.0.1".parse().unwrap(), m.src.ip(), [3, 4], [0, 0, 0x05, 0x78], &fwd);
+    let out = lb.input(&err).expect("relayed");
+    let oip = parse_ip(&out, ETHERTYPE_IPV4).expect("outer header valid");
+    assert_eq!((oip.src, oip.dst), (vip.ip(), client.ip()));
+    let msg = &out[oip.l4_offset..oip.end];
+    assert_eq!(fold(sum(0, msg)), 0, "ICMP checksum");
+    assert_eq!(&msg[..2], &[3, 4]);
+    assert_eq!(get16(msg, 6), 1400, "next-hop MTU kept");
+    assert_eq!(quoted(&out), (client, vip), "the client sees its own packet quoted");
+    assert_eq!(lb.l4.counters().icmp_relayed, 1);
+
+    // The other way: the client says the VIP's reply was unreachable.
+    let reply = tcp(vip, client, 0x12);
+    let err = icmp_error(client.ip(), vip.ip(), [3, 3], [0; 4], &reply);
+    let out = lb.input(&err).expect("relayed");
+    let oip = parse_ip(&out, ETHERTYPE_IPV4).unwrap();
+    assert_eq!((oip.src, oip.dst), (m.src.ip(), m.dst.ip()));
+    assert_eq!(quoted(&out), (m.dst, m.src), "the backend sees its own packet quoted");
+
+    // An error about no flow of ours is dropped and counted.
+    let stray = tcp(sa("198.18.0.2:50000"), sa("198.18.0.21:5432"), 0x02);
+    let err = icmp_error(
+        "198.18.0.1".parse().unwrap(),
+        "198.18.0.2".parse().unwrap(),
+        [3, 4],
+        [0; 4],
+        &stray,
+    );
+    assert!(lb.input(&err).is_none());
+    assert_eq!(lb.l4.counters().dropped(L4Drop::UnknownFlow), 1);
+    // An error quoting something that is not ours at all never reaches L4.
+    let other = tcp(sa("198.18.0.77:1000"), sa("198.18.0.78:2000"), 0x02);
+    let err = icmp_error(
+        "198.18.0.1".parse().unwrap(),
+        "198.18.0.2".parse().unwrap(),
+        [3, 1],
+        [0; 4],
+        &other,
+    );
+    assert!(lb.input(&err).is_none());
+    assert_eq!(lb.stack.counters().dropped(DropReason::IcmpIgnored), 1);
+}
