@@ -329,6 +329,8 @@ pub enum SimClientKind {
     Http,
     /// TCP streams echoed back and compared by digest.
     Bulk,
+    /// UDP requests echoed back and compared byte for byte.
+    Udp,
 }
 
 /// The sim section.
@@ -790,10 +792,10 @@ impl Cx<'_> {
             let kind = match c.kind.get_ref().as_str() {
                 "http" => SimClientKind::Http,
                 "bulk" => SimClientKind::Bulk,
+                "udp" => SimClientKind::Udp,
                 other => {
-                    return Err(
-                        self.at(&c.kind, format!("kind `{other}`: expected `http` or `bulk`"))
-                    );
+                    return Err(self
+                        .at(&c.kind, format!("kind `{other}`: expected `http`, `bulk` or `udp`")));
                 }
             };
             let listener = listeners
@@ -811,11 +813,12 @@ impl Cx<'_> {
                 })?;
             match (&listeners[listener].mode, kind) {
                 (Mode::L7 { .. }, SimClientKind::Http)
-                | (Mode::L4 { proto: Proto::Tcp, .. }, SimClientKind::Bulk) => {}
+                | (Mode::L4 { proto: Proto::Tcp, .. }, SimClientKind::Bulk)
+                | (Mode::L4 { proto: Proto::Udp, .. }, SimClientKind::Udp) => {}
                 _ => {
                     return Err(self.at(
                         &c.kind,
-                        "`http` clients go to L7 listeners and `bulk` clients to TCP L4 listeners",
+                        "`http` clients go to L7 listeners, `bulk` clients to TCP L4 listeners and `udp` clients to UDP L4 listeners",
                     ));
                 }
             }

@@ -166,6 +166,7 @@ impl Snapshot {
                             row.host_errors = st.errors;
                         }
                         BackendHost::Echo(st) => row.host_served = st.borrow().connections,
+                        BackendHost::UdpEcho(st) => row.host_served = st.borrow().datagrams,
                     }
                 }
             }
@@ -191,6 +192,13 @@ impl Snapshot {
                     row.ok = st.streams_ok;
                     row.connections = st.streams_started;
                     row.bytes = st.bytes_received;
+                }
+                ClientHost::Udp(st) => {
+                    let st = st.borrow();
+                    row.kind = "udp";
+                    row.ok = st.ok;
+                    row.connections = st.sent;
+                    row.bytes = 0;
                 }
             }
             s.clients.push(row);

@@ -12,7 +12,8 @@ use std::rc::Rc;
 use switchyard_nic::sim::{RING, SimPort, pair};
 use switchyard_sim::hosts::{
     BulkClient, BulkConfig, BulkStats, ClientStats, EchoServer, EchoStats, HostConfig, HttpClient,
-    HttpClientConfig, HttpServer, ServerStats,
+    HttpClientConfig, HttpServer, ServerStats, UdpClient, UdpClientConfig, UdpClientStats,
+    UdpEchoServer, UdpEchoStats,
 };
 use switchyard_sim::{Duration, Instant, LinkConfig, LinkId, Network, Node};
 
@@ -23,8 +24,21 @@ use crate::worker::{BuildError, Worker};
 pub enum BackendHost {
     /// An HTTP origin.
     Http(Rc<RefCell<ServerStats>>),
-    /// An echo server.
+    /// A TCP echo server.
     Echo(Rc<RefCell<EchoStats>>),
+    /// A UDP echo server.
+    UdpEcho(Rc<RefCell<UdpEchoStats>>),
+}
+
+impl BackendHost {
+    /// What the host served: HTTP requests, TCP connections or UDP datagrams.
+    pub fn served(&self) -> u64 {
+        match self {
+            BackendHost::Http(s) => s.borrow().requests,
+            BackendHost::Echo(s) => s.borrow().connections,
+            BackendHost::UdpEcho(s) => s.borrow().datagrams,
+        }
+    }
 }
 
 /// A simulated client population and what it counted.
@@ -33,6 +47,8 @@ pub enum ClientHost {
     Http(Rc<RefCell<ClientStats>>),
     /// Bulk streams.
     Bulk(Rc<RefCell<BulkStats>>),
+    /// UDP requests.
+    Udp(Rc<RefCell<UdpClientStats>>),
 }
 
 impl ClientHost {
@@ -41,6 +57,7 @@ impl ClientHost {
         match self {
             ClientHost::Http(s) => s.borrow().done(),
             ClientHost::Bulk(s) => s.borrow().done(),
+            ClientHost::Udp(s) => s.borrow().done(),
         }
     }
 
@@ -55,6 +72,10 @@ impl ClientHost {
             ClientHost::Bulk(s) => {
                 let s = s.borrow();
                 s.streams_failed + s.timeouts
+            }
+            ClientHost::Udp(s) => {
+                let s = s.borrow();
+                s.bad + s.lost
             }
         }
     }
@@ -162,6 +183,7 @@ impl World {
         // backends of DSR listeners own the VIP, as they would on a loopback.
         let mut http_pool = vec![false; cfg.pools.len()];
         let mut pool_vips: Vec<Vec<IpAddr>> = vec![Vec::new(); cfg.pools.len()];
+        let mut udp_pool = vec![false; cfg.pools.len()];
         for l in &cfg.listeners {
             match &l.mode {
                 Mode::L7 { routes } => {
@@ -173,6 +195,9 @@ impl World {
                     pool_vips[*pool].push(l.addr.ip());
                 }
                 Mode::L4 { .. } => {}
+            }
+            if let Mode::L4 { pool, proto: switchyard_stack::Proto::Udp, .. } = &l.mode {
+                udp_pool[*pool] = true;
             }
         }
         let mut backends = Vec::new();
@@ -196,6 +221,11 @@ impl World {
                     net.add_node(Box::new(node));
                     links.push(net.attach(&b.name, wire, LinkConfig::ideal()));
                     hosts.push(BackendHost::Http(stats));
+                } else if udp_pool[pi] {
+                    let (node, wire, stats) = UdpEchoServer::new(host, b.addr.port());
+                    net.add_node(Box::new(node));
+                    links.push(net.attach(&b.name, wire, LinkConfig::ideal()));
+                    hosts.push(BackendHost::UdpEcho(stats));
                 } else {
                     let (node, wire, stats) = EchoServer::new(host, b.addr.port());
                     net.add_node(Box::new(node));
@@ -248,6 +278,24 @@ impl World {
                     net.add_node(Box::new(node));
                     client_links.push(net.attach(&c.name, wire, link));
                     clients.push(ClientHost::Http(stats));
+                }
+                SimClientKind::Udp => {
+                    let (node, wire, stats) = UdpClient::new(
+                        host,
+                        UdpClientConfig {
+                            target,
+                            flows: c.concurrency as usize,
+                            total: c.total.unwrap_or(u64::MAX),
+                            size: c.bytes_per_stream.clamp(8, 1400) as usize,
+                            timeout: Duration::from_secs(2),
+                            seed: sim.seed ^ ((ci as u64 + 1) << 32),
+                            start_port: 10000,
+                            start: Some(start + Duration::from_millis(u64::from(c.start_ms))),
+                        },
+                    );
+                    net.add_node(Box::new(node));
+                    client_links.push(net.attach(&c.name, wire, link));
+                    clients.push(ClientHost::Udp(stats));
                 }
                 SimClientKind::Bulk => {
                     let (node, wire, stats) = BulkClient::new(
@@ -324,6 +372,7 @@ impl World {
                 let n = match h {
                     BackendHost::Http(s) => s.borrow().requests,
                     BackendHost::Echo(s) => s.borrow().connections,
+                    BackendHost::UdpEcho(s) => s.borrow().datagrams,
                 };
                 out.insert(b.name.clone(), n);
             }

@@ -47,12 +47,6 @@ latency_us = 200
     let per: Vec<u64> = lb.dp.l4.backend_stats(0).iter().map(|b| b.flows_new).collect();
     assert_eq!(per, vec![3, 3, 3]);
     drop(lb);
-    let served: Vec<u64> = w.backends[0]
-        .iter()
-        .map(|h| match h {
-            BackendHost::Echo(s) => s.borrow().connections,
-            BackendHost::Http(s) => s.borrow().requests,
-        })
-        .collect();
+    let served: Vec<u64> = w.backends[0].iter().map(BackendHost::served).collect();
     assert_eq!(served, vec![3, 3, 3]);
 }

@@ -50,13 +50,7 @@ fn served(w: &World) -> Vec<u64> {
 
 /// Connections each echo backend accepted: client flows plus probes.
 fn accepted(w: &World, pool: usize) -> Vec<u64> {
-    w.backends[pool]
-        .iter()
-        .map(|h| match h {
-            BackendHost::Echo(s) => s.borrow().connections,
-            BackendHost::Http(s) => s.borrow().requests,
-        })
-        .collect()
+    w.backends[pool].iter().map(BackendHost::served).collect()
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 mod bulk;
 mod http;
+mod udp;
 
 use std::net::IpAddr;
 
@@ -16,6 +17,7 @@ use switchyard_nic::sim::{SimPort, SimWire, pair};
 
 pub use bulk::{BulkClient, BulkConfig, BulkStats, EchoServer, EchoStats};
 pub use http::{ClientStats, HttpClient, HttpClientConfig, HttpServer, ServerStats, body_bytes};
+pub use udp::{UdpClient, UdpClientConfig, UdpClientStats, UdpEchoServer, UdpEchoStats};
 
 use crate::{Duration, Instant};
 
