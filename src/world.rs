@@ -191,7 +191,7 @@ impl World {
                         http_pool[*p] = true;
                     }
                 }
-                Mode::L4 { pool, forwarding: switchyard_l4::Forwarding::DsrIpip, .. } => {
+                Mode::L4 { pool, forwarding, .. } if forwarding.is_dsr() => {
                     pool_vips[*pool].push(l.addr.ip());
                 }
                 Mode::L4 { .. } => {}

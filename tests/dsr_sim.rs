@@ -1,4 +1,4 @@
-//! Direct server return by IP-in-IP on the simulated network: client packets
+//! Direct server return by IP-in-IP and by GUE on the simulated network: client packets
 //! reach the backends through the load balancer inside an outer header, the
 //! backends (which own the VIP and never answer ARP for it) reply to the client
 //! directly, and every stream's SHA-256 still matches.
@@ -11,7 +11,15 @@ use switchyard_sim::Duration;
 
 #[test]
 fn dsr_ipip_carries_streams_and_replies_bypass_the_load_balancer() {
-    let seed = common::seed(41);
+    dsr(switchyard_l4::Forwarding::DsrIpip, common::seed(41));
+}
+
+#[test]
+fn dsr_gue_carries_streams_and_replies_bypass_the_load_balancer() {
+    dsr(switchyard_l4::Forwarding::DsrGue, common::seed(42));
+}
+
+fn dsr(mode: switchyard_l4::Forwarding, seed: u64) {
     let clients = r#"[[sim.client]]
 name = "streams"
 kind = "bulk"
@@ -24,7 +32,7 @@ latency_us = 200
 "#;
     let mut cfg = common::config(seed, 60, clients);
     let Mode::L4 { forwarding, .. } = &mut cfg.listeners[0].mode else { panic!("postgres is L4") };
-    *forwarding = switchyard_l4::Forwarding::DsrIpip;
+    *forwarding = mode;
     let mut w = World::build(&cfg).expect("world");
     let done = w.run(Duration::from_millis(100), Duration::from_secs(60), |_| {});
     assert!(done, "streams did not finish (seed {seed})");

@@ -59,7 +59,14 @@ pub enum Forwarding {
     /// packet is sent unchanged inside an outer header to the backend, which
     /// owns the VIP and answers the client directly.
     DsrIpip,
+    /// Direct server return by GUE variant 1 (IP directly in UDP, port
+    /// [`GUE_PORT`]): like IP-in-IP, but the outer UDP source port carries a
+    /// hash of the flow, so ECMP and RSS on the way spread flows.
+    DsrGue,
 }
+
+/// The UDP port of GUE tunnels (the IANA port assigned to GUE).
+pub const GUE_PORT: u16 = 6080;
 
 impl Forwarding {
     /// The configuration name.
@@ -67,11 +74,17 @@ impl Forwarding {
         match self {
             Forwarding::FullNat => "full-nat",
             Forwarding::DsrIpip => "dsr-ipip",
+            Forwarding::DsrGue => "dsr-gue",
         }
     }
 
     /// Every mode, for configuration parsing.
-    pub const ALL: [Forwarding; 2] = [Forwarding::FullNat, Forwarding::DsrIpip];
+    pub const ALL: [Forwarding; 3] = [Forwarding::FullNat, Forwarding::DsrIpip, Forwarding::DsrGue];
+
+    /// True for the direct-server-return modes.
+    pub fn is_dsr(self) -> bool {
+        self != Forwarding::FullNat
+    }
 }
 
 /// Idle time after which a flow is forgotten, by state.
@@ -305,7 +318,7 @@ impl L4 {
                 if b.addr.is_ipv4() != l.vip.is_ipv4() {
                     return Err(L4Error::MixedFamily(l.name.clone(), b.addr));
                 }
-                if l.forwarding == Forwarding::DsrIpip && b.addr.port() != l.vip.port() {
+                if l.forwarding.is_dsr() && b.addr.port() != l.vip.port() {
                     return Err(L4Error::DsrPort(l.name.clone(), b.addr));
                 }
             }
@@ -465,7 +478,19 @@ impl L4 {
                 let snat = SocketAddr::new(self.ports[usize::from(e.pool)].addr, e.snat_port);
                 rewrite(pkt, meta, snat, backend)
             }
-            Forwarding::DsrIpip => encapsulate(pkt, meta, l.tunnel_src, backend.ip()),
+            Forwarding::DsrIpip => encapsulate(pkt, meta, l.tunnel_src, backend.ip(), None),
+            Forwarding::DsrGue => {
+                // Entropy for the outer source port: the flow's hash, in the
+                // ephemeral range as RFC 8086 does for GRE-in-UDP.
+                let h = sched::hash_flow(meta.src, meta.dst);
+                encapsulate(
+                    pkt,
+                    meta,
+                    l.tunnel_src,
+                    backend.ip(),
+                    Some(0xc000 | (h as u16 & 0x3fff)),
+                )
+            }
         };
         if let Err(r) = done {
             return self.refuse(r, false);
@@ -577,7 +602,7 @@ impl L4 {
         };
         let backend = l.cfg.backends[bi].addr;
         let state = if tcp { FlowState::SynSent } else { FlowState::Udp };
-        if self.listeners[li].cfg.forwarding == Forwarding::DsrIpip {
+        if self.listeners[li].cfg.forwarding.is_dsr() {
             // No SNAT: replies go from the backend straight to the client.
             let Some(idx) =
                 self.table.insert(li as u16, meta.src, bi as u16, table::NO_POOL, 0, state, now)
@@ -735,24 +760,46 @@ fn relay_icmp(
 }
 
 /// Puts the packet, unchanged, inside an outer IP header from `src` to `dst`
-/// (IP-in-IP, protocol 4; IPv6-in-IPv6, next header 41), using the buffer's
-/// headroom: the Ethernet header moves to the front; the stack fills it in.
-fn encapsulate(pkt: &mut Mbuf, meta: &PacketMeta, src: IpAddr, dst: IpAddr) -> Result<(), L4Drop> {
-    use switchyard_stack::wire::put_ip_header;
+/// (IP-in-IP, protocol 4; IPv6-in-IPv6, next header 41), or with `gue_sport`
+/// inside outer IP + UDP to [`GUE_PORT`] (GUE variant 1: the inner IP header
+/// follows the UDP header directly). Built in the buffer's headroom: the
+/// Ethernet header moves to the front; the stack fills it in.
+fn encapsulate(
+    pkt: &mut Mbuf,
+    meta: &PacketMeta,
+    src: IpAddr,
+    dst: IpAddr,
+    gue_sport: Option<u16>,
+) -> Result<(), L4Drop> {
+    use switchyard_stack::wire::{IPPROTO_UDP, fix_l4_checksum, put_ip_header, put16};
     let ip = usize::from(meta.ip_offset);
     let inner = pkt.len().checked_sub(ip).ok_or(L4Drop::Malformed)?;
-    let (hdr, proto) = match (src, dst) {
+    let (hdr, ipip) = match (src, dst) {
         (IpAddr::V4(_), IpAddr::V4(_)) => (20, 4),
         (IpAddr::V6(_), IpAddr::V6(_)) => (40, 41),
         _ => return Err(L4Drop::Malformed),
     };
-    if pkt.prepend(hdr).is_none() {
+    let udp = if gue_sport.is_some() { 8 } else { 0 };
+    if pkt.prepend(hdr + udp).is_none() {
         return Err(L4Drop::Malformed);
     }
     let f = pkt.data_mut();
-    f.copy_within(hdr..hdr + ip, 0);
-    if put_ip_header(&mut f[ip..], src, dst, proto, inner) == 0 {
+    f.copy_within(hdr + udp..hdr + udp + ip, 0);
+    let proto = if udp > 0 { IPPROTO_UDP } else { ipip };
+    if put_ip_header(&mut f[ip..], src, dst, proto, udp + inner) == 0 {
         return Err(L4Drop::Malformed);
+    }
+    if let Some(sport) = gue_sport {
+        let u = &mut f[ip + hdr..];
+        put16(u, 0, sport);
+        put16(u, 2, GUE_PORT);
+        put16(u, 4, (8 + inner) as u16);
+        // IPv4 may omit the UDP checksum of a tunnel; IPv6 must not (RFC 8200).
+        if src.is_ipv4() {
+            put16(u, 6, 0);
+        } else {
+            fix_l4_checksum(&mut u[..8 + inner], src, dst, IPPROTO_UDP, 6);
+        }
     }
     Ok(())
 }

@@ -411,3 +411,34 @@ fn dsr_wraps_the_untouched_packet_in_ip_in_ip() {
     c.listeners[0].backends[0].addr = sa("198.18.0.21:6432");
     assert!(matches!(L4::new(c), Err(L4Error::DsrPort(..))));
 }
+
+#[test]
+fn dsr_gue_puts_the_packet_after_a_udp_header_to_port_6080() {
+    for (vip, backend, client) in [
+        ("198.18.0.10:5432", "198.18.0.21:5432", "198.18.0.101:33000"),
+        ("[2001:2::10]:5432", "[2001:2::21]:5432", "[2001:2::101]:33000"),
+    ] {
+        let mut c = cfg(8);
+        c.listeners[0].vip = sa(vip);
+        c.listeners[0].backends = vec![Backend { name: "b".into(), addr: sa(backend), weight: 1 }];
+        c.listeners[0].forwarding = Forwarding::DsrGue;
+        c.listeners.truncate(1);
+        let mut t =
+            T { l4: L4::new(c).unwrap(), pool: Pool::with_count(4), now: Instant::from_secs(1) };
+        let syn = packet(sa(client), sa(vip), Proto::Tcp, tcp_flags::SYN, b"");
+        let (v, out) = t.client(&syn, 0);
+        assert_eq!(v, Verdict::Forward);
+        let ip = parse_ip(&out, get16(&out, 12)).expect("outer header valid");
+        // The outer UDP datagram checks out like any other (checksum 0 over IPv4).
+        let m = parse_transport(&out, &ip).expect("outer UDP valid");
+        assert_eq!(m.proto, Proto::Udp);
+        assert_eq!(m.dst.port(), GUE_PORT);
+        assert!(m.src.port() >= 0xc000, "entropy port {}", m.src.port());
+        assert_eq!(m.dst.ip(), sa(backend).ip());
+        assert_eq!(&out[ip.l4_offset + 8..], &syn[ETH_LEN..], "inner packet untouched");
+        // The same flow always uses the same outer source port.
+        let (_, again) = t.client(&packet(sa(client), sa(vip), Proto::Tcp, tcp_flags::ACK, b""), 0);
+        let ip2 = parse_ip(&again, get16(&again, 12)).unwrap();
+        assert_eq!(parse_transport(&again, &ip2).unwrap().src.port(), m.src.port());
+    }
+}

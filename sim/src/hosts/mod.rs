@@ -59,13 +59,23 @@ impl PortDevice {
             let target = IpAddr::from([f[38], f[39], f[40], f[41]]);
             return (!self.vips.contains(&target)).then_some(f);
         }
-        if f.len() >= 34 && f[12..14] == [8, 0] && f[23] == 4 {
+        // IPv4 tunnels to the host: IP-in-IP (protocol 4), and GUE variant 1
+        // (UDP to port 6080 carrying an IP packet directly).
+        if f.len() >= 34
+            && f[12..14] == [8, 0]
+            && (f[23] == 4 || f[23] == 17)
+            && !self.vips.is_empty()
+        {
             let dst = IpAddr::from([f[30], f[31], f[32], f[33]]);
             let ihl = usize::from(f[14] & 0x0f) * 4;
-            if dst != self.ip || f.len() < 14 + ihl + 20 {
-                return None;
+            let gue = f[23] == 17 && f.get(14 + ihl + 2..14 + ihl + 4) == Some(&[0x17, 0xc0][..]);
+            if dst == self.ip && (f[23] == 4 || gue) {
+                let outer = ihl + if gue { 8 } else { 0 };
+                if f.len() < 14 + outer + 20 {
+                    return None;
+                }
+                f.drain(14..14 + outer);
             }
-            f.drain(14..14 + ihl);
         }
         if syn_tuple(&f).is_some_and(|t| self.busy.contains(&t)) {
             return None;
