@@ -285,8 +285,11 @@ pub enum Mode {
 pub struct Listener {
     /// Name shown in counters.
     pub name: String,
-    /// Address and port it listens on (a VIP).
+    /// Address and (first) port it listens on (a VIP).
     pub addr: SocketAddr,
+    /// Last port of an L4 port range (`address = "198.18.0.10:5000-5099"`);
+    /// equal to `addr.port()` for a single port.
+    pub last_port: u16,
     /// L4 or L7.
     pub mode: Mode,
 }
@@ -501,7 +504,7 @@ impl Cx<'_> {
                 };
                 backends.push(Backend {
                     name: b.name.get_ref().clone(),
-                    addr: self.socket_addr(&b.address)?,
+                    addr: self.backend_addr(&b.address)?,
                     weight,
                 });
             }
@@ -540,7 +543,7 @@ impl Cx<'_> {
 
         let mut listeners: Vec<Listener> = Vec::new();
         for l in &raw.listener {
-            let addr = self.socket_addr(&l.address)?;
+            let (addr, last_port) = self.listener_addr(&l.address)?;
             if listeners.iter().any(|o| o.name == *l.name.get_ref()) {
                 return Err(
                     self.at(&l.name, format!("listener `{}` is defined twice", l.name.get_ref()))
@@ -650,8 +653,22 @@ impl Cx<'_> {
                 Mode::L4 { proto, .. } => proto,
                 Mode::L7 { .. } => Proto::Tcp,
             };
+            if last_port != addr.port() && !matches!(mode, Mode::L4 { .. }) {
+                return Err(self.at(&l.address, "port ranges are for `mode = \"l4\"` listeners"));
+            }
+            if let Mode::L7 { routes } = &mode
+                && let Some(b) = routes
+                    .iter()
+                    .flat_map(|(_, p)| pools[*p].backends.iter())
+                    .find(|b| b.addr.port() == 0)
+            {
+                return Err(self
+                    .at(&l.address, format!("backend `{}` of an L7 route needs a port", b.name)));
+            }
             if let Some(o) = listeners.iter().find(|o| {
-                o.addr == addr
+                o.addr.ip() == addr.ip()
+                    && o.addr.port() <= last_port
+                    && addr.port() <= o.last_port
                     && match o.mode {
                         Mode::L4 { proto: p, .. } => p == proto,
                         Mode::L7 { .. } => proto == Proto::Tcp,
@@ -680,7 +697,7 @@ impl Cx<'_> {
                     ));
                 }
             }
-            listeners.push(Listener { name: l.name.get_ref().clone(), addr, mode });
+            listeners.push(Listener { name: l.name.get_ref().clone(), addr, last_port, mode });
         }
         if listeners.is_empty() {
             return Err(ConfigError {
@@ -872,6 +889,36 @@ impl Cx<'_> {
             return Err(bad());
         }
         Ok(a..b + 1)
+    }
+
+    /// A listener address: `ip:port`, or `ip:first-last` for an L4 port range.
+    fn listener_addr(&self, v: &Spanned<String>) -> Result<(SocketAddr, u16), ConfigError> {
+        let text = v.get_ref();
+        if let Some((head, last)) = text.rsplit_once('-')
+            && let Some((ip, first)) = head.rsplit_once(':')
+            && first.chars().all(|c| c.is_ascii_digit())
+        {
+            let bad = || {
+                self.at(v, format!("`{text}` is not an address:first-last port range like 198.18.0.10:5000-5099"))
+            };
+            let addr: SocketAddr = format!("{ip}:{first}").parse().map_err(|_| bad())?;
+            let last: u16 = last.parse().map_err(|_| bad())?;
+            if addr.port() == 0 || last < addr.port() {
+                return Err(bad());
+            }
+            return Ok((addr, last));
+        }
+        let a = self.socket_addr(v)?;
+        Ok((a, a.port()))
+    }
+
+    /// A backend address: `ip:port`, or a bare IP (port 0) meaning the port the
+    /// client used on the VIP (for L4 listeners over a port range).
+    fn backend_addr(&self, v: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        if let Ok(ip) = v.get_ref().parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, 0));
+        }
+        self.socket_addr(v)
     }
 
     fn socket_addr(&self, v: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
@@ -1070,6 +1117,30 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         let e = err(&src.replace("weight = 3", "weight = -1"));
         assert_eq!((e.line, e.key.as_str()), (24, "pool[0].backends"), "{e}");
         assert!(e.message.contains("-1"), "{e}");
+    }
+
+    #[test]
+    fn port_ranges_for_l4_listeners() {
+        let src = BASE
+            .replace("address = \"198.18.0.10:5432\"", "address = \"198.18.0.10:5000-5099\"")
+            .replace(
+                "backends = [{ name = \"a\", address = \"198.18.0.21:5432\" }]",
+                "backends = [{ name = \"a\", address = \"198.18.0.21\" }]",
+            );
+        // The L7 route also uses pool `db`, whose backend now has no port.
+        let e = err(&src);
+        assert!(e.message.contains("needs a port"), "{e}");
+        let src = src.replace("  pool = \"db\"", "  pool = \"web\"")
+            + "\n[[pool]]\nname = \"web\"\nbackends = [{ name = \"w\", address = \"198.18.0.31:80\" }]\n";
+        let c = Config::parse("t.toml", &src).unwrap();
+        assert_eq!((c.listeners[0].addr.port(), c.listeners[0].last_port), (5000, 5099));
+        assert_eq!(c.pools[0].backends[0].addr.port(), 0);
+        let e = err(&src.replace("5000-5099", "5000-4000"));
+        assert_eq!(e.key, "listener[0].address", "{e}");
+        let e = err(&src.replace("198.18.0.10:80", "198.18.0.10:5050"));
+        assert!(e.message.contains("already used"), "{e}");
+        let e = err(&src.replace("198.18.0.10:80", "198.18.0.10:80-81"));
+        assert!(e.message.contains("port ranges are for"), "{e}");
     }
 
     #[test]

@@ -70,7 +70,11 @@ impl Dataplane {
             let id = i as u16;
             match &l.mode {
                 Mode::L4 { proto, pool, scheduler, forwarding } => {
-                    stack.add_listener(l.addr, *proto, ListenerKind::L4, id)?;
+                    if l.last_port > l.addr.port() {
+                        stack.add_l4_listener_range(l.addr, l.last_port, *proto, id)?;
+                    } else {
+                        stack.add_listener(l.addr, *proto, ListenerKind::L4, id)?;
+                    }
                     if let Some(check) = cfg.pools[*pool].health {
                         for (bi, b) in cfg.pools[*pool].backends.iter().enumerate() {
                             health.add((id, bi as u16), b.addr, check, Instant::from_millis(0));
@@ -80,6 +84,7 @@ impl Dataplane {
                         id,
                         name: l.name.clone(),
                         vip: l.addr,
+                        last_port: l.last_port,
                         proto: *proto,
                         backends: cfg.pools[*pool]
                             .backends

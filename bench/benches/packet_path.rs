@@ -96,6 +96,7 @@ fn l4_forward(c: &mut Criterion) {
             id: 0,
             name: "pg".into(),
             vip: "198.18.0.10:5432".parse().unwrap(),
+            last_port: 0,
             proto: Proto::Tcp,
             backends: (1..=3)
                 .map(|i| Backend {

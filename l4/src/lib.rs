@@ -36,8 +36,11 @@ pub struct ListenerConfig {
     pub id: ListenerId,
     /// Name for counters.
     pub name: String,
-    /// The VIP and port.
+    /// The VIP and (first) port.
     pub vip: SocketAddr,
+    /// The last port of the listener's port range; a value at or below the
+    /// VIP's port means the single port `vip.port()`.
+    pub last_port: u16,
     /// TCP or UDP.
     pub proto: Proto,
     /// Where flows go.
@@ -203,8 +206,8 @@ pub enum L4Error {
     #[error("listener `{0}`: backend {1} is not of the VIP's address family")]
     MixedFamily(String, SocketAddr),
     /// With DSR the backend receives the packet as sent to the VIP, so it must
-    /// listen on the VIP's port.
-    #[error("listener `{0}`: with DSR, backend {1} must use the VIP's port")]
+    /// listen on the VIP's port (or give port 0: the port the client used).
+    #[error("listener `{0}`: with DSR, backend {1} must use the VIP's port (or port 0)")]
     DsrPort(String, SocketAddr),
     /// No SNAT address of the backends' family.
     #[error("listener `{0}`: no local address of the backends' family for full-NAT")]
@@ -318,7 +321,7 @@ impl L4 {
                 if b.addr.is_ipv4() != l.vip.is_ipv4() {
                     return Err(L4Error::MixedFamily(l.name.clone(), b.addr));
                 }
-                if l.forwarding.is_dsr() && b.addr.port() != l.vip.port() {
+                if l.forwarding.is_dsr() && b.addr.port() != 0 && b.addr.port() != l.vip.port() {
                     return Err(L4Error::DsrPort(l.name.clone(), b.addr));
                 }
             }
@@ -463,7 +466,7 @@ impl L4 {
         let Some(li) = self.index_of(listener) else {
             return self.refuse(L4Drop::NoListener, false);
         };
-        let idx = match self.table.find(li as u16, meta.src) {
+        let idx = match self.table.find(li as u16, meta.src, meta.dst.port()) {
             Some(i) => i,
             None => match self.open(now, meta, li) {
                 Ok(i) => i,
@@ -472,7 +475,7 @@ impl L4 {
         };
         let e = *self.table.entry(idx);
         let l = &self.listeners[li];
-        let backend = l.cfg.backends[usize::from(e.backend)].addr;
+        let backend = backend_addr(l, &e);
         let done = match l.cfg.forwarding {
             Forwarding::FullNat => {
                 let snat = SocketAddr::new(self.ports[usize::from(e.pool)].addr, e.snat_port);
@@ -518,10 +521,10 @@ impl L4 {
         let li = usize::from(e.listener);
         let l = &self.listeners[li];
         // The reply must come from the flow's backend.
-        if l.cfg.backends[usize::from(e.backend)].addr != meta.src {
+        if backend_addr(l, &e) != meta.src {
             return self.refuse(L4Drop::UnknownFlow, reject);
         }
-        if let Err(r) = rewrite(pkt, meta, l.cfg.vip, e.client) {
+        if let Err(r) = rewrite(pkt, meta, SocketAddr::new(l.cfg.vip.ip(), e.vport), e.client) {
             return self.refuse(r, false);
         }
         self.track(idx, meta.tcp_flags, now);
@@ -549,7 +552,9 @@ impl L4 {
                     .position(|p| p.addr == err.inner_src.ip() && p.proto == err.proto);
                 pool.and_then(|p| self.table.find_reply(p as u16, err.inner_src.port()))
             }
-            Some(id) => self.index_of(id).and_then(|li| self.table.find(li as u16, err.inner_dst)),
+            Some(id) => self
+                .index_of(id)
+                .and_then(|li| self.table.find(li as u16, err.inner_dst, err.inner_src.port())),
         };
         let Some(idx) = found else {
             return self.refuse(L4Drop::UnknownFlow, false);
@@ -559,14 +564,13 @@ impl L4 {
         let Some(pool) = self.ports.get(usize::from(e.pool)) else {
             return self.refuse(L4Drop::UnknownFlow, false); // DSR: replies bypass us
         };
-        let backend = l.cfg.backends[usize::from(e.backend)].addr;
+        let backend = backend_addr(l, &e);
+        let vip = SocketAddr::new(l.cfg.vip.ip(), e.vport);
         let snat = SocketAddr::new(pool.addr, e.snat_port);
         // (outer src, outer dst, quoted src, quoted dst)
         let (osrc, odst, qsrc, qdst) = match err.listener {
-            None if err.inner_dst == backend => {
-                (l.cfg.vip.ip(), e.client.ip(), e.client, l.cfg.vip)
-            }
-            Some(_) if err.inner_src == l.cfg.vip => (snat.ip(), backend.ip(), backend, snat),
+            None if err.inner_dst == backend => (vip.ip(), e.client.ip(), e.client, vip),
+            Some(_) if err.inner_src == vip => (snat.ip(), backend.ip(), backend, snat),
             _ => return self.refuse(L4Drop::UnknownFlow, false),
         };
         match relay_icmp(pkt, err, osrc, odst, qsrc, qdst) {
@@ -601,12 +605,20 @@ impl L4 {
             return Err(self.refuse(L4Drop::NoBackend, tcp));
         };
         let backend = l.cfg.backends[bi].addr;
+        let vport = meta.dst.port();
         let state = if tcp { FlowState::SynSent } else { FlowState::Udp };
         if self.listeners[li].cfg.forwarding.is_dsr() {
             // No SNAT: replies go from the backend straight to the client.
-            let Some(idx) =
-                self.table.insert(li as u16, meta.src, bi as u16, table::NO_POOL, 0, state, now)
-            else {
+            let Some(idx) = self.table.insert(
+                li as u16,
+                meta.src,
+                vport,
+                bi as u16,
+                table::NO_POOL,
+                0,
+                state,
+                now,
+            ) else {
                 self.listeners[li].stats.flows_refused += 1;
                 return Err(self.refuse(L4Drop::TableFull, tcp));
             };
@@ -631,7 +643,7 @@ impl L4 {
             return Err(self.refuse(L4Drop::NoSnatPort, tcp));
         };
         let Some(idx) =
-            self.table.insert(li as u16, meta.src, bi as u16, pi as u16, port, state, now)
+            self.table.insert(li as u16, meta.src, vport, bi as u16, pi as u16, port, state, now)
         else {
             self.ports[pi].free.push_front(port);
             self.listeners[li].stats.flows_refused += 1;
@@ -707,6 +719,13 @@ impl L4 {
     pub fn next_expiry(&self) -> Option<Instant> {
         STATES.iter().filter_map(|st| self.table.earliest(*st, self.timeout(*st))).min()
     }
+}
+
+/// Where a flow's packets go: its backend, on the VIP port the client used when
+/// the backend's port is 0 (listeners over a port range).
+fn backend_addr(l: &Listener, e: &table::Entry) -> SocketAddr {
+    let b = l.cfg.backends[usize::from(e.backend)].addr;
+    if b.port() == 0 { SocketAddr::new(b.ip(), e.vport) } else { b }
 }
 
 fn ip_len(pkt: &Mbuf, meta: &PacketMeta) -> u64 {

@@ -41,6 +41,8 @@ pub(crate) struct Entry {
     prev: u32,
     next: u32,
     pub snat_port: u16,
+    /// The VIP port the client sent to (listeners may span a port range).
+    pub vport: u16,
     pub listener: u16,
     pub backend: u16,
     pub pool: u16,
@@ -79,6 +81,7 @@ impl FlowTable {
             prev: NIL,
             next: NIL,
             snat_port: 0,
+            vport: 0,
             listener: 0,
             backend: 0,
             pool: 0,
@@ -126,20 +129,20 @@ impl FlowTable {
         &self.entries[i as usize]
     }
 
-    fn slot_of(&self, listener: u16, client: SocketAddr) -> usize {
-        (self.hasher.hash_one((listener, client)) as usize) & self.mask
+    fn slot_of(&self, listener: u16, client: SocketAddr, vport: u16) -> usize {
+        (self.hasher.hash_one((listener, client, vport)) as usize) & self.mask
     }
 
-    /// The flow of `client` on `listener`.
-    pub fn find(&self, listener: u16, client: SocketAddr) -> Option<u32> {
-        let mut s = self.slot_of(listener, client);
+    /// The flow of `client` to port `vport` of `listener`.
+    pub fn find(&self, listener: u16, client: SocketAddr, vport: u16) -> Option<u32> {
+        let mut s = self.slot_of(listener, client, vport);
         loop {
             let i = self.index[s];
             if i == NIL {
                 return None;
             }
             let e = &self.entries[i as usize];
-            if e.listener == listener && e.client == client {
+            if e.listener == listener && e.client == client && e.vport == vport {
                 return Some(i);
             }
             s = (s + 1) & self.mask;
@@ -159,6 +162,7 @@ impl FlowTable {
         &mut self,
         listener: u16,
         client: SocketAddr,
+        vport: u16,
         backend: u16,
         pool: u16,
         snat_port: u16,
@@ -177,13 +181,14 @@ impl FlowTable {
             prev: NIL,
             next: NIL,
             snat_port,
+            vport,
             listener,
             backend,
             pool,
             state,
             live: true,
         };
-        let mut s = self.slot_of(listener, client);
+        let mut s = self.slot_of(listener, client, vport);
         while self.index[s] != NIL {
             s = (s + 1) & self.mask;
         }
@@ -256,7 +261,7 @@ impl FlowTable {
             return;
         }
         // Find its index slot, then close the gap by backward shifting.
-        let mut s = self.slot_of(e.listener, e.client);
+        let mut s = self.slot_of(e.listener, e.client, e.vport);
         while self.index[s] != i {
             if self.index[s] == NIL {
                 return; // not indexed: cannot happen for a live entry
@@ -272,7 +277,7 @@ impl FlowTable {
                 break;
             }
             let ke = &self.entries[k as usize];
-            let ideal = self.slot_of(ke.listener, ke.client);
+            let ideal = self.slot_of(ke.listener, ke.client, ke.vport);
             // Stays if its ideal slot lies cyclically in (hole, j].
             let stays =
                 if hole <= j { hole < ideal && ideal <= j } else { hole < ideal || ideal <= j };
@@ -345,17 +350,21 @@ mod tests {
         let now = Instant::from_secs(1);
         for i in 0..1000u32 {
             assert!(
-                t.insert(0, client(i), 0, 0, 40000 + i as u16, FlowState::SynSent, now).is_some()
+                t.insert(0, client(i), 80, 0, 0, 40000 + i as u16, FlowState::SynSent, now)
+                    .is_some()
             );
         }
-        assert!(t.insert(0, client(5000), 0, 0, 41500, FlowState::SynSent, now).is_none(), "full");
+        assert!(
+            t.insert(0, client(5000), 80, 0, 0, 41500, FlowState::SynSent, now).is_none(),
+            "full"
+        );
         // Remove every third flow; the rest must still be found, by both keys.
         for i in (0..1000u32).step_by(3) {
-            let e = t.find(0, client(i)).unwrap();
+            let e = t.find(0, client(i), 80).unwrap();
             t.remove(e);
         }
         for i in 0..1000u32 {
-            let found = t.find(0, client(i));
+            let found = t.find(0, client(i), 80);
             let reply = t.find_reply(0, 40000 + i as u16);
             if i % 3 == 0 {
                 assert_eq!((found, reply), (None, None), "flow {i}");
@@ -366,7 +375,8 @@ mod tests {
             }
         }
         assert_eq!(t.len(), 666);
-        assert_eq!(t.find(1, client(1)), None, "other listener");
+        assert_eq!(t.find(1, client(1), 80), None, "other listener");
+        assert_eq!(t.find(0, client(1), 81), None, "other VIP port");
     }
 
     #[test]
@@ -374,8 +384,8 @@ mod tests {
         let mut t = FlowTable::new(8, 1, 100, 8, 1);
         let secs = Instant::from_secs;
         let timeout = Duration::from_secs(10);
-        let a = t.insert(0, client(1), 0, 0, 100, FlowState::SynSent, secs(1)).unwrap();
-        let b = t.insert(0, client(2), 0, 0, 101, FlowState::SynSent, secs(2)).unwrap();
+        let a = t.insert(0, client(1), 80, 0, 0, 100, FlowState::SynSent, secs(1)).unwrap();
+        let b = t.insert(0, client(2), 80, 0, 0, 101, FlowState::SynSent, secs(2)).unwrap();
         assert_eq!(t.earliest(FlowState::SynSent, timeout), Some(secs(11)));
         t.touch(a, secs(3), FlowState::SynSent);
         assert_eq!(t.last_seen(a), secs(3));

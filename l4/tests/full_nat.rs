@@ -26,6 +26,7 @@ fn cfg(capacity: usize) -> L4Config {
                 id: 0,
                 name: "pg".into(),
                 vip: "198.18.0.10:5432".parse().unwrap(),
+                last_port: 0,
                 proto: Proto::Tcp,
                 backends: backends(&["198.18.0.21:5432", "198.18.0.22:5432", "198.18.0.23:5432"]),
                 scheduler: Scheduler::RoundRobin,
@@ -35,6 +36,7 @@ fn cfg(capacity: usize) -> L4Config {
                 id: 1,
                 name: "pg6".into(),
                 vip: "[2001:2::10]:5432".parse().unwrap(),
+                last_port: 0,
                 proto: Proto::Tcp,
                 backends: backends(&["[2001:2::21]:5432"]),
                 scheduler: Scheduler::RoundRobin,
@@ -44,6 +46,7 @@ fn cfg(capacity: usize) -> L4Config {
                 id: 2,
                 name: "dns".into(),
                 vip: "198.18.0.10:53".parse().unwrap(),
+                last_port: 0,
                 proto: Proto::Udp,
                 backends: backends(&["198.18.0.31:53"]),
                 scheduler: Scheduler::RoundRobin,
@@ -441,4 +444,33 @@ fn dsr_gue_puts_the_packet_after_a_udp_header_to_port_6080() {
         let ip2 = parse_ip(&again, get16(&again, 12)).unwrap();
         assert_eq!(parse_transport(&again, &ip2).unwrap().src.port(), m.src.port());
     }
+}
+
+#[test]
+fn a_port_range_listener_keeps_each_flow_on_its_port() {
+    let mut c = cfg(64);
+    c.listeners[0].vip = sa("198.18.0.10:5000");
+    c.listeners[0].last_port = 5009;
+    c.listeners[0].backends =
+        vec![Backend { name: "b".into(), addr: sa("198.18.0.21:0"), weight: 1 }];
+    let mut t =
+        T { l4: L4::new(c).unwrap(), pool: Pool::with_count(8), now: Instant::from_secs(1) };
+    let client = sa("198.18.0.101:33000");
+    // The same client port to two ports of the range: two flows.
+    for port in [5003u16, 5007] {
+        let vip = SocketAddr::new("198.18.0.10".parse().unwrap(), port);
+        let (v, out) = t.client(&packet(client, vip, Proto::Tcp, tcp_flags::SYN, b""), 0);
+        assert_eq!(v, Verdict::Forward);
+        let m = meta(&out);
+        assert_eq!(
+            m.dst,
+            SocketAddr::new("198.18.0.21".parse().unwrap(), port),
+            "backend port follows the VIP port"
+        );
+        let (v, back) =
+            t.backend(&packet(m.dst, m.src, Proto::Tcp, tcp_flags::SYN | tcp_flags::ACK, b""));
+        assert_eq!(v, Verdict::Forward);
+        assert_eq!((meta(&back).src, meta(&back).dst), (vip, client));
+    }
+    assert_eq!(t.l4.table_len(), 2);
 }

@@ -67,6 +67,7 @@ impl Lb {
                 id: 0,
                 name: "pg".into(),
                 vip: sa("198.18.0.10:5432"),
+                last_port: 0,
                 proto: Proto::Tcp,
                 backends: vec![Backend {
                     name: "pg-1".into(),

@@ -32,6 +32,8 @@ pub struct Stack {
     /// Addresses answered for: interface addresses and listener VIPs.
     owned: Vec<IpAddr>,
     listeners: FlowMap<(SocketAddr, Proto), (ListenerKind, ListenerId)>,
+    /// L4 listeners over a port range: (address, first, last, protocol, id).
+    listener_ranges: Vec<(IpAddr, u16, u16, Proto, ListenerId)>,
     l4_ranges: Vec<(IpAddr, Proto, Range<u16>)>,
     neigh: Neighbors,
     tcp: TcpTerminator,
@@ -53,6 +55,7 @@ impl Stack {
             addrs: cfg.addresses,
             gateway: cfg.gateway,
             listeners: flow_map(16, seed),
+            listener_ranges: Vec::new(),
             l4_ranges: Vec::new(),
             neigh: Neighbors::default(),
             tcp,
@@ -82,6 +85,32 @@ impl Stack {
         }
         if kind == ListenerKind::L7 {
             self.tcp.listen(id, addr);
+        }
+        Ok(())
+    }
+
+    /// Serves ports `addr.port()..=last` of `addr` for `proto` with L4 listener
+    /// `id` (a port range; single ports go through [`Stack::add_listener`]).
+    pub fn add_l4_listener_range(
+        &mut self,
+        addr: SocketAddr,
+        last: u16,
+        proto: Proto,
+        id: ListenerId,
+    ) -> Result<(), StackError> {
+        let (ip, first) = (addr.ip(), addr.port());
+        let taken = self
+            .listener_ranges
+            .iter()
+            .any(|(a, f, l, p, _)| *a == ip && *p == proto && *f <= last && first <= *l)
+            || (first..=last)
+                .any(|port| self.listeners.contains_key(&(SocketAddr::new(ip, port), proto)));
+        if taken {
+            return Err(StackError::DuplicateListener(addr, proto));
+        }
+        self.listener_ranges.push((ip, first, last, proto, id));
+        if !self.owned.contains(&ip) {
+            self.owned.push(ip);
         }
         Ok(())
     }
@@ -209,6 +238,14 @@ impl Stack {
             return Ingress::Done;
         }
         let (dst, port) = (meta.dst.ip(), meta.dst.port());
+        if let Some(&(.., listener)) = self
+            .listener_ranges
+            .iter()
+            .find(|(a, f, l, p, _)| *a == dst && *p == meta.proto && *f <= port && port <= *l)
+        {
+            self.counters.to_l4 += 1;
+            return Ingress::L4 { pkt, listener, meta };
+        }
         if self.l4_ranges.iter().any(|(a, p, r)| *a == dst && *p == meta.proto && r.contains(&port))
         {
             self.counters.to_l4 += 1;
@@ -519,9 +556,17 @@ impl Stack {
         };
         let src = SocketAddr::new(IpAddr::from([q[12], q[13], q[14], q[15]]), get16(ports, 0));
         let dst = SocketAddr::new(IpAddr::from([q[16], q[17], q[18], q[19]]), get16(ports, 2));
+        let in_range = self
+            .listener_ranges
+            .iter()
+            .find(|(a, f, l, p, _)| {
+                *a == src.ip() && *p == proto && *f <= src.port() && src.port() <= *l
+            })
+            .map(|r| r.4);
         let listener = match self.listeners.get(&(src, proto)) {
             Some(&(ListenerKind::L4, id)) => Some(id),
             Some(_) => return None,
+            None if in_range.is_some() => in_range,
             None => {
                 let ours = self
                     .l4_ranges

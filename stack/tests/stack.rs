@@ -496,3 +496,35 @@ fn switchyard_seed() -> u64 {
     eprintln!("fuzz seed {seed} (SIM_SEED={seed} replays it)");
     seed
 }
+
+#[test]
+fn an_l4_port_range_is_classified_as_its_listener() {
+    let mut b = Bench::new();
+    b.stack
+        .add_l4_listener_range("198.18.0.11:6000".parse().unwrap(), 6099, Proto::Tcp, 7)
+        .unwrap();
+    assert!(
+        b.stack
+            .add_l4_listener_range("198.18.0.11:6050".parse().unwrap(), 6200, Proto::Tcp, 8)
+            .is_err()
+    );
+    for (port, inside) in [(6000u16, true), (6042, true), (6099, true), (6100, false)] {
+        let syn = ipv4_packet(
+            HOST_IP,
+            [198, 18, 0, 11],
+            IPPROTO_TCP,
+            &tcp_segment(1234, port, 1, 0x02, &[]),
+        );
+        match b.ingress(&syn) {
+            Ingress::L4 { pkt, listener, .. } => {
+                assert!(inside, "port {port}");
+                assert_eq!(listener, 7);
+                b.pool.free(pkt);
+            }
+            Ingress::Done => assert!(!inside, "port {port}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(b.stack.counters().dropped(DropReason::NoListener), 1);
+    assert!(b.stack.owns("198.18.0.11".parse().unwrap()));
+}

@@ -108,6 +108,7 @@ fn main() {
         id: 0,
         name: "pg".into(),
         vip: "198.18.0.10:5432".parse().unwrap(),
+        last_port: 0,
         proto: Proto::Tcp,
         backends: (1..=8)
             .map(|b| Backend {
