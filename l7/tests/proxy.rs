@@ -371,3 +371,63 @@ fn a_slow_client_gets_every_byte_of_a_large_response() {
     assert_eq!(got.len(), resp.len());
     assert!(got == resp, "bytes differ");
 }
+
+/// Random and mutated bytes from clients and from origins, in random pieces:
+/// the proxy answers or closes, and never panics.
+#[test]
+fn random_input_from_both_sides_never_panics() {
+    use rand::{Rng, SeedableRng};
+    let seed = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(9u64);
+    println!("fuzz seed {seed} (SIM_SEED={seed} replays it)");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let good_req: &[u8] = b"POST /api/x HTTP/1.1\r\nHost: v\r\nContent-Length: 5\r\n\r\nhello";
+    let good_resp: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let mut h = H::new();
+    for round in 0..2000 {
+        let c = h.client();
+        let mut req = if rng.random_bool(0.5) {
+            good_req.to_vec()
+        } else {
+            (0..rng.random_range(0..300)).map(|_| rng.random()).collect()
+        };
+        for _ in 0..rng.random_range(0..4) {
+            if !req.is_empty() {
+                let k = rng.random_range(0..req.len());
+                req[k] = rng.random();
+            }
+        }
+        // Deliver in random pieces.
+        let mut off = 0;
+        while off < req.len() {
+            let n = rng.random_range(1..=req.len() - off);
+            h.write(c, &req[off..off + n]);
+            off += n;
+        }
+        for u in h.accept_upstreams() {
+            let mut resp = good_resp.to_vec();
+            for _ in 0..rng.random_range(0..4) {
+                let k = rng.random_range(0..resp.len());
+                resp[k] = rng.random();
+            }
+            if rng.random_bool(0.1) {
+                h.ev(TcpEvent::Closed { conn: u, reset: true });
+            } else {
+                h.write(u, &resp);
+                if rng.random_bool(0.3) {
+                    h.ev(TcpEvent::PeerClosed { conn: u });
+                }
+            }
+        }
+        if rng.random_bool(0.5) {
+            h.ev(TcpEvent::PeerClosed { conn: c });
+        }
+        h.ev(TcpEvent::Closed { conn: c, reset: round % 3 == 0 });
+        h.now += Duration::from_millis(50);
+        h.l7.poll(h.now, &mut h.tcp);
+    }
+    let st = h.l7.listener_stats(3).unwrap();
+    assert_eq!(st.connections_total, 2000);
+    assert_eq!(st.connections_active, 0, "every client session was released");
+    assert!(st.errors > 0 && st.requests > 0, "{st:?}");
+}
