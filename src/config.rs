@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use switchyard_l4::{Forwarding, Scheduler};
+use switchyard_l7::{FixedResponse, Route};
 use switchyard_stack::Duration;
 use switchyard_stack::health::CheckConfig;
 use switchyard_stack::{Proto, TcpConfig};
@@ -115,8 +116,15 @@ struct RawListener {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
-    path_prefix: Spanned<String>,
-    pool: Spanned<String>,
+    path_prefix: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    methods: Option<Vec<String>>,
+    header: Option<Spanned<String>>,
+    pool: Option<Spanned<String>>,
+    status: Option<Spanned<u16>>,
+    location: Option<String>,
+    body: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -275,8 +283,8 @@ pub enum Mode {
     },
     /// Terminate TCP and proxy HTTP.
     L7 {
-        /// (path prefix, pool index) in match order.
-        routes: Vec<(String, usize)>,
+        /// Routes in match order.
+        routes: Vec<Route>,
     },
 }
 
@@ -581,8 +589,8 @@ impl Cx<'_> {
                             }
                         },
                     };
-                    if let Some(r) = l.route.first() {
-                        return Err(self.at(&r.pool, "routes belong to `mode = \"l7\"` listeners"));
+                    if !l.route.is_empty() {
+                        return Err(self.at(&l.mode, "routes belong to `mode = \"l7\"` listeners"));
                     }
                     let pool = match &l.pool {
                         Some(p) => pool_index(p)?,
@@ -638,10 +646,65 @@ impl Cx<'_> {
                     }
                     let mut routes = Vec::new();
                     for r in &l.route {
-                        if !r.path_prefix.get_ref().starts_with('/') {
-                            return Err(self.at(&r.path_prefix, "a path prefix starts with `/`"));
+                        let mut route = Route { path_prefix: "/".into(), ..Route::default() };
+                        if let Some(p) = &r.path_prefix {
+                            if !p.get_ref().starts_with('/') {
+                                return Err(self.at(p, "a path prefix starts with `/`"));
+                            }
+                            route.path_prefix = p.get_ref().clone();
                         }
-                        routes.push((r.path_prefix.get_ref().clone(), pool_index(&r.pool)?));
+                        if let Some(p) = &r.path {
+                            if !p.get_ref().starts_with('/') {
+                                return Err(self.at(p, "a path starts with `/`"));
+                            }
+                            route.path = Some(p.get_ref().clone());
+                        }
+                        route.host = r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
+                        route.methods = r.methods.clone().unwrap_or_default();
+                        if let Some(h) = &r.header {
+                            let (name, value) = match h.get_ref().split_once(':') {
+                                Some((n, v)) => (n.trim().to_string(), Some(v.trim().to_string())),
+                                None => (h.get_ref().trim().to_string(), None),
+                            };
+                            if name.is_empty()
+                                || !name
+                                    .bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                            {
+                                return Err(self.at(h, "a header match is `Name` or `Name: value`"));
+                            }
+                            route.header = Some((name, value));
+                        }
+                        match (&r.pool, &r.status) {
+                            (Some(p), None) => route.pool = pool_index(p)?,
+                            (None, Some(st)) => {
+                                let status = *st.get_ref();
+                                if !(200..=599).contains(&status) {
+                                    return Err(self.at(
+                                        st,
+                                        format!("{status} is not a final status code (200-599)"),
+                                    ));
+                                }
+                                route.fixed = Some(FixedResponse {
+                                    status,
+                                    location: r.location.clone(),
+                                    body: r.body.clone().unwrap_or_default(),
+                                });
+                            }
+                            (Some(p), Some(_)) => {
+                                return Err(self.at(
+                                    p,
+                                    "a route has either `pool` or a fixed `status`, not both",
+                                ));
+                            }
+                            (None, None) => {
+                                return Err(self.at(
+                                    &l.mode,
+                                    "every route needs `pool = \"...\"` or a fixed `status`",
+                                ));
+                            }
+                        }
+                        routes.push(route);
                     }
                     Mode::L7 { routes }
                 }
@@ -659,7 +722,8 @@ impl Cx<'_> {
             if let Mode::L7 { routes } = &mode
                 && let Some(b) = routes
                     .iter()
-                    .flat_map(|(_, p)| pools[*p].backends.iter())
+                    .filter(|r| r.fixed.is_none())
+                    .flat_map(|r| pools[r.pool].backends.iter())
                     .find(|b| b.addr.port() == 0)
             {
                 return Err(self
@@ -1075,7 +1139,7 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
     fn base_is_valid() {
         let c = Config::parse("t.toml", BASE).unwrap();
         assert_eq!(c.listeners[1].name, "web");
-        assert!(matches!(&c.listeners[1].mode, Mode::L7 { routes } if routes[0].1 == 0));
+        assert!(matches!(&c.listeners[1].mode, Mode::L7 { routes } if routes[0].pool == 0));
     }
 
     #[test]
@@ -1117,6 +1181,30 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         let e = err(&src.replace("weight = 3", "weight = -1"));
         assert_eq!((e.line, e.key.as_str()), (24, "pool[0].backends"), "{e}");
         assert!(e.message.contains("-1"), "{e}");
+    }
+
+    #[test]
+    fn route_match_keys_and_fixed_responses() {
+        let src = BASE.replace(
+            "  [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"db\"",
+            "  [[listener.route]]\n  path = \"/old\"\n  status = 301\n  location = \"/new\"\n  [[listener.route]]\n  host = \"*.Example.com\"\n  methods = [\"GET\", \"HEAD\"]\n  header = \"X-Canary: 1\"\n  pool = \"db\"",
+        );
+        let c = Config::parse("t.toml", &src).unwrap_or_else(|e| panic!("{e}"));
+        let Mode::L7 { routes } = &c.listeners[1].mode else { panic!("l7") };
+        assert_eq!(routes[0].path.as_deref(), Some("/old"));
+        assert_eq!(
+            routes[0].fixed.as_ref().map(|f| (f.status, f.location.clone())),
+            Some((301, Some("/new".into())))
+        );
+        assert_eq!(routes[1].host.as_deref(), Some("*.example.com"));
+        assert_eq!(routes[1].methods, vec!["GET", "HEAD"]);
+        assert_eq!(routes[1].header, Some(("X-Canary".into(), Some("1".into()))));
+        let e = err(&src.replace("status = 301", "status = 301\n  pool = \"db\""));
+        assert!(e.message.contains("not both"), "{e}");
+        let e = err(&src.replace("status = 301", "status = 99"));
+        assert_eq!(e.key, "listener[1].route[0].status", "{e}");
+        let e = err(&src.replace("header = \"X-Canary: 1\"", "header = \"X Canary\""));
+        assert_eq!(e.key, "listener[1].route[1].header", "{e}");
     }
 
     #[test]

@@ -104,13 +104,7 @@ impl Dataplane {
                     l7_listeners.push(switchyard_l7::ListenerConfig {
                         id,
                         name: l.name.clone(),
-                        routes: routes
-                            .iter()
-                            .map(|(prefix, pool)| switchyard_l7::Route {
-                                path_prefix: prefix.clone(),
-                                pool: *pool,
-                            })
-                            .collect(),
+                        routes: routes.clone(),
                     });
                 }
             }

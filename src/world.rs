@@ -187,8 +187,8 @@ impl World {
         for l in &cfg.listeners {
             match &l.mode {
                 Mode::L7 { routes } => {
-                    for (_, p) in routes {
-                        http_pool[*p] = true;
+                    for r in routes.iter().filter(|r| r.fixed.is_none()) {
+                        http_pool[r.pool] = true;
                     }
                 }
                 Mode::L4 { pool, forwarding, .. } if forwarding.is_dsr() => {

@@ -298,6 +298,27 @@ impl ChunkScanner {
     }
 }
 
+/// The reason phrase of a status code (RFC 9110 section 15).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        410 => "Gone",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
 /// A complete response written by the proxy itself, closing the connection.
 pub fn error_response(status: u16, reason: &str, out: &mut Vec<u8>) {
     use std::io::Write;

@@ -33,13 +33,94 @@ pub struct PoolConfig {
     pub backends: Vec<Backend>,
 }
 
-/// A route: requests whose path starts with `path_prefix` go to `pool`.
-#[derive(Clone, Debug)]
+/// A route: requests that match every condition given go to `pool`, or get
+/// `fixed` without a backend. Routes are tried in order; the first match wins.
+#[derive(Clone, Debug, Default)]
 pub struct Route {
-    /// Path prefix to match.
+    /// Path prefix to match (`"/"` or `""`: any path).
     pub path_prefix: String,
-    /// Index into [`L7Config::pools`].
+    /// Exact path to match (the query string is not part of it).
+    pub path: Option<String>,
+    /// Host to match, case-insensitive, port ignored: `"api.example.com"`, or
+    /// `"*.example.com"` for any subdomain.
+    pub host: Option<String>,
+    /// Methods to match (case-sensitive, RFC 9110 9.1); empty: any.
+    pub methods: Vec<String>,
+    /// A header that must be present, with this exact value if given.
+    pub header: Option<(String, Option<String>)>,
+    /// Index into [`L7Config::pools`] (unused when `fixed` is set).
     pub pool: usize,
+    /// A response written by the proxy itself, such as a redirect.
+    pub fixed: Option<FixedResponse>,
+}
+
+/// A response the proxy writes without a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FixedResponse {
+    /// Status code.
+    pub status: u16,
+    /// `Location` header, for redirects.
+    pub location: Option<String>,
+    /// Body (`text/plain`).
+    pub body: String,
+}
+
+impl Route {
+    /// Whether a request matches the route.
+    pub fn matches(&self, method: &str, path: &str, headers: &[httparse::Header<'_>]) -> bool {
+        let path = path.split('?').next().unwrap_or(path);
+        if !path.starts_with(self.path_prefix.as_str()) {
+            return false;
+        }
+        if self.path.as_ref().is_some_and(|p| p != path) {
+            return false;
+        }
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
+            return false;
+        }
+        let header = |name: &str| {
+            headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+        };
+        if let Some(want) = &self.host {
+            let Some(got) = header("host").and_then(|v| std::str::from_utf8(v).ok()) else {
+                return false;
+            };
+            let got = host_without_port(got.trim());
+            let ok = match want.strip_prefix("*.") {
+                Some(domain) => {
+                    got.len() > domain.len() + 1
+                        && got[got.len() - domain.len()..].eq_ignore_ascii_case(domain)
+                        && got.as_bytes()[got.len() - domain.len() - 1] == b'.'
+                }
+                None => got.eq_ignore_ascii_case(want),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some((name, value)) = &self.header {
+            match header(name) {
+                None => return false,
+                Some(v) => {
+                    if value.as_ref().is_some_and(|want| v.trim_ascii() != want.as_bytes()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// `host[:port]` or `[v6]:port` without the port.
+fn host_without_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => h,
+    }
 }
 
 /// One L7 listener.
@@ -125,6 +206,8 @@ pub struct ListenerStats {
     pub responses_4xx: u64,
     /// 5xx written by the proxy.
     pub responses_5xx: u64,
+    /// Responses from routes with a fixed response.
+    pub fixed_responses: u64,
 }
 
 /// Counters of one pool.
@@ -251,7 +334,9 @@ impl L7 {
         let mut by_id = HashMap::new();
         let mut listeners = Vec::new();
         for l in cfg.listeners {
-            if let Some(r) = l.routes.iter().find(|r| r.pool >= cfg.pools.len()) {
+            if let Some(r) =
+                l.routes.iter().find(|r| r.fixed.is_none() && r.pool >= cfg.pools.len())
+            {
                 return Err(L7Error::UnknownPool(l.name.clone(), r.pool));
             }
             if by_id.insert(l.id, listeners.len()).is_some() {
@@ -497,16 +582,21 @@ impl L7 {
             None => path,
         };
         let li = x.listener;
-        let Some(pool) = self.listeners[li]
+        let method = req.method.unwrap_or("GET");
+        let Some(route) = self.listeners[li]
             .cfg
             .routes
             .iter()
-            .find(|r| path_only.starts_with(r.path_prefix.as_str()))
-            .map(|r| r.pool)
+            .find(|r| r.matches(method, path_only, req.headers))
         else {
             self.reject(s, Reject::NoRoute, tcp);
             return;
         };
+        if let Some(fixed) = route.fixed.clone() {
+            self.fixed(s, &fixed, tcp);
+            return;
+        }
+        let pool = route.pool;
         // Build the upstream head: request line and headers as received, minus
         // hop-by-hop connection headers, plus X-Forwarded-For.
         let mut head = Vec::with_capacity(head_len + 64);
@@ -926,6 +1016,33 @@ impl L7 {
     fn reject<T: TcpApi>(&mut self, s: u32, r: Reject, tcp: &mut T) {
         let (code, reason) = r.status();
         self.fail(s, code, reason, tcp);
+    }
+
+    /// Answers with a configured response and closes the connection after it.
+    fn fixed<T: TcpApi>(&mut self, s: u32, r: &FixedResponse, tcp: &mut T) {
+        use std::io::Write;
+        let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
+        x.phase = Phase::Closing;
+        x.inbuf.clear();
+        let reason = http1::reason(r.status);
+        let _ = write!(
+            x.out,
+            "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
+            r.status,
+            r.body.len()
+        );
+        if let Some(loc) = &r.location {
+            let _ = write!(x.out, "Location: {loc}\r\n");
+        }
+        let _ = write!(x.out, "Connection: close\r\nServer: switchyard\r\n\r\n{}", r.body);
+        let st = &mut self.listeners[x.listener].stats;
+        st.fixed_responses += 1;
+        match r.status {
+            400..=499 => st.responses_4xx += 1,
+            500..=599 => st.responses_5xx += 1,
+            _ => {}
+        }
+        self.flush_client(s, tcp);
     }
 
     /// Writes an error response and closes the client connection after it.

@@ -120,9 +120,9 @@ impl H {
                 id: 3,
                 name: "web".into(),
                 routes: vec![
-                    Route { path_prefix: "/api/".into(), pool: 0 },
-                    Route { path_prefix: "/one/".into(), pool: 2 },
-                    Route { path_prefix: "/static/".into(), pool: 1 },
+                    Route { path_prefix: "/api/".into(), pool: 0, ..Route::default() },
+                    Route { path_prefix: "/one/".into(), pool: 2, ..Route::default() },
+                    Route { path_prefix: "/static/".into(), pool: 1, ..Route::default() },
                 ],
             }],
             pools: vec![
@@ -430,4 +430,93 @@ fn random_input_from_both_sides_never_panics() {
     assert_eq!(st.connections_total, 2000);
     assert_eq!(st.connections_active, 0, "every client session was released");
     assert!(st.errors > 0 && st.requests > 0, "{st:?}");
+}
+
+/// Each match kind decides where a request goes; a request that differs only in
+/// that one respect goes elsewhere, so an ignored rule would fail here.
+#[test]
+fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
+    let routes = vec![
+        Route {
+            path_prefix: "/".into(),
+            path: Some("/old".into()),
+            fixed: Some(FixedResponse {
+                status: 301,
+                location: Some("/new".into()),
+                body: "moved".into(),
+            }),
+            ..Route::default()
+        },
+        Route {
+            path_prefix: "/".into(),
+            host: Some("*.tenant.example".into()),
+            pool: 2,
+            ..Route::default()
+        },
+        Route {
+            path_prefix: "/".into(),
+            host: Some("api.example".into()),
+            pool: 0,
+            ..Route::default()
+        },
+        Route {
+            path_prefix: "/".into(),
+            methods: vec!["DELETE".into()],
+            pool: 2,
+            ..Route::default()
+        },
+        Route {
+            path_prefix: "/".into(),
+            header: Some(("X-Canary".into(), Some("1".into()))),
+            pool: 0,
+            ..Route::default()
+        },
+        Route { path_prefix: "/".into(), pool: 1, ..Route::default() },
+    ];
+    let mut h = H::new();
+    let cfg = L7Config {
+        listeners: vec![ListenerConfig { id: 3, name: "web".into(), routes }],
+        pools: vec![
+            PoolConfig { name: "api".into(), backends: vec![backend("api-1", "198.18.0.31:8080")] },
+            PoolConfig {
+                name: "static".into(),
+                backends: vec![backend("static-1", "198.18.0.41:8080")],
+            },
+            PoolConfig { name: "one".into(), backends: vec![backend("one-1", "198.18.0.51:8080")] },
+        ],
+        limits: Limits::default(),
+    };
+    h.l7 = L7::new(cfg).unwrap();
+    let cases: &[(&str, Option<&str>)] = &[
+        ("GET /x HTTP/1.1\r\nHost: a.tenant.example\r\n\r\n", Some("198.18.0.51:8080")),
+        ("GET /x HTTP/1.1\r\nHost: A.Tenant.Example:8443\r\n\r\n", Some("198.18.0.51:8080")),
+        ("GET /x HTTP/1.1\r\nHost: tenant.example\r\n\r\n", Some("198.18.0.41:8080")),
+        ("GET /x HTTP/1.1\r\nHost: api.example\r\n\r\n", Some("198.18.0.31:8080")),
+        ("GET /x HTTP/1.1\r\nHost: api.example.org\r\n\r\n", Some("198.18.0.41:8080")),
+        ("DELETE /x HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.51:8080")),
+        ("delete /x HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.41:8080")),
+        ("GET /x HTTP/1.1\r\nHost: v\r\nX-Canary: 1\r\n\r\n", Some("198.18.0.31:8080")),
+        ("GET /x HTTP/1.1\r\nHost: v\r\nX-Canary: 2\r\n\r\n", Some("198.18.0.41:8080")),
+        ("GET /old HTTP/1.1\r\nHost: v\r\n\r\n", None),
+        ("GET /old/page HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.41:8080")),
+    ];
+    for (req, want) in cases {
+        let c = h.client();
+        h.write(c, req.as_bytes());
+        let ups = h.accept_upstreams();
+        match want {
+            Some(addr) => {
+                assert_eq!(ups.len(), 1, "{req}");
+                assert_eq!(h.tcp.c(ups[0]).remote.to_string(), *addr, "{req}");
+            }
+            None => {
+                assert!(ups.is_empty(), "{req}");
+                let out = header_block(&h.take(c));
+                assert!(out.starts_with("HTTP/1.1 301 Moved Permanently\r\n"), "{out}");
+                assert!(out.contains("Location: /new\r\n") && out.ends_with("moved"), "{out}");
+            }
+        }
+        h.ev(TcpEvent::Closed { conn: c, reset: true });
+    }
+    assert_eq!(h.l7.listener_stats(3).unwrap().fixed_responses, 1);
 }
