@@ -520,3 +520,46 @@ fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
     }
     assert_eq!(h.l7.listener_stats(3).unwrap().fixed_responses, 1);
 }
+
+/// Two requests in one segment: the second waits for the first's response and
+/// then goes out on the same upstream connection; the client gets both, in order.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let mut h = H::new();
+    let c = h.client();
+    h.write(c, b"GET /one/a HTTP/1.1\r\nHost: v\r\n\r\nGET /one/b HTTP/1.1\r\nHost: v\r\n\r\n");
+    let u = h.accept_upstreams()[0];
+    let first = header_block(&h.take(u));
+    assert!(first.starts_with("GET /one/a ") && !first.contains("/one/b"), "{first}");
+    h.write(u, &response(b"AAA", ""));
+    let second = header_block(&h.take(u));
+    assert!(second.starts_with("GET /one/b "), "second request after the first response: {second}");
+    h.write(u, &response(b"BBB", ""));
+    let got = header_block(&h.take(c));
+    let (a, b) = (got.find("AAA").unwrap(), got.find("BBB").unwrap());
+    assert!(a < b, "{got}");
+    assert_eq!(h.l7.pool_stats()[2].backends[0].upstream_connects, 1);
+}
+
+/// `Expect: 100-continue`: the interim response reaches the client, the body
+/// follows, and the final response ends the exchange (RFC 9110 10.1.1).
+#[test]
+fn expect_100_continue_passes_the_interim_response() {
+    let mut h = H::new();
+    let c = h.client();
+    h.write(
+        c,
+        b"PUT /one/f HTTP/1.1\r\nHost: v\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let u = h.accept_upstreams()[0];
+    assert!(header_block(&h.take(u)).contains("Expect: 100-continue\r\n"));
+    h.write(u, b"HTTP/1.1 100 Continue\r\n\r\n");
+    assert_eq!(h.take(c), b"HTTP/1.1 100 Continue\r\n\r\n");
+    h.write(c, b"hello");
+    assert_eq!(h.take(u), b"hello");
+    h.write(u, &response(b"stored", ""));
+    assert!(h.take(c).ends_with(b"stored"));
+    // The exchange is over: the connection takes another request.
+    h.write(c, b"GET /one/g HTTP/1.1\r\nHost: v\r\n\r\n");
+    assert!(header_block(&h.take(u)).starts_with("GET /one/g "));
+}
