@@ -125,6 +125,9 @@ struct RawRoute {
     status: Option<Spanned<u16>>,
     location: Option<String>,
     body: Option<String>,
+    rewrite_prefix: Option<Spanned<String>>,
+    set_request_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    remove_request_headers: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -675,6 +678,35 @@ impl Cx<'_> {
                             }
                             route.header = Some((name, value));
                         }
+                        if let Some(p) = &r.rewrite_prefix {
+                            if !p.get_ref().starts_with('/') {
+                                return Err(self.at(p, "a rewritten prefix starts with `/`"));
+                            }
+                            route.rewrite_prefix = Some(p.get_ref().clone());
+                        }
+                        let token = |n: &str| {
+                            !n.is_empty()
+                                && n.bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                        };
+                        if let Some(set) = &r.set_request_headers {
+                            for (n, v) in set.get_ref() {
+                                if !token(n)
+                                    || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+                                {
+                                    return Err(
+                                        self.at(set, format!("`{n}: {v}` is not a valid header"))
+                                    );
+                                }
+                                route.set_request_headers.push((n.clone(), v.clone()));
+                            }
+                        }
+                        if let Some(rm) = &r.remove_request_headers {
+                            if let Some(bad) = rm.get_ref().iter().find(|n| !token(n)) {
+                                return Err(self.at(rm, format!("`{bad}` is not a header name")));
+                            }
+                            route.remove_request_headers = rm.get_ref().clone();
+                        }
                         match (&r.pool, &r.status) {
                             (Some(p), None) => route.pool = pool_index(p)?,
                             (None, Some(st)) => {
@@ -1199,6 +1231,17 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert_eq!(routes[1].host.as_deref(), Some("*.example.com"));
         assert_eq!(routes[1].methods, vec!["GET", "HEAD"]);
         assert_eq!(routes[1].header, Some(("X-Canary".into(), Some("1".into()))));
+        let rw = src.replace(
+            "  header = \"X-Canary: 1\"",
+            "  header = \"X-Canary: 1\"\n  rewrite_prefix = \"/v2/\"\n  set_request_headers = { X-Env = \"prod\" }\n  remove_request_headers = [\"Cookie\"]",
+        );
+        let c = Config::parse("t.toml", &rw).unwrap_or_else(|e| panic!("{e}"));
+        let Mode::L7 { routes } = &c.listeners[1].mode else { panic!("l7") };
+        assert_eq!(routes[1].rewrite_prefix.as_deref(), Some("/v2/"));
+        assert_eq!(routes[1].set_request_headers, vec![("X-Env".to_string(), "prod".to_string())]);
+        assert_eq!(routes[1].remove_request_headers, vec!["Cookie"]);
+        let e = err(&rw.replace("[\"Cookie\"]", "[\"Co okie\"]"));
+        assert_eq!(e.key, "listener[1].route[1].remove_request_headers", "{e}");
         let e = err(&src.replace("status = 301", "status = 301\n  pool = \"db\""));
         assert!(e.message.contains("not both"), "{e}");
         let e = err(&src.replace("status = 301", "status = 99"));

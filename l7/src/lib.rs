@@ -50,6 +50,13 @@ pub struct Route {
     pub header: Option<(String, Option<String>)>,
     /// Index into [`L7Config::pools`] (unused when `fixed` is set).
     pub pool: usize,
+    /// Replaces the matched `path_prefix` in the request target sent upstream
+    /// (`"/api/"` → `"/v2/"` turns `/api/users?id=1` into `/v2/users?id=1`).
+    pub rewrite_prefix: Option<String>,
+    /// Request headers set (replacing any the client sent) on the way upstream.
+    pub set_request_headers: Vec<(String, String)>,
+    /// Request headers removed on the way upstream.
+    pub remove_request_headers: Vec<String>,
     /// A response written by the proxy itself, such as a redirect.
     pub fixed: Option<FixedResponse>,
 }
@@ -597,12 +604,20 @@ impl L7 {
             return;
         }
         let pool = route.pool;
-        // Build the upstream head: request line and headers as received, minus
-        // hop-by-hop connection headers, plus X-Forwarded-For.
+        // Build the upstream head: request line (path rewritten if the route
+        // says so) and headers as received, minus hop-by-hop connection headers
+        // and the route's removals and replacements, plus the route's headers,
+        // X-Forwarded-For and X-Forwarded-Proto.
         let mut head = Vec::with_capacity(head_len + 64);
         head.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
         head.push(b' ');
-        head.extend_from_slice(path.as_bytes());
+        match &route.rewrite_prefix {
+            Some(to) if path_only.starts_with(route.path_prefix.as_str()) => {
+                head.extend_from_slice(to.as_bytes());
+                head.extend_from_slice(&path_only.as_bytes()[route.path_prefix.len()..]);
+            }
+            _ => head.extend_from_slice(path.as_bytes()),
+        }
         head.extend_from_slice(b" HTTP/1.1\r\n");
         for h in req.headers.iter() {
             let n = h.name;
@@ -610,6 +625,9 @@ impl L7 {
                 || n.eq_ignore_ascii_case("keep-alive")
                 || n.eq_ignore_ascii_case("proxy-connection")
                 || n.eq_ignore_ascii_case("x-forwarded-for")
+                || n.eq_ignore_ascii_case("x-forwarded-proto")
+                || route.remove_request_headers.iter().any(|r| r.eq_ignore_ascii_case(n))
+                || route.set_request_headers.iter().any(|(r, _)| r.eq_ignore_ascii_case(n))
             {
                 continue;
             }
@@ -618,12 +636,18 @@ impl L7 {
             head.extend_from_slice(h.value);
             head.extend_from_slice(b"\r\n");
         }
+        for (n, v) in &route.set_request_headers {
+            head.extend_from_slice(n.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(v.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
         if let Some(ip) = x.peer_ip {
             head.extend_from_slice(b"X-Forwarded-For: ");
             head.extend_from_slice(ip.to_string().as_bytes());
             head.extend_from_slice(b"\r\n");
         }
-        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(b"X-Forwarded-Proto: http\r\n\r\n");
         x.inbuf.drain(..head_len);
         x.keep_alive = info.keep_alive;
         x.head_request = info.head;

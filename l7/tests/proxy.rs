@@ -563,3 +563,47 @@ fn expect_100_continue_passes_the_interim_response() {
     h.write(c, b"GET /one/g HTTP/1.1\r\nHost: v\r\n\r\n");
     assert!(header_block(&h.take(u)).starts_with("GET /one/g "));
 }
+
+/// A route rewrites the path prefix and the request headers on the way up.
+#[test]
+fn routes_rewrite_path_and_request_headers() {
+    let mut h = H::new();
+    let cfg = L7Config {
+        listeners: vec![ListenerConfig {
+            id: 3,
+            name: "web".into(),
+            routes: vec![Route {
+                path_prefix: "/api/".into(),
+                pool: 0,
+                rewrite_prefix: Some("/v2/".into()),
+                set_request_headers: vec![("X-Env".into(), "prod".into())],
+                remove_request_headers: vec!["Cookie".into()],
+                ..Route::default()
+            }],
+        }],
+        pools: vec![PoolConfig {
+            name: "api".into(),
+            backends: vec![backend("api-1", "198.18.0.31:8080")],
+        }],
+        limits: Limits::default(),
+    };
+    h.l7 = L7::new(cfg).unwrap();
+    let c = h.client();
+    h.write(
+        c,
+        b"GET /api/users?id=7 HTTP/1.1\r\nHost: v\r\nCookie: secret=1\r\nX-Env: dev\r\nX-Forwarded-For: 6.6.6.6\r\nAccept: */*\r\n\r\n",
+    );
+    let u = h.accept_upstreams()[0];
+    let up = header_block(&h.take(u));
+    assert!(up.starts_with("GET /v2/users?id=7 HTTP/1.1\r\n"), "{up}");
+    assert!(
+        !up.contains("Cookie") && !up.contains("X-Env: dev") && !up.contains("6.6.6.6"),
+        "{up}"
+    );
+    assert!(up.contains("X-Env: prod\r\n") && up.contains("Accept: */*\r\n"), "{up}");
+    assert!(
+        up.contains("X-Forwarded-For: 198.18.0.101\r\n")
+            && up.contains("X-Forwarded-Proto: http\r\n"),
+        "{up}"
+    );
+}
