@@ -121,6 +121,8 @@ struct RawRoute {
     host: Option<Spanned<String>>,
     methods: Option<Vec<String>>,
     header: Option<Spanned<String>>,
+    cookie: Option<Spanned<String>>,
+    query: Option<Spanned<String>>,
     pool: Option<Spanned<String>>,
     status: Option<Spanned<u16>>,
     location: Option<String>,
@@ -677,6 +679,22 @@ impl Cx<'_> {
                                 return Err(self.at(h, "a header match is `Name` or `Name: value`"));
                             }
                             route.header = Some((name, value));
+                        }
+                        let pair = |v: &Spanned<String>, what: &str| -> Result<(String, Option<String>), ConfigError> {
+                            let (n, val) = match v.get_ref().split_once('=') {
+                                Some((n, val)) => (n.trim().to_string(), Some(val.trim().to_string())),
+                                None => (v.get_ref().trim().to_string(), None),
+                            };
+                            if n.is_empty() || n.bytes().any(|b| b.is_ascii_whitespace() || b"=;&?".contains(&b)) {
+                                return Err(self.at(v, format!("a {what} match is `name` or `name=value`")));
+                            }
+                            Ok((n, val))
+                        };
+                        if let Some(c) = &r.cookie {
+                            route.cookie = Some(pair(c, "cookie")?);
+                        }
+                        if let Some(q) = &r.query {
+                            route.query = Some(pair(q, "query")?);
                         }
                         if let Some(p) = &r.rewrite_prefix {
                             if !p.get_ref().starts_with('/') {
@@ -1240,6 +1258,14 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert_eq!(routes[1].rewrite_prefix.as_deref(), Some("/v2/"));
         assert_eq!(routes[1].set_request_headers, vec![("X-Env".to_string(), "prod".to_string())]);
         assert_eq!(routes[1].remove_request_headers, vec!["Cookie"]);
+        let ck = src
+            .replace("  header = \"X-Canary: 1\"", "  cookie = \"beta=yes\"\n  query = \"debug\"");
+        let c = Config::parse("t.toml", &ck).unwrap_or_else(|e| panic!("{e}"));
+        let Mode::L7 { routes } = &c.listeners[1].mode else { panic!("l7") };
+        assert_eq!(routes[1].cookie, Some(("beta".into(), Some("yes".into()))));
+        assert_eq!(routes[1].query, Some(("debug".into(), None)));
+        let e = err(&ck.replace("\"debug\"", "\"de bug\""));
+        assert_eq!(e.key, "listener[1].route[1].query", "{e}");
         let e = err(&rw.replace("[\"Cookie\"]", "[\"Co okie\"]"));
         assert_eq!(e.key, "listener[1].route[1].remove_request_headers", "{e}");
         let e = err(&src.replace("status = 301", "status = 301\n  pool = \"db\""));

@@ -48,6 +48,11 @@ pub struct Route {
     pub methods: Vec<String>,
     /// A header that must be present, with this exact value if given.
     pub header: Option<(String, Option<String>)>,
+    /// A cookie (RFC 6265) that must be present, with this exact value if given.
+    pub cookie: Option<(String, Option<String>)>,
+    /// A query parameter that must be present, with this exact (undecoded)
+    /// value if given.
+    pub query: Option<(String, Option<String>)>,
     /// Index into [`L7Config::pools`] (unused when `fixed` is set).
     pub pool: usize,
     /// Replaces the matched `path_prefix` in the request target sent upstream
@@ -75,6 +80,7 @@ pub struct FixedResponse {
 impl Route {
     /// Whether a request matches the route.
     pub fn matches(&self, method: &str, path: &str, headers: &[httparse::Header<'_>]) -> bool {
+        let path_with_query = path;
         let path = path.split('?').next().unwrap_or(path);
         if !path.starts_with(self.path_prefix.as_str()) {
             return false;
@@ -103,6 +109,37 @@ impl Route {
             };
             if !ok {
                 return false;
+            }
+        }
+        if let Some((name, value)) = &self.cookie {
+            let found = headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+                .flat_map(|h| h.value.split(|b| *b == b';'))
+                .map(|pair| pair.trim_ascii())
+                .find_map(|pair| {
+                    let (n, v) = match pair.iter().position(|b| *b == b'=') {
+                        Some(i) => (&pair[..i], &pair[i + 1..]),
+                        None => (pair, &b""[..]),
+                    };
+                    (n == name.as_bytes()).then_some(v)
+                });
+            match found {
+                None => return false,
+                Some(v) if value.as_ref().is_some_and(|want| v != want.as_bytes()) => return false,
+                Some(_) => {}
+            }
+        }
+        if let Some((name, value)) = &self.query {
+            let qs = path_with_query.split_once('?').map_or("", |(_, q)| q);
+            let found = qs.split('&').find_map(|kv| {
+                let (n, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (n == name).then_some(v)
+            });
+            match found {
+                None => return false,
+                Some(v) if value.as_ref().is_some_and(|want| v != want) => return false,
+                Some(_) => {}
             }
         }
         if let Some((name, value)) = &self.header {

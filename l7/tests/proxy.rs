@@ -471,6 +471,18 @@ fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
             pool: 0,
             ..Route::default()
         },
+        Route {
+            path_prefix: "/".into(),
+            cookie: Some(("beta".into(), Some("yes".into()))),
+            pool: 0,
+            ..Route::default()
+        },
+        Route {
+            path_prefix: "/".into(),
+            query: Some(("debug".into(), None)),
+            pool: 2,
+            ..Route::default()
+        },
         Route { path_prefix: "/".into(), pool: 1, ..Route::default() },
     ];
     let mut h = H::new();
@@ -497,6 +509,10 @@ fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
         ("delete /x HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.41:8080")),
         ("GET /x HTTP/1.1\r\nHost: v\r\nX-Canary: 1\r\n\r\n", Some("198.18.0.31:8080")),
         ("GET /x HTTP/1.1\r\nHost: v\r\nX-Canary: 2\r\n\r\n", Some("198.18.0.41:8080")),
+        ("GET /x HTTP/1.1\r\nHost: v\r\nCookie: a=1; beta=yes\r\n\r\n", Some("198.18.0.31:8080")),
+        ("GET /x HTTP/1.1\r\nHost: v\r\nCookie: beta=no; a=1\r\n\r\n", Some("198.18.0.41:8080")),
+        ("GET /x?a=1&debug HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.51:8080")),
+        ("GET /x?debugging=1 HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.41:8080")),
         ("GET /old HTTP/1.1\r\nHost: v\r\n\r\n", None),
         ("GET /old/page HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.41:8080")),
     ];
