@@ -541,7 +541,7 @@ impl L4 {
     /// An ICMP error about a flow (from the backend side about a packet we sent
     /// from a SNAT port, or from a client about a packet it got from the VIP):
     /// rewritten so the other side recognises its own packet in the quote, and
-    /// forwarded to it. IPv4, full-NAT flows.
+    /// forwarded to it. IPv4 and IPv6, full-NAT flows.
     pub fn icmp_error(&mut self, now: Instant, pkt: &mut Mbuf, err: &IcmpError) -> Verdict {
         let _ = now;
         let found = match err.listener {
@@ -743,11 +743,8 @@ fn relay_icmp(
     qsrc: SocketAddr,
     qdst: SocketAddr,
 ) -> Result<(), L4Drop> {
-    use switchyard_stack::wire::{fix_ipv4_checksum, fold, sum};
-    let (IpAddr::V4(os), IpAddr::V4(od), IpAddr::V4(qs), IpAddr::V4(qd)) =
-        (osrc, odst, qsrc.ip(), qdst.ip())
-    else {
-        return Err(L4Drop::Malformed);
+    use switchyard_stack::wire::{
+        ETH_LEN, IPPROTO_ICMPV6, fix_ipv4_checksum, fix_l4_checksum, fold, sum,
     };
     let (icmp, qip, ql4) = (
         usize::from(err.icmp_offset),
@@ -755,26 +752,55 @@ fn relay_icmp(
         usize::from(err.inner_l4_offset),
     );
     let f = pkt.data_mut();
-    if f.len() < ql4 + 8 || icmp < 14 + 20 || qip + 20 > ql4 {
-        return Err(L4Drop::Malformed);
+    match (osrc, odst, qsrc.ip(), qdst.ip()) {
+        (IpAddr::V4(os), IpAddr::V4(od), IpAddr::V4(qs), IpAddr::V4(qd)) => {
+            if f.len() < ql4 + 8 || icmp < ETH_LEN + 20 || qip + 20 > ql4 {
+                return Err(L4Drop::Malformed);
+            }
+            let ttl = f[ETH_LEN + 8];
+            if ttl <= 1 {
+                return Err(L4Drop::TtlExceeded);
+            }
+            f[ETH_LEN + 8] = ttl - 1;
+            f[ETH_LEN + 12..ETH_LEN + 16].copy_from_slice(&os.octets());
+            f[ETH_LEN + 16..ETH_LEN + 20].copy_from_slice(&od.octets());
+            fix_ipv4_checksum(&mut f[ETH_LEN..icmp]);
+            f[qip + 12..qip + 16].copy_from_slice(&qs.octets());
+            f[qip + 16..qip + 20].copy_from_slice(&qd.octets());
+            fix_ipv4_checksum(&mut f[qip..ql4]);
+            f[ql4..ql4 + 2].copy_from_slice(&qsrc.port().to_be_bytes());
+            f[ql4 + 2..ql4 + 4].copy_from_slice(&qdst.port().to_be_bytes());
+            let end = ETH_LEN + usize::from(u16::from_be_bytes([f[ETH_LEN + 2], f[ETH_LEN + 3]]));
+            let msg = f.get_mut(icmp..end).ok_or(L4Drop::Malformed)?;
+            msg[2] = 0;
+            msg[3] = 0;
+            let c = fold(sum(0, msg));
+            f[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+        }
+        (IpAddr::V6(os), IpAddr::V6(od), IpAddr::V6(qs), IpAddr::V6(qd)) => {
+            if f.len() < ql4 + 8 || icmp != ETH_LEN + 40 || qip + 40 != ql4 {
+                return Err(L4Drop::Malformed);
+            }
+            let hops = f[ETH_LEN + 7];
+            if hops <= 1 {
+                return Err(L4Drop::TtlExceeded);
+            }
+            f[ETH_LEN + 7] = hops - 1;
+            f[ETH_LEN + 8..ETH_LEN + 24].copy_from_slice(&os.octets());
+            f[ETH_LEN + 24..ETH_LEN + 40].copy_from_slice(&od.octets());
+            f[qip + 8..qip + 24].copy_from_slice(&qs.octets());
+            f[qip + 24..qip + 40].copy_from_slice(&qd.octets());
+            f[ql4..ql4 + 2].copy_from_slice(&qsrc.port().to_be_bytes());
+            f[ql4 + 2..ql4 + 4].copy_from_slice(&qdst.port().to_be_bytes());
+            // The ICMPv6 checksum covers a pseudo-header (RFC 4443 2.3):
+            // computed again over the whole message, which the classifier
+            // already bounded by the payload length.
+            let end = icmp + usize::from(u16::from_be_bytes([f[ETH_LEN + 4], f[ETH_LEN + 5]]));
+            let msg = f.get_mut(icmp..end).ok_or(L4Drop::Malformed)?;
+            fix_l4_checksum(msg, osrc, odst, IPPROTO_ICMPV6, 2);
+        }
+        _ => return Err(L4Drop::Malformed),
     }
-    let ttl = f[14 + 8];
-    if ttl <= 1 {
-        return Err(L4Drop::TtlExceeded);
-    }
-    f[14 + 8] = ttl - 1;
-    f[14 + 12..14 + 16].copy_from_slice(&os.octets());
-    f[14 + 16..14 + 20].copy_from_slice(&od.octets());
-    fix_ipv4_checksum(&mut f[14..icmp]);
-    f[qip + 12..qip + 16].copy_from_slice(&qs.octets());
-    f[qip + 16..qip + 20].copy_from_slice(&qd.octets());
-    fix_ipv4_checksum(&mut f[qip..ql4]);
-    f[ql4..ql4 + 2].copy_from_slice(&qsrc.port().to_be_bytes());
-    f[ql4 + 2..ql4 + 4].copy_from_slice(&qdst.port().to_be_bytes());
-    f[icmp + 2] = 0;
-    f[icmp + 3] = 0;
-    let c = fold(sum(0, &f[icmp..]));
-    f[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
 

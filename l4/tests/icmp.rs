@@ -16,10 +16,11 @@ fn sa(s: &str) -> SocketAddr {
 }
 
 fn tcp(src: SocketAddr, dst: SocketAddr, flags: u8) -> Vec<u8> {
-    let mut f = vec![0u8; ETH_LEN + 40];
-    put_eth(&mut f, LB_MAC, [2, 0, 0, 0, 0, 1], ETHERTYPE_IPV4);
+    let (hdr, ethertype) = if src.is_ipv4() { (20, ETHERTYPE_IPV4) } else { (40, ETHERTYPE_IPV6) };
+    let mut f = vec![0u8; ETH_LEN + hdr + 20];
+    put_eth(&mut f, LB_MAC, [2, 0, 0, 0, 0, 1], ethertype);
     put_ip_header(&mut f[ETH_LEN..], src.ip(), dst.ip(), IPPROTO_TCP, 20);
-    let t = &mut f[ETH_LEN + 20..];
+    let t = &mut f[ETH_LEN + hdr..];
     put16(t, 0, src.port());
     put16(t, 2, dst.port());
     put32(t, 4, 7777);
@@ -29,16 +30,26 @@ fn tcp(src: SocketAddr, dst: SocketAddr, flags: u8) -> Vec<u8> {
     f
 }
 
-/// An ICMP error from `from` to `to` quoting the IP packet of `quoted` (a frame).
+/// An ICMP (or ICMPv6, by the family of `from`) error from `from` to `to`
+/// quoting the IP packet of `quoted` (a frame): its header and 8 bytes more.
 fn icmp_error(from: IpAddr, to: IpAddr, kind: [u8; 2], rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let (hdr, ethertype, proto) = if from.is_ipv4() {
+        (20, ETHERTYPE_IPV4, IPPROTO_ICMP)
+    } else {
+        (40, ETHERTYPE_IPV6, IPPROTO_ICMPV6)
+    };
     let mut msg = vec![kind[0], kind[1], 0, 0];
     msg.extend_from_slice(&rest);
-    msg.extend_from_slice(&quoted[ETH_LEN..ETH_LEN + 28]);
-    let c = fold(sum(0, &msg));
-    put16(&mut msg, 2, c);
-    let mut f = vec![0u8; ETH_LEN + 20];
-    put_eth(&mut f, LB_MAC, [2, 0, 0, 0, 0, 9], ETHERTYPE_IPV4);
-    put_ip_header(&mut f[ETH_LEN..], from, to, IPPROTO_ICMP, msg.len());
+    msg.extend_from_slice(&quoted[ETH_LEN..ETH_LEN + hdr + 8]);
+    if from.is_ipv4() {
+        let c = fold(sum(0, &msg));
+        put16(&mut msg, 2, c);
+    } else {
+        fix_l4_checksum(&mut msg, from, to, IPPROTO_ICMPV6, 2);
+    }
+    let mut f = vec![0u8; ETH_LEN + hdr];
+    put_eth(&mut f, LB_MAC, [2, 0, 0, 0, 0, 9], ethertype);
+    put_ip_header(&mut f[ETH_LEN..], from, to, proto, msg.len());
     f.extend_from_slice(&msg);
     f
 }
@@ -52,32 +63,32 @@ struct Lb {
 
 impl Lb {
     fn new() -> Lb {
+        Lb::with("198.18.0.2", 24, "198.18.0.10:5432", "198.18.0.21:5432")
+    }
+
+    fn with(addr: &str, prefix: u8, vip: &str, backend: &str) -> Lb {
         let mut stack = Stack::new(
             StackConfig {
                 mac: LB_MAC,
-                addresses: vec![("198.18.0.2".parse().unwrap(), 24)],
+                addresses: vec![(addr.parse().unwrap(), prefix)],
                 gateway: None,
                 tcp: TcpConfig::default(),
             },
             1,
         );
-        stack.add_listener(sa("198.18.0.10:5432"), Proto::Tcp, ListenerKind::L4, 0).unwrap();
+        stack.add_listener(sa(vip), Proto::Tcp, ListenerKind::L4, 0).unwrap();
         let l4 = L4::new(L4Config {
             listeners: vec![ListenerConfig {
                 id: 0,
                 name: "pg".into(),
-                vip: sa("198.18.0.10:5432"),
+                vip: sa(vip),
                 last_port: 0,
                 proto: Proto::Tcp,
-                backends: vec![Backend {
-                    name: "pg-1".into(),
-                    addr: sa("198.18.0.21:5432"),
-                    weight: 1,
-                }],
+                backends: vec![Backend { name: "pg-1".into(), addr: sa(backend), weight: 1 }],
                 scheduler: Scheduler::RoundRobin,
                 forwarding: Forwarding::FullNat,
             }],
-            snat_addrs: vec!["198.18.0.2".parse().unwrap()],
+            snat_addrs: vec![addr.parse().unwrap()],
             snat_ports: 40960..65535,
             table_capacity: 64,
             timeouts: Timeouts::default(),
@@ -172,6 +183,56 @@ fn fragmentation_needed_from_the_backend_side_reaches_the_client() {
     );
     assert!(lb.input(&err).is_none());
     assert_eq!(lb.stack.counters().dropped(DropReason::IcmpIgnored), 1);
+}
+
+fn quoted6(f: &[u8]) -> (SocketAddr, SocketAddr) {
+    let ip = parse_ip(f, ETHERTYPE_IPV6).unwrap();
+    let q = &f[ip.l4_offset + 8..];
+    let mut s = [0u8; 16];
+    let mut d = [0u8; 16];
+    s.copy_from_slice(&q[8..24]);
+    d.copy_from_slice(&q[24..40]);
+    (SocketAddr::new(IpAddr::from(s), get16(q, 40)), SocketAddr::new(IpAddr::from(d), get16(q, 42)))
+}
+
+#[test]
+fn packet_too_big_over_ipv6_is_relayed_both_ways() {
+    let mut lb = Lb::with("2001:2::2", 64, "[2001:2::10]:5432", "[2001:2::21]:5432");
+    let client = sa("[2001:2::101]:33000");
+    let vip = sa("[2001:2::10]:5432");
+    let fwd = lb.input(&tcp(client, vip, 0x02)).expect("SYN forwarded");
+    let ip = parse_ip(&fwd, ETHERTYPE_IPV6).unwrap();
+    let m = parse_transport(&fwd, &ip).unwrap();
+    assert_eq!(m.src.ip(), "2001:2::2".parse::<IpAddr>().unwrap());
+    // Packet too big (type 2) from a router towards the backend: MTU 1280.
+    let router: IpAddr = "2001:2::1".parse().unwrap();
+    let err = icmp_error(router, m.src.ip(), [2, 0], [0, 0, 0x05, 0x00], &fwd);
+    let out = lb.input(&err).expect("relayed");
+    let oip = parse_ip(&out, ETHERTYPE_IPV6).expect("outer header valid");
+    assert_eq!((oip.src, oip.dst), (vip.ip(), client.ip()));
+    let msg = &out[oip.l4_offset..oip.end];
+    assert_eq!(
+        fold(sum(pseudo(oip.src, oip.dst, IPPROTO_ICMPV6, msg.len()), msg)),
+        0,
+        "ICMPv6 checksum over the new pseudo-header"
+    );
+    assert_eq!(&msg[..2], &[2, 0]);
+    assert_eq!(get32(msg, 4), 1280, "MTU kept");
+    assert_eq!(quoted6(&out), (client, vip), "the client sees its own packet quoted");
+    assert_eq!(out[ETH_LEN + 7], 63, "hop limit decremented");
+
+    // Destination unreachable from the client about the VIP's reply.
+    let err = icmp_error(client.ip(), vip.ip(), [1, 4], [0; 4], &tcp(vip, client, 0x12));
+    let out = lb.input(&err).expect("relayed");
+    let oip = parse_ip(&out, ETHERTYPE_IPV6).unwrap();
+    assert_eq!((oip.src, oip.dst), (m.src.ip(), m.dst.ip()));
+    assert_eq!(quoted6(&out), (m.dst, m.src), "the backend sees its own packet quoted");
+    assert_eq!(lb.l4.counters().icmp_relayed, 2);
+
+    // Quoting a flow we do not have: dropped by L4, counted.
+    let stray = tcp(sa("[2001:2::2]:50000"), m.dst, 0x02);
+    assert!(lb.input(&icmp_error(router, m.src.ip(), [2, 0], [0; 4], &stray)).is_none());
+    assert_eq!(lb.l4.counters().dropped(L4Drop::UnknownFlow), 1);
 }
 
 /// Mutated ICMP errors, data packets and replies through classifier and L4:

@@ -216,10 +216,7 @@ impl Stack {
         pkt.truncate(ip.end);
         match ip.proto {
             IPPROTO_ICMP if ip.src.is_ipv4() => return self.icmp4(pkt, &ip, pool),
-            IPPROTO_ICMPV6 if ip.src.is_ipv6() => {
-                self.icmp6(now, pkt, &ip, pool);
-                return Ingress::Done;
-            }
+            IPPROTO_ICMPV6 if ip.src.is_ipv6() => return self.icmp6(now, pkt, &ip, pool),
             _ => {}
         }
         let meta = match parse_transport(pkt.data(), &ip) {
@@ -542,20 +539,39 @@ impl Stack {
     /// Reads the packet quoted by an ICMP error (RFC 792: its IP header and at
     /// least 8 bytes) and says which L4 flow it is about, if any: one of our
     /// SNAT ports (an error from the backend side) or an L4 VIP (from a client).
+    ///
+    /// ICMPv6 errors quote an IPv6 header (RFC 4443 2.4); a quoted packet with
+    /// extension headers before TCP/UDP is not looked into.
     fn icmp_error(&self, msg: &[u8], icmp_offset: usize) -> Option<IcmpError> {
         let q = msg.get(8..)?;
-        if q.len() < 28 || q[0] >> 4 != 4 {
-            return None;
-        }
-        let ihl = usize::from(q[0] & 0x0f) * 4;
-        let ports = q.get(ihl..ihl + 8)?;
-        let proto = match q[9] {
+        let (hdr, proto, src, dst) = match q.first()? >> 4 {
+            4 if q.len() >= 28 => {
+                let ihl = usize::from(q[0] & 0x0f) * 4;
+                if ihl < 20 {
+                    return None;
+                }
+                let s = IpAddr::from([q[12], q[13], q[14], q[15]]);
+                let d = IpAddr::from([q[16], q[17], q[18], q[19]]);
+                (ihl, q[9], s, d)
+            }
+            6 if q.len() >= 48 => {
+                let mut s = [0u8; 16];
+                let mut d = [0u8; 16];
+                s.copy_from_slice(&q[8..24]);
+                d.copy_from_slice(&q[24..40]);
+                (40, q[6], IpAddr::from(s), IpAddr::from(d))
+            }
+            _ => return None,
+        };
+        let ports = q.get(hdr..hdr + 8)?;
+        let proto = match proto {
             IPPROTO_TCP => Proto::Tcp,
             IPPROTO_UDP => Proto::Udp,
             _ => return None,
         };
-        let src = SocketAddr::new(IpAddr::from([q[12], q[13], q[14], q[15]]), get16(ports, 0));
-        let dst = SocketAddr::new(IpAddr::from([q[16], q[17], q[18], q[19]]), get16(ports, 2));
+        let src = SocketAddr::new(src, get16(ports, 0));
+        let dst = SocketAddr::new(dst, get16(ports, 2));
+        let ihl = hdr;
         let in_range = self
             .listener_ranges
             .iter()
@@ -589,19 +605,19 @@ impl Stack {
         })
     }
 
-    fn icmp6(&mut self, now: Instant, mut pkt: Mbuf, ip: &IpInfo, pool: &mut Pool) {
+    fn icmp6(&mut self, now: Instant, mut pkt: Mbuf, ip: &IpInfo, pool: &mut Pool) -> Ingress {
         let f = pkt.data();
         let Some(msg) = f.get(ip.l4_offset..ip.end) else {
             self.drop_packet(pkt, DropReason::Truncated, pool);
-            return;
+            return Ingress::Done;
         };
         if msg.len() < 8 {
             self.drop_packet(pkt, DropReason::Truncated, pool);
-            return;
+            return Ingress::Done;
         }
         if fold(sum(pseudo(ip.src, ip.dst, IPPROTO_ICMPV6, msg.len()), msg)) != 0 {
             self.drop_packet(pkt, DropReason::BadL4Checksum, pool);
-            return;
+            return Ingress::Done;
         }
         let mac = self.mac;
         match (msg[0], msg[1]) {
@@ -626,7 +642,7 @@ impl Stack {
                 let src_ll = ll_option(&msg[24..], 1);
                 if !self.owns(target) {
                     self.drop_packet(pkt, DropReason::IcmpIgnored, pool);
-                    return;
+                    return Ingress::Done;
                 }
                 if let Some(ll) = src_ll
                     && !ip.src.is_unspecified()
@@ -642,7 +658,7 @@ impl Stack {
                 pkt.truncate(0);
                 let Some(f) = pkt.resize(ETH_LEN + 40 + 32) else {
                     pool.free(pkt);
-                    return;
+                    return Ingress::Done;
                 };
                 put_eth(f, dst_mac, mac, ETHERTYPE_IPV6);
                 put_ip_header(&mut f[ETH_LEN..], target, dst_ip, IPPROTO_ICMPV6, 32);
@@ -670,8 +686,18 @@ impl Stack {
                     _ => self.drop_packet(pkt, DropReason::IcmpIgnored, pool),
                 }
             }
+            // Destination unreachable, packet too big, time exceeded,
+            // parameter problem (RFC 4443 3): errors about a flow L4 may own.
+            (1..=4, _) => match self.icmp_error(msg, ip.l4_offset) {
+                Some(err) => {
+                    self.counters.to_l4 += 1;
+                    return Ingress::L4Icmp { pkt, err };
+                }
+                None => self.drop_packet(pkt, DropReason::IcmpIgnored, pool),
+            },
             _ => self.drop_packet(pkt, DropReason::IcmpIgnored, pool),
         }
+        Ingress::Done
     }
 }
 
