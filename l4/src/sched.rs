@@ -120,48 +120,12 @@ impl Maglev {
     /// another size would move nearly every flow. Zero-weight backends get no
     /// entries; if every weight is zero the table is empty.
     pub fn new(names: &[&[u8]], weights: &[u32]) -> Maglev {
-        let n = names.len();
-        let size = next_prime((100 * n + 1).max(MIN_TABLE));
-        let mut table = vec![u16::MAX; size];
-        if n == 0 || weights.iter().all(|w| *w == 0) {
-            return Maglev { table: Vec::new() };
-        }
-        let perm: Vec<(usize, usize)> = names
-            .iter()
-            .map(|name| {
-                let offset = (hash64(name, 0xa5a5) % size as u64) as usize;
-                let skip = (hash64(name, 0x5a5a) % (size as u64 - 1) + 1) as usize;
-                (offset, skip)
-            })
-            .collect();
-        let mut next = vec![0usize; n];
-        // Weighted turns: each pass, a backend earns its weight in credit and
-        // takes one entry per `max_weight` of credit.
-        let max_w = u64::from(*weights.iter().max().unwrap_or(&1));
-        let mut credit = vec![0u64; n];
-        let mut filled = 0;
-        while filled < size {
-            for i in 0..n {
-                credit[i] += u64::from(weights.get(i).copied().unwrap_or(0));
-                if credit[i] < max_w {
-                    continue;
-                }
-                credit[i] -= max_w;
-                let (offset, skip) = perm[i];
-                let mut c = (offset + next[i] * skip) % size;
-                while table[c] != u16::MAX {
-                    next[i] += 1;
-                    c = (offset + next[i] * skip) % size;
-                }
-                table[c] = i as u16;
-                next[i] += 1;
-                filled += 1;
-                if filled == size {
-                    break;
-                }
+        let mut b = MaglevBuilder::new(names, weights);
+        loop {
+            if let Some(m) = b.step(usize::MAX) {
+                return m;
             }
         }
-        Maglev { table }
     }
 
     /// The backend for a hash, or `None` for an empty table.
@@ -175,6 +139,82 @@ impl Maglev {
     /// Number of entries.
     pub fn size(&self) -> usize {
         self.table.len()
+    }
+}
+
+/// A Maglev table being filled a slice at a time, so a rebuild after a backend
+/// change never stalls the packet path: the worker gives it a budget of
+/// entries per turn and keeps using the old table (skipping backends that are
+/// down) until the new one is complete.
+#[derive(Clone, Debug)]
+pub struct MaglevBuilder {
+    table: Vec<u16>,
+    /// (offset, skip) of each backend's permutation.
+    perm: Vec<(usize, usize)>,
+    /// Each backend's position in its permutation.
+    next: Vec<usize>,
+    weights: Vec<u32>,
+    credit: Vec<u64>,
+    max_w: u64,
+    filled: usize,
+    /// The backend whose turn is next.
+    turn: usize,
+}
+
+impl MaglevBuilder {
+    /// Starts a table for `names` with `weights` (see [`Maglev::new`]).
+    pub fn new(names: &[&[u8]], weights: &[u32]) -> MaglevBuilder {
+        let n = names.len();
+        let size = next_prime((100 * n + 1).max(MIN_TABLE));
+        let empty = n == 0 || weights.iter().all(|w| *w == 0);
+        let perm = names
+            .iter()
+            .map(|name| {
+                let offset = (hash64(name, 0xa5a5) % size as u64) as usize;
+                let skip = (hash64(name, 0x5a5a) % (size as u64 - 1) + 1) as usize;
+                (offset, skip)
+            })
+            .collect();
+        MaglevBuilder {
+            table: if empty { Vec::new() } else { vec![u16::MAX; size] },
+            perm,
+            next: vec![0; n],
+            weights: (0..n).map(|i| weights.get(i).copied().unwrap_or(0)).collect(),
+            credit: vec![0; n],
+            max_w: u64::from(*weights.iter().max().unwrap_or(&1)),
+            filled: 0,
+            turn: 0,
+        }
+    }
+
+    /// Fills up to `budget` more entries; the finished table once all are
+    /// filled (and then an empty one if called again).
+    pub fn step(&mut self, budget: usize) -> Option<Maglev> {
+        let size = self.table.len();
+        let n = self.perm.len();
+        let mut done = 0;
+        // Weighted turns: each turn, a backend earns its weight in credit and
+        // takes one entry per `max_w` of credit.
+        while self.filled < size && done < budget {
+            let i = self.turn;
+            self.turn = (i + 1) % n;
+            self.credit[i] += u64::from(self.weights[i]);
+            if self.credit[i] < self.max_w {
+                continue;
+            }
+            self.credit[i] -= self.max_w;
+            let (offset, skip) = self.perm[i];
+            let mut c = (offset + self.next[i] * skip) % size;
+            while self.table[c] != u16::MAX {
+                self.next[i] += 1;
+                c = (offset + self.next[i] * skip) % size;
+            }
+            self.table[c] = i as u16;
+            self.next[i] += 1;
+            self.filled += 1;
+            done += 1;
+        }
+        (self.filled == size).then(|| Maglev { table: std::mem::take(&mut self.table) })
     }
 }
 
@@ -193,6 +233,8 @@ pub struct Picker {
     next: usize,
     current: Vec<i64>,
     maglev: Option<Maglev>,
+    /// The table after the last backend change, while it is being filled.
+    pending: Option<MaglevBuilder>,
 }
 
 impl Picker {
@@ -211,12 +253,14 @@ impl Picker {
             next: 0,
             current: vec![0; weights.len()],
             maglev,
+            pending: None,
         }
     }
 
-    /// Takes backend `i` out of rotation for new flows, or puts it back. The
-    /// Maglev table is rebuilt with the other backends keeping their entries
-    /// where they can; flows already in the connection table are not affected.
+    /// Takes backend `i` out of rotation for new flows, or puts it back. A new
+    /// Maglev table is started, in which the other backends keep their entries
+    /// where they can; [`Picker::rebuild`] fills it a slice at a time. Flows
+    /// already in the connection table are not affected.
     pub fn set_up(&mut self, i: usize, up: bool) {
         if self.up.get(i) == Some(&up) || i >= self.up.len() {
             return;
@@ -226,8 +270,40 @@ impl Picker {
         self.current.iter_mut().for_each(|c| *c = 0);
         if self.maglev.is_some() {
             let names: Vec<&[u8]> = self.names.iter().map(|n| n.as_slice()).collect();
-            self.maglev = Some(Maglev::new(&names, &self.weights));
+            self.pending = Some(MaglevBuilder::new(&names, &self.weights));
         }
+    }
+
+    /// Goes on filling the Maglev table started by the last backend change,
+    /// at most `budget` entries; true while it is not finished. Until then
+    /// lookups use the previous table and pass over backends that are down.
+    pub fn rebuild(&mut self, budget: usize) -> bool {
+        let Some(b) = self.pending.as_mut() else { return false };
+        match b.step(budget) {
+            Some(m) => {
+                self.maglev = Some(m);
+                self.pending = None;
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Whether a Maglev table is still being filled.
+    pub fn rebuilding(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Looks `hash` up in the Maglev table. While a rebuild is under way the
+    /// table may still name a backend that went down: the next entries are
+    /// tried, then any backend that is up.
+    fn consistent(&self, hash: u64) -> Option<usize> {
+        let m = self.maglev.as_ref()?;
+        let up = |i: usize| self.weights.get(i).is_some_and(|w| *w > 0);
+        (0..64u64).filter_map(|k| m.lookup(hash.wrapping_add(k))).find(|&i| up(i)).or_else(|| {
+            let n = self.weights.len();
+            (0..n).map(|k| (hash as usize).wrapping_add(k) % n).find(|&i| up(i))
+        })
     }
 
     /// Whether backend `i` takes new flows.
@@ -300,8 +376,8 @@ impl Picker {
                 }
                 best
             }
-            Scheduler::SourceIp => self.maglev.as_ref()?.lookup(hash_ip(src.ip())),
-            Scheduler::Maglev => self.maglev.as_ref()?.lookup(hash_flow(src, dst)),
+            Scheduler::SourceIp => self.consistent(hash_ip(src.ip())),
+            Scheduler::Maglev => self.consistent(hash_flow(src, dst)),
         }
     }
 }

@@ -69,6 +69,7 @@ fn round_robin_is_exact_through_the_table() {
             backends,
             scheduler: Scheduler::RoundRobin,
             forwarding: Forwarding::FullNat,
+            on_backend_down: DownPolicy::Keep,
         }],
         snat_addrs: vec!["198.18.0.2".parse().unwrap()],
         snat_ports: 20000..40000,
@@ -259,6 +260,7 @@ fn established_flows_never_move_when_maglev_changes() {
             backends,
             scheduler: Scheduler::Maglev,
             forwarding: Forwarding::FullNat,
+            on_backend_down: DownPolicy::Keep,
         }],
         snat_addrs: vec!["198.18.0.2".parse().unwrap()],
         snat_ports: 1024..65535,
@@ -300,4 +302,39 @@ fn established_flows_never_move_when_maglev_changes() {
     let fresh: Vec<SocketAddr> =
         clients(8).into_iter().take(2000).map(|c| send(&mut l4, c, 0x02)).collect();
     assert!(fresh.iter().all(|b| *b != "198.18.1.3:5432".parse().unwrap()));
+}
+
+/// A backend change starts a new Maglev table that is filled a slice at a
+/// time: until it is complete, flows of backends that are up keep their
+/// backend and the down backend's flows go elsewhere; the finished table is
+/// the one a fresh build gives.
+#[test]
+fn maglev_rebuild_is_sliced_and_never_picks_a_down_backend() {
+    let n = names(5);
+    let vip: SocketAddr = VIP.parse().unwrap();
+    let mut p = Picker::new(Scheduler::Maglev, &refs(&n), &[1; 5]);
+    let flows = clients(9);
+    let before: Vec<usize> = flows.iter().map(|f| p.pick(*f, vip, |_| 0).unwrap()).collect();
+    p.set_up(3, false);
+    assert!(p.rebuilding());
+    // Budget of 1,000 entries per turn: the 65,537-entry table takes 66 turns.
+    let mut turns = 0;
+    while p.rebuild(1000) {
+        turns += 1;
+        if turns % 16 == 0 {
+            for (f, b) in flows.iter().zip(&before).take(2000) {
+                let now = p.pick(*f, vip, |_| 0).unwrap();
+                assert_ne!(now, 3, "a down backend was picked mid-rebuild");
+                if *b != 3 {
+                    assert_eq!(now, *b, "a flow of a healthy backend moved mid-rebuild");
+                }
+            }
+        }
+    }
+    assert_eq!(turns, 65, "filled in slices");
+    assert!(!p.rebuilding());
+    let fresh = Maglev::new(&refs(&n), &[1, 1, 1, 0, 1]);
+    for f in &flows {
+        assert_eq!(p.pick(*f, vip, |_| 0), fresh.lookup(hash_flow(*f, vip)));
+    }
 }
