@@ -107,6 +107,7 @@ fn l4_forward(c: &mut Criterion) {
                 .collect(),
             scheduler: Scheduler::RoundRobin,
             forwarding: switchyard_l4::Forwarding::FullNat,
+            on_backend_down: switchyard_l4::DownPolicy::Keep,
         }],
         snat_addrs: vec!["198.18.0.2".parse().unwrap()],
         snat_ports: 40960..65535,

@@ -49,6 +49,35 @@ pub struct ListenerConfig {
     pub scheduler: Scheduler,
     /// How packets reach them.
     pub forwarding: Forwarding,
+    /// What happens to a backend's flows when its health check fails.
+    pub on_backend_down: DownPolicy,
+}
+
+/// What happens to the flows of a backend that fails its health check. A
+/// drained backend (operator's choice) always keeps its flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DownPolicy {
+    /// The flows carry on until they close or time out (the backend may only
+    /// have stopped accepting new connections).
+    #[default]
+    Keep,
+    /// The next packet of such a flow, from either side, ends it: TCP gets a
+    /// reset so the client reconnects to a healthy backend at once; a UDP
+    /// flow is opened again on a healthy backend.
+    Reset,
+}
+
+impl DownPolicy {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DownPolicy::Keep => "keep",
+            DownPolicy::Reset => "reset",
+        }
+    }
+
+    /// Every policy, for configuration parsing.
+    pub const ALL: [DownPolicy; 2] = [DownPolicy::Keep, DownPolicy::Reset];
 }
 
 /// How an L4 listener delivers packets to its backends.
@@ -67,6 +96,10 @@ pub enum Forwarding {
     /// hash of the flow, so ECMP and RSS on the way spread flows.
     DsrGue,
 }
+
+/// Maglev entries filled per [`L4::expire`] call while a table is rebuilt
+/// after a backend change: tens of microseconds of work per worker turn.
+pub const REBUILD_BUDGET: usize = 4096;
 
 /// The UDP port of GUE tunnels (the IANA port assigned to GUE).
 pub const GUE_PORT: u16 = 6080;
@@ -150,11 +183,14 @@ pub enum L4Drop {
     TtlExceeded,
     /// No backend can take new flows (every weight is zero).
     NoBackend,
+    /// The flow's backend failed its health check and the listener resets
+    /// such flows.
+    BackendDown,
 }
 
 impl L4Drop {
     /// Every reason, in counter order.
-    pub const ALL: [L4Drop; 8] = [
+    pub const ALL: [L4Drop; 9] = [
         L4Drop::UnknownFlow,
         L4Drop::NotSyn,
         L4Drop::TableFull,
@@ -163,6 +199,7 @@ impl L4Drop {
         L4Drop::Malformed,
         L4Drop::TtlExceeded,
         L4Drop::NoBackend,
+        L4Drop::BackendDown,
     ];
 
     /// A short name for counters.
@@ -176,6 +213,7 @@ impl L4Drop {
             L4Drop::Malformed => "malformed",
             L4Drop::TtlExceeded => "ttl_exceeded",
             L4Drop::NoBackend => "no_backend",
+            L4Drop::BackendDown => "backend_down",
         }
     }
 
@@ -261,6 +299,8 @@ pub struct L4Counters {
     pub expired: u64,
     /// ICMP errors rewritten and forwarded to the other side of their flow.
     pub icmp_relayed: u64,
+    /// Flows ended because their backend failed its health check.
+    pub flows_reset: u64,
 }
 
 impl L4Counters {
@@ -277,6 +317,17 @@ struct Listener {
     picker: sched::Picker,
     stats: ListenerStats,
     backends: Vec<BackendStats>,
+    /// Per backend: failed its health check (and the policy is reset).
+    reset: Vec<bool>,
+    /// Per backend: health, and the operator's drain.
+    healthy: Vec<bool>,
+    drained: Vec<bool>,
+}
+
+impl Listener {
+    fn update_picker(&mut self, b: usize) {
+        self.picker.set_up(b, self.healthy[b] && !self.drained[b]);
+    }
 }
 
 /// Free SNAT ports of one (address, protocol).
@@ -359,6 +410,9 @@ impl L4 {
                 picker,
                 stats: ListenerStats::default(),
                 backends: vec![BackendStats::default(); n],
+                reset: vec![false; n],
+                healthy: vec![true; n],
+                drained: vec![false; n],
             });
         }
         let span = usize::from(cfg.snat_ports.end - cfg.snat_ports.start);
@@ -430,18 +484,52 @@ impl L4 {
         }
     }
 
-    /// Marks a backend of a listener up or down (from health checks or an
-    /// operator). A down backend gets no new flows; its flows already in the
-    /// table carry on until they close.
+    /// Marks a backend of a listener healthy or not (from health checks). An
+    /// unhealthy backend gets no new flows; what happens to its flows in the
+    /// table follows the listener's [`DownPolicy`].
     pub fn set_backend_up(&mut self, id: ListenerId, backend: usize, up: bool) {
-        if let Some(i) = self.index_of(id) {
-            self.listeners[i].picker.set_up(backend, up);
+        let Some(i) = self.index_of(id) else { return };
+        let l = &mut self.listeners[i];
+        if let Some(h) = l.healthy.get_mut(backend) {
+            *h = up;
+            l.reset[backend] = !up && l.cfg.on_backend_down == DownPolicy::Reset;
+            l.update_picker(backend);
+        }
+    }
+
+    /// Drains a backend (no new flows; its flows carry on until they close),
+    /// or puts it back in rotation. The operator's switch, independent of
+    /// health: a drained backend that is healthy stays out until undrained.
+    pub fn set_backend_drain(&mut self, id: ListenerId, backend: usize, drain: bool) {
+        let Some(i) = self.index_of(id) else { return };
+        let l = &mut self.listeners[i];
+        if let Some(d) = l.drained.get_mut(backend) {
+            *d = drain;
+            l.update_picker(backend);
         }
     }
 
     /// Whether a backend of a listener takes new flows.
     pub fn backend_up(&self, id: ListenerId, backend: usize) -> bool {
         self.index_of(id).is_some_and(|i| self.listeners[i].picker.is_up(backend))
+    }
+
+    /// Whether a backend of a listener is drained.
+    pub fn backend_drained(&self, id: ListenerId, backend: usize) -> bool {
+        self.index_of(id)
+            .and_then(|i| self.listeners[i].drained.get(backend).copied())
+            .unwrap_or(false)
+    }
+
+    /// Goes on with Maglev tables started by backend changes, at most
+    /// `budget` entries in all; true while some are unfinished. The worker
+    /// calls it each turn, so a rebuild never stalls the packet path.
+    pub fn rebuild(&mut self, budget: usize) -> bool {
+        let mut left = false;
+        for l in &mut self.listeners {
+            left |= l.picker.rebuild(budget);
+        }
+        left
     }
 
     /// Drop counters.
@@ -467,6 +555,19 @@ impl L4 {
             return self.refuse(L4Drop::NoListener, false);
         };
         let idx = match self.table.find(li as u16, meta.src, meta.dst.port()) {
+            Some(i) if self.backend_reset(i) => {
+                self.end(i);
+                self.counters.flows_reset += 1;
+                if meta.proto == Proto::Tcp {
+                    let rst = meta.tcp_flags & tcp_flags::RST == 0;
+                    return self.refuse(L4Drop::BackendDown, rst);
+                }
+                // UDP: the flow starts again on a healthy backend.
+                match self.open(now, meta, li) {
+                    Ok(i) => i,
+                    Err(v) => return v,
+                }
+            }
             Some(i) => i,
             None => match self.open(now, meta, li) {
                 Ok(i) => i,
@@ -518,6 +619,13 @@ impl L4 {
             return self.refuse(L4Drop::UnknownFlow, reject);
         };
         let e = *self.table.entry(idx);
+        if self.backend_reset(idx)
+            && backend_addr(&self.listeners[usize::from(e.listener)], &e) == meta.src
+        {
+            self.end(idx);
+            self.counters.flows_reset += 1;
+            return self.refuse(L4Drop::BackendDown, reject);
+        }
         let li = usize::from(e.listener);
         let l = &self.listeners[li];
         // The reply must come from the flow's backend.
@@ -691,8 +799,10 @@ impl L4 {
     }
 
     /// Frees flows idle past their state's timeout. Only flows at the front
-    /// of their state's list are looked at.
+    /// of their state's list are looked at. Also goes on with Maglev tables
+    /// being rebuilt, [`REBUILD_BUDGET`] entries per call.
     pub fn expire(&mut self, now: Instant) {
+        self.rebuild(REBUILD_BUDGET);
         for st in STATES {
             let timeout = self.timeout(st);
             while let Some(i) = self.table.expired(st, now, timeout) {
@@ -702,12 +812,23 @@ impl L4 {
     }
 
     fn release(&mut self, idx: u32) {
+        self.counters.expired += 1;
+        self.end(idx);
+    }
+
+    /// Whether flow `idx` belongs to a backend whose flows are being reset.
+    fn backend_reset(&self, idx: u32) -> bool {
+        let e = self.table.entry(idx);
+        self.listeners[usize::from(e.listener)].reset[usize::from(e.backend)]
+    }
+
+    /// Frees a flow's entry and SNAT port.
+    fn end(&mut self, idx: u32) {
         let e = *self.table.entry(idx);
         self.table.remove(idx);
         if let Some(pool) = self.ports.get_mut(usize::from(e.pool)) {
             pool.free.push_back(e.snat_port);
         }
-        self.counters.expired += 1;
         if e.state != FlowState::Closing {
             let l = &mut self.listeners[usize::from(e.listener)];
             l.stats.flows_active -= 1;
@@ -717,6 +838,9 @@ impl L4 {
 
     /// When `expire` next has work (possibly early: it then finds nothing).
     pub fn next_expiry(&self) -> Option<Instant> {
+        if self.listeners.iter().any(|l| l.picker.rebuilding()) {
+            return Some(Instant::from_millis(0));
+        }
         STATES.iter().filter_map(|st| self.table.earliest(*st, self.timeout(*st))).min()
     }
 }

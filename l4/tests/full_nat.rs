@@ -31,6 +31,7 @@ fn cfg(capacity: usize) -> L4Config {
                 backends: backends(&["198.18.0.21:5432", "198.18.0.22:5432", "198.18.0.23:5432"]),
                 scheduler: Scheduler::RoundRobin,
                 forwarding: Forwarding::FullNat,
+                on_backend_down: DownPolicy::Keep,
             },
             ListenerConfig {
                 id: 1,
@@ -41,6 +42,7 @@ fn cfg(capacity: usize) -> L4Config {
                 backends: backends(&["[2001:2::21]:5432"]),
                 scheduler: Scheduler::RoundRobin,
                 forwarding: Forwarding::FullNat,
+                on_backend_down: DownPolicy::Keep,
             },
             ListenerConfig {
                 id: 2,
@@ -51,6 +53,7 @@ fn cfg(capacity: usize) -> L4Config {
                 backends: backends(&["198.18.0.31:53"]),
                 scheduler: Scheduler::RoundRobin,
                 forwarding: Forwarding::FullNat,
+                on_backend_down: DownPolicy::Keep,
             },
         ],
         snat_addrs: vec![SNAT4.parse().unwrap(), SNAT6.parse().unwrap()],

@@ -87,6 +87,7 @@ impl Lb {
                 backends: vec![Backend { name: "pg-1".into(), addr: sa(backend), weight: 1 }],
                 scheduler: Scheduler::RoundRobin,
                 forwarding: Forwarding::FullNat,
+                on_backend_down: DownPolicy::Keep,
             }],
             snat_addrs: vec![addr.parse().unwrap()],
             snat_ports: 40960..65535,

@@ -342,6 +342,8 @@ struct Upstream {
 struct Pool {
     cfg: PoolConfig,
     next: usize,
+    /// Per backend: drained by the operator (no new requests).
+    drained: Vec<bool>,
     idle: Vec<Vec<u32>>,
     stats: PoolStats,
 }
@@ -400,7 +402,13 @@ impl L7 {
                         .map(|b| BackendStats { name: b.name.clone(), ..BackendStats::default() })
                         .collect(),
                 };
-                Pool { idle: vec![Vec::new(); p.backends.len()], cfg: p, next: 0, stats }
+                Pool {
+                    idle: vec![Vec::new(); p.backends.len()],
+                    drained: vec![false; p.backends.len()],
+                    cfg: p,
+                    next: 0,
+                    stats,
+                }
             })
             .collect();
         let pool_stats = pools.iter().map(|p| p.stats.clone()).collect();
@@ -699,6 +707,10 @@ impl L7 {
         x.response_started = false;
         x.phase = Phase::Request;
 
+        if self.pools[pool].drained.iter().all(|d| *d) {
+            self.fail(s, 503, "Service Unavailable", tcp);
+            return;
+        }
         let Some(u) = self.upstream_for(pool, now, tcp) else {
             self.fail(s, 502, "Bad Gateway", tcp);
             return;
@@ -723,8 +735,15 @@ impl L7 {
     fn upstream_for<T: TcpApi>(&mut self, pool: usize, now: Instant, tcp: &mut T) -> Option<u32> {
         let p = &mut self.pools[pool];
         let n = p.cfg.backends.len();
-        let b = p.next % n;
+        let mut b = p.next % n;
         p.next = p.next.wrapping_add(1);
+        for _ in 0..n {
+            if !p.drained[b] {
+                break;
+            }
+            b = p.next % n;
+            p.next = p.next.wrapping_add(1);
+        }
         p.stats.backends[b].requests += 1;
         while let Some(u) = self.pools[pool].idle[b].pop() {
             let Some(conn) = self.up(u).map(|x| x.conn) else { continue };
@@ -1183,6 +1202,19 @@ impl L7 {
         if self.sessions.iter().all(Option::is_none) {
             self.next_check = None;
         }
+    }
+
+    /// Drains a backend of pool `pool` (index in [`L7Config::pools`]): no new
+    /// requests go to it; requests under way finish. `false` undrains.
+    pub fn set_backend_drain(&mut self, pool: usize, backend: usize, drain: bool) {
+        if let Some(d) = self.pools.get_mut(pool).and_then(|p| p.drained.get_mut(backend)) {
+            *d = drain;
+        }
+    }
+
+    /// Whether a backend of pool `pool` is drained.
+    pub fn backend_drained(&self, pool: usize, backend: usize) -> bool {
+        self.pools.get(pool).and_then(|p| p.drained.get(backend)).copied().unwrap_or(false)
     }
 
     /// When `poll` next has work.

@@ -119,6 +119,7 @@ fn main() {
             .collect(),
         scheduler: a.scheduler,
         forwarding: switchyard_l4::Forwarding::FullNat,
+        on_backend_down: switchyard_l4::DownPolicy::Keep,
     };
     let mut l4 = match L4::new(L4Config {
         listeners: vec![listener],
