@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
-use switchyard_l4::{Forwarding, Scheduler};
+use switchyard_l4::{DownPolicy, Forwarding, Scheduler};
 use switchyard_l7::{FixedResponse, Route};
 use switchyard_stack::Duration;
 use switchyard_stack::health::CheckConfig;
@@ -109,6 +109,7 @@ struct RawListener {
     pool: Option<Spanned<String>>,
     scheduler: Option<Spanned<String>>,
     forwarding: Option<Spanned<String>>,
+    on_backend_down: Option<Spanned<String>>,
     #[serde(default)]
     route: Vec<RawRoute>,
 }
@@ -155,6 +156,8 @@ struct RawBackend {
     name: Spanned<String>,
     address: Spanned<String>,
     weight: Option<Spanned<u32>>,
+    #[serde(default)]
+    drain: bool,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +171,15 @@ struct RawSim {
     body_size: u32,
     #[serde(default)]
     client: Vec<RawSimClient>,
+    #[serde(default)]
+    admin: Vec<RawSimAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSimAdmin {
+    at_ms: u64,
+    command: Spanned<String>,
 }
 
 fn ten() -> Spanned<u32> {
@@ -259,6 +271,9 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Share of new flows relative to the pool's other backends (0: none).
     pub weight: u32,
+    /// Drained at start: no new flows or requests until undrained by an
+    /// admin command.
+    pub drain: bool,
 }
 
 /// A named group of backends.
@@ -285,6 +300,8 @@ pub enum Mode {
         scheduler: Scheduler,
         /// How packets reach the backends.
         forwarding: Forwarding,
+        /// What happens to the flows of a backend that fails its check.
+        on_backend_down: DownPolicy,
     },
     /// Terminate TCP and proxy HTTP.
     L7 {
@@ -360,6 +377,8 @@ pub struct Sim {
     pub body_size: u32,
     /// Client populations.
     pub clients: Vec<SimClient>,
+    /// Operator commands (see [`crate::admin`]) run at a time after the start.
+    pub admin: Vec<(Duration, String)>,
 }
 
 /// A validated configuration.
@@ -441,6 +460,29 @@ impl Cx<'_> {
         self.err(v.span(), message)
     }
 
+    /// One of a fixed set of names (`what` says which set, for the message),
+    /// or `default` when the key is absent; an unknown name gets the list and
+    /// the nearest one.
+    fn choice<T: Copy>(
+        &self,
+        raw: &Option<Spanned<String>>,
+        what: &str,
+        all: &[T],
+        name: fn(T) -> &'static str,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let Some(s) = raw else { return Ok(default) };
+        if let Some(k) = all.iter().find(|k| name(**k) == s.get_ref()) {
+            return Ok(*k);
+        }
+        let names: Vec<&str> = all.iter().map(|k| name(*k)).collect();
+        let hint = nearest(s.get_ref(), &names)
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default();
+        Err(self
+            .at(s, format!("{what} `{}`: expected one of {}{hint}", s.get_ref(), names.join(", "))))
+    }
+
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let msg = e.message().trim().to_string();
         let message = match suggestion(&msg) {
@@ -519,6 +561,7 @@ impl Cx<'_> {
                     name: b.name.get_ref().clone(),
                     addr: self.backend_addr(&b.address)?,
                     weight,
+                    drain: b.drain,
                 });
             }
             let health = match &p.health {
@@ -573,27 +616,13 @@ impl Cx<'_> {
                             );
                         }
                     };
-                    let scheduler = match &l.scheduler {
-                        None => Scheduler::RoundRobin,
-                        Some(s) => match Scheduler::ALL.iter().find(|k| k.name() == s.get_ref()) {
-                            Some(k) => *k,
-                            None => {
-                                let names: Vec<&str> =
-                                    Scheduler::ALL.iter().map(|k| k.name()).collect();
-                                let hint = nearest(s.get_ref(), &names)
-                                    .map(|n| format!("; did you mean `{n}`?"))
-                                    .unwrap_or_default();
-                                return Err(self.at(
-                                    s,
-                                    format!(
-                                        "scheduler `{}`: expected one of {}{hint}",
-                                        s.get_ref(),
-                                        names.join(", ")
-                                    ),
-                                ));
-                            }
-                        },
-                    };
+                    let scheduler = self.choice(
+                        &l.scheduler,
+                        "scheduler",
+                        &Scheduler::ALL,
+                        Scheduler::name,
+                        Scheduler::RoundRobin,
+                    )?;
                     if !l.route.is_empty() {
                         return Err(self.at(&l.mode, "routes belong to `mode = \"l7\"` listeners"));
                     }
@@ -603,28 +632,21 @@ impl Cx<'_> {
                             return Err(self.at(&l.mode, "an L4 listener needs `pool = \"...\"`"));
                         }
                     };
-                    let forwarding = match &l.forwarding {
-                        None => Forwarding::FullNat,
-                        Some(f) => match Forwarding::ALL.iter().find(|k| k.name() == f.get_ref()) {
-                            Some(k) => *k,
-                            None => {
-                                let names: Vec<&str> =
-                                    Forwarding::ALL.iter().map(|k| k.name()).collect();
-                                let hint = nearest(f.get_ref(), &names)
-                                    .map(|n| format!("; did you mean `{n}`?"))
-                                    .unwrap_or_default();
-                                return Err(self.at(
-                                    f,
-                                    format!(
-                                        "forwarding `{}`: expected one of {}{hint}",
-                                        f.get_ref(),
-                                        names.join(", ")
-                                    ),
-                                ));
-                            }
-                        },
-                    };
-                    Mode::L4 { proto, pool, scheduler, forwarding }
+                    let forwarding = self.choice(
+                        &l.forwarding,
+                        "forwarding",
+                        &Forwarding::ALL,
+                        Forwarding::name,
+                        Forwarding::FullNat,
+                    )?;
+                    let on_backend_down = self.choice(
+                        &l.on_backend_down,
+                        "on_backend_down",
+                        &DownPolicy::ALL,
+                        DownPolicy::name,
+                        DownPolicy::Keep,
+                    )?;
+                    Mode::L4 { proto, pool, scheduler, forwarding, on_backend_down }
                 }
                 "l7" => {
                     if let Some(p) = &l.protocol
@@ -825,7 +847,7 @@ impl Cx<'_> {
 
         let sim = match &raw.sim {
             None => None,
-            Some(s) => Some(self.sim(s, &listeners)?),
+            Some(s) => Some(self.sim(s, &listeners, &pools)?),
         };
         if device.nic == NicSpec::Sim && sim.is_none() {
             return Err(self.at(&raw.device.nic, "`nic = \"sim\"` needs a `[sim]` section"));
@@ -917,7 +939,7 @@ impl Cx<'_> {
         })
     }
 
-    fn sim(&self, s: &RawSim, listeners: &[Listener]) -> Result<Sim, ConfigError> {
+    fn sim(&self, s: &RawSim, listeners: &[Listener], pools: &[Pool]) -> Result<Sim, ConfigError> {
         let mut clients = Vec::new();
         for c in &s.client {
             let kind = match c.kind.get_ref().as_str() {
@@ -978,11 +1000,31 @@ impl Cx<'_> {
                 start_ms: c.start_ms,
             });
         }
+        let mut admin = Vec::new();
+        for a in &s.admin {
+            let line = a.command.get_ref();
+            match crate::admin::Command::parse(line) {
+                Ok(crate::admin::Command::Drain { pool, backend, .. }) => {
+                    let Some(p) = pools.iter().find(|p| p.name == pool) else {
+                        return Err(self.at(&a.command, format!("no pool `{pool}`")));
+                    };
+                    if !p.backends.iter().any(|b| b.name == backend) {
+                        return Err(self
+                            .at(&a.command, format!("pool `{pool}` has no backend `{backend}`")));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.at(&a.command, e)),
+            }
+            admin.push((Duration::from_millis(a.at_ms), line.clone()));
+        }
+        admin.sort_by_key(|a| a.0);
         Ok(Sim {
             seed: s.seed,
             seconds: self.range_u32(&s.seconds, 1, 86_400)?,
             body_size: s.body_size,
             clients,
+            admin,
         })
     }
 

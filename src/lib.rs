@@ -4,6 +4,7 @@
 //! end-to-end tests in `tests/` drive exactly what the binary runs.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod report;
 pub mod run;

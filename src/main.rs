@@ -44,6 +44,10 @@ enum Cmd {
         /// With `nic = "sim"`: write the load balancer's link to this pcap file.
         #[arg(long)]
         pcap: Option<PathBuf>,
+        /// Serve operator commands (`drain POOL BACKEND`, `show backends`, ...)
+        /// on this Unix socket.
+        #[arg(long)]
+        admin: Option<PathBuf>,
     },
     /// Validate a configuration file; exit 2 if it is invalid.
     Check {
@@ -71,9 +75,12 @@ fn main() -> ExitCode {
                     sim.seed = s;
                 }
             }
-            run::sim(&cfg, &SimOptions { pace: !fast, pcap, title: "switchyard demo".into() })
+            run::sim(
+                &cfg,
+                &SimOptions { pace: !fast, pcap, title: "switchyard demo".into(), admin: None },
+            )
         }
-        Cmd::Run { config, fast, pcap } => {
+        Cmd::Run { config, fast, pcap, admin } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -85,6 +92,7 @@ fn main() -> ExitCode {
                         pace: !fast,
                         pcap,
                         title: format!("switchyard {}", config.display()),
+                        admin,
                     },
                 ),
                 switchyard::config::NicSpec::Pcap { .. } => run::pcap(&cfg),

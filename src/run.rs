@@ -9,6 +9,7 @@ use switchyard_nic::Port;
 use switchyard_nic::pcap::PcapPort;
 use switchyard_stack::{Duration, Instant};
 
+use crate::admin::AdminSocket;
 use crate::config::{Config, NicSpec};
 use crate::report::Snapshot;
 use crate::worker::Dataplane;
@@ -22,6 +23,8 @@ pub struct SimOptions {
     pub pcap: Option<PathBuf>,
     /// Heading of the live table.
     pub title: String,
+    /// Serve operator commands on this Unix socket (see [`crate::admin`]).
+    pub admin: Option<PathBuf>,
 }
 
 /// Runs a configuration with a `[sim]` section; exit status 1 if any client saw
@@ -40,6 +43,16 @@ pub fn sim(cfg: &Config, opts: &SimOptions) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    let admin = match &opts.admin {
+        Some(p) => match AdminSocket::bind(p) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("error: admin socket {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let seed = world.net.seed();
     let tty = std::io::stdout().is_terminal();
     let wall = std::time::Instant::now();
@@ -48,6 +61,9 @@ pub fn sim(cfg: &Config, opts: &SimOptions) -> ExitCode {
     let step = Duration::from_millis(100);
     let finished = world.run(step, Duration::from_secs(30), |w| {
         steps += 1;
+        if let Some(a) = &admin {
+            a.serve(&mut w.lb.borrow_mut().dp);
+        }
         if opts.pace {
             let virt = std::time::Duration::from_micros((w.net.now() - w.start).total_micros());
             if let Some(ahead) = virt.checked_sub(wall.elapsed()) {
@@ -70,6 +86,10 @@ pub fn sim(cfg: &Config, opts: &SimOptions) -> ExitCode {
     world.net.flush_taps();
     let snap = Snapshot::take(&world);
     println!("{}", snap.summary());
+    for (at, line, reply) in &world.admin_log {
+        let t = (*at - world.start).total_millis();
+        println!("admin at {t} ms: {line} -> {reply}");
+    }
     println!("wall time {:.1} s; replay with --seed {seed}", wall.elapsed().as_secs_f64());
     let mut problems = snap.problems();
     if !finished {

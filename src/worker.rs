@@ -49,6 +49,15 @@ pub struct Dataplane {
     more_rx: bool,
     /// Frames the port could not take and that were dropped.
     pub tx_dropped: u64,
+    /// Pool and backend names, and the L4 listeners of each pool, for
+    /// operator commands.
+    pools: Vec<PoolNames>,
+}
+
+struct PoolNames {
+    name: String,
+    backends: Vec<String>,
+    l4_listeners: Vec<u16>,
 }
 
 impl Dataplane {
@@ -66,10 +75,20 @@ impl Dataplane {
         let mut l4_listeners = Vec::new();
         let mut l7_listeners = Vec::new();
         let mut health = HealthChecker::default();
+        let mut pools: Vec<PoolNames> = cfg
+            .pools
+            .iter()
+            .map(|p| PoolNames {
+                name: p.name.clone(),
+                backends: p.backends.iter().map(|b| b.name.clone()).collect(),
+                l4_listeners: Vec::new(),
+            })
+            .collect();
         for (i, l) in cfg.listeners.iter().enumerate() {
             let id = i as u16;
             match &l.mode {
-                Mode::L4 { proto, pool, scheduler, forwarding } => {
+                Mode::L4 { proto, pool, scheduler, forwarding, on_backend_down } => {
+                    pools[*pool].l4_listeners.push(id);
                     if l.last_port > l.addr.port() {
                         stack.add_l4_listener_range(l.addr, l.last_port, *proto, id)?;
                     } else {
@@ -97,6 +116,7 @@ impl Dataplane {
                             .collect(),
                         scheduler: *scheduler,
                         forwarding: *forwarding,
+                        on_backend_down: *on_backend_down,
                     });
                 }
                 Mode::L7 { routes } => {
@@ -137,7 +157,7 @@ impl Dataplane {
                 .collect(),
             limits: switchyard_l7::Limits::default(),
         })?;
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             stack,
             l4,
             l7,
@@ -149,7 +169,58 @@ impl Dataplane {
             events: Vec::with_capacity(256),
             more_rx: false,
             tx_dropped: 0,
-        })
+            pools,
+        };
+        for p in &cfg.pools {
+            for b in p.backends.iter().filter(|b| b.drain) {
+                let _ = dp.set_drain(&p.name, &b.name, true);
+            }
+        }
+        Ok(dp)
+    }
+
+    /// Drains or undrains backend `backend` of pool `pool` on every listener
+    /// that uses the pool, L4 and L7; the number of L4 listeners affected.
+    pub fn set_drain(&mut self, pool: &str, backend: &str, drain: bool) -> Result<usize, String> {
+        let Some(pi) = self.pools.iter().position(|p| p.name == pool) else {
+            let names: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
+            return Err(format!("no pool `{pool}` (pools: {})", names.join(", ")));
+        };
+        let p = &self.pools[pi];
+        let Some(bi) = p.backends.iter().position(|b| b == backend) else {
+            return Err(format!(
+                "pool `{pool}` has no backend `{backend}` (backends: {})",
+                p.backends.join(", ")
+            ));
+        };
+        for &id in &p.l4_listeners {
+            self.l4.set_backend_drain(id, bi, drain);
+        }
+        self.l7.set_backend_drain(pi, bi, drain);
+        Ok(p.l4_listeners.len())
+    }
+
+    /// One line per backend: pool, name, state (up, down, drained) and the
+    /// active flows over the pool's L4 listeners.
+    pub fn show_backends(&self) -> String {
+        let mut out = String::new();
+        for (pi, p) in self.pools.iter().enumerate() {
+            for (bi, b) in p.backends.iter().enumerate() {
+                let mut state = if self.l7.backend_drained(pi, bi) { "drained" } else { "up" };
+                let mut flows = 0;
+                for &id in &p.l4_listeners {
+                    if self.l4.backend_drained(id, bi) {
+                        state = "drained";
+                    } else if !self.l4.backend_up(id, bi) {
+                        state = "down";
+                    }
+                    flows += self.l4.backend_stats(id).get(bi).map_or(0, |s| s.flows_active);
+                }
+                out.push_str(&format!("{} {} {} flows={}\n", p.name, b, state, flows));
+            }
+        }
+        out.pop();
+        out
     }
 
     /// One turn of the loop: a receive burst through every layer, then one

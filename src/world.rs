@@ -143,6 +143,8 @@ pub struct World {
     pub start: Instant,
     /// When clients stop starting new work (start + `sim.seconds`).
     pub end: Instant,
+    /// `[[sim.admin]]` commands carried out: when, the line, the reply.
+    pub admin_log: Vec<(Instant, String, String)>,
 }
 
 fn host_mac(ip: IpAddr) -> [u8; 6] {
@@ -329,6 +331,7 @@ impl World {
             backend_links,
             start,
             end,
+            admin_log: Vec::new(),
         })
     }
 
@@ -347,8 +350,19 @@ impl World {
     /// `tick` is called after every `step` of virtual time.
     pub fn run(&mut self, step: Duration, grace: Duration, mut tick: impl FnMut(&World)) -> bool {
         let deadline = self.end + grace;
+        let admin = self.cfg.sim.as_ref().map(|s| s.admin.clone()).unwrap_or_default();
+        let mut admin = admin.into_iter().peekable();
         loop {
             let t = self.net.now() + step;
+            // Operator commands at their times, between two turns of the worker.
+            while let Some((at, _)) = admin.peek()
+                && self.start + *at <= t
+            {
+                let Some((at, line)) = admin.next() else { break };
+                self.net.run_until(self.start + at);
+                let reply = crate::admin::execute(&mut self.lb.borrow_mut().dp, &line);
+                self.admin_log.push((self.net.now(), line, reply));
+            }
             self.net.run_until(t);
             tick(self);
             let past_end = self.net.now() >= self.end;

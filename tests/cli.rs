@@ -99,3 +99,62 @@ fn demo_runs_clean_and_its_capture_replays_through_the_pcap_nic() {
         assert!(frames.lines().count() > 100, "replay transmitted too little:\n{msg}");
     }
 }
+
+/// `run --admin`: an operator drains a backend over the Unix socket while the
+/// (paced) simulation runs; the reply comes back on the socket and the drained
+/// backend shows as such.
+#[test]
+fn admin_socket_drains_a_backend_of_a_running_dataplane() {
+    use std::io::{BufRead, BufReader, Write};
+    let demo = switchyard::config::DEMO_CONFIG;
+    let cfg = demo.replace("seconds = 10", "seconds = 2");
+    assert_ne!(cfg, demo, "the demo config sets `seconds = 10`");
+    let path = tmp("admin.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let sock = tmp("admin.sock");
+    let child = bin()
+        .args(["run", "--config"])
+        .arg(&path)
+        .arg("--admin")
+        .arg(&sock)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) for the socket to appear.
+    let start = std::time::Instant::now();
+    let stream = loop {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&sock) {
+            break s;
+        }
+        assert!(start.elapsed().as_secs() < 10, "no admin socket at {}", sock.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut ask = |line: &str| -> String {
+        writeln!(w, "{line}").unwrap();
+        let mut reply = String::new();
+        loop {
+            let mut l = String::new();
+            assert!(r.read_line(&mut l).unwrap() > 0, "socket closed");
+            if l.trim().is_empty() {
+                return reply.trim_end().to_string();
+            }
+            reply.push_str(&l);
+        }
+    };
+    assert_eq!(ask("drain pg pg-2"), "drained pg/pg-2 (1 listeners)");
+    assert_eq!(
+        ask("frobnicate"),
+        "error: unknown command `frobnicate`; ".to_string() + switchyard::admin::USAGE
+    );
+    // `show backends`: a line per backend of every pool, ended by an empty line.
+    let shown = ask("show backends");
+    assert_eq!(shown.lines().count(), 7, "{shown}");
+    assert!(shown.lines().any(|l| l.starts_with("pg pg-2 drained flows=")), "{shown}");
+    assert!(shown.lines().any(|l| l.starts_with("pg pg-1 up flows=")), "{shown}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!sock.exists(), "the socket file is removed at exit");
+}

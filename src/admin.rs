@@ -1,0 +1,173 @@
+//! The operator's runtime commands, one per line of text, in the spirit of
+//! HAProxy's runtime API: read from a Unix socket (`run --admin PATH`) or, in
+//! simulations, from `[[sim.admin]]` entries at set times.
+//!
+//! ```text
+//! drain POOL BACKEND     no new flows or requests; those under way finish
+//! undrain POOL BACKEND   back in rotation (if its health check passes)
+//! show backends          one line per backend: pool, name, state, flows
+//! help
+//! ```
+//!
+//! Each reply ends with an empty line. The socket thread only moves lines: each command is carried out by the
+//! worker between two turns of its loop, so no state is shared with it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::worker::Dataplane;
+
+/// A parsed command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Drain (`true`) or undrain a backend of a pool.
+    Drain {
+        /// Pool name.
+        pool: String,
+        /// Backend name.
+        backend: String,
+        /// Drain or undrain.
+        drain: bool,
+    },
+    /// List backends with their state.
+    ShowBackends,
+    /// List the commands.
+    Help,
+}
+
+/// The commands, for `help` and for errors.
+pub const USAGE: &str =
+    "commands: drain POOL BACKEND | undrain POOL BACKEND | show backends | help";
+
+impl Command {
+    /// Parses one line.
+    pub fn parse(line: &str) -> Result<Command, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [verb @ ("drain" | "undrain"), pool, backend] => Ok(Command::Drain {
+                pool: (*pool).to_string(),
+                backend: (*backend).to_string(),
+                drain: *verb == "drain",
+            }),
+            ["drain" | "undrain", ..] => Err(format!("usage: {} POOL BACKEND", words[0])),
+            ["show", "backends"] => Ok(Command::ShowBackends),
+            ["help"] => Ok(Command::Help),
+            [] => Err(USAGE.to_string()),
+            _ => Err(format!("unknown command `{}`; {USAGE}", line.trim())),
+        }
+    }
+}
+
+/// Carries out one line on a worker's dataplane; the reply to send back
+/// (starting with `error:` when the command failed).
+pub fn execute(dp: &mut Dataplane, line: &str) -> String {
+    let result = Command::parse(line).and_then(|c| match c {
+        Command::Drain { pool, backend, drain } => dp.set_drain(&pool, &backend, drain).map(|n| {
+            let verb = if drain { "drained" } else { "undrained" };
+            format!("{verb} {pool}/{backend} ({n} listeners)")
+        }),
+        Command::ShowBackends => Ok(dp.show_backends()),
+        Command::Help => Ok(USAGE.to_string()),
+    });
+    match result {
+        Ok(s) => s,
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// A request from the socket thread: the line and where the reply goes.
+type Request = (String, Sender<String>);
+
+/// The admin socket: a thread accepts connections and reads lines; the worker
+/// answers them with [`AdminSocket::serve`] between turns.
+pub struct AdminSocket {
+    path: PathBuf,
+    requests: Receiver<Request>,
+}
+
+impl AdminSocket {
+    /// Binds `path` (an old socket file there is replaced) and starts the
+    /// thread that reads commands.
+    pub fn bind(path: &Path) -> std::io::Result<AdminSocket> {
+        if path.exists() {
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        let (tx, rx) = crossbeam_channel::bounded::<Request>(64);
+        std::thread::Builder::new().name("admin".into()).spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let tx = tx.clone();
+                // One client at a time is plenty for an operator's socket.
+                if client(stream, &tx).is_err() {
+                    continue;
+                }
+            }
+        })?;
+        Ok(AdminSocket { path: path.to_path_buf(), requests: rx })
+    }
+
+    /// Answers the commands that arrived since the last call; never blocks.
+    /// The number answered.
+    pub fn serve(&self, dp: &mut Dataplane) -> usize {
+        let mut n = 0;
+        loop {
+            match self.requests.try_recv() {
+                Ok((line, reply)) => {
+                    let _ = reply.send(execute(dp, &line));
+                    n += 1;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return n,
+            }
+        }
+    }
+}
+
+impl Drop for AdminSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn client(stream: UnixStream, tx: &Sender<Request>) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (rtx, rrx) = crossbeam_channel::bounded(1);
+        if tx.send((line, rtx)).is_err() {
+            return Ok(());
+        }
+        // The worker answers between turns; if it has stopped, say so.
+        let reply = rrx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|_| "error: the worker did not answer".into());
+        // A reply may have several lines; an empty line ends it.
+        writeln!(out, "{reply}\n")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands_and_explains_mistakes() {
+        assert_eq!(
+            Command::parse("drain pg pg-1"),
+            Ok(Command::Drain { pool: "pg".into(), backend: "pg-1".into(), drain: true })
+        );
+        assert_eq!(
+            Command::parse("  undrain  pg  pg-1 "),
+            Ok(Command::Drain { pool: "pg".into(), backend: "pg-1".into(), drain: false })
+        );
+        assert_eq!(Command::parse("show backends"), Ok(Command::ShowBackends));
+        assert_eq!(Command::parse("drain pg"), Err("usage: drain POOL BACKEND".into()));
+        assert!(Command::parse("reboot").unwrap_err().contains("unknown command `reboot`"));
+    }
+}
