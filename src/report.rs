@@ -112,7 +112,7 @@ impl Snapshot {
                         row.total_conns = st.flows_new;
                         row.bytes = st.bytes_in + st.bytes_out;
                         row.units = st.packets_in + st.packets_out;
-                        row.errors = st.flows_refused;
+                        row.errors = st.flows_refused();
                     }
                     for (b, bs) in w.cfg.pools[*pool].backends.iter().zip(dp.l4.backend_stats(id)) {
                         s.backends.push(BackendRow {

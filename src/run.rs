@@ -170,7 +170,11 @@ pub fn pcap(cfg: &Config) -> ExitCode {
         if let Some(s) = dp.l4.listener_stats(i as u16) {
             println!(
                 "listener {} (l4): new flows {}, packets in {}, out {}, refused {}",
-                l.name, s.flows_new, s.packets_in, s.packets_out, s.flows_refused
+                l.name,
+                s.flows_new,
+                s.packets_in,
+                s.packets_out,
+                s.flows_refused()
             );
         }
         if let Some(s) = dp.l7.listener_stats(i as u16) {

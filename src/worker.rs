@@ -137,6 +137,7 @@ impl Dataplane {
             table_capacity: cfg.l4_table_capacity as usize,
             timeouts: switchyard_l4::Timeouts::default(),
             hash_seed: cfg.device.seed ^ 0x4c34,
+            worker: Default::default(),
         })?;
         for (addr, proto, ports) in l4.snat_reservations() {
             stack.reserve_l4_ports(addr, proto, ports)?;

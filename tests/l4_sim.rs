@@ -44,7 +44,7 @@ latency_us = 200
     let lb = world.lb.borrow();
     let l = lb.dp.l4.listener_stats(0).expect("postgres listener stats");
     assert_eq!(l.flows_new, 20, "{ctx}");
-    assert_eq!(l.flows_refused, 0, "{ctx}");
+    assert_eq!(l.flows_refused(), 0, "{ctx}");
     // The payload was never touched: bytes through the LB cover both directions.
     assert!(l.bytes_in + l.bytes_out >= 2 * (20 << 20), "{ctx}");
 }

@@ -114,6 +114,7 @@ fn l4_forward(c: &mut Criterion) {
         table_capacity: 65536,
         timeouts: Timeouts::default(),
         hash_seed: 1,
+        worker: Default::default(),
     })
     .unwrap();
     let mut pool = Pool::with_count(64);

@@ -162,6 +162,38 @@ pub struct L4Config {
     pub timeouts: Timeouts,
     /// Key of the flow tables' hash (from the configuration, so runs repeat).
     pub hash_seed: u64,
+    /// This worker's place among the workers sharing the SNAT addresses.
+    pub worker: WorkerSlot,
+}
+
+/// Worker `index` of `count`. Each worker hands out only the SNAT ports `p`
+/// with `p % count == index`, so a reply from a backend can be steered to the
+/// worker that owns its flow by its destination port alone (a NIC flow
+/// director rule on the port's low bits, or the software dispatcher: see
+/// [`WorkerSlot::owner_of_port`]) — no state is shared between workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerSlot {
+    /// This worker, from 0.
+    pub index: u16,
+    /// How many workers there are (at least 1).
+    pub count: u16,
+}
+
+impl Default for WorkerSlot {
+    fn default() -> Self {
+        WorkerSlot { index: 0, count: 1 }
+    }
+}
+
+impl WorkerSlot {
+    /// The worker that owns SNAT port `port` among `count` workers.
+    pub fn owner_of_port(port: u16, count: u16) -> u16 {
+        port % count.max(1)
+    }
+
+    fn owns(self, port: u16) -> bool {
+        Self::owner_of_port(port, self.count) == self.index
+    }
 }
 
 /// Why L4 did not forward a packet.
@@ -237,6 +269,9 @@ pub enum Verdict {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum L4Error {
+    /// The worker slot is not `index < count`.
+    #[error("worker {0} of {1}: the index must be below the count")]
+    BadWorker(u16, u16),
     /// A listener has no backends.
     #[error("listener `{0}` has no backends")]
     EmptyPool(String),
@@ -273,8 +308,22 @@ pub struct ListenerStats {
     pub flows_new: u64,
     /// Flows open now (in the table and not closing).
     pub flows_active: u64,
-    /// New flows refused (table full, no SNAT port).
-    pub flows_refused: u64,
+    /// New flows refused, by reason, indexed in [`L4Drop::ALL`] order: a
+    /// full table, no SNAT port, no backend up, a first segment that is not
+    /// a SYN.
+    pub refused: [u64; L4Drop::ALL.len()],
+}
+
+impl ListenerStats {
+    /// New flows refused for any reason.
+    pub fn flows_refused(&self) -> u64 {
+        self.refused.iter().sum()
+    }
+
+    /// New flows refused for one reason.
+    pub fn refused(&self, r: L4Drop) -> u64 {
+        self.refused[r.index()]
+    }
 }
 
 /// Counters of one backend of one listener.
@@ -361,6 +410,9 @@ impl L4 {
         {
             return Err(L4Error::NoCapacity);
         }
+        if cfg.worker.count == 0 || cfg.worker.index >= cfg.worker.count {
+            return Err(L4Error::BadWorker(cfg.worker.index, cfg.worker.count));
+        }
         let mut by_id: Vec<u16> = Vec::new();
         let mut listeners = Vec::new();
         let mut ports: Vec<PortPool> = Vec::new();
@@ -387,7 +439,8 @@ impl L4 {
                 if !ports.iter().any(|p| p.addr == snat && p.proto == l.proto) {
                     // Handed out from the front; freed ports go to the back, so a
                     // port is reused as late as possible.
-                    let free: VecDeque<u16> = cfg.snat_ports.clone().collect();
+                    let free: VecDeque<u16> =
+                        cfg.snat_ports.clone().filter(|p| cfg.worker.owns(*p)).collect();
                     ports.push(PortPool { addr: snat, proto: l.proto, free });
                 }
             }
@@ -690,6 +743,11 @@ impl L4 {
         }
     }
 
+    fn refuse_flow(&mut self, li: usize, r: L4Drop, reject: bool) -> Verdict {
+        self.listeners[li].stats.refused[r.index()] += 1;
+        self.refuse(r, reject)
+    }
+
     /// Creates the flow for a client's first packet.
     fn open(&mut self, now: Instant, meta: &PacketMeta, li: usize) -> Result<u32, Verdict> {
         use tcp_flags::{ACK, RST, SYN};
@@ -698,19 +756,17 @@ impl L4 {
             return Err(self.refuse(L4Drop::UnknownFlow, false));
         }
         if tcp && meta.tcp_flags & (SYN | ACK) != SYN {
-            return Err(self.refuse(L4Drop::NotSyn, true));
+            return Err(self.refuse_flow(li, L4Drop::NotSyn, true));
         }
         if self.table.len() >= self.table.capacity() {
-            self.listeners[li].stats.flows_refused += 1;
-            return Err(self.refuse(L4Drop::TableFull, tcp));
+            return Err(self.refuse_flow(li, L4Drop::TableFull, tcp));
         }
         let l = &mut self.listeners[li];
         let active = &l.backends;
         let Some(bi) =
             l.picker.pick(meta.src, meta.dst, |i| active.get(i).map_or(0, |b| b.flows_active))
         else {
-            l.stats.flows_refused += 1;
-            return Err(self.refuse(L4Drop::NoBackend, tcp));
+            return Err(self.refuse_flow(li, L4Drop::NoBackend, tcp));
         };
         let backend = l.cfg.backends[bi].addr;
         let vport = meta.dst.port();
@@ -727,8 +783,7 @@ impl L4 {
                 state,
                 now,
             ) else {
-                self.listeners[li].stats.flows_refused += 1;
-                return Err(self.refuse(L4Drop::TableFull, tcp));
+                return Err(self.refuse_flow(li, L4Drop::TableFull, tcp));
             };
             self.count_new(li, bi);
             return Ok(idx);
@@ -743,8 +798,7 @@ impl L4 {
                 && !pool.free.is_empty()
         });
         let Some(pi) = pick else {
-            self.listeners[li].stats.flows_refused += 1;
-            return Err(self.refuse(L4Drop::NoSnatPort, tcp));
+            return Err(self.refuse_flow(li, L4Drop::NoSnatPort, tcp));
         };
         self.next_pool = pi + 1;
         let Some(port) = self.ports[pi].free.pop_front() else {
@@ -754,8 +808,7 @@ impl L4 {
             self.table.insert(li as u16, meta.src, vport, bi as u16, pi as u16, port, state, now)
         else {
             self.ports[pi].free.push_front(port);
-            self.listeners[li].stats.flows_refused += 1;
-            return Err(self.refuse(L4Drop::TableFull, tcp));
+            return Err(self.refuse_flow(li, L4Drop::TableFull, tcp));
         };
         self.count_new(li, bi);
         Ok(idx)

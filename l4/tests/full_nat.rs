@@ -61,6 +61,7 @@ fn cfg(capacity: usize) -> L4Config {
         table_capacity: capacity,
         timeouts: Timeouts::default(),
         hash_seed: 1,
+        worker: Default::default(),
     }
 }
 
@@ -233,7 +234,7 @@ fn a_full_table_refuses_new_flows_and_keeps_serving_established_ones() {
     assert_eq!(t.client(&packet(b, vip, Proto::Tcp, tcp_flags::SYN, b""), 0).0, Verdict::Forward);
     let c = packet(sa("198.18.0.101:3"), vip, Proto::Tcp, tcp_flags::SYN, b"");
     assert_eq!(t.client(&c, 0).0, Verdict::Reject(L4Drop::TableFull));
-    assert_eq!(t.l4.listener_stats(0).unwrap().flows_refused, 1);
+    assert_eq!(t.l4.listener_stats(0).unwrap().refused(L4Drop::TableFull), 1);
     assert_eq!(t.l4.counters().dropped(L4Drop::TableFull), 1);
     assert_eq!(t.client(&packet(a, vip, Proto::Tcp, tcp_flags::ACK, b"x"), 0).0, Verdict::Forward);
 }
@@ -279,6 +280,17 @@ fn only_a_syn_opens_a_flow_and_unknown_replies_are_refused() {
         packet(sa("198.18.0.21:5432"), sa("198.18.0.2:40999"), Proto::Tcp, tcp_flags::ACK, b"");
     assert_eq!(t.backend(&stray).0, Verdict::Reject(L4Drop::UnknownFlow));
     assert_eq!(t.l4.table_len(), 0);
+    // Refusals are counted per listener by reason: the ACK tried to open a flow.
+    let st = t.l4.listener_stats(0).unwrap();
+    assert_eq!((st.refused(L4Drop::NotSyn), st.flows_refused()), (1, 1));
+    // With every backend down, a SYN is refused for want of a backend.
+    for b in 0..3 {
+        t.l4.set_backend_up(0, b, false);
+    }
+    let syn = packet(sa("198.18.0.101:2"), vip, Proto::Tcp, tcp_flags::SYN, b"");
+    assert_eq!(t.client(&syn, 0).0, Verdict::Reject(L4Drop::NoBackend));
+    let st = t.l4.listener_stats(0).unwrap();
+    assert_eq!((st.refused(L4Drop::NoBackend), st.flows_refused()), (1, 2));
 }
 
 #[test]
@@ -327,7 +339,7 @@ fn a_syn_flood_fills_at_most_the_table_and_established_flows_carry_on() {
     assert_eq!(t.l4.table_bytes(), bytes, "no allocation under load");
     assert_eq!(refused, 4001);
     assert_eq!(t.l4.counters().dropped(L4Drop::TableFull), 4001);
-    assert_eq!(t.l4.listener_stats(0).unwrap().flows_refused, refused);
+    assert_eq!(t.l4.listener_stats(0).unwrap().refused(L4Drop::TableFull), refused);
     // The established flow still forwards both ways.
     let (v, out) = t.client(&packet(client, vip, Proto::Tcp, tcp_flags::ACK, b"more"), 0);
     assert_eq!(v, Verdict::Forward);
@@ -476,4 +488,34 @@ fn a_port_range_listener_keeps_each_flow_on_its_port() {
         assert_eq!((meta(&back).src, meta(&back).dst), (vip, client));
     }
     assert_eq!(t.l4.table_len(), 2);
+}
+
+/// Two workers share the SNAT address: each hands out only the ports the
+/// dispatcher steers back to it, so replies reach the worker owning the flow.
+#[test]
+fn workers_split_the_snat_ports_so_replies_come_back_to_their_owner() {
+    let vip = sa("198.18.0.10:5432");
+    let mut used = Vec::new();
+    for index in 0..2u16 {
+        let mut c = cfg(64);
+        c.worker = WorkerSlot { index, count: 2 };
+        let mut t =
+            T { l4: L4::new(c).unwrap(), pool: Pool::with_count(16), now: Instant::from_secs(1) };
+        // 40960..40970 holds 10 ports: 5 for each worker.
+        for i in 0..5u16 {
+            let client = SocketAddr::new(IpAddr::from([198, 18, 2, 1]), 3000 + i);
+            let (v, out) = t.client(&packet(client, vip, Proto::Tcp, tcp_flags::SYN, b""), 0);
+            assert_eq!(v, Verdict::Forward, "worker {index}, flow {i}");
+            let port = meta(&out).src.port();
+            assert_eq!(WorkerSlot::owner_of_port(port, 2), index, "port {port}");
+            used.push(port);
+        }
+        let late = packet(sa("198.18.2.1:4000"), vip, Proto::Tcp, tcp_flags::SYN, b"");
+        assert_eq!(t.client(&late, 0).0, Verdict::Reject(L4Drop::NoSnatPort));
+    }
+    used.sort();
+    assert_eq!(used, (40960..40970).collect::<Vec<u16>>(), "every port used once");
+    let mut c = cfg(64);
+    c.worker = WorkerSlot { index: 2, count: 2 };
+    assert_eq!(L4::new(c).err(), Some(L4Error::BadWorker(2, 2)));
 }

@@ -94,6 +94,7 @@ impl Lb {
             table_capacity: 64,
             timeouts: Timeouts::default(),
             hash_seed: 1,
+            worker: Default::default(),
         })
         .unwrap();
         for (a, p, r) in l4.snat_reservations() {

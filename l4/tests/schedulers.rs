@@ -76,6 +76,7 @@ fn round_robin_is_exact_through_the_table() {
         table_capacity: FLOWS,
         timeouts: Timeouts::default(),
         hash_seed: 1,
+        worker: Default::default(),
     })
     .unwrap();
     let mut pool = Pool::with_count(4);
@@ -267,6 +268,7 @@ fn established_flows_never_move_when_maglev_changes() {
         table_capacity: 4096,
         timeouts: Timeouts::default(),
         hash_seed: 1,
+        worker: Default::default(),
     })
     .unwrap();
     let mut pool = Pool::with_count(4);

@@ -2,13 +2,16 @@
 //! L4 table in memory, on one core, as a NIC would hand it over (each frame is
 //! copied into a pooled buffer first, like a DMA). Two phases, timed apart:
 //!   1. new flows: one SYN for each of N distinct clients (table inserts);
-//!   2. established: M data packets of 64 bytes (or `--size`) spread at random
-//!      over those N flows (lookups and rewrites in a table of N flows), read
-//!      in order from a ring of 2^20 pre-built frames.
+//!   2. established: M data packets of 64 bytes (or `--size BYTES|imix`)
+//!      spread at random over those N flows (lookups and rewrites in a table
+//!      of N flows), read in order from a ring of 2^20 pre-built frames;
+//!   3. churn: `--churn` packets in which flows keep arriving and ending
+//!      (`--arrivals` % SYNs of new clients and as many % FINs, the rest data).
 //!
 //! Usage: `cargo run --release -p switchyard-bench --bin l4-replay -- [--flows N]
-//! [--packets M] [--size BYTES] [--scheduler maglev]`. Quote the figures as
-//! measured on the machine that printed them.
+//! [--packets M] [--size BYTES|imix] [--churn K] [--arrivals PCT]
+//! [--scheduler maglev]`. Instructions per packet: `bench/instructions.sh`.
+//! Quote the figures as measured on the machine that printed them.
 
 use std::time::Instant as WallClock;
 
@@ -23,13 +26,61 @@ const VIP: [u8; 4] = [198, 18, 0, 10];
 struct Args {
     flows: usize,
     packets: usize,
-    size: usize,
+    size: Size,
     scheduler: Scheduler,
+    churn: usize,
+    arrivals: usize,
+}
+
+/// Packet sizes: fixed, or the simple IMIX (7 × 64, 4 × 576, 1 × 1500 bytes
+/// of IP packet; Ethernet adds 14).
+#[derive(Clone, Copy)]
+enum Size {
+    Fixed(usize),
+    Imix,
+}
+
+impl Size {
+    fn pick(self, rng: &mut Rng) -> usize {
+        match self {
+            Size::Fixed(n) => n,
+            Size::Imix => match rng.below(12) {
+                0..=6 => 64,
+                7..=10 => 576 + ETH_LEN,
+                _ => 1500 + ETH_LEN,
+            },
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Size::Fixed(n) => n.to_string(),
+            Size::Imix => "IMIX (7:4:1 of 64, 590, 1514)".into(),
+        }
+    }
+}
+
+/// xorshift64, fixed seed: the same trace every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
 }
 
 fn args() -> Result<Args, String> {
-    let mut a =
-        Args { flows: 1_000_000, packets: 10_000_000, size: 64, scheduler: Scheduler::RoundRobin };
+    let mut a = Args {
+        flows: 1_000_000,
+        packets: 10_000_000,
+        size: Size::Fixed(64),
+        scheduler: Scheduler::RoundRobin,
+        churn: 1_000_000,
+        arrivals: 5,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().ok_or(format!("{k} needs a value"))?;
@@ -37,7 +88,10 @@ fn args() -> Result<Args, String> {
         match k.as_str() {
             "--flows" => a.flows = num()?,
             "--packets" => a.packets = num()?,
-            "--size" => a.size = num()?.clamp(64, 1514),
+            "--size" if v == "imix" => a.size = Size::Imix,
+            "--size" => a.size = Size::Fixed(num()?.clamp(64, 1514)),
+            "--churn" => a.churn = num()?,
+            "--arrivals" => a.arrivals = num()?.min(50),
             "--scheduler" => {
                 a.scheduler = Scheduler::ALL
                     .into_iter()
@@ -77,6 +131,62 @@ fn frame(i: usize, flags: u8, size: usize) -> Vec<u8> {
     f
 }
 
+/// What a phase works with.
+struct Cx {
+    stack: Stack,
+    l4: L4,
+    pool: Pool,
+    now: Instant,
+}
+
+/// Frames through classifier and L4 as the worker moves them: copied into a
+/// pooled buffer (the DMA), classified, forwarded. (forwarded, other).
+fn push(cx: &mut Cx, frames: &mut dyn Iterator<Item = &Vec<u8>>) -> (u64, u64) {
+    let (mut ok, mut other) = (0u64, 0u64);
+    let Cx { stack, l4, pool, now } = cx;
+    let now = *now;
+    for f in frames {
+        let mut m = pool.alloc();
+        m.fill(f);
+        match stack.ingress(now, m, pool) {
+            Ingress::L4 { mut pkt, meta, listener } => {
+                if l4.from_client(now, &mut pkt, &meta, listener) == Verdict::Forward {
+                    ok += 1;
+                } else {
+                    other += 1;
+                }
+                pool.free(pkt);
+            }
+            Ingress::L4Return { pkt, .. } | Ingress::L4Icmp { pkt, .. } => {
+                other += 1;
+                pool.free(pkt);
+            }
+            Ingress::Done => other += 1,
+        }
+    }
+    (ok, other)
+}
+
+// The phases are functions of their own so `bench/instructions.sh` can count
+// each one's instructions under callgrind.
+#[inline(never)]
+fn phase_new_flows(cx: &mut Cx, syns: &[Vec<u8>]) -> (u64, u64) {
+    // Distinct bodies, or the compiler folds identical phases into one symbol.
+    std::hint::black_box("new flows");
+    push(cx, &mut syns.iter())
+}
+
+#[inline(never)]
+fn phase_established(cx: &mut Cx, ring: &[Vec<u8>], packets: usize) -> (u64, u64) {
+    push(cx, &mut ring.iter().cycle().take(packets))
+}
+
+#[inline(never)]
+fn phase_churn(cx: &mut Cx, frames: &[Vec<u8>]) -> (u64, u64) {
+    std::hint::black_box("churn");
+    push(cx, &mut frames.iter())
+}
+
 fn main() {
     let a = match args() {
         Ok(a) => a,
@@ -101,7 +211,9 @@ fn main() {
     // addresses as the flows need.
     let ports = 1024..65535u16;
     let per_addr = ports.len();
-    let snat: Vec<std::net::IpAddr> = (0..a.flows.div_ceil(per_addr))
+    // Room for the flows the churn phase opens as well.
+    let capacity = a.flows + a.churn * a.arrivals / 100 + 1024;
+    let snat: Vec<std::net::IpAddr> = (0..capacity.div_ceil(per_addr))
         .map(|k| std::net::IpAddr::from([198, 19, (k >> 8) as u8, k as u8]))
         .collect();
     let listener = ListenerConfig {
@@ -121,13 +233,14 @@ fn main() {
         forwarding: switchyard_l4::Forwarding::FullNat,
         on_backend_down: switchyard_l4::DownPolicy::Keep,
     };
-    let mut l4 = match L4::new(L4Config {
+    let l4 = match L4::new(L4Config {
         listeners: vec![listener],
         snat_addrs: snat,
         snat_ports: ports,
-        table_capacity: a.flows,
+        table_capacity: capacity,
         timeouts: Timeouts::default(),
         hash_seed: 1,
+        worker: Default::default(),
     }) {
         Ok(l) => l,
         Err(e) => {
@@ -136,59 +249,51 @@ fn main() {
         }
     };
     let flows = a.flows;
-    let mut pool = Pool::with_count(64);
-    let now = Instant::from_secs(1);
+    let mut cx = Cx { stack, l4, pool: Pool::with_count(64), now: Instant::from_secs(1) };
 
     let syns: Vec<Vec<u8>> = (0..flows).map(|i| frame(i, 0x02, 64)).collect();
     // The established phase reads its frames in order from a ring of 2^20
     // pre-built frames whose flows are drawn at random (xorshift, fixed seed):
     // frames stream in like DMA, while the table is hit at random.
     let ring = (1usize << 20).min(a.packets.max(1));
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Vec<Vec<u8>> = (0..ring)
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let data: Vec<Vec<u8>> =
+        (0..ring).map(|_| frame(rng.below(flows), 0x18, a.size.pick(&mut rng))).collect();
+    // The churn phase: flows keep arriving and ending among the established
+    // ones. Per 100 packets: `--arrivals` SYNs of new clients, as many FINs
+    // of open flows, the rest data on open flows.
+    let churn_len = ring.min(a.churn.max(1));
+    let mut next_client = flows;
+    let churn: Vec<Vec<u8>> = (0..churn_len)
         .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            frame((x % flows as u64) as usize, 0x18, a.size)
+            let r = rng.below(100);
+            if r < a.arrivals {
+                next_client += 1;
+                frame(next_client - 1, 0x02, 64)
+            } else if r < 2 * a.arrivals {
+                frame(rng.below(flows), 0x11, 64)
+            } else {
+                frame(rng.below(flows), 0x18, a.size.pick(&mut rng))
+            }
         })
         .collect();
-    let mut run = |frames: &mut dyn Iterator<Item = &Vec<u8>>| -> (u64, u64) {
-        let (mut ok, mut other) = (0u64, 0u64);
-        for f in frames {
-            let mut m = pool.alloc();
-            m.fill(f);
-            match stack.ingress(now, m, &mut pool) {
-                Ingress::L4 { mut pkt, meta, listener } => {
-                    if l4.from_client(now, &mut pkt, &meta, listener) == Verdict::Forward {
-                        ok += 1;
-                    } else {
-                        other += 1;
-                    }
-                    pool.free(pkt);
-                }
-                Ingress::L4Return { pkt, .. } | Ingress::L4Icmp { pkt, .. } => {
-                    other += 1;
-                    pool.free(pkt);
-                }
-                Ingress::Done => other += 1,
-            }
-        }
-        (ok, other)
-    };
 
     let t = WallClock::now();
-    let (new_ok, new_bad) = run(&mut syns.iter());
+    let (new_ok, new_bad) = phase_new_flows(&mut cx, &syns);
     let new_s = t.elapsed().as_secs_f64();
     let t = WallClock::now();
-    let (est_ok, est_bad) = run(&mut data.iter().cycle().take(a.packets));
+    let (est_ok, est_bad) = phase_established(&mut cx, &data, a.packets);
     let est_s = t.elapsed().as_secs_f64();
+    let t = WallClock::now();
+    let (churn_ok, churn_other) = phase_churn(&mut cx, &churn);
+    let churn_s = t.elapsed().as_secs_f64();
+    let l4 = cx.l4;
 
     println!(
         "l4-replay: {} flows, {} packets of {} bytes, scheduler {}",
         flows,
         a.packets,
-        a.size,
+        a.size.name(),
         a.scheduler.name()
     );
     println!(
@@ -204,6 +309,15 @@ fn main() {
         est_ok as f64 / est_s / 1e6,
         est_s * 1e9 / est_ok.max(1) as f64,
         if est_bad > 0 { format!(", {est_bad} not forwarded") } else { String::new() }
+    );
+    println!(
+        "churn:       {} packets ({}% new flows, {}% FINs) in {:.3} s = {:.2} Mpps ({:.0} ns per packet), {churn_other} refused",
+        churn_ok + churn_other,
+        a.arrivals,
+        a.arrivals,
+        churn_s,
+        (churn_ok + churn_other) as f64 / churn_s / 1e6,
+        churn_s * 1e9 / (churn_ok + churn_other).max(1) as f64,
     );
     println!(
         "table: {} flows, {} bytes per entry, {:.1} MiB",
