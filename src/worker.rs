@@ -9,7 +9,9 @@ use switchyard_l7::L7;
 use switchyard_nic::{BURST, Mbuf, Pool, Port};
 use switchyard_stack::health::{Change, HealthChecker};
 use switchyard_stack::tcp::TcpEvent;
-use switchyard_stack::{DropReason, Ingress, Instant, ListenerKind, Proto, Stack, StackConfig};
+use switchyard_stack::{
+    DropReason, Ingress, Instant, ListenerKind, PacketMeta, Proto, Stack, StackConfig,
+};
 
 use crate::config::{Config, Mode};
 
@@ -44,6 +46,8 @@ pub struct Dataplane {
     changes: Vec<Change>,
     pool: Pool,
     rx: Vec<Mbuf>,
+    /// Client packets of L4 flows from the current burst.
+    l4_burst: Vec<(Mbuf, PacketMeta, u16)>,
     tx: Vec<Mbuf>,
     events: Vec<TcpEvent>,
     more_rx: bool,
@@ -166,6 +170,7 @@ impl Dataplane {
             changes: Vec::new(),
             pool: Pool::with_count(POOL_BUFFERS),
             rx: Vec::with_capacity(BURST),
+            l4_burst: Vec::with_capacity(BURST),
             tx: Vec::with_capacity(4 * BURST),
             events: Vec::with_capacity(256),
             more_rx: false,
@@ -227,19 +232,15 @@ impl Dataplane {
     /// One turn of the loop: a receive burst through every layer, then one
     /// transmit burst. Returns the number of frames received.
     pub fn poll<P: Port>(&mut self, port: &mut P, now: Instant) -> usize {
-        let Dataplane { stack, l4, l7, health, changes, pool, rx, tx, events, .. } = self;
+        let Dataplane { stack, l4, l7, health, changes, pool, rx, tx, events, l4_burst, .. } = self;
         let n = port.rx_burst(pool, rx, BURST);
         self.more_rx = n == BURST;
         for pkt in rx.drain(..) {
             match stack.ingress(now, pkt, pool) {
                 Ingress::Done => {}
-                Ingress::L4 { mut pkt, listener, meta } => {
-                    match l4.from_client(now, &mut pkt, &meta, listener) {
-                        Verdict::Forward => stack.send_ip(now, pkt, pool),
-                        Verdict::Drop(_) => stack.drop_packet(pkt, DropReason::L4, pool),
-                        Verdict::Reject(_) => stack.reject(now, pkt, &meta, DropReason::L4, pool),
-                    }
-                }
+                // Client packets of L4 flows wait for the rest of the burst, so
+                // their table lines load in parallel (below).
+                Ingress::L4 { pkt, listener, meta } => l4_burst.push((pkt, meta, listener)),
                 Ingress::L4Icmp { mut pkt, err } => match l4.icmp_error(now, &mut pkt, &err) {
                     Verdict::Forward => stack.send_ip(now, pkt, pool),
                     _ => stack.drop_packet(pkt, DropReason::L4, pool),
@@ -253,6 +254,18 @@ impl Dataplane {
                         }
                     }
                 }
+            }
+        }
+        for stage in 0..2 {
+            for (_, meta, listener) in l4_burst.iter() {
+                l4.prefetch_client(meta, *listener, stage);
+            }
+        }
+        for (mut pkt, meta, listener) in l4_burst.drain(..) {
+            match l4.from_client(now, &mut pkt, &meta, listener) {
+                Verdict::Forward => stack.send_ip(now, pkt, pool),
+                Verdict::Drop(_) => stack.drop_packet(pkt, DropReason::L4, pool),
+                Verdict::Reject(_) => stack.reject(now, pkt, &meta, DropReason::L4, pool),
             }
         }
         // TCP: segments in, then the proxy acts on what happened, then what it

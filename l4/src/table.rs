@@ -8,6 +8,7 @@
 
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
+use switchyard_nic::mem::huge_vec;
 
 use foldhash::fast::FixedState;
 use switchyard_stack::{Duration, Instant};
@@ -91,12 +92,12 @@ impl FlowTable {
         // At most half full, so probe sequences stay short.
         let slots = (capacity * 2).next_power_of_two().max(16);
         FlowTable {
-            entries: vec![blank; capacity],
+            entries: huge_vec(blank, capacity),
             free: (0..capacity as u32).rev().collect(),
-            index: vec![NIL; slots],
+            index: huge_vec(NIL, slots),
             mask: slots - 1,
             hasher: FixedState::with_seed(seed),
-            rev: vec![vec![NIL; ports]; pools],
+            rev: (0..pools).map(|_| huge_vec(NIL, ports)).collect(),
             port_base,
             heads: [NIL; 4],
             tails: [NIL; 4],
@@ -131,6 +132,20 @@ impl FlowTable {
 
     fn slot_of(&self, listener: u16, client: SocketAddr, vport: u16) -> usize {
         (self.hasher.hash_one((listener, client, vport)) as usize) & self.mask
+    }
+
+    /// Starts loading the index slot `find` will read first (a hint).
+    pub fn prefetch_slot(&self, listener: u16, client: SocketAddr, vport: u16) {
+        switchyard_nic::mem::prefetch(&self.index[self.slot_of(listener, client, vport)]);
+    }
+
+    /// Starts loading the entry the index slot names, if any (a hint; reads
+    /// the slot, so call it a while after [`FlowTable::prefetch_slot`]).
+    pub fn prefetch_entry(&self, listener: u16, client: SocketAddr, vport: u16) {
+        let i = self.index[self.slot_of(listener, client, vport)];
+        if let Some(e) = self.entries.get(i as usize) {
+            switchyard_nic::mem::prefetch(e);
+        }
     }
 
     /// The flow of `client` to port `vport` of `listener`.

@@ -2,11 +2,13 @@
 //! trait through which every backend (sim, pcap, and later TAP, AF_PACKET, AF_XDP,
 //! DPDK) receives and transmits bursts of Ethernet frames.
 //!
-//! All `unsafe` code of Switchyard belongs in this crate; so far none is needed.
+//! All `unsafe` code of Switchyard belongs in this crate, each use in a small
+//! module that says why it is sound (`mem`: prefetch hints and huge pages).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod mbuf;
+pub mod mem;
 pub mod pcap;
 pub mod sim;
 

@@ -16,7 +16,7 @@
 use std::time::Instant as WallClock;
 
 use switchyard_l4::{Backend, L4, L4Config, ListenerConfig, Scheduler, Timeouts, Verdict};
-use switchyard_nic::Pool;
+use switchyard_nic::{BURST, Pool};
 use switchyard_stack::wire::*;
 use switchyard_stack::{Ingress, Instant, ListenerKind, Proto, Stack, StackConfig, TcpConfig};
 
@@ -30,6 +30,7 @@ struct Args {
     scheduler: Scheduler,
     churn: usize,
     arrivals: usize,
+    prefetch: bool,
 }
 
 /// Packet sizes: fixed, or the simple IMIX (7 × 64, 4 × 576, 1 × 1500 bytes
@@ -80,6 +81,7 @@ fn args() -> Result<Args, String> {
         scheduler: Scheduler::RoundRobin,
         churn: 1_000_000,
         arrivals: 5,
+        prefetch: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -92,6 +94,7 @@ fn args() -> Result<Args, String> {
             "--size" => a.size = Size::Fixed(num()?.clamp(64, 1514)),
             "--churn" => a.churn = num()?,
             "--arrivals" => a.arrivals = num()?.min(50),
+            "--prefetch" => a.prefetch = v != "off",
             "--scheduler" => {
                 a.scheduler = Scheduler::ALL
                     .into_iter()
@@ -137,34 +140,52 @@ struct Cx {
     l4: L4,
     pool: Pool,
     now: Instant,
+    burst: Vec<(switchyard_nic::Mbuf, switchyard_stack::PacketMeta, u16)>,
+    prefetch: bool,
 }
 
 /// Frames through classifier and L4 as the worker moves them: copied into a
 /// pooled buffer (the DMA), classified, forwarded. (forwarded, other).
 fn push(cx: &mut Cx, frames: &mut dyn Iterator<Item = &Vec<u8>>) -> (u64, u64) {
     let (mut ok, mut other) = (0u64, 0u64);
-    let Cx { stack, l4, pool, now } = cx;
+    let Cx { stack, l4, pool, now, burst, prefetch } = cx;
     let now = *now;
-    for f in frames {
-        let mut m = pool.alloc();
-        m.fill(f);
-        match stack.ingress(now, m, pool) {
-            Ingress::L4 { mut pkt, meta, listener } => {
-                if l4.from_client(now, &mut pkt, &meta, listener) == Verdict::Forward {
-                    ok += 1;
-                } else {
+    loop {
+        // A burst as the NIC hands it over: classified first, then the table
+        // lines of all its L4 packets requested, then each forwarded.
+        let mut n = 0;
+        for f in (&mut *frames).take(BURST) {
+            n += 1;
+            let mut m = pool.alloc();
+            m.fill(f);
+            match stack.ingress(now, m, pool) {
+                Ingress::L4 { pkt, meta, listener } => burst.push((pkt, meta, listener)),
+                Ingress::L4Return { pkt, .. } | Ingress::L4Icmp { pkt, .. } => {
                     other += 1;
+                    pool.free(pkt);
                 }
-                pool.free(pkt);
+                Ingress::Done => other += 1,
             }
-            Ingress::L4Return { pkt, .. } | Ingress::L4Icmp { pkt, .. } => {
+        }
+        if n == 0 {
+            return (ok, other);
+        }
+        if *prefetch {
+            for stage in 0..2 {
+                for (_, meta, listener) in burst.iter() {
+                    l4.prefetch_client(meta, *listener, stage);
+                }
+            }
+        }
+        for (mut pkt, meta, listener) in burst.drain(..) {
+            if l4.from_client(now, &mut pkt, &meta, listener) == Verdict::Forward {
+                ok += 1;
+            } else {
                 other += 1;
-                pool.free(pkt);
             }
-            Ingress::Done => other += 1,
+            pool.free(pkt);
         }
     }
-    (ok, other)
 }
 
 // The phases are functions of their own so `bench/instructions.sh` can count
@@ -249,7 +270,14 @@ fn main() {
         }
     };
     let flows = a.flows;
-    let mut cx = Cx { stack, l4, pool: Pool::with_count(64), now: Instant::from_secs(1) };
+    let mut cx = Cx {
+        stack,
+        l4,
+        pool: Pool::with_count(2 * BURST),
+        now: Instant::from_secs(1),
+        burst: Vec::with_capacity(BURST),
+        prefetch: a.prefetch,
+    };
 
     let syns: Vec<Vec<u8>> = (0..flows).map(|i| frame(i, 0x02, 64)).collect();
     // The established phase reads its frames in order from a ring of 2^20
