@@ -666,14 +666,23 @@ impl L4 {
             return self.refuse(r, false);
         }
         self.track(idx, meta.tcp_flags, now);
-        let bytes = ip_len(pkt, meta);
+        self.count(li, usize::from(e.backend), ip_len(pkt, meta), true);
+        Verdict::Forward
+    }
+
+    /// Counts a forwarded packet for its listener (by direction) and backend.
+    fn count(&mut self, li: usize, backend: usize, bytes: u64, from_client: bool) {
         let l = &mut self.listeners[li];
-        l.stats.packets_in += 1;
-        l.stats.bytes_in += bytes;
-        let b = &mut l.backends[usize::from(e.backend)];
+        if from_client {
+            l.stats.packets_in += 1;
+            l.stats.bytes_in += bytes;
+        } else {
+            l.stats.packets_out += 1;
+            l.stats.bytes_out += bytes;
+        }
+        let b = &mut l.backends[backend];
         b.packets += 1;
         b.bytes += bytes;
-        Verdict::Forward
     }
 
     /// A packet from a backend to a SNAT address and port: sent back to the client.
@@ -702,13 +711,7 @@ impl L4 {
             return self.refuse(r, false);
         }
         self.track(idx, meta.tcp_flags, now);
-        let bytes = ip_len(pkt, meta);
-        let l = &mut self.listeners[li];
-        l.stats.packets_out += 1;
-        l.stats.bytes_out += bytes;
-        let b = &mut l.backends[usize::from(e.backend)];
-        b.packets += 1;
-        b.bytes += bytes;
+        self.count(li, usize::from(e.backend), ip_len(pkt, meta), false);
         Verdict::Forward
     }
 
