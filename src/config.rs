@@ -243,6 +243,16 @@ pub enum NicSpec {
         /// Capture to write.
         output: Option<String>,
     },
+    /// A Linux TAP interface (created if missing).
+    Tap {
+        /// Interface name.
+        name: String,
+    },
+    /// A Linux interface through packet sockets with mmap rings.
+    AfPacket {
+        /// Interface name.
+        iface: String,
+    },
 }
 
 /// The device section.
@@ -878,10 +888,25 @@ impl Cx<'_> {
                 }
                 NicSpec::Pcap { input, output }
             }
+            s if s.starts_with("tap:") || s.starts_with("af_packet:") => {
+                let (kind, name) = s.split_once(':').unwrap_or((s, ""));
+                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
+                    return Err(self.at(
+                        &d.nic,
+                        format!("`{kind}:` needs an interface name of 1 to 15 characters"),
+                    ));
+                }
+                match kind {
+                    "tap" => NicSpec::Tap { name: name.to_string() },
+                    _ => NicSpec::AfPacket { iface: name.to_string() },
+                }
+            }
             other => {
                 return Err(self.at(
                     &d.nic,
-                    format!("unknown NIC backend `{other}`: expected `sim` or `pcap:IN[,OUT]`"),
+                    format!(
+                        "unknown NIC backend `{other}`: expected `sim`, `pcap:IN[,OUT]`, `tap:NAME` or `af_packet:IFACE`"
+                    ),
                 ));
             }
         };

@@ -48,6 +48,10 @@ enum Cmd {
         /// on this Unix socket.
         #[arg(long)]
         admin: Option<PathBuf>,
+        /// With a TAP or AF_PACKET NIC: stop after this many seconds (else at
+        /// SIGINT or SIGTERM).
+        #[arg(long)]
+        seconds: Option<u32>,
     },
     /// Validate a configuration file; exit 2 if it is invalid.
     Check {
@@ -80,7 +84,7 @@ fn main() -> ExitCode {
                 &SimOptions { pace: !fast, pcap, title: "switchyard demo".into(), admin: None },
             )
         }
-        Cmd::Run { config, fast, pcap, admin } => {
+        Cmd::Run { config, fast, pcap, admin, seconds } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -96,6 +100,10 @@ fn main() -> ExitCode {
                     },
                 ),
                 switchyard::config::NicSpec::Pcap { .. } => run::pcap(&cfg),
+                switchyard::config::NicSpec::Tap { .. }
+                | switchyard::config::NicSpec::AfPacket { .. } => {
+                    run::live(&cfg, &run::LiveOptions { seconds, admin })
+                }
             }
         }
         Cmd::Check { config } => match load(&config) {

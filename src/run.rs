@@ -146,7 +146,13 @@ pub fn pcap(cfg: &Config) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(1);
     }
-    let ps = port.stats();
+    print_counters(cfg, &dp, port.stats(), elapsed);
+    ExitCode::SUCCESS
+}
+
+/// What a run over a real NIC printed at the end: port, stack and listener
+/// counters.
+fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed: f64) {
     println!(
         "frames in {} ({} bytes), frames out {} ({} bytes), {:.3} s, {:.2} Mpps",
         ps.rx_frames,
@@ -156,6 +162,12 @@ pub fn pcap(cfg: &Config) -> ExitCode {
         elapsed,
         ps.rx_frames as f64 / elapsed.max(1e-9) / 1e6
     );
+    if ps.tx_full + ps.rx_oversize + dp.tx_dropped > 0 {
+        println!(
+            "port: transmit ring full {}, oversize frames {}, frames dropped for want of room {}",
+            ps.tx_full, ps.rx_oversize, dp.tx_dropped
+        );
+    }
     let c = dp.stack.counters();
     println!(
         "stack: arp replies {}, icmp echo replies {}, rst sent {}, to l4 {}, tcp terminated {}",
@@ -169,13 +181,22 @@ pub fn pcap(cfg: &Config) -> ExitCode {
     for (i, l) in cfg.listeners.iter().enumerate() {
         if let Some(s) = dp.l4.listener_stats(i as u16) {
             println!(
-                "listener {} (l4): new flows {}, packets in {}, out {}, refused {}",
+                "listener {} (l4): new flows {}, packets in {}, out {}, refused {}, bytes in {}, out {}",
                 l.name,
                 s.flows_new,
                 s.packets_in,
                 s.packets_out,
-                s.flows_refused()
+                s.flows_refused(),
+                s.bytes_in,
+                s.bytes_out
             );
+            let crate::config::Mode::L4 { pool, .. } = &l.mode else { continue };
+            for (b, st) in cfg.pools[*pool].backends.iter().zip(dp.l4.backend_stats(i as u16)) {
+                println!(
+                    "  backend {}: flows {}, packets {}, bytes {}",
+                    b.name, st.flows_new, st.packets, st.bytes
+                );
+            }
         }
         if let Some(s) = dp.l7.listener_stats(i as u16) {
             println!(
@@ -184,5 +205,96 @@ pub fn pcap(cfg: &Config) -> ExitCode {
             );
         }
     }
+}
+
+/// How to run on a real NIC.
+pub struct LiveOptions {
+    /// Stop after this long (otherwise at SIGINT or SIGTERM).
+    pub seconds: Option<u32>,
+    /// Serve operator commands on this Unix socket.
+    pub admin: Option<PathBuf>,
+}
+
+/// Runs the dataplane on a kernel device (TAP or AF_PACKET) until a signal
+/// or `--seconds`, then prints the counters.
+pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
+    let mac = cfg.device.mac;
+    let port: Result<Box<dyn Port>, switchyard_nic::NicError> = match &cfg.device.nic {
+        NicSpec::Tap { name } => {
+            switchyard_nic::tap::TapPort::open(name, mac).map(|p| Box::new(p) as _)
+        }
+        NicSpec::AfPacket { iface } => {
+            switchyard_nic::afpacket::AfPacketPort::open(iface, mac).map(|p| Box::new(p) as _)
+        }
+        _ => return ExitCode::from(2),
+    };
+    let mut port = match port {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: {e}", cfg.file);
+            return ExitCode::from(2);
+        }
+    };
+    let mut dp = match Dataplane::new(cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {}: {e}", cfg.file);
+            return ExitCode::from(2);
+        }
+    };
+    let admin = match &opts.admin {
+        Some(p) => match AdminSocket::bind(p) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("error: admin socket {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("error: signal handler: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let limit = opts.seconds.map(|s| std::time::Duration::from_secs(u64::from(s)));
+    println!(
+        "switchyard: running on {} ({} listeners){}",
+        match &cfg.device.nic {
+            NicSpec::Tap { name } => format!("tap:{name}"),
+            NicSpec::AfPacket { iface } => format!("af_packet:{iface}"),
+            _ => String::new(),
+        },
+        cfg.listeners.len(),
+        limit.map(|l| format!(", for {} s", l.as_secs())).unwrap_or_default()
+    );
+    let _ = std::io::stdout().flush();
+    let wall = std::time::Instant::now();
+    let mut turns = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+        && limit.is_none_or(|l| wall.elapsed() < l)
+    {
+        let now = Instant::from_micros(wall.elapsed().as_micros() as i64);
+        let n = dp.poll(&mut *port, now);
+        turns += 1;
+        if let Some(a) = &admin
+            && (n == 0 || turns.is_multiple_of(1024))
+        {
+            a.serve(&mut dp);
+        }
+        if n > 0 {
+            continue;
+        }
+        // Idle: sleep on the device until a frame comes or a timer is due
+        // (at most 10 ms, so signals and the admin socket are seen).
+        let due = dp.poll_at(now).map(|t| (t - now).total_micros()).unwrap_or(10_000);
+        if due > 0 {
+            port.wait(std::time::Duration::from_micros(due.min(10_000) as u64));
+        }
+    }
+    let elapsed = wall.elapsed().as_secs_f64();
+    print_counters(cfg, &dp, port.stats(), elapsed);
     ExitCode::SUCCESS
 }

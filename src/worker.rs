@@ -231,7 +231,7 @@ impl Dataplane {
 
     /// One turn of the loop: a receive burst through every layer, then one
     /// transmit burst. Returns the number of frames received.
-    pub fn poll<P: Port>(&mut self, port: &mut P, now: Instant) -> usize {
+    pub fn poll<P: Port + ?Sized>(&mut self, port: &mut P, now: Instant) -> usize {
         let Dataplane { stack, l4, l7, health, changes, pool, rx, tx, events, l4_burst, .. } = self;
         let n = port.rx_burst(pool, rx, BURST);
         self.more_rx = n == BURST;

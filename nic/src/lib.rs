@@ -5,12 +5,16 @@
 //! All `unsafe` code of Switchyard belongs in this crate, each use in a small
 //! module that says why it is sound (`mem`: prefetch hints and huge pages).
 #![deny(unsafe_code)]
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 #![warn(missing_docs)]
 
+pub mod afpacket;
 pub mod mbuf;
 pub mod mem;
 pub mod pcap;
 pub mod sim;
+mod sys;
+pub mod tap;
 
 pub use mbuf::{Mbuf, Pool, PoolStats};
 
@@ -65,6 +69,13 @@ pub trait Port {
     fn rx_exhausted(&self) -> bool {
         false
     }
+
+    /// Blocks until a frame may be waiting or `timeout` passes: lets a worker
+    /// with nothing to do sleep instead of spinning. Backends without a
+    /// descriptor to wait on return at once.
+    fn wait(&mut self, timeout: std::time::Duration) {
+        let _ = timeout;
+    }
 }
 
 /// Errors opening a port.
@@ -72,8 +83,18 @@ pub trait Port {
 #[non_exhaustive]
 pub enum NicError {
     /// The `nic = "..."` string names no backend we know.
-    #[error("unknown NIC backend `{0}` (expected `sim` or `pcap:IN[,OUT]`)")]
+    #[error(
+        "unknown NIC backend `{0}` (expected `sim`, `pcap:IN[,OUT]`, `tap:NAME` or `af_packet:IFACE`)"
+    )]
     UnknownBackend(String),
+    /// A kernel device could not be opened or set up.
+    #[error("{device}: {reason}")]
+    Device {
+        /// The backend and device, as in the configuration.
+        device: String,
+        /// What failed, with the system's error.
+        reason: String,
+    },
     /// A capture file could not be opened, read or written.
     #[error("pcap file `{path}`: {reason}")]
     Pcap {

@@ -1,0 +1,236 @@
+//! The `af_packet:IFACE` backend: Linux packet sockets with memory-mapped rings.
+//!
+//! Receive uses a TPACKET_V3 ring: the kernel fills blocks of frames and hands
+//! a whole block over at once (when full, or after `RETIRE_MS` at low rates),
+//! so a burst costs no system call. Transmit uses a second socket with a
+//! TPACKET_V2 ring of fixed slots: frames are written into slots, marked, and
+//! one `send` per burst makes the kernel send them all. Frames are copied
+//! between the rings and pool buffers (the rings belong to the kernel); the
+//! frames we send are not looped back to our receive ring.
+//!
+//! Checksums: frames from another namespace's stack over a veth may carry a
+//! partial checksum (offloaded, never computed). The stack verifies every
+//! checksum, so the peers' transmit checksum offload must be off, as
+//! `scripts/netns.sh` does; frames from a real wire always carry full ones.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::sys::{self, Ring};
+use crate::{Mbuf, NicError, Pool, Port, PortStats};
+
+/// Receive ring: blocks of 256 KiB, 64 of them (16 MiB).
+const RX_BLOCK: usize = 1 << 18;
+const RX_BLOCKS: usize = 64;
+/// The kernel hands over a partly filled block after this many milliseconds.
+const RETIRE_MS: u32 = 1;
+/// Transmit ring: 1,024 slots of 2 KiB.
+const TX_SLOT: usize = 2048;
+const TX_BLOCK: usize = 1 << 18;
+const TX_BLOCKS: usize = 8;
+/// Where a frame starts in a TPACKET_V2 transmit slot (TPACKET2_HDRLEN minus
+/// the sockaddr_ll).
+const TX_DATA: usize = 32;
+/// tpacket3_hdr: offsets of the fields read.
+const H3_NEXT: usize = 0;
+const H3_SNAPLEN: usize = 12;
+const H3_MAC: usize = 24;
+/// sockaddr_ll follows the aligned tpacket3_hdr; its packet type is at 10.
+const H3_PKTTYPE: usize = 48 + 10;
+/// Block descriptor: status, packet count, first packet offset.
+const BD_STATUS: usize = 8;
+const BD_NUM: usize = 12;
+const BD_FIRST: usize = 16;
+const TPACKET_V2: i32 = 1;
+const TPACKET_V3: i32 = 2;
+
+/// An AF_PACKET port on one interface.
+pub struct AfPacketPort {
+    iface: String,
+    mac: [u8; 6],
+    rx_fd: OwnedFd,
+    rx: Ring,
+    block: usize,
+    in_block: bool,
+    pkts_left: u32,
+    pkt_off: usize,
+    tx_fd: OwnedFd,
+    tx: Ring,
+    tx_next: usize,
+    stats: PortStats,
+}
+
+fn err(iface: &str, what: &str, e: io::Error) -> NicError {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => " (needs root or CAP_NET_RAW)",
+        Some(libc::ENODEV) => " (no such interface)",
+        _ => "",
+    };
+    NicError::Device { device: format!("af_packet:{iface}"), reason: format!("{what}: {e}{hint}") }
+}
+
+impl AfPacketPort {
+    /// Opens interface `iface`; `mac` is the address the dataplane uses on it.
+    pub fn open(iface: &str, mac: [u8; 6]) -> Result<AfPacketPort, NicError> {
+        let ifindex = sys::ifindex(iface).map_err(|e| err(iface, "interface", e))?;
+        // Receive: created for no protocol, so nothing arrives before the ring
+        // is set up and the socket bound to this interface.
+        let rx_fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)
+            .map_err(|e| err(iface, "packet socket", e))?;
+        sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V3)
+            .map_err(|e| err(iface, "TPACKET_V3", e))?;
+        let req = libc::tpacket_req3 {
+            tp_block_size: RX_BLOCK as u32,
+            tp_block_nr: RX_BLOCKS as u32,
+            tp_frame_size: 2048,
+            tp_frame_nr: (RX_BLOCK / 2048 * RX_BLOCKS) as u32,
+            tp_retire_blk_tov: RETIRE_MS,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)
+            .map_err(|e| err(iface, "receive ring", e))?;
+        let rx = Ring::map(&rx_fd, RX_BLOCK * RX_BLOCKS).map_err(|e| err(iface, "mmap", e))?;
+        // Our own transmissions are not for us (Linux 4.20+; older kernels
+        // show them with packet type OUTGOING, skipped below).
+        let _ = sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1i32);
+        sys::bind_packet(&rx_fd, ifindex, libc::ETH_P_ALL as u16)
+            .map_err(|e| err(iface, "bind", e))?;
+
+        let tx_fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)
+            .map_err(|e| err(iface, "packet socket", e))?;
+        sys::setsockopt(&tx_fd, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V2)
+            .map_err(|e| err(iface, "TPACKET_V2", e))?;
+        // Straight to the driver: the dataplane does its own queueing.
+        let _ = sys::setsockopt(&tx_fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &1i32);
+        let req = libc::tpacket_req {
+            tp_block_size: TX_BLOCK as u32,
+            tp_block_nr: TX_BLOCKS as u32,
+            tp_frame_size: TX_SLOT as u32,
+            tp_frame_nr: (TX_BLOCK / TX_SLOT * TX_BLOCKS) as u32,
+        };
+        sys::setsockopt(&tx_fd, libc::SOL_PACKET, libc::PACKET_TX_RING, &req)
+            .map_err(|e| err(iface, "transmit ring", e))?;
+        let tx = Ring::map(&tx_fd, TX_BLOCK * TX_BLOCKS).map_err(|e| err(iface, "mmap", e))?;
+        sys::bind_packet(&tx_fd, ifindex, 0).map_err(|e| err(iface, "bind", e))?;
+        Ok(AfPacketPort {
+            iface: iface.to_string(),
+            mac,
+            rx_fd,
+            rx,
+            block: 0,
+            in_block: false,
+            pkts_left: 0,
+            pkt_off: 0,
+            tx_fd,
+            tx,
+            tx_next: 0,
+            stats: PortStats::default(),
+        })
+    }
+
+    /// The interface name.
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// Gives the current block back to the kernel and moves to the next.
+    fn release_block(&mut self) {
+        self.rx.set_status(self.block * RX_BLOCK + BD_STATUS, libc::TP_STATUS_KERNEL);
+        self.block = (self.block + 1) % RX_BLOCKS;
+        self.in_block = false;
+    }
+}
+
+impl Port for AfPacketPort {
+    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        let mut got = 0;
+        while got < max {
+            if !self.in_block {
+                let b = self.block * RX_BLOCK;
+                if self.rx.status(b + BD_STATUS) & libc::TP_STATUS_USER == 0 {
+                    break;
+                }
+                self.in_block = true;
+                self.pkts_left = self.rx.u32_at(b + BD_NUM);
+                self.pkt_off = self.rx.u32_at(b + BD_FIRST) as usize;
+            }
+            if self.pkts_left == 0 {
+                self.release_block();
+                continue;
+            }
+            let p = self.block * RX_BLOCK + self.pkt_off;
+            let next = self.rx.u32_at(p + H3_NEXT) as usize;
+            let snaplen = self.rx.u32_at(p + H3_SNAPLEN) as usize;
+            let mac_off = usize::from(self.rx.u16_at(p + H3_MAC));
+            let outgoing = self.rx.bytes(p + H3_PKTTYPE, 1)[0] == libc::PACKET_OUTGOING;
+            self.pkts_left -= 1;
+            self.pkt_off += next;
+            if outgoing {
+                continue;
+            }
+            if mac_off + snaplen > RX_BLOCK - (p - self.block * RX_BLOCK) {
+                self.stats.rx_oversize += 1;
+                continue;
+            }
+            let mut m = pool.alloc();
+            if !m.fill(self.rx.bytes(p + mac_off, snaplen)) {
+                self.stats.rx_oversize += 1;
+                pool.free(m);
+                continue;
+            }
+            self.stats.rx_frames += 1;
+            self.stats.rx_bytes += snaplen as u64;
+            out.push(m);
+            got += 1;
+        }
+        if self.in_block && self.pkts_left == 0 {
+            self.release_block();
+        }
+        got
+    }
+
+    fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>, pool: &mut Pool) -> usize {
+        let slots = TX_BLOCK / TX_SLOT * TX_BLOCKS;
+        let mut sent = 0;
+        for m in pkts.iter() {
+            let slot = self.tx_next * TX_SLOT;
+            let st = self.tx.status(slot);
+            if st != libc::TP_STATUS_AVAILABLE && st & libc::TP_STATUS_WRONG_FORMAT == 0 {
+                break; // the kernel has not sent this slot yet: ring full
+            }
+            let len = m.len().min(TX_SLOT - TX_DATA);
+            self.tx.bytes_mut(slot + TX_DATA, len).copy_from_slice(&m.data()[..len]);
+            self.tx.set_u32(slot + 4, len as u32); // tp_len
+            self.tx.set_status(slot, libc::TP_STATUS_SEND_REQUEST);
+            self.tx_next = (self.tx_next + 1) % slots;
+            self.stats.tx_frames += 1;
+            self.stats.tx_bytes += len as u64;
+            sent += 1;
+        }
+        for m in pkts.drain(..sent) {
+            pool.free(m);
+        }
+        if sent > 0 && sys::kick(&self.tx_fd).is_err() {
+            self.stats.tx_full += 1;
+        }
+        self.stats.tx_full += pkts.len() as u64;
+        sent
+    }
+
+    fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    fn stats(&self) -> PortStats {
+        self.stats
+    }
+
+    fn wait(&mut self, timeout: std::time::Duration) {
+        if self.in_block && self.pkts_left > 0 {
+            return;
+        }
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        sys::wait_readable(self.rx_fd.as_raw_fd(), ms);
+    }
+}

@@ -1,0 +1,224 @@
+//! Thin, safe wrappers over the Linux calls the kernel-socket backends share:
+//! interface lookup, memory-mapped rings, waiting for a descriptor.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The index of network interface `name`.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the whole call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 { Err(io::Error::last_os_error()) } else { Ok(i) }
+}
+
+/// A new socket, owned.
+pub fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain system call; the descriptor returned is ours alone.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a freshly opened descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `setsockopt` with a plain-data value.
+pub fn setsockopt<T: Copy>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points to `size_of::<T>()` readable bytes for the call;
+    // callers pass only the C structs and integers the option expects.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Binds a packet socket to interface `ifindex` for `protocol` (network order
+/// is applied here; 0 receives nothing, for transmit-only sockets).
+pub fn bind_packet(fd: &OwnedFd, ifindex: u32, protocol: u16) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = protocol.to_be();
+    sa.sll_ifindex = ifindex as i32;
+    // SAFETY: `sa` is a valid sockaddr_ll for the length given.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Waits until `fd` is readable or `timeout_ms` passes (0: just checks).
+pub fn wait_readable(fd: RawFd, timeout_ms: i32) {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the call's duration.
+    unsafe { libc::poll(&mut p, 1, timeout_ms) };
+}
+
+/// A ring shared with the kernel through `mmap` of a packet socket.
+pub struct Ring {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Ring {
+    /// Maps `len` bytes of the ring configured on `fd`.
+    pub fn map(fd: &OwnedFd, len: usize) -> io::Result<Ring> {
+        // SAFETY: maps the socket's ring; the kernel checks `len` against it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Ring { base: p.cast(), len })
+    }
+
+    /// The status word at `off`, shared with the kernel, read with acquire
+    /// ordering so the frame it guards is seen whole.
+    pub fn status(&self, off: usize) -> u32 {
+        self.word(off).load(Ordering::Acquire)
+    }
+
+    /// Hands the slot at `off` over by writing its status with release
+    /// ordering, after everything written into the slot.
+    pub fn set_status(&self, off: usize, v: u32) {
+        self.word(off).store(v, Ordering::Release)
+    }
+
+    fn word(&self, off: usize) -> &AtomicU32 {
+        assert!(off.is_multiple_of(4) && off + 4 <= self.len, "ring word out of bounds");
+        // SAFETY: in bounds and 4-byte aligned (checked; the mapping is page
+        // aligned); the kernel accesses the word concurrently, which is what
+        // the atomic type is for.
+        unsafe { &*(self.base.add(off).cast::<AtomicU32>()) }
+    }
+
+    /// A plain 32-bit field (owned by us while the slot's status says so).
+    pub fn u32_at(&self, off: usize) -> u32 {
+        let b = self.bytes(off, 4);
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// A plain 16-bit field.
+    pub fn u16_at(&self, off: usize) -> u16 {
+        let b = self.bytes(off, 2);
+        u16::from_ne_bytes([b[0], b[1]])
+    }
+
+    /// Writes a plain 32-bit field.
+    pub fn set_u32(&mut self, off: usize, v: u32) {
+        self.bytes_mut(off, 4).copy_from_slice(&v.to_ne_bytes());
+    }
+
+    /// Bytes of a slot we own. Panics out of bounds (a ring bug, not input).
+    pub fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        assert!(off.checked_add(len).is_some_and(|e| e <= self.len), "ring read out of bounds");
+        // SAFETY: in bounds of the mapping; the slot belongs to user space
+        // until its status is handed back, so the kernel does not write it.
+        unsafe { std::slice::from_raw_parts(self.base.add(off), len) }
+    }
+
+    /// Writable bytes of a slot we own.
+    pub fn bytes_mut(&mut self, off: usize, len: usize) -> &mut [u8] {
+        assert!(off.checked_add(len).is_some_and(|e| e <= self.len), "ring write out of bounds");
+        // SAFETY: as for `bytes`, and `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(off), len) }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped; no slice outlives `self`.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+// SAFETY: the mapping is owned by the Ring and moves with it; the kernel side
+// synchronises through the status words.
+unsafe impl Send for Ring {}
+
+/// `read` into `buf`: Ok(0) when nothing is waiting (non-blocking descriptor).
+pub fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+    }
+    Ok(n as usize)
+}
+
+/// `write` of one whole frame; Ok(false) when the device cannot take it now.
+pub fn write(fd: &OwnedFd, buf: &[u8]) -> io::Result<bool> {
+    // SAFETY: `buf` is valid for reads of its length.
+    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(false) } else { Err(e) };
+    }
+    Ok(true)
+}
+
+/// Kicks a packet socket's transmit ring: the kernel sends every slot marked
+/// for sending.
+pub fn kick(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: a zero-length send with no buffer is how a TX ring is flushed.
+    let r = unsafe { libc::send(fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Opens `/dev/net/tun` and attaches to (or creates) TAP interface `name`,
+/// without packet information headers, non-blocking.
+pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    let path = CString::new("/dev/net/tun").map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: valid path string; the descriptor returned is ours alone.
+    let fd =
+        unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: freshly opened, owned from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
