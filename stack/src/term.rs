@@ -152,11 +152,91 @@ struct Slot {
     peer_closed: bool,
     user_closed: bool,
     want_write: bool,
+    /// The last acknowledgment number and raw window field the peer sent,
+    /// for [`normalize_dup_ack`].
+    peer_ack: u32,
+    peer_win: u16,
+}
+
+/// Makes a peer's duplicate ACKs recognisable to smoltcp.
+///
+/// smoltcp counts an ACK as a duplicate (three start a fast retransmit) only
+/// when it also leaves the advertised window unchanged, as RFC 5681 defines
+/// it. Linux receivers grow their window with nearly every ACK, so after a
+/// loss smoltcp saw no duplicates and waited for its retransmission timer,
+/// which it never lets fall below one second: a lossy path then crawled at a
+/// segment per second. A pure ACK that repeats the last acknowledgment number
+/// and carries SACK blocks (RFC 2018: the peer holds data beyond a hole) is a
+/// duplicate by any reading; for such an ACK the window field is set back to
+/// the previous one (checksum updated, RFC 1624), so smoltcp counts it. The
+/// window the peer offered only grew, so this is never more than it allows.
+/// Returns whether the segment was changed. `frame` is Ethernet + IP + TCP.
+fn normalize_dup_ack(last_ack: &mut u32, last_win: &mut u16, frame: &mut [u8]) -> bool {
+    use crate::wire::{get16, get32, put16};
+    let Some(&vihl) = frame.get(ETH_LEN) else { return false };
+    let (tcp, ip_end) = match vihl >> 4 {
+        4 => (
+            ETH_LEN + usize::from(vihl & 0x0f) * 4,
+            ETH_LEN + usize::from(get16(frame, ETH_LEN + 2)),
+        ),
+        6 if frame.len() >= ETH_LEN + 40 => {
+            (ETH_LEN + 40, ETH_LEN + 40 + usize::from(get16(frame, ETH_LEN + 4)))
+        }
+        _ => return false,
+    };
+    if frame.len() < tcp + 20 || ip_end > frame.len() {
+        return false;
+    }
+    let hdr = usize::from(frame[tcp + 12] >> 4) * 4;
+    let flags = frame[tcp + 13];
+    let (ack, win) = (get32(frame, tcp + 8), get16(frame, tcp + 14));
+    let pure_ack = flags & 0x17 == 0x10 && tcp + hdr == ip_end && hdr >= 20;
+    let repeated = pure_ack && ack == *last_ack && win != *last_win;
+    if !repeated || !has_sack(frame.get(tcp + 20..tcp + hdr).unwrap_or(&[])) {
+        if flags & 0x10 != 0 {
+            *last_ack = ack;
+            *last_win = win;
+        }
+        return false;
+    }
+    // RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m').
+    let old = get16(frame, tcp + 16);
+    let mut acc = u32::from(!old) + u32::from(!win) + u32::from(*last_win);
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    put16(frame, tcp + 14, *last_win);
+    put16(frame, tcp + 16, !(acc as u16));
+    true
+}
+
+/// Whether TCP options contain a SACK block list (kind 5).
+fn has_sack(mut opts: &[u8]) -> bool {
+    while let Some(&kind) = opts.first() {
+        match kind {
+            0 => return false,
+            1 => opts = &opts[1..],
+            _ => {
+                let Some(&len) = opts.get(1) else { return false };
+                if kind == 5 {
+                    return true;
+                }
+                if len < 2 || usize::from(len) > opts.len() {
+                    return false;
+                }
+                opts = &opts[usize::from(len)..];
+            }
+        }
+    }
+    false
 }
 
 /// Counters of TCP termination.
 #[derive(Clone, Debug, Default)]
 pub struct TcpStats {
+    /// Duplicate ACKs whose window was set back so smoltcp counts them
+    /// (see `normalize_dup_ack`).
+    pub dup_acks_normalized: u64,
     /// Shards created.
     pub shards: u64,
     /// Connections accepted from clients.
@@ -421,7 +501,11 @@ impl TcpTerminator {
                 }
             }
         };
-        let shard = self.slots[slot as usize].shard;
+        let sl = &mut self.slots[slot as usize];
+        if normalize_dup_ack(&mut sl.peer_ack, &mut sl.peer_win, pkt.data_mut()) {
+            self.stats.dup_acks_normalized += 1;
+        }
+        let shard = sl.shard;
         let s = &mut self.shards[shard as usize];
         if s.dev.rx.len() >= SHARD_RX_MAX {
             self.stats.shard_queue_drops += 1;
@@ -473,6 +557,8 @@ impl TcpTerminator {
             peer_closed: false,
             user_closed: false,
             want_write: false,
+            peer_ack: 0,
+            peer_win: 0,
         };
         let Some(i) = self.new_slot(slot) else {
             // Give the listening socket back.
@@ -722,6 +808,8 @@ impl TcpApi for TcpTerminator {
             peer_closed: false,
             user_closed: false,
             want_write: false,
+            peer_ack: 0,
+            peer_win: 0,
         };
         let Some(i) = self.new_slot(slot) else {
             self.release_socket(shard, handle);
@@ -826,5 +914,68 @@ impl TcpApi for TcpTerminator {
 
     fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
         self.open_slot(conn).ok().map(|s| s.remote)
+    }
+}
+
+#[cfg(test)]
+mod dup_ack_tests {
+    use super::*;
+    use crate::wire::*;
+
+    /// A pure ACK from 198.18.0.101:40000 with `ack`, `win` and, if `sack`,
+    /// one SACK block; valid checksum.
+    fn ack(ack: u32, win: u16, sack: bool) -> Vec<u8> {
+        let opts: &[u8] = if sack { &[1, 1, 5, 10, 0, 0, 0, 9, 0, 0, 0, 19] } else { &[] };
+        let len = 20 + opts.len();
+        let mut f = vec![0u8; ETH_LEN + 20 + len];
+        let (s, d): (IpAddr, IpAddr) =
+            ("198.18.0.101".parse().unwrap(), "198.18.0.10".parse().unwrap());
+        put_eth(&mut f, [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], ETHERTYPE_IPV4);
+        put_ip_header(&mut f[ETH_LEN..], s, d, IPPROTO_TCP, len);
+        let t = &mut f[ETH_LEN + 20..];
+        put16(t, 0, 40000);
+        put16(t, 2, 80);
+        put32(t, 8, ack);
+        t[12] = ((len / 4) as u8) << 4;
+        t[13] = 0x10;
+        put16(t, 14, win);
+        t[20..].copy_from_slice(opts);
+        fix_l4_checksum(t, s, d, IPPROTO_TCP, 16);
+        f
+    }
+
+    fn checksum_ok(f: &[u8]) -> bool {
+        let ip = parse_ip(f, ETHERTYPE_IPV4).unwrap();
+        fold(sum(
+            pseudo(ip.src, ip.dst, IPPROTO_TCP, ip.end - ip.l4_offset),
+            &f[ip.l4_offset..ip.end],
+        )) == 0
+    }
+
+    #[test]
+    fn repeated_acks_with_sack_keep_the_last_window() {
+        let (mut a, mut w) = (0, 0);
+        let mut f = ack(1000, 500, false);
+        assert!(!normalize_dup_ack(&mut a, &mut w, &mut f), "a new ACK is left alone");
+        assert_eq!((a, w), (1000, 500));
+        // The same ACK with a grown window and SACK: a duplicate, window set back.
+        let mut f = ack(1000, 520, true);
+        assert!(normalize_dup_ack(&mut a, &mut w, &mut f));
+        assert_eq!(get16(&f, ETH_LEN + 20 + 14), 500);
+        assert!(checksum_ok(&f), "checksum updated");
+        // Without SACK it may be a plain window update: left alone, remembered.
+        let mut f = ack(1000, 540, false);
+        assert!(!normalize_dup_ack(&mut a, &mut w, &mut f));
+        assert_eq!(get16(&f, ETH_LEN + 20 + 14), 540);
+        assert_eq!(w, 540);
+        // A new acknowledgment number is never touched.
+        let mut f = ack(2000, 600, true);
+        assert!(!normalize_dup_ack(&mut a, &mut w, &mut f));
+        assert!(checksum_ok(&f));
+        // Truncated or odd frames are left alone.
+        let mut short = ack(2000, 700, true);
+        short.truncate(ETH_LEN + 30);
+        assert!(!normalize_dup_ack(&mut a, &mut w, &mut short));
+        assert!(!normalize_dup_ack(&mut a, &mut w, &mut []));
     }
 }
