@@ -7,6 +7,16 @@ need_apt=()
 command -v tshark >/dev/null 2>&1 || need_apt+=(tshark)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# Real peers for the end-to-end tests in network namespaces (tests/netns_e2e.rs).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
+[[ -x /usr/sbin/nginx ]] || need_apt+=(nginx-light)
+[[ -x /usr/lib/postgresql/15/bin/initdb ]] || need_apt+=(postgresql)
+command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
 
 if ((${#need_apt[@]})); then
     sudo_cmd=()
@@ -17,6 +27,10 @@ if ((${#need_apt[@]})); then
     echo "wireshark-common wireshark-common/install-setuid boolean false" | "${sudo_cmd[@]}" debconf-set-selections
     "${sudo_cmd[@]}" apt-get update -qq
     "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    # The packages start their services; the tests run their own instances.
+    for svc in nginx postgresql; do
+        "${sudo_cmd[@]}" systemctl stop "$svc" >/dev/null 2>&1 || true
+    done
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

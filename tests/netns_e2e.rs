@@ -1,0 +1,472 @@
+//! End to end with real programs on real kernel interfaces: Switchyard runs in
+//! a network namespace on an AF_PACKET or TAP port (scripts/netns.sh builds the
+//! topology), `curl`, `wrk`, `iperf3`, `psql` and `pgbench` are the clients,
+//! `nginx` and PostgreSQL the backends.
+//!
+//! These need root (namespaces, packet sockets) and the programs that
+//! `scripts/setup.sh` installs. Where something is missing a test says so on
+//! stderr and returns; with `SWITCHYARD_E2E=require` (as `.ci/run` sets) it
+//! fails instead, so CI can never pass them silently.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One topology at a time: the machine has two cores, and the programs in
+/// one test should not compete with another test's.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const NGINX_BIN: &str = "/usr/sbin/nginx";
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn missing(extra: &[&str]) -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("not root: network namespaces and packet sockets need root".into());
+    }
+    for c in ["ip", "ethtool", "curl", "tc"].iter().chain(extra) {
+        if !have(c) && !Path::new(c).exists() {
+            return Some(format!("`{c}` is not installed (scripts/setup.sh installs it)"));
+        }
+    }
+    if Command::new("ip").args(["netns", "add", "sy-probe"]).status().is_ok_and(|s| s.success()) {
+        let _ = Command::new("ip").args(["netns", "del", "sy-probe"]).status();
+        None
+    } else {
+        Some("`ip netns add` failed: network namespaces are not permitted here".into())
+    }
+}
+
+/// Returns false (after saying why) when the test cannot run; panics instead
+/// when `SWITCHYARD_E2E=require`.
+fn can_run(test: &str, extra: &[&str]) -> bool {
+    let Some(why) = missing(extra) else { return true };
+    if std::env::var("SWITCHYARD_E2E").as_deref() == Ok("require") {
+        panic!("{test}: cannot run: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
+fn sh(cmd: &str) -> std::process::Output {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The namespaces of one test, removed (with whatever runs in them) on drop.
+struct Topology {
+    prefix: String,
+    dir: PathBuf,
+}
+
+impl Topology {
+    fn up(prefix: &str) -> Topology {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/netns.sh");
+        sh(&format!("bash {script} up {prefix}"));
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-e2e-{prefix}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Topology { prefix: prefix.to_string(), dir }
+    }
+
+    fn ns(&self, which: &str) -> String {
+        format!("{}{which}", self.prefix)
+    }
+
+    /// A command run in namespace `which` (`cl`, `be`, `lb`).
+    fn exec(&self, which: &str, cmd: &str) -> std::process::Output {
+        sh(&format!("ip netns exec {} {cmd}", self.ns(which)))
+    }
+
+    /// nginx in the backend namespace on 198.18.0.21:8080 (X-Backend: a) and
+    /// 198.18.0.22:8080 (X-Backend: b), serving `www/`, with a 4 MiB random
+    /// file `big.bin`. Returns its SHA-256.
+    fn nginx(&self) -> String {
+        let d = &self.dir;
+        let www = d.join("www");
+        std::fs::create_dir_all(www.join("api")).unwrap();
+        std::fs::write(www.join("index.html"), "home\n").unwrap();
+        std::fs::write(www.join("api/users"), "users\n").unwrap();
+        let mut big = vec![0u8; 4 << 20];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for b in big.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(www.join("big.bin"), &big).unwrap();
+        let conf = format!(
+            "daemon on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\n\
+             events {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n\
+             client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;\n\
+             uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n keepalive_requests 1000000;\n\
+             server {{ listen 198.18.0.21:8080; root {w}; add_header X-Backend a; }}\n\
+             server {{ listen 198.18.0.22:8080; root {w}; add_header X-Backend b; }}\n}}\n",
+            d = d.display(),
+            w = www.display()
+        );
+        let path = d.join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        self.exec("be", &format!("{NGINX_BIN} -c {}", path.display()));
+        let sum = sh(&format!("sha256sum {}", www.join("big.bin").display()));
+        text(&sum).split_whitespace().next().unwrap().to_string()
+    }
+
+    /// Starts Switchyard in the load balancer's namespace with `config`.
+    fn switchyard(&self, config: &str) -> Switchyard {
+        let path = self.dir.join("switchyard.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("lb"), env!("CARGO_BIN_EXE_switchyard"), "run"])
+            .arg("--config")
+            .arg(&path)
+            .args(["--seconds", "120"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("switchyard");
+        // Up once the kernel side answers: ARP for the VIP through it.
+        std::thread::sleep(Duration::from_millis(300));
+        Switchyard { child: Some(child) }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/netns.sh");
+        let _ = Command::new("bash").args([script, "down", &self.prefix]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The Switchyard process of a test; `stop` ends it with SIGTERM and returns
+/// what it printed (its counters).
+struct Switchyard {
+    child: Option<Child>,
+}
+
+impl Switchyard {
+    fn stop(&mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let start = Instant::now();
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = String::new();
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        if let Some(mut s) = child.stderr.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "switchyard exited with {status}:\n{out}");
+        out
+    }
+}
+
+impl Drop for Switchyard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A number after `key` in Switchyard's or a tool's output.
+fn number_after(out: &str, key: &str) -> Option<u64> {
+    let rest = &out[out.find(key)? + key.len()..];
+    rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+fn config(nic: &str, l4_scheduler: &str, l4_pool: &str) -> String {
+    format!(
+        r#"[device]
+nic = "{nic}"
+mac = "02:53:59:00:00:02"
+addresses = ["198.18.0.2/24"]
+
+[[listener]]
+name = "web"
+mode = "l7"
+address = "198.18.0.10:80"
+  [[listener.route]]
+  path_prefix = "/api/"
+  pool = "a"
+  [[listener.route]]
+  pool = "b"
+
+[[listener]]
+name = "tcp"
+mode = "l4"
+address = "198.18.0.10:8080"
+pool = "{l4_pool}"
+scheduler = "{l4_scheduler}"
+
+[[pool]]
+name = "a"
+backends = [{{ name = "a1", address = "198.18.0.21:8080" }}]
+
+[[pool]]
+name = "b"
+backends = [{{ name = "b1", address = "198.18.0.22:8080" }}]
+
+[[pool]]
+name = "ab"
+backends = [{{ name = "ab1", address = "198.18.0.21:8080" }}, {{ name = "ab2", address = "198.18.0.22:8080" }}]
+
+[[pool]]
+name = "pg"
+backends = [{{ name = "pg1", address = "198.18.0.21:5432" }}, {{ name = "pg2", address = "198.18.0.22:5432" }}]
+
+[[pool]]
+name = "iperf"
+backends = [{{ name = "iperf1", address = "198.18.0.21:5201" }}]
+"#
+    )
+}
+
+/// Routes answered by the right nginx, over L7 and L4, and a 4 MiB download
+/// byte-exact both ways; the counters agree with what the clients did.
+fn routes_and_downloads(t: &Topology, sum: &str) {
+    let head = |url: &str| {
+        let o = t.exec("cl", &format!("curl -sS -m 10 -D - -o /dev/null {url}"));
+        let h = text(&o).to_ascii_lowercase();
+        h.lines().find_map(|l| l.strip_prefix("x-backend: ").map(|v| v.trim().to_string()))
+    };
+    assert_eq!(head("http://198.18.0.10/api/users").as_deref(), Some("a"), "/api/ goes to pool a");
+    assert_eq!(head("http://198.18.0.10/index.html").as_deref(), Some("b"), "the rest to pool b");
+    assert_eq!(head("http://198.18.0.10:8080/index.html").as_deref(), Some("a"), "L4 to a1");
+    for url in ["http://198.18.0.10/big.bin", "http://198.18.0.10:8080/big.bin"] {
+        let o = t.exec("cl", &format!("sh -c 'curl -sS -m 30 {url} | sha256sum'"));
+        assert_eq!(text(&o).split_whitespace().next(), Some(sum), "{url} byte-exact");
+    }
+}
+
+#[test]
+fn l7_and_l4_through_af_packet_to_nginx_with_curl_and_wrk() {
+    if !can_run("af_packet", &[NGINX_BIN, "wrk"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("sya-");
+    let sum = t.nginx();
+    let mut lb = t.switchyard(&config("af_packet:lb0", "round-robin", "a"));
+    routes_and_downloads(&t, &sum);
+    // wrk, bounded: 2 s, 16 connections, keep-alive, through the L7 route.
+    let o = t.exec("cl", "wrk -t1 -c16 -d2s --timeout 5s http://198.18.0.10/api/users");
+    let w = text(&o);
+    // "  12345 requests in 2.00s, ..."
+    let requests = w
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("wrk output:\n{w}"));
+    assert!(requests > 100, "wrk completed only {requests} requests:\n{w}");
+    assert!(!w.contains("Non-2xx"), "wrk saw errors:\n{w}");
+    assert!(!w.contains("Socket errors"), "wrk saw socket errors:\n{w}");
+    let out = lb.stop();
+    let l7 = number_after(&out, "listener web (l7): connections").unwrap_or(0);
+    assert!(l7 >= 16 + 3, "L7 connections counted: {out}");
+    let reqs = number_after(&out, ", requests").unwrap_or(0);
+    assert!(reqs >= requests, "switchyard counted {reqs} requests, wrk {requests}:\n{out}");
+    assert!(!out.contains("drop bad_"), "no checksum or header drops:\n{out}");
+}
+
+#[test]
+fn l7_and_l4_through_tap_to_nginx() {
+    if !can_run("tap", &[NGINX_BIN]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("syb-");
+    let sum = t.nginx();
+    let mut lb = t.switchyard(&config("tap:tap0", "round-robin", "a"));
+    routes_and_downloads(&t, &sum);
+    let out = lb.stop();
+    assert!(out.contains("running on tap:tap0"), "{out}");
+    assert_eq!(number_after(&out, "listener tcp (l4): new flows"), Some(2), "{out}");
+}
+
+#[test]
+fn iperf3_through_full_nat_counts_the_same_bytes_on_both_sides() {
+    if !can_run("iperf3", &["iperf3", "nft"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("syc-");
+    t.exec("be", "iperf3 -s -B 198.18.0.21 -p 5201 -D -1");
+    std::thread::sleep(Duration::from_millis(200));
+    let cfg =
+        config("af_packet:lb0", "round-robin", "iperf").replace(":8080\"\npool", ":5201\"\npool");
+    let acct = |peer: &str| {
+        format!(
+            "nft 'add table inet acct; \\
+             add chain inet acct in {{ type filter hook input priority 0; }}; \\
+             add chain inet acct out {{ type filter hook output priority 0; }}; \\
+             add rule inet acct in ip saddr {peer} counter; \\
+             add rule inet acct out ip daddr {peer} counter'"
+        )
+    };
+    t.exec("cl", &acct("198.18.0.10"));
+    t.exec("be", &acct("198.18.0.2"));
+    let mut lb = t.switchyard(&cfg);
+    let o = t.exec("cl", "iperf3 -c 198.18.0.10 -p 5201 -n 64M -J");
+    let j = text(&o);
+    let sent = number_after(&j[j.find("\"sum_sent\"").expect("sum_sent")..], "\"bytes\":").unwrap();
+    assert_eq!(sent, 64 << 20, "iperf3 sent what it was asked to");
+    let out = lb.stop();
+    assert_eq!(number_after(&out, "backend iperf1: flows"), Some(2), "control and data: {out}");
+    // IP bytes each way as the kernels at both ends (nftables counters on
+    // the flows' addresses) and Switchyard counted them. iperf3's own counts
+    // are not comparable: its client counts what it wrote into the socket.
+    let counted = |ns: &str| -> (u64, u64) {
+        let o = text(&t.exec(ns, "nft list table inet acct"));
+        let bytes = |chain: &str| -> u64 {
+            let at = o.find(&format!("chain {chain}")).expect("chain");
+            number_after(&o[at..], "bytes").expect("counter")
+        };
+        (bytes("in"), bytes("out"))
+    };
+    // (The client's output hook sees TCP's segments before software GSO
+    // splits them, so its count lacks some headers: the client side is
+    // compared where it receives.)
+    let (cl_in, _) = counted("cl");
+    let (be_in, be_out) = counted("be");
+    let line =
+        out.lines().find(|l| l.starts_with("listener tcp (l4)")).unwrap_or_else(|| panic!("{out}"));
+    let lb_in = number_after(line, "bytes in").unwrap_or_else(|| panic!("{line}"));
+    let lb_out = number_after(&line[line.find("bytes in").unwrap()..], "out").unwrap();
+    assert!(lb_in > 64 << 20, "{out}");
+    assert_eq!(be_in, lb_in, "client to backend: backend kernel vs switchyard");
+    assert_eq!((be_out, cl_in), (lb_out, lb_out), "backend to client: both kernels vs switchyard");
+}
+
+#[test]
+fn postgres_behind_an_l4_listener_with_source_ip_affinity() {
+    let initdb = format!("{PG_BIN}/initdb");
+    if !can_run("postgres", &[&initdb, "psql", "pgbench", "runuser"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("syd-");
+    let data = t.dir.join("pg");
+    sh(&format!(
+        "mkdir -p {d} && chown postgres {d} && chown postgres {dir}",
+        d = data.display(),
+        dir = t.dir.display()
+    ));
+    sh(&format!(
+        "runuser -u postgres -- {initdb} -D {} -A trust -U postgres >/dev/null",
+        data.display()
+    ));
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "host all all 198.18.0.0/15 trust\nlocal all all trust\n",
+    )
+    .unwrap();
+    t.exec(
+        "be",
+        &format!(
+            "runuser -u postgres -- {PG_BIN}/pg_ctl -D {d} -l {d}/log -w -o \"-c listen_addresses=198.18.0.21,198.18.0.22 -c unix_socket_directories={d} -p 5432\" start >/dev/null",
+            d = data.display()
+        ),
+    );
+    let cfg = config("af_packet:lb0", "source-ip", "pg").replace(":8080\"\npool", ":5432\"\npool");
+    let mut lb = t.switchyard(&cfg);
+    let o = t.exec("cl", "psql -h 198.18.0.10 -U postgres -At -c 'select 40 + 2'");
+    assert_eq!(text(&o).trim(), "42");
+    t.exec("cl", "pgbench -h 198.18.0.10 -U postgres -i -s 1 -q postgres");
+    let o = t.exec("cl", "pgbench -h 198.18.0.10 -U postgres -c 4 -j 2 -t 100 postgres");
+    let b = text(&o);
+    assert!(b.contains("number of transactions actually processed: 400/400"), "{b}");
+    assert!(b.contains("number of failed transactions: 0"), "{b}");
+    let out = lb.stop();
+    let pg1 = number_after(&out, "backend pg1: flows").unwrap();
+    let pg2 = number_after(&out, "backend pg2: flows").unwrap();
+    // One client address: every connection (psql, pgbench's init, its four
+    // clients) lands on the same backend.
+    assert!(pg1 == 0 || pg2 == 0, "source-IP affinity split one client: pg1 {pg1}, pg2 {pg2}");
+    assert!(pg1 + pg2 >= 6, "{out}");
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "runuser -u postgres -- {PG_BIN}/pg_ctl -D {} -m immediate stop",
+                data.display()
+            ),
+        ])
+        .output();
+}
+
+#[test]
+fn two_percent_loss_and_reordering_keep_transfers_byte_exact() {
+    if !can_run("netem", &[NGINX_BIN, "nft"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("sye-");
+    let sum = t.nginx();
+    // netem where the kernel has it; otherwise (as in these Firecracker VMs,
+    // built without CONFIG_NET_SCH_NETEM) 2% loss each way by nftables,
+    // without reordering, which nftables cannot do.
+    let netem = Command::new("ip")
+        .args(["netns", "exec", &t.ns("cl"), "tc", "qdisc", "add", "dev", "eth0", "root"])
+        .args(["netem", "delay", "1ms", "loss", "2%", "reorder", "2%", "50%"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !netem {
+        eprintln!("netem: not in this kernel; 2% loss each way by nftables, no reordering");
+        t.exec(
+            "cl",
+            "nft 'add table inet lossy; \
+             add chain inet lossy in { type filter hook input priority 0; }; \
+             add chain inet lossy out { type filter hook output priority 0; }; \
+             add rule inet lossy in numgen random mod 100 < 2 counter drop; \
+             add rule inet lossy out numgen random mod 100 < 2 counter drop'",
+        );
+    }
+    let mut lb = t.switchyard(&config("af_packet:lb0", "round-robin", "a"));
+    routes_and_downloads(&t, &sum);
+    if !netem {
+        // The loss really happened: packets were dropped both ways.
+        let o = t.exec("cl", "nft list table inet lossy");
+        let drops: Vec<u64> =
+            text(&o).lines().filter_map(|l| number_after(l, "counter packets")).collect();
+        assert!(drops.len() == 2 && drops.iter().all(|d| *d > 10), "nft drops: {drops:?}");
+    }
+    let out = lb.stop();
+    assert!(number_after(&out, "listener tcp (l4): new flows").unwrap() >= 2, "{out}");
+}
