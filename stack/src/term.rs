@@ -156,6 +156,44 @@ struct Slot {
     /// for [`normalize_dup_ack`].
     peer_ack: u32,
     peer_win: u16,
+    /// Whether `holes` has an entry for this slot.
+    hole: bool,
+    /// When the slot was made (SYN), then the handshake's round-trip time.
+    opened: Instant,
+    rtt: Duration,
+}
+
+/// A connection whose peer reported a hole in our data (SACK), until the
+/// acknowledgment moves on. If smoltcp has not repaired it within twice the
+/// round trip, it is nudged: shown the peer's duplicate ACK again three times
+/// (after one that resets its count), which starts a fast retransmit. This
+/// covers what smoltcp leaves to its retransmission timer, which never fires
+/// sooner than a second: a lost retransmission, or a loss too near the end of
+/// a flight for three duplicates to follow.
+struct Hole {
+    slot: u32,
+    generation: u32,
+    ack: u32,
+    since: Instant,
+    rtt: Duration,
+    nudges: u8,
+    /// The peer's last duplicate ACK: the IP packet.
+    len: u8,
+    ip: [u8; HOLE_ACK_MAX],
+}
+
+/// The longest duplicate ACK kept: IPv6 and a TCP header full of options.
+const HOLE_ACK_MAX: usize = 40 + 60;
+/// Nudges per hole before leaving it to smoltcp's timer.
+const MAX_NUDGES: u8 = 4;
+
+impl Hole {
+    /// When the next nudge is due: twice the round trip (at least 5 ms),
+    /// doubling with each nudge.
+    fn due(&self) -> Instant {
+        let base = (self.rtt * 2).max(Duration::from_millis(5));
+        self.since + base * (1u32 << self.nudges)
+    }
 }
 
 /// Makes a peer's duplicate ACKs recognisable to smoltcp.
@@ -170,10 +208,10 @@ struct Slot {
 /// duplicate by any reading; for such an ACK the window field is set back to
 /// the previous one (checksum updated, RFC 1624), so smoltcp counts it. The
 /// window the peer offered only grew, so this is never more than it allows.
-/// Returns whether the segment was changed. `frame` is Ethernet + IP + TCP.
-fn normalize_dup_ack(last_ack: &mut u32, last_win: &mut u16, frame: &mut [u8]) -> bool {
+/// Says what kind of ACK the segment was. `frame` is Ethernet + IP + TCP.
+fn normalize_dup_ack(last_ack: &mut u32, last_win: &mut u16, frame: &mut [u8]) -> AckKind {
     use crate::wire::{get16, get32, put16};
-    let Some(&vihl) = frame.get(ETH_LEN) else { return false };
+    let Some(&vihl) = frame.get(ETH_LEN) else { return AckKind::Other };
     let (tcp, ip_end) = match vihl >> 4 {
         4 => (
             ETH_LEN + usize::from(vihl & 0x0f) * 4,
@@ -182,31 +220,72 @@ fn normalize_dup_ack(last_ack: &mut u32, last_win: &mut u16, frame: &mut [u8]) -
         6 if frame.len() >= ETH_LEN + 40 => {
             (ETH_LEN + 40, ETH_LEN + 40 + usize::from(get16(frame, ETH_LEN + 4)))
         }
-        _ => return false,
+        _ => return AckKind::Other,
     };
     if frame.len() < tcp + 20 || ip_end > frame.len() {
-        return false;
+        return AckKind::Other;
     }
     let hdr = usize::from(frame[tcp + 12] >> 4) * 4;
     let flags = frame[tcp + 13];
     let (ack, win) = (get32(frame, tcp + 8), get16(frame, tcp + 14));
     let pure_ack = flags & 0x17 == 0x10 && tcp + hdr == ip_end && hdr >= 20;
-    let repeated = pure_ack && ack == *last_ack && win != *last_win;
-    if !repeated || !has_sack(frame.get(tcp + 20..tcp + hdr).unwrap_or(&[])) {
-        if flags & 0x10 != 0 {
-            *last_ack = ack;
-            *last_win = win;
+    let sack = pure_ack && has_sack(frame.get(tcp + 20..tcp + hdr).unwrap_or(&[]));
+    if !(sack && ack == *last_ack) {
+        if flags & 0x10 == 0 {
+            return AckKind::Other;
         }
+        let new = ack != *last_ack;
+        *last_ack = ack;
+        *last_win = win;
+        return if new { AckKind::New } else { AckKind::Other };
+    }
+    if win != *last_win {
+        // RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m').
+        let old = get16(frame, tcp + 16);
+        let mut acc = u32::from(!old) + u32::from(!win) + u32::from(*last_win);
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        put16(frame, tcp + 14, *last_win);
+        put16(frame, tcp + 16, !(acc as u16));
+    }
+    AckKind::DupSack
+}
+
+/// What an incoming segment told about our data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AckKind {
+    /// A new acknowledgment number.
+    New,
+    /// A repeated one with SACK blocks: the peer has data beyond a hole.
+    DupSack,
+    /// Anything else.
+    Other,
+}
+
+/// Lowers the window field of the TCP segment in IP packet `ip` by one,
+/// updating the checksum; false if it cannot (window 0, or not TCP).
+fn shrink_window(ip: &mut [u8]) -> bool {
+    use crate::wire::{get16, put16};
+    let tcp = match ip.first().map(|v| v >> 4) {
+        Some(4) => usize::from(ip[0] & 0x0f) * 4,
+        Some(6) => 40,
+        _ => return false,
+    };
+    if ip.len() < tcp + 20 {
         return false;
     }
-    // RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m').
-    let old = get16(frame, tcp + 16);
-    let mut acc = u32::from(!old) + u32::from(!win) + u32::from(*last_win);
+    let win = get16(ip, tcp + 14);
+    if win == 0 {
+        return false;
+    }
+    let old = get16(ip, tcp + 16);
+    let mut acc = u32::from(!old) + u32::from(!win) + u32::from(win - 1);
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
     }
-    put16(frame, tcp + 14, *last_win);
-    put16(frame, tcp + 16, !(acc as u16));
+    put16(ip, tcp + 14, win - 1);
+    put16(ip, tcp + 16, !(acc as u16));
     true
 }
 
@@ -237,6 +316,8 @@ pub struct TcpStats {
     /// Duplicate ACKs whose window was set back so smoltcp counts them
     /// (see `normalize_dup_ack`).
     pub dup_acks_normalized: u64,
+    /// Holes our peers reported that smoltcp was nudged to repair (see `Hole`).
+    pub nudges: u64,
     /// Shards created.
     pub shards: u64,
     /// Connections accepted from clients.
@@ -277,6 +358,10 @@ pub struct TcpTerminator {
     shards: Vec<Shard>,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
+    /// Connections whose peer reported a hole (see [`Hole`]); a handful.
+    holes: Vec<Hole>,
+    /// The time of the current turn.
+    now: Instant,
     demux: crate::FlowMap<(SocketAddr, SocketAddr), u32>,
     /// Shards with an undesignated listening socket, per listener.
     spare: HashMap<ListenerId, Vec<u32>>,
@@ -308,6 +393,8 @@ impl TcpTerminator {
             shards: Vec::new(),
             slots: Vec::new(),
             free_slots: Vec::new(),
+            holes: Vec::new(),
+            now: Instant::from_millis(0),
             demux: crate::flow_map(1024, seed ^ 0x6465_6d75_7800),
             spare: HashMap::new(),
             listeners: HashMap::new(),
@@ -457,6 +544,92 @@ impl TcpTerminator {
         self.free_slots.push(i);
     }
 
+    /// Records a duplicate ACK with SACK blocks for `slot` (IP packet `ip`).
+    fn note_hole(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        ack: u32,
+        rtt: Duration,
+        now: Instant,
+        ip: &[u8],
+    ) {
+        if ip.len() > HOLE_ACK_MAX {
+            return;
+        }
+        let h = match self.holes.iter_mut().position(|h| h.slot == slot) {
+            Some(k) => &mut self.holes[k],
+            None => {
+                self.slots[slot as usize].hole = true;
+                self.holes.push(Hole {
+                    slot,
+                    generation,
+                    ack,
+                    since: now,
+                    rtt,
+                    nudges: 0,
+                    len: 0,
+                    ip: [0; HOLE_ACK_MAX],
+                });
+                let k = self.holes.len() - 1;
+                &mut self.holes[k]
+            }
+        };
+        if h.ack != ack || h.generation != generation {
+            *h = Hole { ack, generation, since: now, nudges: 0, ..*h };
+        }
+        h.len = ip.len() as u8;
+        h.ip[..ip.len()].copy_from_slice(ip);
+    }
+
+    /// Nudges connections whose hole has outlasted twice the round trip.
+    fn nudge(&mut self, now: Instant, pool: &mut Pool) {
+        let mut k = 0;
+        while k < self.holes.len() {
+            let h = &self.holes[k];
+            let sl = &self.slots[h.slot as usize];
+            if sl.generation != h.generation
+                || sl.phase != Phase::Open
+                || !sl.hole
+                || h.nudges >= MAX_NUDGES
+            {
+                let gone = self.holes.swap_remove(k);
+                if self.slots[gone.slot as usize].generation == gone.generation {
+                    self.slots[gone.slot as usize].hole = false;
+                }
+                continue;
+            }
+            if h.due() > now {
+                k += 1;
+                continue;
+            }
+            let shard = sl.shard;
+            let ip = &h.ip[..usize::from(h.len)];
+            // One ACK with the window one unit smaller (smoltcp takes it as a
+            // window update and resets its count), then three duplicates of it.
+            let mut shrunk = [0u8; HOLE_ACK_MAX];
+            shrunk[..ip.len()].copy_from_slice(ip);
+            let ok = shrink_window(&mut shrunk[..ip.len()]);
+            let dev = &mut self.shards[shard as usize].dev;
+            if ok && dev.rx.len() + 4 <= SHARD_RX_MAX {
+                for _ in 0..4 {
+                    let mut m = pool.alloc();
+                    if m.fill(&shrunk[..ip.len()]) {
+                        dev.rx.push_back(m);
+                    } else {
+                        pool.free(m);
+                    }
+                }
+                self.stats.nudges += 1;
+            }
+            let h = &mut self.holes[k];
+            h.nudges += 1;
+            h.since = now;
+            self.mark_dirty(shard);
+            k += 1;
+        }
+    }
+
     fn mark_dirty(&mut self, shard: u32) {
         let s = &mut self.shards[shard as usize];
         if !s.dirty {
@@ -502,9 +675,19 @@ impl TcpTerminator {
             }
         };
         let sl = &mut self.slots[slot as usize];
-        if normalize_dup_ack(&mut sl.peer_ack, &mut sl.peer_win, pkt.data_mut()) {
-            self.stats.dup_acks_normalized += 1;
+        match normalize_dup_ack(&mut sl.peer_ack, &mut sl.peer_win, pkt.data_mut()) {
+            AckKind::DupSack => {
+                self.stats.dup_acks_normalized += 1;
+                let (ack, generation, rtt) = (sl.peer_ack, sl.generation, sl.rtt);
+                self.note_hole(slot, generation, ack, rtt, now, &pkt.data()[ETH_LEN..]);
+            }
+            AckKind::New if sl.hole => {
+                sl.hole = false;
+                self.holes.retain(|h| h.slot != slot);
+            }
+            _ => {}
         }
+        let sl = &self.slots[slot as usize];
         let shard = sl.shard;
         let s = &mut self.shards[shard as usize];
         if s.dev.rx.len() >= SHARD_RX_MAX {
@@ -559,6 +742,9 @@ impl TcpTerminator {
             want_write: false,
             peer_ack: 0,
             peer_win: 0,
+            hole: false,
+            opened: now,
+            rtt: Duration::from_millis(0),
         };
         let Some(i) = self.new_slot(slot) else {
             // Give the listening socket back.
@@ -574,6 +760,10 @@ impl TcpTerminator {
     /// Polls the shards that received segments, were written to, or whose timers
     /// are due; their output goes to `out` as frames with room for Ethernet.
     pub fn poll(&mut self, now: Instant, pool: &mut Pool, out: &mut Vec<Mbuf>) {
+        self.now = now;
+        if !self.holes.is_empty() {
+            self.nudge(now, pool);
+        }
         for (i, s) in self.shards.iter_mut().enumerate() {
             if !s.dirty && s.poll_at.is_some_and(|t| t <= now) {
                 s.dirty = true;
@@ -657,6 +847,7 @@ impl TcpTerminator {
                     let s = &mut self.slots[i as usize];
                     s.phase = Phase::Open;
                     s.established = true;
+                    s.rtt = self.now - s.opened;
                     self.stats.accepted += 1;
                     self.events.push(TcpEvent::Accepted {
                         conn,
@@ -694,6 +885,7 @@ impl TcpTerminator {
                 State::Closed | State::TimeWait => {}
                 _ => {
                     s.established = true;
+                    s.rtt = self.now - s.opened;
                     self.events.push(TcpEvent::Connected { conn });
                 }
             }
@@ -755,7 +947,8 @@ impl TcpTerminator {
 
     /// The earliest timer of any shard; `Some(now)`-like when work is pending.
     pub fn poll_at(&self) -> Option<Instant> {
-        self.shards.iter().filter_map(|s| s.poll_at).min()
+        let holes = self.holes.iter().filter(|h| h.nudges < MAX_NUDGES).map(Hole::due).min();
+        self.shards.iter().filter_map(|s| s.poll_at).chain(holes).min()
     }
 
     fn open_slot(&self, conn: ConnId) -> Result<&Slot, TcpError> {
@@ -810,6 +1003,9 @@ impl TcpApi for TcpTerminator {
             want_write: false,
             peer_ack: 0,
             peer_win: 0,
+            hole: false,
+            opened: now,
+            rtt: Duration::from_millis(0),
         };
         let Some(i) = self.new_slot(slot) else {
             self.release_socket(shard, handle);
@@ -956,26 +1152,34 @@ mod dup_ack_tests {
     fn repeated_acks_with_sack_keep_the_last_window() {
         let (mut a, mut w) = (0, 0);
         let mut f = ack(1000, 500, false);
-        assert!(!normalize_dup_ack(&mut a, &mut w, &mut f), "a new ACK is left alone");
+        assert_eq!(normalize_dup_ack(&mut a, &mut w, &mut f), AckKind::New);
         assert_eq!((a, w), (1000, 500));
         // The same ACK with a grown window and SACK: a duplicate, window set back.
         let mut f = ack(1000, 520, true);
-        assert!(normalize_dup_ack(&mut a, &mut w, &mut f));
+        assert_eq!(normalize_dup_ack(&mut a, &mut w, &mut f), AckKind::DupSack);
         assert_eq!(get16(&f, ETH_LEN + 20 + 14), 500);
         assert!(checksum_ok(&f), "checksum updated");
         // Without SACK it may be a plain window update: left alone, remembered.
         let mut f = ack(1000, 540, false);
-        assert!(!normalize_dup_ack(&mut a, &mut w, &mut f));
+        assert_eq!(normalize_dup_ack(&mut a, &mut w, &mut f), AckKind::Other);
         assert_eq!(get16(&f, ETH_LEN + 20 + 14), 540);
         assert_eq!(w, 540);
         // A new acknowledgment number is never touched.
         let mut f = ack(2000, 600, true);
-        assert!(!normalize_dup_ack(&mut a, &mut w, &mut f));
+        assert_eq!(normalize_dup_ack(&mut a, &mut w, &mut f), AckKind::New);
+        assert_eq!(get16(&f, ETH_LEN + 20 + 14), 600);
         assert!(checksum_ok(&f));
+        // The nudge's window one smaller, checksum still right.
+        let mut ip = f[ETH_LEN..].to_vec();
+        assert!(shrink_window(&mut ip));
+        assert_eq!(get16(&ip, 20 + 14), 599);
+        let mut again = f[..ETH_LEN].to_vec();
+        again.extend_from_slice(&ip);
+        assert!(checksum_ok(&again));
         // Truncated or odd frames are left alone.
         let mut short = ack(2000, 700, true);
         short.truncate(ETH_LEN + 30);
-        assert!(!normalize_dup_ack(&mut a, &mut w, &mut short));
-        assert!(!normalize_dup_ack(&mut a, &mut w, &mut []));
+        assert_eq!(normalize_dup_ack(&mut a, &mut w, &mut short), AckKind::Other);
+        assert_eq!(normalize_dup_ack(&mut a, &mut w, &mut []), AckKind::Other);
     }
 }
