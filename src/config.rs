@@ -252,6 +252,8 @@ pub enum NicSpec {
     AfPacket {
         /// Interface name.
         iface: String,
+        /// Receive through TPACKET_V3 blocks (`,v3`) instead of V2 frames.
+        v3: bool,
     },
 }
 
@@ -890,6 +892,16 @@ impl Cx<'_> {
             }
             s if s.starts_with("tap:") || s.starts_with("af_packet:") => {
                 let (kind, name) = s.split_once(':').unwrap_or((s, ""));
+                let (name, v3) = match name.split_once(',') {
+                    Some((n, "v3")) if kind == "af_packet" => (n, true),
+                    Some((_, other)) => {
+                        return Err(self.at(
+                            &d.nic,
+                            format!("`{kind}:` option `{other}`: the only option is `af_packet:IFACE,v3`"),
+                        ));
+                    }
+                    None => (name, false),
+                };
                 if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
                     return Err(self.at(
                         &d.nic,
@@ -898,7 +910,7 @@ impl Cx<'_> {
                 }
                 match kind {
                     "tap" => NicSpec::Tap { name: name.to_string() },
-                    _ => NicSpec::AfPacket { iface: name.to_string() },
+                    _ => NicSpec::AfPacket { iface: name.to_string(), v3 },
                 }
             }
             other => {

@@ -223,8 +223,10 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
         NicSpec::Tap { name } => {
             switchyard_nic::tap::TapPort::open(name, mac).map(|p| Box::new(p) as _)
         }
-        NicSpec::AfPacket { iface } => {
-            switchyard_nic::afpacket::AfPacketPort::open(iface, mac).map(|p| Box::new(p) as _)
+        NicSpec::AfPacket { iface, v3 } => {
+            use switchyard_nic::afpacket::{AfPacketPort, RxRing};
+            let mode = if *v3 { RxRing::Blocks } else { RxRing::Frames };
+            AfPacketPort::open(iface, mac, mode).map(|p| Box::new(p) as _)
         }
         _ => return ExitCode::from(2),
     };
@@ -264,7 +266,9 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
         "switchyard: running on {} ({} listeners){}",
         match &cfg.device.nic {
             NicSpec::Tap { name } => format!("tap:{name}"),
-            NicSpec::AfPacket { iface } => format!("af_packet:{iface}"),
+            NicSpec::AfPacket { iface, v3 } => {
+                format!("af_packet:{iface}{}", if *v3 { ",v3" } else { "" })
+            }
             _ => String::new(),
         },
         cfg.listeners.len(),

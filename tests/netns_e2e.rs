@@ -30,7 +30,7 @@ fn have(cmd: &str) -> bool {
 }
 
 /// Why these tests cannot run here, if they cannot.
-fn missing(extra: &[&str]) -> Option<String> {
+fn missing(test: &str, extra: &[&str]) -> Option<String> {
     let uid = Command::new("id").arg("-u").output().ok()?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Some("not root: network namespaces and packet sockets need root".into());
@@ -40,8 +40,10 @@ fn missing(extra: &[&str]) -> Option<String> {
             return Some(format!("`{c}` is not installed (scripts/setup.sh installs it)"));
         }
     }
-    if Command::new("ip").args(["netns", "add", "sy-probe"]).status().is_ok_and(|s| s.success()) {
-        let _ = Command::new("ip").args(["netns", "del", "sy-probe"]).status();
+    // A probe namespace of this test's own (the tests start concurrently).
+    let probe = format!("sy-probe-{}-{test}", std::process::id());
+    if Command::new("ip").args(["netns", "add", &probe]).status().is_ok_and(|s| s.success()) {
+        let _ = Command::new("ip").args(["netns", "del", &probe]).status();
         None
     } else {
         Some("`ip netns add` failed: network namespaces are not permitted here".into())
@@ -51,7 +53,7 @@ fn missing(extra: &[&str]) -> Option<String> {
 /// Returns false (after saying why) when the test cannot run; panics instead
 /// when `SWITCHYARD_E2E=require`.
 fn can_run(test: &str, extra: &[&str]) -> bool {
-    let Some(why) = missing(extra) else { return true };
+    let Some(why) = missing(test, extra) else { return true };
     if std::env::var("SWITCHYARD_E2E").as_deref() == Ok("require") {
         panic!("{test}: cannot run: {why}");
     }

@@ -1,8 +1,9 @@
 //! The `af_packet:IFACE` backend: Linux packet sockets with memory-mapped rings.
 //!
-//! Receive uses a TPACKET_V3 ring: the kernel fills blocks of frames and hands
-//! a whole block over at once (when full, or after `RETIRE_MS` at low rates),
-//! so a burst costs no system call. Transmit uses a second socket with a
+//! Receive uses a TPACKET_V2 ring of fixed slots, each handed over as soon as
+//! it is written, or (`af_packet:IFACE,v3`) a TPACKET_V3 ring whose blocks are
+//! handed over whole, when full or after `RETIRE_MS`. Either way a burst costs
+//! no system call. Transmit uses a second socket with a
 //! TPACKET_V2 ring of fixed slots: frames are written into slots, marked, and
 //! one `send` per burst makes the kernel send them all. Frames are copied
 //! between the rings and pool buffers (the rings belong to the kernel); the
@@ -19,9 +20,34 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use crate::sys::{self, Ring};
 use crate::{Mbuf, NicError, Pool, Port, PortStats};
 
-/// Receive ring: blocks of 256 KiB, 64 of them (16 MiB).
-const RX_BLOCK: usize = 1 << 18;
-const RX_BLOCKS: usize = 64;
+/// How the receive ring hands frames over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RxRing {
+    /// TPACKET_V2: fixed 2 KiB slots, each handed over as soon as the kernel
+    /// has written it. The default: no added latency.
+    #[default]
+    Frames,
+    /// TPACKET_V3: variable-size frames packed into blocks, a block handed
+    /// over when full or after `RETIRE_MS`. Fewer cache lines per small
+    /// frame, but at moderate rates frames wait for their block: a TCP
+    /// stream's ACKs are held back and throughput falls (see bench/RESULTS.md).
+    Blocks,
+}
+
+/// Receive ring (V2): 8,192 slots of 2 KiB (16 MiB).
+const RX_SLOT: usize = 2048;
+const RX_SLOTS: usize = 8192;
+/// tpacket2_hdr: status at 0, snaplen at 8, MAC offset at 12; the
+/// sockaddr_ll follows at 32, its packet type at 10 within it.
+const H2_SNAPLEN: usize = 8;
+const H2_MAC: usize = 12;
+const H2_PKTTYPE: usize = 32 + 10;
+
+/// Receive ring (V3): blocks of 16 KiB, 1,024 of them (16 MiB). Small blocks are
+/// handed over sooner: a block is retired when full or after `RETIRE_MS`, so
+/// at moderate rates the block size, not the timer, bounds the added latency.
+const RX_BLOCK: usize = 1 << 14;
+const RX_BLOCKS: usize = 1024;
 /// The kernel hands over a partly filled block after this many milliseconds.
 const RETIRE_MS: u32 = 1;
 /// Transmit ring: 1,024 slots of 2 KiB.
@@ -50,6 +76,10 @@ pub struct AfPacketPort {
     mac: [u8; 6],
     rx_fd: OwnedFd,
     rx: Ring,
+    mode: RxRing,
+    /// V2: the next slot.
+    slot: usize,
+    /// V3: the current block and where in it.
     block: usize,
     in_block: bool,
     pkts_left: u32,
@@ -71,26 +101,43 @@ fn err(iface: &str, what: &str, e: io::Error) -> NicError {
 
 impl AfPacketPort {
     /// Opens interface `iface`; `mac` is the address the dataplane uses on it.
-    pub fn open(iface: &str, mac: [u8; 6]) -> Result<AfPacketPort, NicError> {
+    pub fn open(iface: &str, mac: [u8; 6], mode: RxRing) -> Result<AfPacketPort, NicError> {
         let ifindex = sys::ifindex(iface).map_err(|e| err(iface, "interface", e))?;
         // Receive: created for no protocol, so nothing arrives before the ring
         // is set up and the socket bound to this interface.
         let rx_fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)
             .map_err(|e| err(iface, "packet socket", e))?;
-        sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V3)
-            .map_err(|e| err(iface, "TPACKET_V3", e))?;
-        let req = libc::tpacket_req3 {
-            tp_block_size: RX_BLOCK as u32,
-            tp_block_nr: RX_BLOCKS as u32,
-            tp_frame_size: 2048,
-            tp_frame_nr: (RX_BLOCK / 2048 * RX_BLOCKS) as u32,
-            tp_retire_blk_tov: RETIRE_MS,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
+        let rx = match mode {
+            RxRing::Frames => {
+                sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V2)
+                    .map_err(|e| err(iface, "TPACKET_V2", e))?;
+                let req = libc::tpacket_req {
+                    tp_block_size: (RX_SLOT * 64) as u32,
+                    tp_block_nr: (RX_SLOTS / 64) as u32,
+                    tp_frame_size: RX_SLOT as u32,
+                    tp_frame_nr: RX_SLOTS as u32,
+                };
+                sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)
+                    .map_err(|e| err(iface, "receive ring", e))?;
+                Ring::map(&rx_fd, RX_SLOT * RX_SLOTS).map_err(|e| err(iface, "mmap", e))?
+            }
+            RxRing::Blocks => {
+                sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V3)
+                    .map_err(|e| err(iface, "TPACKET_V3", e))?;
+                let req = libc::tpacket_req3 {
+                    tp_block_size: RX_BLOCK as u32,
+                    tp_block_nr: RX_BLOCKS as u32,
+                    tp_frame_size: 2048,
+                    tp_frame_nr: (RX_BLOCK / 2048 * RX_BLOCKS) as u32,
+                    tp_retire_blk_tov: RETIRE_MS,
+                    tp_sizeof_priv: 0,
+                    tp_feature_req_word: 0,
+                };
+                sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)
+                    .map_err(|e| err(iface, "receive ring", e))?;
+                Ring::map(&rx_fd, RX_BLOCK * RX_BLOCKS).map_err(|e| err(iface, "mmap", e))?
+            }
         };
-        sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)
-            .map_err(|e| err(iface, "receive ring", e))?;
-        let rx = Ring::map(&rx_fd, RX_BLOCK * RX_BLOCKS).map_err(|e| err(iface, "mmap", e))?;
         // Our own transmissions are not for us (Linux 4.20+; older kernels
         // show them with packet type OUTGOING, skipped below).
         let _ = sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1i32);
@@ -118,6 +165,8 @@ impl AfPacketPort {
             mac,
             rx_fd,
             rx,
+            mode,
+            slot: 0,
             block: 0,
             in_block: false,
             pkts_left: 0,
@@ -142,8 +191,42 @@ impl AfPacketPort {
     }
 }
 
-impl Port for AfPacketPort {
-    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
+impl AfPacketPort {
+    /// V2: slots in turn, each ours once the kernel set TP_STATUS_USER.
+    fn rx_frames(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        let mut got = 0;
+        while got < max {
+            let p = self.slot * RX_SLOT;
+            if self.rx.status(p) & libc::TP_STATUS_USER == 0 {
+                break;
+            }
+            let snaplen = self.rx.u32_at(p + H2_SNAPLEN) as usize;
+            let mac_off = usize::from(self.rx.u16_at(p + H2_MAC));
+            let outgoing = self.rx.bytes(p + H2_PKTTYPE, 1)[0] == libc::PACKET_OUTGOING;
+            if !outgoing {
+                if mac_off + snaplen > RX_SLOT {
+                    self.stats.rx_oversize += 1;
+                } else {
+                    let mut m = pool.alloc();
+                    if m.fill(self.rx.bytes(p + mac_off, snaplen)) {
+                        self.stats.rx_frames += 1;
+                        self.stats.rx_bytes += snaplen as u64;
+                        out.push(m);
+                        got += 1;
+                    } else {
+                        self.stats.rx_oversize += 1;
+                        pool.free(m);
+                    }
+                }
+            }
+            self.rx.set_status(p, libc::TP_STATUS_KERNEL);
+            self.slot = (self.slot + 1) % RX_SLOTS;
+        }
+        got
+    }
+
+    /// V3: blocks in turn, each ours once retired, frames walked inside it.
+    fn rx_blocks(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
         let mut got = 0;
         while got < max {
             if !self.in_block {
@@ -188,6 +271,15 @@ impl Port for AfPacketPort {
             self.release_block();
         }
         got
+    }
+}
+
+impl Port for AfPacketPort {
+    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        match self.mode {
+            RxRing::Frames => self.rx_frames(pool, out, max),
+            RxRing::Blocks => self.rx_blocks(pool, out, max),
+        }
     }
 
     fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>, pool: &mut Pool) -> usize {

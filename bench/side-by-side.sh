@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Side by side: Switchyard, HAProxy and nginx as load balancers in front of the
+# same nginx backends, driven by the same clients, in network namespaces on
+# this host (scripts/netns.sh). Each load balancer is pinned to CPU 1, the
+# clients and backends to CPU 0; runs are interleaved (A B C A B C ...) so
+# drifts in the machine hit every candidate alike. Writes bench/RESULTS.md.
+#
+#   bash bench/side-by-side.sh [--seconds N] [--rounds R]     (root; default 5 s, 2 rounds)
+#   SBS_NIC="af_packet:lb0,v3" bash bench/side-by-side.sh ...   (Switchyard on another port kind)
+#
+# Scenarios that the landed code supports:
+#   http-keepalive  wrk, 50 keep-alive connections, GET of a 1 KiB body via L7
+#   tcp-bulk        iperf3, one TCP stream through an L4 (full-NAT / mode tcp / stream) listener
+# Measured: requests/s or Gbit/s, wrk's p50/p99 latency, and the load
+# balancer's CPU time (utime + stime from /proc) during the run, which gives
+# requests per LB CPU-second: the figure that does not depend on how many
+# cores a load balancer happened to use.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+secs=5
+rounds=2
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --seconds) secs=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    *) echo "usage: $0 [--seconds N] [--rounds R]" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "side-by-side: needs root (network namespaces)" >&2; exit 2; }
+for c in haproxy nginx wrk iperf3 taskset; do
+    command -v "$c" >/dev/null || [ -x "/usr/sbin/$c" ] || {
+        echo "side-by-side: $c is not installed (apt-get install haproxy nginx-light libnginx-mod-stream wrk iperf3)" >&2
+        exit 2
+    }
+done
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || {
+    echo "side-by-side: nginx's stream module is missing (apt-get install libnginx-mod-stream)" >&2
+    exit 2
+}
+
+P=sbs-
+work=$(mktemp -d /tmp/switchyard-sbs.XXXXXX)
+chmod 755 "$work"   # nginx workers (www-data) read the files
+cleanup() {
+    bash "$root/scripts/netns.sh" down "$P" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+[ -n "${SBS_KEEP:-}" ] && trap - EXIT
+
+echo "side-by-side: building switchyard (release)"
+(cd "$root" && cargo build --release -q --bin switchyard)
+bash "$root/scripts/netns.sh" up "$P"
+n() { ip netns exec "$P$1" "${@:2}"; }
+
+# The kernel proxies need kernel addresses in the load balancer's namespace:
+# HAProxy answers on 198.18.0.11, nginx on 198.18.0.12 (on the bridge);
+# Switchyard owns 198.18.0.2 and VIP 198.18.0.10 in user space on lb0.
+n lb ip addr add 198.18.0.3/24 dev br0
+n lb ip addr add 198.18.0.11/24 dev br0
+n lb ip addr add 198.18.0.12/24 dev br0
+n lb sysctl -qw net.ipv4.conf.lb0.arp_ignore=1 net.ipv4.conf.tap0.arp_ignore=1
+n lb ip link set lo up
+
+# Backends: nginx serving a 1 KiB body on two addresses, iperf3 servers.
+mkdir -p "$work/www"
+head -c 1024 /dev/zero | tr '\0' 'x' > "$work/www/1k"
+cat > "$work/backend.conf" <<EOF
+daemon on; worker_processes 1; pid $work/backend.pid; error_log $work/backend.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f;
+  uwsgi_temp_path $work/u; scgi_temp_path $work/s;
+  server { listen 198.18.0.21:8080 backlog=4096; root $work/www; }
+  server { listen 198.18.0.22:8080 backlog=4096; root $work/www; } }
+EOF
+n be taskset -c 0 /usr/sbin/nginx -c "$work/backend.conf"
+n be taskset -c 0 iperf3 -s -B 198.18.0.21 -p 5201 -D
+n be taskset -c 0 iperf3 -s -B 198.18.0.21 -p 5202 -D
+n be taskset -c 0 iperf3 -s -B 198.18.0.21 -p 5203 -D
+
+# The three load balancers, each pinned to CPU 1.
+cat > "$work/switchyard.toml" <<EOF
+[device]
+nic = "${SBS_NIC:-af_packet:lb0}"
+mac = "02:53:59:00:00:02"
+addresses = ["198.18.0.2/24"]
+[tcp]
+max_connections = 4096
+[[listener]]
+name = "http"
+mode = "l7"
+address = "198.18.0.10:80"
+  [[listener.route]]
+  pool = "web"
+[[listener]]
+name = "tcp"
+mode = "l4"
+address = "198.18.0.10:5201"
+pool = "iperf"
+[[pool]]
+name = "web"
+backends = [{ name = "w1", address = "198.18.0.21:8080" }, { name = "w2", address = "198.18.0.22:8080" }]
+[[pool]]
+name = "iperf"
+backends = [{ name = "i1", address = "198.18.0.21:5201" }]
+EOF
+ip netns exec "${P}lb" taskset -c 1 "$root/target/release/switchyard" run --config "$work/switchyard.toml" > "$work/switchyard.out" 2>&1 &
+sy_pid=$!
+
+cat > "$work/haproxy.cfg" <<EOF
+global
+  maxconn 8192
+  nbthread 1
+defaults
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend http
+  mode http
+  bind 198.18.0.11:80
+  option http-keep-alive
+  default_backend web
+backend web
+  mode http
+  http-reuse always
+  server w1 198.18.0.21:8080
+  server w2 198.18.0.22:8080
+listen tcp
+  mode tcp
+  bind 198.18.0.11:5201
+  server i1 198.18.0.21:5202
+EOF
+ip netns exec "${P}lb" taskset -c 1 haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.out" 2>&1 &
+ha_pid=$!
+
+cat > "$work/nginx-lb.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off; master_process off; worker_processes 1; pid $work/lb.pid; error_log $work/lb.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work/lb; proxy_temp_path $work/lp; fastcgi_temp_path $work/lf;
+  uwsgi_temp_path $work/lu; scgi_temp_path $work/ls;
+  upstream web { server 198.18.0.21:8080; server 198.18.0.22:8080; keepalive 64; }
+  server { listen 198.18.0.12:80 backlog=4096;
+    location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+stream { server { listen 198.18.0.12:5201; proxy_pass 198.18.0.21:5203; } }
+EOF
+ip netns exec "${P}lb" taskset -c 1 /usr/sbin/nginx -c "$work/nginx-lb.conf" > "$work/nginx.out" 2>&1 &
+ng_pid=$!
+sleep 1
+for p in $sy_pid $ha_pid $ng_pid; do
+    kill -0 "$p" 2>/dev/null || { echo "side-by-side: a load balancer did not start:" >&2; cat "$work"/*.out >&2; exit 1; }
+done
+
+# CPU seconds (user + system) of a process so far.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
+
+declare -A vip=([switchyard]=198.18.0.10 [haproxy]=198.18.0.11 [nginx]=198.18.0.12)
+declare -A pid=([switchyard]=$sy_pid [haproxy]=$ha_pid [nginx]=$ng_pid)
+lbs=(switchyard haproxy nginx)
+results="$work/results.tsv"
+: > "$results"
+
+# Warm-up: every path once.
+for lb in "${lbs[@]}"; do
+    n cl curl -sf -m 5 -o /dev/null "http://${vip[$lb]}/1k" || { echo "side-by-side: $lb does not answer" >&2; kill -TERM "${pid[$lb]}"; sleep 0.5; cat "$work/$lb.out" >&2; exit 1; }
+done
+
+for r in $(seq 1 "$rounds"); do
+    for lb in "${lbs[@]}"; do
+        c0=$(cpu "${pid[$lb]}")
+        out=$(n cl taskset -c 0 wrk -t1 -c50 -d"${secs}s" --latency "http://${vip[$lb]}/1k")
+        c1=$(cpu "${pid[$lb]}")
+        rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
+        total=$(awk '/requests in/ { print $1 }' <<<"$out")
+        p50=$(awk '$1 == "50%" { print $2 }' <<<"$out")
+        p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
+        errs=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
+        printf "http-keepalive\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$lb" "$r" "$rps" "$total" "$p50" "$p99" "$(echo "$c1 - $c0" | bc)" "${errs:-}" >> "$results"
+        echo "round $r http-keepalive $lb: $rps req/s, p50 $p50, p99 $p99, LB CPU $(echo "$c1 - $c0" | bc) s ${errs:-}"
+    done
+    for lb in "${lbs[@]}"; do
+        c0=$(cpu "${pid[$lb]}")
+        j=$(n cl taskset -c 0 iperf3 -c "${vip[$lb]}" -p 5201 -t "$secs" -J)
+        c1=$(cpu "${pid[$lb]}")
+        bps=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])' <<<"$j")
+        gbps=$(echo "scale=3; $bps / 1000000000" | bc)
+        printf "tcp-bulk\t%s\t%s\t%s\t\t\t\t%s\t\n" "$lb" "$r" "$gbps" "$(echo "$c1 - $c0" | bc)" >> "$results"
+        echo "round $r tcp-bulk $lb: $gbps Gbit/s, LB CPU $(echo "$c1 - $c0" | bc) s"
+    done
+done
+
+# The results page.
+python3 - "$results" "$secs" "$rounds" > "$root/bench/RESULTS.md" <<'PY'
+import sys, statistics, platform, subprocess, datetime
+path, secs, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+def model():
+    for l in open("/proc/cpuinfo"):
+        if l.startswith("model name"):
+            return l.split(":", 1)[1].strip()
+    return "?"
+by = {}
+for r in rows:
+    by.setdefault((r[0], r[1]), []).append(r)
+out = []
+out.append("# Benchmark results\n")
+out.append("Generated by `bash bench/side-by-side.sh --seconds %d --rounds %d` on %s UTC. "
+           "Every figure below comes from that one run; run the command again to reproduce.\n"
+           % (secs, rounds, datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M")))
+out.append("Machine: %s, %d CPUs, Linux %s. Each load balancer pinned to CPU 1; clients and "
+           "nginx backends on CPU 0; network namespaces joined by a bridge and veth pairs "
+           "(`scripts/netns.sh`); Switchyard on `af_packet:lb0`, HAProxy %s and nginx %s on the "
+           "kernel stack. Runs interleaved, %d rounds of %d s; the table shows the mean of the rounds.\n"
+           % (model(), __import__("os").cpu_count(), platform.release(),
+              subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split()[2],
+              subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1],
+              rounds, secs))
+def mean(xs):
+    xs = [float(x) for x in xs if x not in ("", None)]
+    return statistics.mean(xs) if xs else float("nan")
+out.append("## HTTP/1.1 keep-alive (wrk, 50 connections, 1 KiB bodies)\n")
+out.append("| load balancer | requests/s | p50 | p99 | LB CPU s | requests per LB CPU-second | vs best peer |")
+out.append("|---|---:|---|---|---:|---:|---:|")
+eff = {}
+for lb in ("switchyard", "haproxy", "nginx"):
+    rs = by.get(("http-keepalive", lb), [])
+    if not rs: continue
+    total = sum(float(r[4]) for r in rs); cpu = sum(float(r[7]) for r in rs)
+    eff[lb] = total / cpu if cpu > 0 else float("nan")
+best = max(v for k, v in eff.items() if k != "switchyard") if len(eff) > 1 else float("nan")
+for lb in ("switchyard", "haproxy", "nginx"):
+    rs = by.get(("http-keepalive", lb), [])
+    if not rs: continue
+    errs = "; ".join(r[8] for r in rs if len(r) > 8 and r[8].strip())
+    out.append("| %s | %.0f | %s | %s | %.2f | %.0f | %s |%s" % (
+        lb, mean(r[3] for r in rs), " / ".join(r[5] for r in rs), " / ".join(r[6] for r in rs),
+        mean(r[7] for r in rs), eff[lb],
+        "%.2f×" % (eff[lb] / best) if lb == "switchyard" else "", (" errors: " + errs) if errs else ""))
+out.append("")
+out.append("## TCP bulk through an L4 listener (iperf3, one stream)\n")
+out.append("| load balancer | Gbit/s | LB CPU s | Gbit per LB CPU-second | vs best peer |")
+out.append("|---|---:|---:|---:|---:|")
+eff = {}
+for lb in ("switchyard", "haproxy", "nginx"):
+    rs = by.get(("tcp-bulk", lb), [])
+    if not rs: continue
+    g = sum(float(r[3]) * secs for r in rs); cpu = sum(float(r[7]) for r in rs)
+    eff[lb] = g / cpu if cpu > 0 else float("nan")
+best = max(v for k, v in eff.items() if k != "switchyard") if len(eff) > 1 else float("nan")
+for lb in ("switchyard", "haproxy", "nginx"):
+    rs = by.get(("tcp-bulk", lb), [])
+    if not rs: continue
+    out.append("| %s | %.2f | %.2f | %.2f | %s |" % (lb, mean(r[3] for r in rs), mean(r[7] for r in rs), eff[lb],
+        "%.2f×" % (eff[lb] / best) if lb == "switchyard" else ""))
+out.append("")
+out.append("Not yet measured (the code for them has not landed): HTTPS new connections, "
+           "HTTP/2 over TLS, concurrency sweeps with plots, latency CDFs.\n")
+out.append("Raw rows (scenario, LB, round, rate, requests, p50, p99, LB CPU s, errors):\n")
+out.append("```")
+out.extend("\t".join(r) for r in rows)
+out.append("```")
+print("\n".join(out))
+PY
+echo "side-by-side: wrote bench/RESULTS.md"
+cat "$root/bench/RESULTS.md"
