@@ -110,8 +110,16 @@ struct RawListener {
     scheduler: Option<Spanned<String>>,
     forwarding: Option<Spanned<String>>,
     on_backend_down: Option<Spanned<String>>,
+    tls: Option<Spanned<RawTls>>,
     #[serde(default)]
     route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -319,6 +327,8 @@ pub enum Mode {
     L7 {
         /// Routes in match order.
         routes: Vec<Route>,
+        /// Terminate TLS with this certificate and key (`tls = { cert, key }`).
+        tls: Option<std::sync::Arc<switchyard_tls::ServerConfig>>,
     },
 }
 
@@ -638,6 +648,12 @@ impl Cx<'_> {
                     if !l.route.is_empty() {
                         return Err(self.at(&l.mode, "routes belong to `mode = \"l7\"` listeners"));
                     }
+                    if let Some(t) = &l.tls {
+                        return Err(self.at(
+                            t,
+                            "TLS is terminated on `mode = \"l7\"` listeners; L4 passes it through untouched",
+                        ));
+                    }
                     let pool = match &l.pool {
                         Some(p) => pool_index(p)?,
                         None => {
@@ -790,7 +806,20 @@ impl Cx<'_> {
                         }
                         routes.push(route);
                     }
-                    Mode::L7 { routes }
+                    let tls = match &l.tls {
+                        None => None,
+                        Some(t) => {
+                            // Paths relative to the configuration file's folder.
+                            let dir = Path::new(self.file).parent().unwrap_or(Path::new("."));
+                            let (cert, key) =
+                                (dir.join(&t.get_ref().cert), dir.join(&t.get_ref().key));
+                            Some(
+                                switchyard_tls::server_config(&cert, &key)
+                                    .map_err(|e| self.at(t, e.to_string()))?,
+                            )
+                        }
+                    };
+                    Mode::L7 { routes, tls }
                 }
                 other => {
                     return Err(self.at(&l.mode, format!("mode `{other}`: expected `l4` or `l7`")));
@@ -803,7 +832,7 @@ impl Cx<'_> {
             if last_port != addr.port() && !matches!(mode, Mode::L4 { .. }) {
                 return Err(self.at(&l.address, "port ranges are for `mode = \"l4\"` listeners"));
             }
-            if let Mode::L7 { routes } = &mode
+            if let Mode::L7 { routes, .. } = &mode
                 && let Some(b) = routes
                     .iter()
                     .filter(|r| r.fixed.is_none())
@@ -1268,7 +1297,7 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
     fn base_is_valid() {
         let c = Config::parse("t.toml", BASE).unwrap();
         assert_eq!(c.listeners[1].name, "web");
-        assert!(matches!(&c.listeners[1].mode, Mode::L7 { routes } if routes[0].pool == 0));
+        assert!(matches!(&c.listeners[1].mode, Mode::L7 { routes, .. } if routes[0].pool == 0));
     }
 
     #[test]
@@ -1286,6 +1315,38 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert_eq!(e.line, 19, "{e}");
         assert_eq!(e.key, "listener[1].route[0].pool", "{e}");
         assert!(e.message.contains("did you mean `db`?"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_are_checked_and_named() {
+        let dir = std::env::temp_dir().join(format!("switchyard-tls-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let with_tls = |cert: &str, key: &str| {
+            BASE.replace(
+                "address = \"198.18.0.10:80\"\n",
+                &format!(
+                    "address = \"198.18.0.10:80\"\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n"
+                ),
+            )
+        };
+        let file = dir.join("lb.toml");
+        let file = file.to_str().unwrap();
+        // A missing file: the error names it, at the `tls` key.
+        let e = Config::parse(file, &with_tls("nope.pem", "nope.key")).unwrap_err();
+        assert_eq!(e.key, "listener[1].tls", "{e}");
+        assert!(e.to_string().contains(&dir.join("nope.pem").display().to_string()), "{e}");
+        // A file without a certificate in it.
+        std::fs::write(dir.join("empty.pem"), "not pem\n").unwrap();
+        let e = Config::parse(file, &with_tls("empty.pem", "empty.pem")).unwrap_err();
+        assert!(e.to_string().contains("empty.pem"), "{e}");
+        // TLS on an L4 listener is refused with the reason.
+        let l4 = BASE.replace(
+            "pool = \"db\"\n\n[[listener]]",
+            "pool = \"db\"\ntls = { cert = \"a\", key = \"b\" }\n\n[[listener]]",
+        );
+        let e = Config::parse(file, &l4).unwrap_err();
+        assert!(e.to_string().contains("L4 passes it through"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1319,7 +1380,7 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
             "  [[listener.route]]\n  path = \"/old\"\n  status = 301\n  location = \"/new\"\n  [[listener.route]]\n  host = \"*.Example.com\"\n  methods = [\"GET\", \"HEAD\"]\n  header = \"X-Canary: 1\"\n  pool = \"db\"",
         );
         let c = Config::parse("t.toml", &src).unwrap_or_else(|e| panic!("{e}"));
-        let Mode::L7 { routes } = &c.listeners[1].mode else { panic!("l7") };
+        let Mode::L7 { routes, .. } = &c.listeners[1].mode else { panic!("l7") };
         assert_eq!(routes[0].path.as_deref(), Some("/old"));
         assert_eq!(
             routes[0].fixed.as_ref().map(|f| (f.status, f.location.clone())),
@@ -1333,14 +1394,14 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
             "  header = \"X-Canary: 1\"\n  rewrite_prefix = \"/v2/\"\n  set_request_headers = { X-Env = \"prod\" }\n  remove_request_headers = [\"Cookie\"]",
         );
         let c = Config::parse("t.toml", &rw).unwrap_or_else(|e| panic!("{e}"));
-        let Mode::L7 { routes } = &c.listeners[1].mode else { panic!("l7") };
+        let Mode::L7 { routes, .. } = &c.listeners[1].mode else { panic!("l7") };
         assert_eq!(routes[1].rewrite_prefix.as_deref(), Some("/v2/"));
         assert_eq!(routes[1].set_request_headers, vec![("X-Env".to_string(), "prod".to_string())]);
         assert_eq!(routes[1].remove_request_headers, vec!["Cookie"]);
         let ck = src
             .replace("  header = \"X-Canary: 1\"", "  cookie = \"beta=yes\"\n  query = \"debug\"");
         let c = Config::parse("t.toml", &ck).unwrap_or_else(|e| panic!("{e}"));
-        let Mode::L7 { routes } = &c.listeners[1].mode else { panic!("l7") };
+        let Mode::L7 { routes, .. } = &c.listeners[1].mode else { panic!("l7") };
         assert_eq!(routes[1].cookie, Some(("beta".into(), Some("yes".into()))));
         assert_eq!(routes[1].query, Some(("debug".into(), None)));
         let e = err(&ck.replace("\"debug\"", "\"de bug\""));

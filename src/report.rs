@@ -139,7 +139,7 @@ impl Snapshot {
         // L7 pools: one row per backend of every pool some route uses.
         for (pi, ps) in pools_l7.iter().enumerate() {
             let used = w.cfg.listeners.iter().any(
-                |l| matches!(&l.mode, Mode::L7 { routes } if routes.iter().any(|r| r.fixed.is_none() && r.pool == pi)),
+                |l| matches!(&l.mode, Mode::L7 { routes, .. } if routes.iter().any(|r| r.fixed.is_none() && r.pool == pi)),
             );
             if !used {
                 continue;

@@ -178,6 +178,18 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
             println!("drop {:<24} {}", r.name(), c.dropped(r));
         }
     }
+    let t = dp.tls.stats();
+    if !t.handshakes.is_empty() || t.failed + t.abandoned > 0 {
+        let hs: Vec<String> =
+            t.handshakes.iter().map(|((v, g), n)| format!("{v} {g}: {n}")).collect();
+        println!(
+            "tls: handshakes [{}], failed {}, abandoned {}, engine steps {}",
+            hs.join(", "),
+            t.failed,
+            t.abandoned,
+            t.engine_steps
+        );
+    }
     for (i, l) in cfg.listeners.iter().enumerate() {
         if let Some(s) = dp.l4.listener_stats(i as u16) {
             println!(

@@ -12,6 +12,7 @@ use switchyard_stack::tcp::TcpEvent;
 use switchyard_stack::{
     DropReason, Ingress, Instant, ListenerKind, PacketMeta, Proto, Stack, StackConfig,
 };
+use switchyard_tls::{SoftwareEngine, Tls};
 
 use crate::config::{Config, Mode};
 
@@ -41,6 +42,9 @@ pub struct Dataplane {
     pub l4: L4,
     /// The L7 proxy.
     pub l7: L7,
+    /// TLS termination in front of L7.
+    pub tls: Tls,
+    tls_events: Vec<TcpEvent>,
     /// Active health checks of L4 backends.
     pub health: HealthChecker,
     changes: Vec<Change>,
@@ -78,6 +82,7 @@ impl Dataplane {
         );
         let mut l4_listeners = Vec::new();
         let mut l7_listeners = Vec::new();
+        let mut tls_listeners = Vec::new();
         let mut health = HealthChecker::default();
         let mut pools: Vec<PoolNames> = cfg
             .pools
@@ -123,12 +128,16 @@ impl Dataplane {
                         on_backend_down: *on_backend_down,
                     });
                 }
-                Mode::L7 { routes } => {
+                Mode::L7 { routes, tls } => {
                     stack.add_listener(l.addr, Proto::Tcp, ListenerKind::L7, id)?;
+                    if let Some(t) = tls {
+                        tls_listeners.push((id, t.clone()));
+                    }
                     l7_listeners.push(switchyard_l7::ListenerConfig {
                         id,
                         name: l.name.clone(),
                         routes: routes.clone(),
+                        tls: tls.is_some(),
                     });
                 }
             }
@@ -162,10 +171,16 @@ impl Dataplane {
                 .collect(),
             limits: switchyard_l7::Limits::default(),
         })?;
+        // Handshakes run on engine threads (one unless several listeners
+        // terminate TLS); none are started without a TLS listener.
+        let engine_threads = if tls_listeners.is_empty() { 0 } else { 1 };
+        let tls = Tls::new(tls_listeners, SoftwareEngine::new(engine_threads, 1024));
         let mut dp = Dataplane {
             stack,
             l4,
             l7,
+            tls,
+            tls_events: Vec::new(),
             health,
             changes: Vec::new(),
             pool: Pool::with_count(POOL_BUFFERS),
@@ -232,7 +247,21 @@ impl Dataplane {
     /// One turn of the loop: a receive burst through every layer, then one
     /// transmit burst. Returns the number of frames received.
     pub fn poll<P: Port + ?Sized>(&mut self, port: &mut P, now: Instant) -> usize {
-        let Dataplane { stack, l4, l7, health, changes, pool, rx, tx, events, l4_burst, .. } = self;
+        let Dataplane {
+            stack,
+            l4,
+            l7,
+            tls,
+            tls_events,
+            health,
+            changes,
+            pool,
+            rx,
+            tx,
+            events,
+            l4_burst,
+            ..
+        } = self;
         let n = port.rx_burst(pool, rx, BURST);
         self.more_rx = n == BURST;
         for pkt in rx.drain(..) {
@@ -275,11 +304,16 @@ impl Dataplane {
         for ev in events.drain(..) {
             if health.owns(event_conn(&ev)) {
                 health.on_event(ev, stack.tcp());
-            } else {
-                l7.on_event(now, ev, stack.tcp());
+            } else if let Some(ev) = tls.on_event(ev, stack.tcp()) {
+                l7.on_event(now, ev, &mut tls.wrap(stack.tcp()));
             }
         }
-        l7.poll(now, stack.tcp());
+        // Handshakes the engine finished: their connections reach L7 now.
+        tls.poll(stack.tcp(), tls_events);
+        for ev in tls_events.drain(..) {
+            l7.on_event(now, ev, &mut tls.wrap(stack.tcp()));
+        }
+        l7.poll(now, &mut tls.wrap(stack.tcp()));
         health.poll(now, stack.tcp());
         health.drain_changes(changes);
         for c in changes.drain(..) {
@@ -305,10 +339,16 @@ impl Dataplane {
         if self.more_rx {
             return Some(now);
         }
-        [self.stack.poll_at(), self.l7.poll_at(), self.l4.next_expiry(), self.health.poll_at()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.stack.poll_at(),
+            self.l7.poll_at(),
+            self.l4.next_expiry(),
+            self.health.poll_at(),
+            self.tls.poll_at(now),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The worker's buffer pool counters.

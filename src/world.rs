@@ -188,7 +188,7 @@ impl World {
         let mut udp_pool = vec![false; cfg.pools.len()];
         for l in &cfg.listeners {
             match &l.mode {
-                Mode::L7 { routes } => {
+                Mode::L7 { routes, .. } => {
                     for r in routes.iter().filter(|r| r.fixed.is_none()) {
                         http_pool[r.pool] = true;
                     }

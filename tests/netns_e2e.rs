@@ -371,7 +371,9 @@ fn iperf3_through_full_nat_counts_the_same_bytes_on_both_sides() {
         out.lines().find(|l| l.starts_with("listener tcp (l4)")).unwrap_or_else(|| panic!("{out}"));
     let lb_in = number_after(line, "bytes in").unwrap_or_else(|| panic!("{line}"));
     let lb_out = number_after(&line[line.find("bytes in").unwrap()..], "out").unwrap();
-    assert!(lb_in > 64 << 20, "{out}");
+    // (Less than the 64 MiB iperf3 wrote can cross: its server closes as soon
+    // as the client says it is done.)
+    assert!(lb_in > 32 << 20, "{out}");
     assert_eq!(be_in, lb_in, "client to backend: backend kernel vs switchyard");
     assert_eq!((be_out, cl_in), (lb_out, lb_out), "backend to client: both kernels vs switchyard");
 }
@@ -471,4 +473,74 @@ fn two_percent_loss_and_reordering_keep_transfers_byte_exact() {
     }
     let out = lb.stop();
     assert!(number_after(&out, "listener tcp (l4): new flows").unwrap() >= 2, "{out}");
+}
+
+/// HTTPS terminated by Switchyard (rustls, handshakes on the engine thread):
+/// curl through the routes, a 4 MiB download byte-exact, TLS 1.3 and 1.2 with
+/// openssl s_client, and a client speaking plain HTTP to the TLS port gets
+/// closed without disturbing the others.
+#[test]
+fn https_terminated_with_curl_and_openssl() {
+    if !can_run("tls", &[NGINX_BIN, "openssl"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("syf-");
+    let sum = t.nginx();
+    let (cert, key) = (t.dir.join("cert.pem"), t.dir.join("key.pem"));
+    sh(&format!(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {} -out {} \
+         -subj /CN=switchyard.test -addext subjectAltName=DNS:switchyard.test -days 2 2>/dev/null",
+        key.display(),
+        cert.display()
+    ));
+    let https = format!(
+        "[[listener]]\nname = \"https\"\nmode = \"l7\"\naddress = \"198.18.0.10:443\"\n\
+         tls = {{ cert = \"{}\", key = \"{}\" }}\n  [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"a\"\n\
+         \n  [[listener.route]]\n  pool = \"b\"\n\n",
+        cert.display(),
+        key.display()
+    );
+    let cfg = config("af_packet:lb0", "round-robin", "a")
+        .replace("[[pool]]\nname = \"a\"", &format!("{https}[[pool]]\nname = \"a\""));
+    let mut lb = t.switchyard(&cfg);
+    let curl = format!(
+        "curl -sS -m 20 --cacert {} --resolve switchyard.test:443:198.18.0.10",
+        cert.display()
+    );
+    let o = t.exec("cl", &format!("{curl} -D - -o /dev/null https://switchyard.test/api/users"));
+    assert!(text(&o).to_ascii_lowercase().contains("x-backend: a"), "{}", text(&o));
+    let o = t.exec("cl", &format!("sh -c '{curl} https://switchyard.test/big.bin | sha256sum'"));
+    assert_eq!(text(&o).split_whitespace().next(), Some(sum.as_str()), "HTTPS download byte-exact");
+    for (flag, want) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
+        let o = t.exec(
+            "cl",
+            &format!(
+                "sh -c 'openssl s_client -connect 198.18.0.10:443 -servername switchyard.test {flag} \
+                 -CAfile {} </dev/null 2>&1'",
+                cert.display()
+            ),
+        );
+        let s = text(&o);
+        assert!(
+            s.contains(&format!("Protocol  : {want}")) || s.contains(&format!("New, {want}")),
+            "{s}"
+        );
+        assert!(s.contains("Verify return code: 0 (ok)"), "{s}");
+    }
+    // Plain HTTP to the TLS port: refused with an alert, counted; HTTPS goes on.
+    let bad = Command::new("ip")
+        .args(["netns", "exec", &t.ns("cl"), "curl", "-sS", "-m", "5", "http://198.18.0.10:443/"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "plain HTTP on the TLS port must fail");
+    let o = t.exec("cl", &format!("{curl} -D - -o /dev/null https://switchyard.test/index.html"));
+    assert!(text(&o).to_ascii_lowercase().contains("x-backend: b"), "{}", text(&o));
+    let out = lb.stop();
+    let line = out.lines().find(|l| l.starts_with("tls: ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("TLSv1_3"), "{line}");
+    assert!(line.contains("TLSv1_2"), "{line}");
+    assert!(number_after(line, "failed").unwrap() >= 1, "{line}");
+    // Three curls and two s_clients reach L7; the plain-HTTP client never does.
+    assert_eq!(number_after(&out, "listener https (l7): connections"), Some(5), "{out}");
 }

@@ -176,6 +176,9 @@ pub struct ListenerConfig {
     pub name: String,
     /// Routes; the first match wins, no match is 404.
     pub routes: Vec<Route>,
+    /// Clients reach it over TLS (terminated in front of L7): requests go
+    /// upstream with `X-Forwarded-Proto: https`.
+    pub tls: bool,
 }
 
 /// Limits of the proxy.
@@ -692,7 +695,11 @@ impl L7 {
             head.extend_from_slice(ip.to_string().as_bytes());
             head.extend_from_slice(b"\r\n");
         }
-        head.extend_from_slice(b"X-Forwarded-Proto: http\r\n\r\n");
+        if self.listeners[li].cfg.tls {
+            head.extend_from_slice(b"X-Forwarded-Proto: https\r\n\r\n");
+        } else {
+            head.extend_from_slice(b"X-Forwarded-Proto: http\r\n\r\n");
+        }
         x.inbuf.drain(..head_len);
         x.keep_alive = info.keep_alive;
         x.head_request = info.head;

@@ -119,6 +119,7 @@ impl H {
             listeners: vec![ListenerConfig {
                 id: 3,
                 name: "web".into(),
+                tls: false,
                 routes: vec![
                     Route { path_prefix: "/api/".into(), pool: 0, ..Route::default() },
                     Route { path_prefix: "/one/".into(), pool: 2, ..Route::default() },
@@ -487,7 +488,7 @@ fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
     ];
     let mut h = H::new();
     let cfg = L7Config {
-        listeners: vec![ListenerConfig { id: 3, name: "web".into(), routes }],
+        listeners: vec![ListenerConfig { id: 3, name: "web".into(), routes, tls: false }],
         pools: vec![
             PoolConfig { name: "api".into(), backends: vec![backend("api-1", "198.18.0.31:8080")] },
             PoolConfig {
@@ -588,6 +589,7 @@ fn routes_rewrite_path_and_request_headers() {
         listeners: vec![ListenerConfig {
             id: 3,
             name: "web".into(),
+            tls: false,
             routes: vec![Route {
                 path_prefix: "/api/".into(),
                 pool: 0,
