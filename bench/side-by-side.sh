@@ -10,6 +10,8 @@
 #
 # Scenarios that the landed code supports:
 #   http-keepalive  wrk, 50 keep-alive connections, GET of a 1 KiB body via L7
+#   https-new-conn  wrk, 16 connections, each request on a new TLS connection
+#                   (Connection: close), ECDSA P-256 certificate
 #   tcp-bulk        iperf3, one TCP stream through an L4 (full-NAT / mode tcp / stream) listener
 # Measured: requests/s or Gbit/s, wrk's p50/p99 latency, and the load
 # balancer's CPU time (utime + stime from /proc) during the run, which gives
@@ -62,6 +64,11 @@ n lb ip addr add 198.18.0.12/24 dev br0
 n lb sysctl -qw net.ipv4.conf.lb0.arp_ignore=1 net.ipv4.conf.tap0.arp_ignore=1
 n lb ip link set lo up
 
+# One ECDSA P-256 certificate for the three TLS listeners.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
+    -out "$work/cert.pem" -subj /CN=switchyard.test -days 2 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" > "$work/bundle.pem"
+
 # Backends: nginx serving a 1 KiB body on two addresses, iperf3 servers.
 mkdir -p "$work/www"
 head -c 1024 /dev/zero | tr '\0' 'x' > "$work/www/1k"
@@ -94,6 +101,13 @@ address = "198.18.0.10:80"
   [[listener.route]]
   pool = "web"
 [[listener]]
+name = "https"
+mode = "l7"
+address = "198.18.0.10:443"
+tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
+  [[listener.route]]
+  pool = "web"
+[[listener]]
 name = "tcp"
 mode = "l4"
 address = "198.18.0.10:5201"
@@ -121,6 +135,10 @@ frontend http
   bind 198.18.0.11:80
   option http-keep-alive
   default_backend web
+frontend https
+  mode http
+  bind 198.18.0.11:443 ssl crt $work/bundle.pem
+  default_backend web
 backend web
   mode http
   http-reuse always
@@ -143,6 +161,8 @@ http { access_log off; keepalive_requests 1000000;
   uwsgi_temp_path $work/lu; scgi_temp_path $work/ls;
   upstream web { server 198.18.0.21:8080; server 198.18.0.22:8080; keepalive 64; }
   server { listen 198.18.0.12:80 backlog=4096;
+    location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 198.18.0.12:443 ssl backlog=4096; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
     location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 stream { server { listen 198.18.0.12:5201; proxy_pass 198.18.0.21:5203; } }
 EOF
@@ -165,6 +185,7 @@ results="$work/results.tsv"
 # Warm-up: every path once.
 for lb in "${lbs[@]}"; do
     n cl curl -sf -m 5 -o /dev/null "http://${vip[$lb]}/1k" || { echo "side-by-side: $lb does not answer" >&2; kill -TERM "${pid[$lb]}"; sleep 0.5; cat "$work/$lb.out" >&2; exit 1; }
+    n cl curl -sfk -m 5 -o /dev/null "https://${vip[$lb]}/1k" || { echo "side-by-side: $lb does not answer over TLS" >&2; exit 1; }
 done
 
 for r in $(seq 1 "$rounds"); do
@@ -179,6 +200,18 @@ for r in $(seq 1 "$rounds"); do
         errs=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
         printf "http-keepalive\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$lb" "$r" "$rps" "$total" "$p50" "$p99" "$(echo "$c1 - $c0" | bc)" "${errs:-}" >> "$results"
         echo "round $r http-keepalive $lb: $rps req/s, p50 $p50, p99 $p99, LB CPU $(echo "$c1 - $c0" | bc) s ${errs:-}"
+    done
+    for lb in "${lbs[@]}"; do
+        c0=$(cpu "${pid[$lb]}")
+        out=$(n cl taskset -c 0 wrk -t1 -c16 -d"${secs}s" --latency -H "Connection: close" "https://${vip[$lb]}/1k")
+        c1=$(cpu "${pid[$lb]}")
+        rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
+        total=$(awk '/requests in/ { print $1 }' <<<"$out")
+        p50=$(awk '$1 == "50%" { print $2 }' <<<"$out")
+        p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
+        errs=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
+        printf "https-new-conn\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$lb" "$r" "$rps" "$total" "$p50" "$p99" "$(echo "$c1 - $c0" | bc)" "${errs:-}" >> "$results"
+        echo "round $r https-new-conn $lb: $rps req/s, p50 $p50, p99 $p99, LB CPU $(echo "$c1 - $c0" | bc) s ${errs:-}"
     done
     for lb in "${lbs[@]}"; do
         c0=$(cpu "${pid[$lb]}")
@@ -220,25 +253,29 @@ out.append("Machine: %s, %d CPUs, Linux %s. Each load balancer pinned to CPU 1; 
 def mean(xs):
     xs = [float(x) for x in xs if x not in ("", None)]
     return statistics.mean(xs) if xs else float("nan")
-out.append("## HTTP/1.1 keep-alive (wrk, 50 connections, 1 KiB bodies)\n")
-out.append("| load balancer | requests/s | p50 | p99 | LB CPU s | requests per LB CPU-second | vs best peer |")
-out.append("|---|---:|---|---|---:|---:|---:|")
-eff = {}
-for lb in ("switchyard", "haproxy", "nginx"):
-    rs = by.get(("http-keepalive", lb), [])
-    if not rs: continue
-    total = sum(float(r[4]) for r in rs); cpu = sum(float(r[7]) for r in rs)
-    eff[lb] = total / cpu if cpu > 0 else float("nan")
-best = max(v for k, v in eff.items() if k != "switchyard") if len(eff) > 1 else float("nan")
-for lb in ("switchyard", "haproxy", "nginx"):
-    rs = by.get(("http-keepalive", lb), [])
-    if not rs: continue
-    errs = "; ".join(r[8] for r in rs if len(r) > 8 and r[8].strip())
-    out.append("| %s | %.0f | %s | %s | %.2f | %.0f | %s |%s" % (
-        lb, mean(r[3] for r in rs), " / ".join(r[5] for r in rs), " / ".join(r[6] for r in rs),
-        mean(r[7] for r in rs), eff[lb],
-        "%.2f×" % (eff[lb] / best) if lb == "switchyard" else "", (" errors: " + errs) if errs else ""))
-out.append("")
+def http_table(scenario, title):
+    out.append("## %s\n" % title)
+    out.append("| load balancer | requests/s | p50 | p99 | LB CPU s | requests per LB CPU-second | vs best peer |")
+    out.append("|---|---:|---|---|---:|---:|---:|")
+    eff = {}
+    for lb in ("switchyard", "haproxy", "nginx"):
+        rs = by.get((scenario, lb), [])
+        if not rs: continue
+        total = sum(float(r[4] or 0) for r in rs); cpu = sum(float(r[7]) for r in rs)
+        eff[lb] = total / cpu if cpu > 0 else float("nan")
+    peers = [v for k, v in eff.items() if k != "switchyard"]
+    best = max(peers) if peers else float("nan")
+    for lb in ("switchyard", "haproxy", "nginx"):
+        rs = by.get((scenario, lb), [])
+        if not rs: continue
+        errs = "; ".join(r[8] for r in rs if len(r) > 8 and r[8].strip())
+        out.append("| %s | %.0f | %s | %s | %.2f | %.0f | %s |%s" % (
+            lb, mean(r[3] for r in rs), " / ".join(r[5] for r in rs), " / ".join(r[6] for r in rs),
+            mean(r[7] for r in rs), eff[lb],
+            "%.2f×" % (eff[lb] / best) if lb == "switchyard" else "", (" errors: " + errs) if errs else ""))
+    out.append("")
+http_table("http-keepalive", "HTTP/1.1 keep-alive (wrk, 50 connections, 1 KiB bodies)")
+http_table("https-new-conn", "HTTPS, a new TLS connection per request (wrk, 16 connections, `Connection: close`, ECDSA P-256)")
 out.append("## TCP bulk through an L4 listener (iperf3, one stream)\n")
 out.append("| load balancer | Gbit/s | LB CPU s | Gbit per LB CPU-second | vs best peer |")
 out.append("|---|---:|---:|---:|---:|")
@@ -255,8 +292,8 @@ for lb in ("switchyard", "haproxy", "nginx"):
     out.append("| %s | %.2f | %.2f | %.2f | %s |" % (lb, mean(r[3] for r in rs), mean(r[7] for r in rs), eff[lb],
         "%.2f×" % (eff[lb] / best) if lb == "switchyard" else ""))
 out.append("")
-out.append("Not yet measured (the code for them has not landed): HTTPS new connections, "
-           "HTTP/2 over TLS, concurrency sweeps with plots, latency CDFs.\n")
+out.append("Not yet measured (the code for them has not landed): HTTP/2 over TLS, "
+           "concurrency sweeps with plots, latency CDFs.\n")
 out.append("Raw rows (scenario, LB, round, rate, requests, p50, p99, LB CPU s, errors):\n")
 out.append("```")
 out.extend("\t".join(r) for r in rows)

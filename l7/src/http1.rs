@@ -116,6 +116,47 @@ pub struct ResponseInfo {
     pub keep_alive: bool,
 }
 
+/// The response head as relayed to the client: HTTP/1.1 status line, the
+/// upstream's headers minus its connection-specific ones (RFC 9110 7.6.1:
+/// `Connection`, the headers it names, `Keep-Alive`, `Proxy-Connection`),
+/// and `Connection: close` when the client connection ends after this
+/// response. The upstream connection's keep-alive is not the client's.
+pub fn client_response_head(resp: &httparse::Response<'_, '_>, client_keep: bool) -> Vec<u8> {
+    let code = resp.code.unwrap_or(502);
+    let mut h = Vec::with_capacity(256);
+    h.extend_from_slice(b"HTTP/1.1 ");
+    h.extend_from_slice(code.to_string().as_bytes());
+    h.push(b' ');
+    h.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    h.extend_from_slice(b"\r\n");
+    let named: Vec<&[u8]> = resp
+        .headers
+        .iter()
+        .filter(|x| x.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|x| x.value.split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .collect();
+    for x in resp.headers.iter() {
+        let n = x.name;
+        let hop = ["connection", "keep-alive", "proxy-connection"]
+            .iter()
+            .any(|h| n.eq_ignore_ascii_case(h))
+            || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()));
+        if hop {
+            continue;
+        }
+        h.extend_from_slice(n.as_bytes());
+        h.extend_from_slice(b": ");
+        h.extend_from_slice(x.value);
+        h.extend_from_slice(b"\r\n");
+    }
+    if !client_keep && code >= 200 {
+        h.extend_from_slice(b"Connection: close\r\n");
+    }
+    h.extend_from_slice(b"\r\n");
+    h
+}
+
 /// Works out a response's framing (RFC 9112 6.3), given whether the request
 /// was HEAD. A response the proxy cannot frame safely is an error (502).
 pub fn check_response(

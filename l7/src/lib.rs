@@ -909,12 +909,19 @@ impl L7 {
                     Ok(httparse::Status::Complete(n)) => {
                         match http1::check_response(&resp, up.head_request) {
                             Ok(info) => {
+                                let client_keep = self
+                                    .sessions
+                                    .get(s as usize)
+                                    .and_then(Option::as_ref)
+                                    .is_some_and(|x| x.keep_alive);
+                                let head = http1::client_response_head(&resp, client_keep);
+                                up.inbuf.splice(..n, head.iter().copied());
                                 up.left = match info.framing {
                                     Framing::Length(l) => l,
                                     _ => 0,
                                 };
                                 up.chunks = ChunkScanner::default();
-                                up.ready = n;
+                                up.ready = head.len();
                                 up.resp = Some(info);
                             }
                             Err(_) => {

@@ -625,3 +625,29 @@ fn routes_rewrite_path_and_request_headers() {
         "{up}"
     );
 }
+
+/// The upstream's connection headers stay on the upstream connection: the
+/// client gets its own (`Connection: close` when it asked to close), never
+/// the backend's keep-alive or the headers its `Connection` names.
+#[test]
+fn connection_headers_are_the_clients_not_the_backends() {
+    let mut h = H::new();
+    let hop = "Connection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\nX-End: 2\r\n";
+    for (ask, want_close) in [("Connection: close\r\n", true), ("", false)] {
+        let c = h.client();
+        h.write(c, format!("GET /api/x HTTP/1.1\r\nHost: vip\r\n{ask}\r\n").as_bytes());
+        let ups = h.accept_upstreams();
+        let u = *ups.iter().find(|u| !h.tcp.c(**u).sent.is_empty()).expect("request sent upstream");
+        h.take(u);
+        h.write(u, &response(b"ok", hop));
+        let got = header_block(&h.take(c));
+        let head = got.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200 ok"), "{got}");
+        assert!(head.contains("x-end: 2"), "end-to-end header kept: {got}");
+        assert!(!head.contains("keep-alive"), "backend's keep-alive relayed: {got}");
+        assert!(!head.contains("x-hop"), "header named by Connection relayed: {got}");
+        assert_eq!(head.contains("connection: close"), want_close, "{got}");
+        assert!(got.ends_with("ok"), "{got}");
+        assert_eq!(h.tcp.c(c).closed, want_close);
+    }
+}

@@ -501,6 +501,11 @@ impl TcpTerminator {
         );
         sock.set_nagle_enabled(false);
         sock.set_timeout(Some(SOCKET_TIMEOUT));
+        // smoltcp delays ACKs 10 ms by default. A peer that writes twice in a
+        // row (a TLS client's Finished, then its request) with Nagle on waits
+        // for that ACK: 10 ms per handshake. One millisecond still lets an
+        // ACK ride on the response in request/response traffic.
+        sock.set_ack_delay(Some(smoltcp::time::Duration::from_millis(1)));
         s.sockets.add(sock)
     }
 
