@@ -995,14 +995,14 @@ impl Cx<'_> {
                 "only `workers = 1` is supported until the multi-queue issue lands",
             ));
         }
-        Ok(Device {
-            nic,
-            mac,
-            addresses,
-            gateway,
-            workers: 1,
-            seed: d.seed.unwrap_or(0x5717_c4a2d),
-        })
+        // Simulations and replays repeat with a fixed seed; on a real
+        // interface each start gets its own (initial sequence numbers and
+        // ephemeral ports must not repeat across restarts).
+        let seed = d.seed.unwrap_or_else(|| match nic {
+            NicSpec::Tap { .. } | NicSpec::AfPacket { .. } => random_seed(),
+            _ => 0x5717_c4a2d,
+        });
+        Ok(Device { nic, mac, addresses, gateway, workers: 1, seed })
     }
 
     fn sim(&self, s: &RawSim, listeners: &[Listener], pools: &[Pool]) -> Result<Sim, ConfigError> {
@@ -1155,6 +1155,19 @@ impl Cx<'_> {
 }
 
 /// 1-based line and column of a byte offset.
+/// A seed from the process's randomly keyed hasher (no extra dependency).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
 fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src.as_bytes()[..offset];

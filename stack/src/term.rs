@@ -386,7 +386,14 @@ impl TcpTerminator {
         let per = cfg.sockets_per_shard.max(2);
         let max_shards = cfg.max_connections.div_ceil(per) + 1;
         TcpTerminator {
-            next_port: cfg.ephemeral_ports.start,
+            // Start somewhere in the range that depends on the seed: a restarted
+            // dataplane with another seed does not reuse the 4-tuples of
+            // connections its predecessor left open on the backends.
+            next_port: {
+                let r = &cfg.ephemeral_ports;
+                let span = u64::from(r.end.saturating_sub(r.start)).max(1);
+                r.start + ((seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % span) as u16
+            },
             cfg,
             seed,
             addrs,
