@@ -183,8 +183,9 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
         let hs: Vec<String> =
             t.handshakes.iter().map(|((v, g), n)| format!("{v} {g}: {n}")).collect();
         println!(
-            "tls: handshakes [{}], failed {}, abandoned {}, engine steps {}",
+            "tls: handshakes [{}], resumed {}, failed {}, abandoned {}, engine steps {}",
             hs.join(", "),
+            t.resumed,
             t.failed,
             t.abandoned,
             t.engine_steps

@@ -528,6 +528,20 @@ fn https_terminated_with_curl_and_openssl() {
         );
         assert!(s.contains("Verify return code: 0 (ok)"), "{s}");
     }
+    // Resumption: a second connection presenting the first one's session.
+    let sess = t.dir.join("session.pem");
+    let s_client = format!(
+        "openssl s_client -connect 198.18.0.10:443 -servername switchyard.test -CAfile {}",
+        cert.display()
+    );
+    // (The sleep keeps the first client reading until the tickets arrive.)
+    t.exec(
+        "cl",
+        &format!("sh -c '(sleep 0.5) | {s_client} -sess_out {} >/dev/null 2>&1'", sess.display()),
+    );
+    let o =
+        t.exec("cl", &format!("sh -c '{s_client} -sess_in {} </dev/null 2>&1'", sess.display()));
+    assert!(text(&o).contains("Reused, TLSv1.3"), "second connection not resumed:\n{}", text(&o));
     // Plain HTTP to the TLS port: refused with an alert, counted; HTTPS goes on.
     let bad = Command::new("ip")
         .args(["netns", "exec", &t.ns("cl"), "curl", "-sS", "-m", "5", "http://198.18.0.10:443/"])
@@ -541,6 +555,7 @@ fn https_terminated_with_curl_and_openssl() {
     assert!(line.contains("TLSv1_3"), "{line}");
     assert!(line.contains("TLSv1_2"), "{line}");
     assert!(number_after(line, "failed").unwrap() >= 1, "{line}");
-    // Three curls and two s_clients reach L7; the plain-HTTP client never does.
-    assert_eq!(number_after(&out, "listener https (l7): connections"), Some(5), "{out}");
+    assert_eq!(number_after(line, "resumed"), Some(1), "{line}");
+    // Three curls and four s_clients reach L7; the plain-HTTP client never does.
+    assert_eq!(number_after(&out, "listener https (l7): connections"), Some(7), "{out}");
 }

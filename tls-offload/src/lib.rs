@@ -173,6 +173,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
             reason: e.to_string(),
         })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Resumption: TLS 1.3 tickets (two per handshake) and TLS 1.2 session
+    // IDs, both backed by a server-side cache of 8,192 sessions.
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);
     Ok(Arc::new(cfg))
 }
 
@@ -181,6 +184,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 pub struct TlsStats {
     /// Handshakes completed, by protocol version name and key exchange group.
     pub handshakes: std::collections::BTreeMap<(String, String), u64>,
+    /// Of those, handshakes that resumed an earlier session.
+    pub resumed: u64,
     /// Handshakes that failed (a fatal alert sent or received, or bad input).
     pub failed: u64,
     /// Connections closed during the handshake by the peer.
@@ -405,6 +410,9 @@ impl Tls {
                 .map(|g| format!("{:?}", g.name()))
                 .unwrap_or_default();
             *self.stats.handshakes.entry((version, group)).or_default() += 1;
+            if sc.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                self.stats.resumed += 1;
+            }
             let leftover = match std::mem::replace(&mut c.state, State::Ready(sc)) {
                 State::Handshake { input, .. } => input,
                 State::Ready(_) => Vec::new(),
