@@ -118,6 +118,14 @@ struct RawListener {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+    certificates: Option<Vec<RawCertPair>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertPair {
     cert: String,
     key: String,
 }
@@ -811,10 +819,24 @@ impl Cx<'_> {
                         Some(t) => {
                             // Paths relative to the configuration file's folder.
                             let dir = Path::new(self.file).parent().unwrap_or(Path::new("."));
-                            let (cert, key) =
-                                (dir.join(&t.get_ref().cert), dir.join(&t.get_ref().key));
+                            let raw = t.get_ref();
+                            let mut pairs = Vec::new();
+                            match (&raw.cert, &raw.key, &raw.certificates) {
+                                (Some(c), Some(k), None) => pairs.push((dir.join(c), dir.join(k))),
+                                (None, None, Some(list)) if !list.is_empty() => {
+                                    for p in list {
+                                        pairs.push((dir.join(&p.cert), dir.join(&p.key)));
+                                    }
+                                }
+                                _ => {
+                                    return Err(self.at(
+                                        t,
+                                        "give `cert` and `key`, or `certificates = [{ cert, key }, ...]` (chosen by SNI, the first by default)",
+                                    ));
+                                }
+                            }
                             Some(
-                                switchyard_tls::server_config(&cert, &key)
+                                switchyard_tls::server_config_sni(&pairs)
                                     .map_err(|e| self.at(t, e.to_string()))?,
                             )
                         }

@@ -494,12 +494,22 @@ fn https_terminated_with_curl_and_openssl() {
         key.display(),
         cert.display()
     ));
+    // A second certificate, RSA, for another name: chosen by SNI.
+    let (cert2, key2) = (t.dir.join("other.pem"), t.dir.join("other.key"));
+    sh(&format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout {} -out {} \
+         -subj /CN=other.test -addext subjectAltName=DNS:other.test -days 2 2>/dev/null",
+        key2.display(),
+        cert2.display()
+    ));
     let https = format!(
         "[[listener]]\nname = \"https\"\nmode = \"l7\"\naddress = \"198.18.0.10:443\"\n\
-         tls = {{ cert = \"{}\", key = \"{}\" }}\n  [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"a\"\n\
-         \n  [[listener.route]]\n  pool = \"b\"\n\n",
+         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}] }}\n\
+         [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"a\"\n\n  [[listener.route]]\n  pool = \"b\"\n\n",
         cert.display(),
-        key.display()
+        key.display(),
+        cert2.display(),
+        key2.display()
     );
     let cfg = config("af_packet:lb0", "round-robin", "a")
         .replace("[[pool]]\nname = \"a\"", &format!("{https}[[pool]]\nname = \"a\""));
@@ -527,6 +537,14 @@ fn https_terminated_with_curl_and_openssl() {
             "{s}"
         );
         assert!(s.contains("Verify return code: 0 (ok)"), "{s}");
+    }
+    // SNI picks the certificate; an unknown name gets the first (default).
+    for (name, cn) in [("other.test", "other.test"), ("unknown.test", "switchyard.test")] {
+        let o = t.exec(
+            "cl",
+            &format!("sh -c 'openssl s_client -connect 198.18.0.10:443 -servername {name} </dev/null 2>&1'"),
+        );
+        assert!(text(&o).contains(&format!("subject=CN = {cn}")), "SNI {name}:\n{}", text(&o));
     }
     // Resumption: a second connection presenting the first one's session.
     let sess = t.dir.join("session.pem");
@@ -556,6 +574,6 @@ fn https_terminated_with_curl_and_openssl() {
     assert!(line.contains("TLSv1_2"), "{line}");
     assert!(number_after(line, "failed").unwrap() >= 1, "{line}");
     assert_eq!(number_after(line, "resumed"), Some(1), "{line}");
-    // Three curls and four s_clients reach L7; the plain-HTTP client never does.
-    assert_eq!(number_after(&out, "listener https (l7): connections"), Some(7), "{out}");
+    // Three curls and six s_clients reach L7; the plain-HTTP client never does.
+    assert_eq!(number_after(&out, "listener https (l7): connections"), Some(9), "{out}");
 }

@@ -154,6 +154,41 @@ pub enum TlsError {
 /// offering ALPN `http/1.1`. TLS 1.3 and 1.2; key exchange prefers the
 /// post-quantum hybrid X25519MLKEM768, with classical groups as fallback.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_sni(&[(cert.to_path_buf(), key.to_path_buf())])
+}
+
+/// Like [`server_config`] with several certificates: each handshake gets the
+/// first whose names (subject alternative names) cover the client's SNI, or
+/// the first of all when none does or the client sent no name. ECDSA and RSA
+/// keys both work.
+pub fn server_config_sni(
+    pairs: &[(std::path::PathBuf, std::path::PathBuf)],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut certs = Vec::new();
+    for (cert, key) in pairs {
+        certs.push(Arc::new(certified_key(&provider, cert, key)?));
+    }
+    if certs.is_empty() {
+        return Err(TlsError::File { path: String::new(), reason: "no certificate given".into() });
+    }
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::File { path: String::new(), reason: e.to_string() })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { certs }));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Resumption: TLS 1.3 tickets (two per handshake) and TLS 1.2 session
+    // IDs, both backed by a server-side cache of 8,192 sessions.
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);
+    Ok(Arc::new(cfg))
+}
+
+fn certified_key(
+    provider: &rustls::crypto::CryptoProvider,
+    cert: &Path,
+    key: &Path,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
     let file_err =
         |p: &Path, reason: String| TlsError::File { path: p.display().to_string(), reason };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -163,20 +198,49 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     if chain.is_empty() {
         return Err(file_err(cert, "no certificate in the file".into()));
     }
+    if webpki::EndEntityCert::try_from(&chain[0]).is_err() {
+        return Err(file_err(cert, "the first certificate cannot be parsed".into()));
+    }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
-    let mut cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| TlsError::Mismatch {
-            cert: cert.display().to_string(),
-            key: key.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // Resumption: TLS 1.3 tickets (two per handshake) and TLS 1.2 session
-    // IDs, both backed by a server-side cache of 8,192 sessions.
-    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);
-    Ok(Arc::new(cfg))
+    let mismatch = |reason: String| TlsError::Mismatch {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        reason,
+    };
+    let signing =
+        provider.key_provider.load_private_key(key_der).map_err(|e| mismatch(e.to_string()))?;
+    let ck = rustls::sign::CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|e| mismatch(e.to_string()))?;
+    Ok(ck)
+}
+
+/// Chooses a certificate by the ClientHello's server name.
+#[derive(Debug)]
+struct SniResolver {
+    certs: Vec<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = hello
+            .server_name()
+            .and_then(|n| rustls::pki_types::ServerName::try_from(n.to_string()).ok());
+        if let Some(name) = name {
+            for ck in &self.certs {
+                let ok = ck.cert.first().is_some_and(|der| {
+                    webpki::EndEntityCert::try_from(der)
+                        .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+                });
+                if ok {
+                    return Some(ck.clone());
+                }
+            }
+        }
+        self.certs.first().cloned()
+    }
 }
 
 /// Counters of TLS termination.
