@@ -53,6 +53,18 @@ enum Cmd {
         #[arg(long)]
         seconds: Option<u32>,
     },
+    /// Replay a capture through the dataplane as fast as it goes (the
+    /// configuration's NIC is replaced by the capture): Mpps, counters, drops.
+    Replay {
+        /// The capture (pcap or pcapng, Ethernet), e.g. from the trace-gen bench binary.
+        trace: PathBuf,
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Write the frames the dataplane sent to this pcap file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Validate a configuration file; exit 2 if it is invalid.
     Check {
         /// The TOML configuration.
@@ -105,6 +117,17 @@ fn main() -> ExitCode {
                     run::live(&cfg, &run::LiveOptions { seconds, admin })
                 }
             }
+        }
+        Cmd::Replay { trace, config, out } => {
+            let mut cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            cfg.device.nic = switchyard::config::NicSpec::Pcap {
+                input: trace.display().to_string(),
+                output: out.map(|o| o.display().to_string()),
+            };
+            run::pcap(&cfg)
         }
         Cmd::Check { config } => match load(&config) {
             Ok(c) => {

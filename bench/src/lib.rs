@@ -1,2 +1,5 @@
-//! Benchmarks for Switchyard live in `benches/`; this library holds shared helpers.
+//! Benchmarks for Switchyard live in `benches/` and `src/bin/`; this library
+//! holds what they share: the trace generator.
 #![forbid(unsafe_code)]
+
+pub mod trace;
