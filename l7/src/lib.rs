@@ -674,6 +674,7 @@ impl L7 {
                 || n.eq_ignore_ascii_case("proxy-connection")
                 || n.eq_ignore_ascii_case("x-forwarded-for")
                 || n.eq_ignore_ascii_case("x-forwarded-proto")
+                || n.eq_ignore_ascii_case("forwarded")
                 || route.remove_request_headers.iter().any(|r| r.eq_ignore_ascii_case(n))
                 || route.set_request_headers.iter().any(|(r, _)| r.eq_ignore_ascii_case(n))
             {
@@ -690,16 +691,23 @@ impl L7 {
             head.extend_from_slice(v.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
+        // Who asked, as the de facto headers and as RFC 7239 `Forwarded`
+        // (IPv6 quoted and bracketed, section 6). Written straight into the
+        // head: no string per request.
+        let proto = if self.listeners[li].cfg.tls { "https" } else { "http" };
         if let Some(ip) = x.peer_ip {
-            head.extend_from_slice(b"X-Forwarded-For: ");
-            head.extend_from_slice(ip.to_string().as_bytes());
-            head.extend_from_slice(b"\r\n");
+            use std::io::Write as _;
+            let _ = write!(head, "X-Forwarded-For: {ip}\r\n");
+            let _ = match ip {
+                std::net::IpAddr::V4(a) => write!(head, "Forwarded: for={a};proto={proto}\r\n"),
+                std::net::IpAddr::V6(a) => {
+                    write!(head, "Forwarded: for=\"[{a}]\";proto={proto}\r\n")
+                }
+            };
         }
-        if self.listeners[li].cfg.tls {
-            head.extend_from_slice(b"X-Forwarded-Proto: https\r\n\r\n");
-        } else {
-            head.extend_from_slice(b"X-Forwarded-Proto: http\r\n\r\n");
-        }
+        head.extend_from_slice(b"X-Forwarded-Proto: ");
+        head.extend_from_slice(proto.as_bytes());
+        head.extend_from_slice(b"\r\n\r\n");
         x.inbuf.drain(..head_len);
         x.keep_alive = info.keep_alive;
         x.head_request = info.head;

@@ -609,7 +609,7 @@ fn routes_rewrite_path_and_request_headers() {
     let c = h.client();
     h.write(
         c,
-        b"GET /api/users?id=7 HTTP/1.1\r\nHost: v\r\nCookie: secret=1\r\nX-Env: dev\r\nX-Forwarded-For: 6.6.6.6\r\nAccept: */*\r\n\r\n",
+        b"GET /api/users?id=7 HTTP/1.1\r\nHost: v\r\nCookie: secret=1\r\nX-Env: dev\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nAccept: */*\r\n\r\n",
     );
     let u = h.accept_upstreams()[0];
     let up = header_block(&h.take(u));
@@ -621,7 +621,8 @@ fn routes_rewrite_path_and_request_headers() {
     assert!(up.contains("X-Env: prod\r\n") && up.contains("Accept: */*\r\n"), "{up}");
     assert!(
         up.contains("X-Forwarded-For: 198.18.0.101\r\n")
-            && up.contains("X-Forwarded-Proto: http\r\n"),
+            && up.contains("X-Forwarded-Proto: http\r\n")
+            && up.contains("Forwarded: for=198.18.0.101;proto=http\r\n"),
         "{up}"
     );
 }
