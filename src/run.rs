@@ -170,8 +170,13 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
     }
     let c = dp.stack.counters();
     println!(
-        "stack: arp replies {}, icmp echo replies {}, rst sent {}, to l4 {}, tcp terminated {}",
-        c.arp_replies_sent, c.icmp_echo_replies, c.rst_sent, c.to_l4, c.tcp_terminated
+        "stack: arp replies {}, announcements {}, icmp echo replies {}, rst sent {}, to l4 {}, tcp terminated {}",
+        c.arp_replies_sent,
+        c.announcements,
+        c.icmp_echo_replies,
+        c.rst_sent,
+        c.to_l4,
+        c.tcp_terminated
     );
     for r in switchyard_stack::DropReason::ALL {
         if c.dropped(r) > 0 {
@@ -288,6 +293,8 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
         limit.map(|l| format!(", for {} s", l.as_secs())).unwrap_or_default()
     );
     let _ = std::io::stdout().flush();
+    // Neighbors learn (or relearn, after a failover) who holds the VIPs.
+    dp.announce();
     let wall = std::time::Instant::now();
     let mut turns = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed)

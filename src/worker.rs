@@ -351,6 +351,12 @@ impl Dataplane {
         .min()
     }
 
+    /// Announces the dataplane's addresses and VIPs on the link (gratuitous
+    /// ARP, unsolicited neighbor advertisements); sent with the next turn.
+    pub fn announce(&mut self) {
+        self.stack.announce(&mut self.pool);
+    }
+
     /// The worker's buffer pool counters.
     pub fn pool_stats(&self) -> switchyard_nic::PoolStats {
         self.pool.stats()

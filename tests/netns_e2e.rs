@@ -315,10 +315,17 @@ fn l7_and_l4_through_tap_to_nginx() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t = Topology::up("syb-");
     let sum = t.nginx();
+    // Accept gratuitous ARP for new entries, to see Switchyard's announcement.
+    t.exec("cl", "sysctl -qw net.ipv4.conf.eth0.arp_accept=1");
     let mut lb = t.switchyard(&config("tap:tap0", "round-robin", "a"));
+    // Before any client spoke: the VIP was announced with Switchyard's MAC.
+    let o = t.exec("cl", "ip neigh show 198.18.0.10 dev eth0");
+    assert!(text(&o).contains("02:53:59:00:00:02"), "VIP not announced: {}", text(&o));
     routes_and_downloads(&t, &sum);
     let out = lb.stop();
     assert!(out.contains("running on tap:tap0"), "{out}");
+    // 198.18.0.2 and the VIP 198.18.0.10.
+    assert_eq!(number_after(&out, "announcements"), Some(2), "{out}");
     assert_eq!(number_after(&out, "listener tcp (l4): new flows"), Some(2), "{out}");
 }
 
@@ -348,7 +355,12 @@ fn iperf3_through_full_nat_counts_the_same_bytes_on_both_sides() {
     let o = t.exec("cl", "iperf3 -c 198.18.0.10 -p 5201 -n 64M -J");
     let j = text(&o);
     let sent = number_after(&j[j.find("\"sum_sent\"").expect("sum_sent")..], "\"bytes\":").unwrap();
-    assert_eq!(sent, 64 << 20, "iperf3 sent what it was asked to");
+    // (-n is met in whole blocks: it may overshoot by one.)
+    assert!(sent >= 64 << 20, "iperf3 sent {sent} bytes, asked for 64 MiB");
+    // The server's last segments (its control channel's closing bytes) may
+    // still be on their way when the client returns: let them through before
+    // stopping the load balancer, or the two kernels count bytes it never saw.
+    std::thread::sleep(Duration::from_millis(500));
     let out = lb.stop();
     assert_eq!(number_after(&out, "backend iperf1: flows"), Some(2), "control and data: {out}");
     // IP bytes each way as the kernels at both ends (nftables counters on

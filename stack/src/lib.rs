@@ -394,6 +394,58 @@ impl Stack {
             .map(|a| a.0)
     }
 
+    /// Announces every address this stack answers for (interface addresses
+    /// and VIPs): a gratuitous ARP request (RFC 5227 announcement) for IPv4,
+    /// an unsolicited neighbor advertisement to all nodes (RFC 4861 7.2.6)
+    /// for IPv6. Sent when a dataplane starts on a real interface, so
+    /// neighbors that knew another owner of a VIP (a failed-over instance)
+    /// update their caches at once.
+    pub fn announce(&mut self, pool: &mut Pool) {
+        let owned = self.owned.clone();
+        for ip in owned {
+            let mut m = pool.alloc();
+            m.reset();
+            let ok = match ip {
+                IpAddr::V4(a) => match m.resize(42) {
+                    Some(f) => {
+                        put_eth(f, [0xff; 6], self.mac, ETHERTYPE_ARP);
+                        f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+                        f[22..28].copy_from_slice(&self.mac);
+                        f[28..32].copy_from_slice(&a.octets());
+                        f[32..38].fill(0);
+                        f[38..42].copy_from_slice(&a.octets());
+                        true
+                    }
+                    None => false,
+                },
+                IpAddr::V6(a) => match m.resize(ETH_LEN + 40 + 32) {
+                    Some(f) => {
+                        let all = IpAddr::from(ALL_NODES);
+                        put_eth(f, [0x33, 0x33, 0, 0, 0, 1], self.mac, ETHERTYPE_IPV6);
+                        put_ip_header(&mut f[ETH_LEN..], ip, all, IPPROTO_ICMPV6, 32);
+                        f[ETH_LEN + 7] = 255;
+                        let icmp = &mut f[ETH_LEN + 40..];
+                        // Override flag set: replace what neighbors had.
+                        icmp[..8].copy_from_slice(&[136, 0, 0, 0, 0x20, 0, 0, 0]);
+                        icmp[8..24].copy_from_slice(&a.octets());
+                        icmp[24] = 2;
+                        icmp[25] = 1;
+                        icmp[26..32].copy_from_slice(&self.mac);
+                        fix_l4_checksum(icmp, ip, all, IPPROTO_ICMPV6, 2);
+                        true
+                    }
+                    None => false,
+                },
+            };
+            if ok {
+                self.counters.announcements += 1;
+                self.push_tx(m);
+            } else {
+                pool.free(m);
+            }
+        }
+    }
+
     /// Asks who has `ip`: an ARP request, or a neighbor solicitation for IPv6.
     fn solicit(&mut self, ip: IpAddr, pool: &mut Pool) {
         let Some(src) = self.source_for(ip) else { return };

@@ -264,6 +264,8 @@ pub struct StackCounters {
     pub arp_replies_sent: u64,
     /// ARP requests sent to resolve next hops.
     pub arp_requests_sent: u64,
+    /// Gratuitous ARPs and unsolicited neighbor advertisements sent.
+    pub announcements: u64,
     /// ICMP echo requests answered.
     pub icmp_echo_replies: u64,
     /// TCP resets sent for segments no listener or flow wanted.

@@ -528,3 +528,59 @@ fn an_l4_port_range_is_classified_as_its_listener() {
     assert_eq!(b.stack.counters().dropped(DropReason::NoListener), 1);
     assert!(b.stack.owns("198.18.0.11".parse().unwrap()));
 }
+
+/// At start on a real link the stack announces every address it answers
+/// for: gratuitous ARP requests (sender = target) for IPv4 addresses and
+/// VIPs, an unsolicited neighbor advertisement with the override flag to all
+/// nodes for IPv6, with a valid checksum.
+#[test]
+fn announces_its_addresses_and_vips() {
+    let mut stack = Stack::new(
+        StackConfig {
+            mac: LB_MAC,
+            addresses: vec![
+                ("198.18.0.2".parse().unwrap(), 24),
+                ("2001:2::2".parse().unwrap(), 64),
+            ],
+            gateway: None,
+            tcp: TcpConfig::default(),
+        },
+        7,
+    );
+    stack.add_listener("198.18.0.10:80".parse().unwrap(), Proto::Tcp, ListenerKind::L7, 0).unwrap();
+    let mut pool = Pool::with_count(8);
+    stack.announce(&mut pool);
+    let mut tx = Vec::new();
+    stack.take_tx(&mut tx);
+    let frames: Vec<Vec<u8>> = tx.iter().map(|m| m.data().to_vec()).collect();
+    for m in tx {
+        pool.free(m);
+    }
+    assert_eq!(frames.len(), 3, "two IPv4 addresses (interface and VIP), one IPv6");
+    assert_eq!(stack.counters().announcements, 3);
+    let mut garps: Vec<[u8; 4]> = Vec::new();
+    for f in &frames {
+        match get16(f, 12) {
+            ETHERTYPE_ARP => {
+                assert_eq!(&f[0..6], &[0xff; 6]);
+                assert_eq!(get16(f, 20), 1, "an ARP request (RFC 5227 announcement)");
+                assert_eq!(&f[22..28], &LB_MAC);
+                assert_eq!(&f[28..32], &f[38..42], "sender and target address are the same");
+                garps.push([f[28], f[29], f[30], f[31]]);
+            }
+            ETHERTYPE_IPV6 => {
+                let ip = parse_ip(f, ETHERTYPE_IPV6).unwrap();
+                let msg = &f[ip.l4_offset..ip.end];
+                assert_eq!(msg[0], 136, "neighbor advertisement");
+                assert_eq!(msg[4] & 0x20, 0x20, "override flag");
+                assert_eq!(ip.dst, "ff02::1".parse::<std::net::IpAddr>().unwrap());
+                assert_eq!(f[ETH_LEN + 7], 255, "hop limit 255 (RFC 4861 7.1.2)");
+                assert_eq!(fold(sum(pseudo(ip.src, ip.dst, IPPROTO_ICMPV6, msg.len()), msg)), 0);
+                assert_eq!(&msg[26..32], &LB_MAC);
+            }
+            other => panic!("unexpected ethertype {other:#x}"),
+        }
+    }
+    garps.sort();
+    assert_eq!(garps, vec![[198, 18, 0, 2], [198, 18, 0, 10]]);
+}
