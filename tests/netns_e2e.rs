@@ -567,7 +567,7 @@ fn https_terminated_with_curl_and_openssl() {
     // (The sleep keeps the first client reading until the tickets arrive.)
     t.exec(
         "cl",
-        &format!("sh -c '(sleep 0.5) | {s_client} -sess_out {} >/dev/null 2>&1'", sess.display()),
+        &format!("sh -c '(sleep 1) | {s_client} -sess_out {} >/dev/null 2>&1'", sess.display()),
     );
     let o =
         t.exec("cl", &format!("sh -c '{s_client} -sess_in {} </dev/null 2>&1'", sess.display()));
