@@ -159,14 +159,9 @@ impl Snapshot {
             for (b, h) in pool.backends.iter().zip(hosts) {
                 for row in s.backends.iter_mut().filter(|r| r.name == b.name && r.pool == pool.name)
                 {
-                    match h {
-                        BackendHost::Http(st) => {
-                            let st = st.borrow();
-                            row.host_served = st.requests;
-                            row.host_errors = st.errors;
-                        }
-                        BackendHost::Echo(st) => row.host_served = st.borrow().connections,
-                        BackendHost::UdpEcho(st) => row.host_served = st.borrow().datagrams,
+                    row.host_served = h.served();
+                    if let BackendHost::Http(st) = h {
+                        row.host_errors = st.borrow().errors;
                     }
                 }
             }

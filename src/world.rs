@@ -383,12 +383,7 @@ impl World {
         let mut out = BTreeMap::new();
         for (pool, hosts) in self.cfg.pools.iter().zip(&self.backends) {
             for (b, h) in pool.backends.iter().zip(hosts) {
-                let n = match h {
-                    BackendHost::Http(s) => s.borrow().requests,
-                    BackendHost::Echo(s) => s.borrow().connections,
-                    BackendHost::UdpEcho(s) => s.borrow().datagrams,
-                };
-                out.insert(b.name.clone(), n);
+                out.insert(b.name.clone(), h.served());
             }
         }
         out
