@@ -294,6 +294,10 @@ pub struct Tls {
     scratch: Vec<u8>,
     /// Connections with ciphertext waiting for TCP room.
     flush: Vec<ConnId>,
+    /// Handshakes the engine refused (queue full), to submit again.
+    refused: Vec<ConnId>,
+    /// Handshake steps submitted and not yet collected.
+    in_engine: usize,
 }
 
 fn tag(c: ConnId) -> u64 {
@@ -317,6 +321,8 @@ impl Tls {
             stats: TlsStats::default(),
             scratch: vec![0; 16 * 1024 + 512],
             flush: Vec::new(),
+            refused: Vec::new(),
+            in_engine: 0,
         }
     }
 
@@ -425,12 +431,18 @@ impl Tls {
             let job =
                 Job { tag: tag(id), work: HandshakeIn { conn: sc, input: std::mem::take(input) } };
             match self.engine.submit(job) {
-                Ok(()) => self.stats.engine_steps += 1,
+                Ok(()) => {
+                    self.stats.engine_steps += 1;
+                    self.in_engine += 1;
+                }
                 Err(back) => {
                     // Full: keep it; the next Readable or poll tries again.
                     self.stats.engine_full += 1;
                     *conn = Some(back.work.conn);
                     *input = back.work.input;
+                    if !self.refused.contains(&id) {
+                        self.refused.push(id);
+                    }
                 }
             }
         }
@@ -441,6 +453,7 @@ impl Tls {
     /// `out`.
     pub fn poll<T: TcpApi>(&mut self, tcp: &mut T, out: &mut Vec<TcpEvent>) {
         while let Some(Job { tag: t, work }) = self.engine.poll() {
+            self.in_engine -= 1;
             let id = untag(t);
             let Some(c) = self.conns.get_mut(&id) else { continue };
             c.out.extend_from_slice(&work.output);
@@ -505,23 +518,17 @@ impl Tls {
         for id in pending {
             self.flush_one(id, tcp);
         }
-        // Handshakes whose engine submission was refused (queue full).
-        let waiting: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(&c.state, State::Handshake { conn: Some(_), input } if !input.is_empty()))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in waiting {
+        // Handshakes whose engine submission was refused (queue full); a
+        // connection gone since is skipped by `read_handshake`.
+        for id in std::mem::take(&mut self.refused) {
             self.read_handshake(id, tcp);
         }
     }
 
-    /// When `poll` next has work: at once while handshakes are in the engine.
+    /// When `poll` next has work: at once while handshakes are in the engine
+    /// or waiting for room in it, or ciphertext waits for TCP room.
     pub fn poll_at(&self, now: Instant) -> Option<Instant> {
-        let busy =
-            self.conns.values().any(|c| matches!(c.state, State::Handshake { conn: None, .. }));
-        (busy || !self.flush.is_empty()).then_some(now)
+        (self.in_engine > 0 || !self.refused.is_empty() || !self.flush.is_empty()).then_some(now)
     }
 
     /// Sends what ciphertext TCP takes; closes a closing connection once all
