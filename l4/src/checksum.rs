@@ -2,27 +2,9 @@
 //! `HC' = ~(~HC + ~m + m')`), so a rewritten address or port costs a few adds
 //! instead of a pass over the packet.
 
-/// The checksum `csum` after the bytes `old` of the covered data became `new`.
-/// Both must have the same even length and start on a 16-bit boundary of the
-/// checksummed data.
-#[inline]
-pub fn update(csum: u16, old: &[u8], new: &[u8]) -> u16 {
-    let mut sum = u32::from(!csum);
-    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
-        sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
-        sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The checksum after one 16-bit word changed from `old` to `new`.
-#[inline]
-pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
-    update(csum, &old.to_be_bytes(), &new.to_be_bytes())
-}
+// The implementation lives in the stack, which patches checksums too
+// (duplicate-ACK windows); L4 keeps its names.
+pub use switchyard_stack::wire::{checksum_update as update, checksum_update16 as update16};
 
 #[cfg(test)]
 mod tests {

@@ -240,14 +240,9 @@ fn normalize_dup_ack(last_ack: &mut u32, last_win: &mut u16, frame: &mut [u8]) -
         return if new { AckKind::New } else { AckKind::Other };
     }
     if win != *last_win {
-        // RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m').
-        let old = get16(frame, tcp + 16);
-        let mut acc = u32::from(!old) + u32::from(!win) + u32::from(*last_win);
-        while acc > 0xffff {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
+        let csum = crate::wire::checksum_update16(get16(frame, tcp + 16), win, *last_win);
         put16(frame, tcp + 14, *last_win);
-        put16(frame, tcp + 16, !(acc as u16));
+        put16(frame, tcp + 16, csum);
     }
     AckKind::DupSack
 }
@@ -279,13 +274,9 @@ fn shrink_window(ip: &mut [u8]) -> bool {
     if win == 0 {
         return false;
     }
-    let old = get16(ip, tcp + 16);
-    let mut acc = u32::from(!old) + u32::from(!win) + u32::from(win - 1);
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
+    let csum = crate::wire::checksum_update16(get16(ip, tcp + 16), win, win - 1);
     put16(ip, tcp + 14, win - 1);
-    put16(ip, tcp + 16, !(acc as u16));
+    put16(ip, tcp + 16, csum);
     true
 }
 

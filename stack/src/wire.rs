@@ -78,6 +78,29 @@ pub fn sum(acc: u32, data: &[u8]) -> u32 {
     s as u32
 }
 
+/// Incremental update of the Internet checksum (RFC 1624, equation 3:
+/// `HC' = ~(~HC + ~m + m')`): the checksum `csum` after the bytes `old` of the
+/// covered data became `new`. Both must have the same even length and start
+/// on a 16-bit boundary of the checksummed data.
+#[inline]
+pub fn checksum_update(csum: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut sum = u32::from(!csum);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+        sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The checksum after one 16-bit word changed from `old` to `new`.
+#[inline]
+pub fn checksum_update16(csum: u16, old: u16, new: u16) -> u16 {
+    checksum_update(csum, &old.to_be_bytes(), &new.to_be_bytes())
+}
+
 /// Folds a running sum to 16 bits and complements it: the checksum field value.
 pub fn fold(mut acc: u32) -> u16 {
     while acc > 0xffff {
