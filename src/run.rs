@@ -43,15 +43,9 @@ pub fn sim(cfg: &Config, opts: &SimOptions) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let admin = match &opts.admin {
-        Some(p) => match AdminSocket::bind(p) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                eprintln!("error: admin socket {}: {e}", p.display());
-                return ExitCode::from(2);
-            }
-        },
-        None => None,
+    let admin = match bind_admin(opts.admin.as_deref()) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let seed = world.net.seed();
     let tty = std::io::stdout().is_terminal();
@@ -148,6 +142,16 @@ pub fn pcap(cfg: &Config) -> ExitCode {
     }
     print_counters(cfg, &dp, port.stats(), elapsed);
     ExitCode::SUCCESS
+}
+
+/// The operator socket, if one was asked for; a clear error (exit 2) if it
+/// cannot be bound.
+fn bind_admin(path: Option<&std::path::Path>) -> Result<Option<AdminSocket>, ExitCode> {
+    let Some(p) = path else { return Ok(None) };
+    AdminSocket::bind(p).map(Some).map_err(|e| {
+        eprintln!("error: admin socket {}: {e}", p.display());
+        ExitCode::from(2)
+    })
 }
 
 /// What a run over a real NIC printed at the end: port, stack and listener
@@ -262,15 +266,9 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let admin = match &opts.admin {
-        Some(p) => match AdminSocket::bind(p) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                eprintln!("error: admin socket {}: {e}", p.display());
-                return ExitCode::from(2);
-            }
-        },
-        None => None,
+    let admin = match bind_admin(opts.admin.as_deref()) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
