@@ -12,7 +12,7 @@ pub mod term;
 pub mod types;
 pub mod wire;
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
 pub use smoltcp::time::{Duration, Instant};
@@ -406,18 +406,7 @@ impl Stack {
             let mut m = pool.alloc();
             m.reset();
             let ok = match ip {
-                IpAddr::V4(a) => match m.resize(42) {
-                    Some(f) => {
-                        put_eth(f, [0xff; 6], self.mac, ETHERTYPE_ARP);
-                        f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-                        f[22..28].copy_from_slice(&self.mac);
-                        f[28..32].copy_from_slice(&a.octets());
-                        f[32..38].fill(0);
-                        f[38..42].copy_from_slice(&a.octets());
-                        true
-                    }
-                    None => false,
-                },
+                IpAddr::V4(a) => put_arp_request(&mut m, self.mac, a, a),
                 IpAddr::V6(a) => match m.resize(ETH_LEN + 40 + 32) {
                     Some(f) => {
                         let all = IpAddr::from(ALL_NODES);
@@ -452,18 +441,7 @@ impl Stack {
         let mut m = pool.alloc();
         m.reset();
         let ok = match (src, ip) {
-            (IpAddr::V4(s), IpAddr::V4(t)) => match m.resize(42) {
-                Some(f) => {
-                    put_eth(f, [0xff; 6], self.mac, ETHERTYPE_ARP);
-                    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-                    f[22..28].copy_from_slice(&self.mac);
-                    f[28..32].copy_from_slice(&s.octets());
-                    f[32..38].fill(0);
-                    f[38..42].copy_from_slice(&t.octets());
-                    true
-                }
-                None => false,
-            },
+            (IpAddr::V4(s), IpAddr::V4(t)) => put_arp_request(&mut m, self.mac, s, t),
             (IpAddr::V6(s), IpAddr::V6(t)) => match m.resize(ETH_LEN + 40 + 32) {
                 Some(f) => {
                     let t8 = t.octets();
@@ -751,6 +729,19 @@ impl Stack {
         }
         Ingress::Done
     }
+}
+
+/// Makes `m` a broadcast ARP request from `mac`/`spa` for `tpa` (with
+/// `spa == tpa`, an RFC 5227 announcement); false if it does not fit.
+fn put_arp_request(m: &mut Mbuf, mac: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> bool {
+    let Some(f) = m.resize(42) else { return false };
+    put_eth(f, [0xff; 6], mac, ETHERTYPE_ARP);
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&spa.octets());
+    f[32..38].fill(0);
+    f[38..42].copy_from_slice(&tpa.octets());
+    true
 }
 
 const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
