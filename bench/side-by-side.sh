@@ -188,30 +188,31 @@ for lb in "${lbs[@]}"; do
     n cl curl -sfk -m 5 -o /dev/null "https://${vip[$lb]}/1k" || { echo "side-by-side: $lb does not answer over TLS" >&2; exit 1; }
 done
 
+# One wrk run against a load balancer: SCENARIO LB ROUND WRK-ARGS...; a row
+# in the results (rate, requests, p50, p99, LB CPU seconds, errors).
+wrk_run() {
+    local scenario=$1 lb=$2 r=$3
+    shift 3
+    local c0 c1 out rps total p50 p99 errs cpu_s
+    c0=$(cpu "${pid[$lb]}")
+    out=$(n cl taskset -c 0 wrk -t1 -d"${secs}s" --latency "$@")
+    c1=$(cpu "${pid[$lb]}")
+    cpu_s=$(echo "$c1 - $c0" | bc)
+    rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
+    total=$(awk '/requests in/ { print $1 }' <<<"$out")
+    p50=$(awk '$1 == "50%" { print $2 }' <<<"$out")
+    p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
+    errs=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
+    printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$scenario" "$lb" "$r" "$rps" "$total" "$p50" "$p99" "$cpu_s" "${errs:-}" >> "$results"
+    echo "round $r $scenario $lb: $rps req/s, p50 $p50, p99 $p99, LB CPU $cpu_s s ${errs:-}"
+}
+
 for r in $(seq 1 "$rounds"); do
     for lb in "${lbs[@]}"; do
-        c0=$(cpu "${pid[$lb]}")
-        out=$(n cl taskset -c 0 wrk -t1 -c50 -d"${secs}s" --latency "http://${vip[$lb]}/1k")
-        c1=$(cpu "${pid[$lb]}")
-        rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
-        total=$(awk '/requests in/ { print $1 }' <<<"$out")
-        p50=$(awk '$1 == "50%" { print $2 }' <<<"$out")
-        p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
-        errs=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
-        printf "http-keepalive\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$lb" "$r" "$rps" "$total" "$p50" "$p99" "$(echo "$c1 - $c0" | bc)" "${errs:-}" >> "$results"
-        echo "round $r http-keepalive $lb: $rps req/s, p50 $p50, p99 $p99, LB CPU $(echo "$c1 - $c0" | bc) s ${errs:-}"
+        wrk_run http-keepalive "$lb" "$r" -c50 "http://${vip[$lb]}/1k"
     done
     for lb in "${lbs[@]}"; do
-        c0=$(cpu "${pid[$lb]}")
-        out=$(n cl taskset -c 0 wrk -t1 -c16 -d"${secs}s" --latency -H "Connection: close" "https://${vip[$lb]}/1k")
-        c1=$(cpu "${pid[$lb]}")
-        rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
-        total=$(awk '/requests in/ { print $1 }' <<<"$out")
-        p50=$(awk '$1 == "50%" { print $2 }' <<<"$out")
-        p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
-        errs=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
-        printf "https-new-conn\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$lb" "$r" "$rps" "$total" "$p50" "$p99" "$(echo "$c1 - $c0" | bc)" "${errs:-}" >> "$results"
-        echo "round $r https-new-conn $lb: $rps req/s, p50 $p50, p99 $p99, LB CPU $(echo "$c1 - $c0" | bc) s ${errs:-}"
+        wrk_run https-new-conn "$lb" "$r" -c16 -H "Connection: close" "https://${vip[$lb]}/1k"
     done
     for lb in "${lbs[@]}"; do
         c0=$(cpu "${pid[$lb]}")
