@@ -61,6 +61,8 @@ struct RawConfig {
     #[serde(default)]
     l4: RawL4,
     #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
     listener: Vec<RawListener>,
     #[serde(default)]
     pool: Vec<RawPool>,
@@ -90,6 +92,18 @@ struct RawTcp {
     max_connections: Option<Spanned<u32>>,
     buffer_size: Option<Spanned<u32>>,
     ephemeral_ports: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    max_head_bytes: Option<Spanned<u32>>,
+    max_request_line_bytes: Option<Spanned<u32>>,
+    max_headers: Option<Spanned<u32>>,
+    request_timeout_ms: Option<Spanned<u32>>,
+    idle_timeout_ms: Option<Spanned<u32>>,
+    connect_timeout_ms: Option<Spanned<u32>>,
+    idle_upstreams_per_backend: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -424,6 +438,8 @@ pub struct Config {
     pub l4_table_capacity: u32,
     /// Local ports used for L4 full-NAT.
     pub snat_ports: Range<u16>,
+    /// HTTP limits and timeouts of L7 listeners (`[http]`).
+    pub http: switchyard_l7::Limits,
     /// Listeners in file order.
     pub listeners: Vec<Listener>,
     /// Pools in file order.
@@ -556,6 +572,7 @@ impl Cx<'_> {
             Some(v) => self.port_range(v)?,
             None => 40960..65535,
         };
+        let http = self.http(&raw.http)?;
         if snat_ports.start < tcp.ephemeral_ports.end && tcp.ephemeral_ports.start < snat_ports.end
         {
             let span = raw.l4.snat_ports.as_ref().map(|s| s.span()).unwrap_or(0..0);
@@ -921,6 +938,7 @@ impl Cx<'_> {
             tcp,
             l4_table_capacity,
             snat_ports,
+            http,
             listeners,
             pools,
             sim,
@@ -1114,6 +1132,33 @@ impl Cx<'_> {
             clients,
             admin,
         })
+    }
+
+    fn http(&self, h: &RawHttp) -> Result<switchyard_l7::Limits, ConfigError> {
+        let mut l = switchyard_l7::Limits::default();
+        let ms = |v: u32| Duration::from_millis(u64::from(v));
+        if let Some(v) = &h.max_head_bytes {
+            l.max_head = self.range_u32(v, 256, 1 << 20)? as usize;
+        }
+        if let Some(v) = &h.max_request_line_bytes {
+            l.max_request_line = self.range_u32(v, 64, 1 << 20)? as usize;
+        }
+        if let Some(v) = &h.max_headers {
+            l.max_headers = self.range_u32(v, 1, switchyard_l7::MAX_HEADERS as u32)? as usize;
+        }
+        if let Some(v) = &h.request_timeout_ms {
+            l.request_timeout = ms(self.range_u32(v, 1, 3_600_000)?);
+        }
+        if let Some(v) = &h.idle_timeout_ms {
+            l.idle_timeout = ms(self.range_u32(v, 1, 3_600_000)?);
+        }
+        if let Some(v) = &h.connect_timeout_ms {
+            l.connect_timeout = ms(self.range_u32(v, 1, 600_000)?);
+        }
+        if let Some(v) = &h.idle_upstreams_per_backend {
+            l.max_idle_upstream_per_backend = self.range_u32(v, 0, 65_536)? as usize;
+        }
+        Ok(l)
     }
 
     fn range_u32(&self, v: &Spanned<u32>, lo: u32, hi: u32) -> Result<u32, ConfigError> {
@@ -1485,6 +1530,24 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert!(e.message.contains("expected `l4` or `l7`"), "{e}");
         let e = err(&BASE.replace("[device]", "[devices]"));
         assert!(e.message.contains("did you mean `device`?"), "{e}");
+    }
+
+    #[test]
+    fn http_limits_are_read_and_checked() {
+        let src = BASE.replace(
+            "[[listener]]\nname = \"pg\"",
+            "[http]\nmax_request_line_bytes = 1024\nmax_headers = 20\nrequest_timeout_ms = 2500\n\n[[listener]]\nname = \"pg\"",
+        );
+        let c = Config::parse("t.toml", &src).unwrap();
+        assert_eq!(c.http.max_request_line, 1024);
+        assert_eq!(c.http.max_headers, 20);
+        assert_eq!(c.http.request_timeout, Duration::from_millis(2500));
+        assert_eq!(c.http.max_head, switchyard_l7::Limits::default().max_head);
+        let e = err(&src.replace("max_headers = 20", "max_headers = 1000"));
+        assert_eq!(e.key, "http.max_headers", "{e}");
+        assert!(e.message.contains("out of range 1..=128"), "{e}");
+        let e = err(&src.replace("max_headers = 20", "max_header = 20"));
+        assert!(e.message.contains("max_headers"), "{e}");
     }
 
     #[test]

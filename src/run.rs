@@ -222,9 +222,17 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
         }
         if let Some(s) = dp.l7.listener_stats(i as u16) {
             println!(
-                "listener {} (l7): connections {}, requests {}",
-                l.name, s.connections_total, s.requests
+                "listener {} (l7): connections {}, requests {}, 4xx {}, 5xx {}",
+                l.name, s.connections_total, s.requests, s.responses_4xx, s.responses_5xx
             );
+            let refused: Vec<String> = switchyard_l7::Reject::ALL
+                .iter()
+                .filter(|r| s.rejected(**r) > 0)
+                .map(|r| format!("{} {}", r.name(), s.rejected(*r)))
+                .collect();
+            if !refused.is_empty() {
+                println!("  refused: {}", refused.join(", "));
+            }
         }
     }
 }

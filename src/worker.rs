@@ -169,7 +169,7 @@ impl Dataplane {
                         .collect(),
                 })
                 .collect(),
-            limits: switchyard_l7::Limits::default(),
+            limits: cfg.http.clone(),
         })?;
         // Handshakes run on engine threads (one unless several listeners
         // terminate TLS); none are started without a TLS listener.

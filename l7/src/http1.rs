@@ -31,20 +31,71 @@ pub enum Reject {
     BadHost,
     /// Request head larger than the limit (431).
     HeadTooLarge,
-    /// A chunk size line that is not hex, or a chunk not followed by CRLF (400).
+    /// A chunk size line that is not hex, a malformed chunk extension, or a
+    /// chunk not followed by CRLF (400).
     BadChunk,
     /// No route matches (404).
     NoRoute,
+    /// Transfer-Encoding in an HTTP/1.0 request: its framing is faulty
+    /// (RFC 9112 6.1) (400).
+    Http10TransferEncoding,
+    /// An HTTP version other than 1.0 and 1.1 (505).
+    BadVersion,
+    /// Request line longer than the limit (414).
+    RequestLineTooLong,
+    /// Chunk extensions longer than [`MAX_CHUNK_EXT`] on one chunk (400).
+    ExtensionTooLong,
 }
 
 impl Reject {
+    /// Every reason, in [`Reject::index`] order.
+    pub const ALL: [Reject; 12] = [
+        Reject::Malformed,
+        Reject::ContentLengthAndTransferEncoding,
+        Reject::BadContentLength,
+        Reject::UnsupportedTransferEncoding,
+        Reject::BadHost,
+        Reject::HeadTooLarge,
+        Reject::BadChunk,
+        Reject::NoRoute,
+        Reject::Http10TransferEncoding,
+        Reject::BadVersion,
+        Reject::RequestLineTooLong,
+        Reject::ExtensionTooLong,
+    ];
+
     /// The status code and reason phrase to answer with.
     pub fn status(self) -> (u16, &'static str) {
         match self {
             Reject::UnsupportedTransferEncoding => (501, "Not Implemented"),
             Reject::HeadTooLarge => (431, "Request Header Fields Too Large"),
             Reject::NoRoute => (404, "Not Found"),
+            Reject::BadVersion => (505, "HTTP Version Not Supported"),
+            Reject::RequestLineTooLong => (414, "URI Too Long"),
             _ => (400, "Bad Request"),
+        }
+    }
+
+    /// Position in [`Reject::ALL`], for counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Name for counters and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reject::Malformed => "malformed",
+            Reject::ContentLengthAndTransferEncoding => "cl_and_te",
+            Reject::BadContentLength => "bad_content_length",
+            Reject::UnsupportedTransferEncoding => "unsupported_te",
+            Reject::BadHost => "bad_host",
+            Reject::HeadTooLarge => "head_too_large",
+            Reject::BadChunk => "bad_chunk",
+            Reject::NoRoute => "no_route",
+            Reject::Http10TransferEncoding => "http10_te",
+            Reject::BadVersion => "bad_version",
+            Reject::RequestLineTooLong => "request_line_too_long",
+            Reject::ExtensionTooLong => "chunk_ext_too_long",
         }
     }
 }
@@ -80,6 +131,9 @@ pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Rej
             te = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            if !valid_host(h.value) {
+                return Err(Reject::BadHost);
+            }
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|b| *b == b',') {
                 let t = trim(token);
@@ -96,7 +150,7 @@ pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Rej
     }
     let framing = match (te, content_length) {
         (Some(_), Some(_)) => return Err(Reject::ContentLengthAndTransferEncoding),
-        (Some(_), None) if version == 0 => return Err(Reject::UnsupportedTransferEncoding),
+        (Some(_), None) if version == 0 => return Err(Reject::Http10TransferEncoding),
         (Some(v), None) if trim(v).eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
         (Some(_), None) => return Err(Reject::UnsupportedTransferEncoding),
         (None, Some(0)) | (None, None) => Framing::None,
@@ -204,6 +258,37 @@ pub fn check_response(
     Ok(ResponseInfo { status, framing, keep_alive })
 }
 
+/// A Host field value (RFC 9110 7.2, RFC 3986 3.2.2): a reg-name, an IPv4
+/// address or a bracketed IPv6 literal, optionally `:port`. Empty is allowed
+/// (a request target without an authority).
+fn valid_host(v: &[u8]) -> bool {
+    let v = trim(v);
+    v.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
+}
+
 fn trim(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
     let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
@@ -225,11 +310,18 @@ pub struct ChunkScanner {
     state: ChunkState,
     size: u64,
     digits: u8,
+    ext_len: u16,
 }
+
+/// Most bytes of chunk extensions accepted on one chunk-size line; more is a
+/// resource attack, not a real client.
+pub const MAX_CHUNK_EXT: u16 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChunkState {
     Size,
+    /// Whitespace after the size: only `;` may follow.
+    ExtStart,
     Ext,
     SizeLf,
     Data,
@@ -244,7 +336,7 @@ enum ChunkState {
 
 impl Default for ChunkScanner {
     fn default() -> Self {
-        ChunkScanner { state: ChunkState::Size, size: 0, digits: 0 }
+        ChunkScanner { state: ChunkState::Size, size: 0, digits: 0, ext_len: 0 }
     }
 }
 
@@ -270,14 +362,34 @@ impl ChunkScanner {
                         }
                         self.size = self.size * 16 + u64::from(d);
                     }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::Ext,
+                    b';' if self.digits > 0 => {
+                        self.ext_len = 0;
+                        self.state = ChunkState::Ext;
+                    }
+                    b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::ExtStart,
                     b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
+                    _ => return Err(Reject::BadChunk),
+                },
+                // chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ):
+                // names, values and quoted strings are visible characters and
+                // whitespace; controls (NUL, bare CR or LF) are refused.
+                ChunkState::ExtStart => match b {
+                    b' ' | b'\t' => {}
+                    b';' => {
+                        self.ext_len = 0;
+                        self.state = ChunkState::Ext;
+                    }
                     _ => return Err(Reject::BadChunk),
                 },
                 ChunkState::Ext => match b {
                     b'\r' => self.state = ChunkState::SizeLf,
-                    b'\n' | 0 => return Err(Reject::BadChunk),
-                    _ => {}
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => {
+                        self.ext_len += 1;
+                        if self.ext_len > MAX_CHUNK_EXT {
+                            return Err(Reject::ExtensionTooLong);
+                        }
+                    }
+                    _ => return Err(Reject::BadChunk),
                 },
                 ChunkState::SizeLf => {
                     if b != b'\n' {
@@ -315,8 +427,8 @@ impl ChunkScanner {
                 },
                 ChunkState::TrailerLine => match b {
                     b'\r' => self.state = ChunkState::TrailerLf,
-                    b'\n' => return Err(Reject::BadChunk),
-                    _ => {}
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => {}
+                    _ => return Err(Reject::BadChunk),
                 },
                 ChunkState::TrailerLf => {
                     if b != b'\n' {
@@ -413,7 +525,7 @@ mod tests {
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", UnsupportedTransferEncoding),
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", UnsupportedTransferEncoding),
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", UnsupportedTransferEncoding),
-            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", UnsupportedTransferEncoding),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Http10TransferEncoding),
             (b"GET / HTTP/1.1\r\n\r\n", BadHost),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", BadHost),
             (b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n z\r\n\r\n", Malformed),
@@ -421,6 +533,13 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(req(raw), Err(*want), "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn reject_reasons_are_indexed_in_order() {
+        for (i, r) in Reject::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
         }
     }
 
@@ -441,7 +560,16 @@ mod tests {
             }
         }
         assert_eq!(total, n);
-        for bad in [&b"z\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"5\n", b"fffffffffffffffff\r\n"] {
+        for bad in [
+            &b"z\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"5\n",
+            b"fffffffffffffffff\r\n",
+            b"5 x\r\n",
+            b"5;a\x00\r\n",
+            b"5;a\nhello",
+        ] {
             assert_eq!(ChunkScanner::default().scan(bad), Err(Reject::BadChunk), "{bad:?}");
         }
     }

@@ -13,7 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpEvent};
 use switchyard_stack::{Duration, Instant, ListenerId};
 
-use http1::{ChunkScanner, Framing, Reject, error_response};
+pub use http1::Reject;
+use http1::{ChunkScanner, Framing, error_response};
 
 /// A backend of a pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,8 +185,13 @@ pub struct ListenerConfig {
 /// Limits of the proxy.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Largest request or response head, bytes.
+    /// Largest request or response head, bytes (431 beyond).
     pub max_head: usize,
+    /// Longest request line, bytes (414 beyond).
+    pub max_request_line: usize,
+    /// Most header fields in a request head (431 beyond; at most
+    /// [`MAX_HEADERS`]).
+    pub max_headers: usize,
     /// Idle upstream connections kept per backend.
     pub max_idle_upstream_per_backend: usize,
     /// Time from a request to its response head.
@@ -200,6 +206,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_head: 16 * 1024,
+            max_request_line: 8 * 1024,
+            max_headers: 64,
             max_idle_upstream_per_backend: 64,
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -255,6 +263,15 @@ pub struct ListenerStats {
     pub responses_5xx: u64,
     /// Responses from routes with a fixed response.
     pub fixed_responses: u64,
+    /// Requests refused before reaching a backend, by [`Reject::index`].
+    pub rejected: [u64; Reject::ALL.len()],
+}
+
+impl ListenerStats {
+    /// Requests refused for reason `r`.
+    pub fn rejected(&self, r: Reject) -> u64 {
+        self.rejected[r.index()]
+    }
 }
 
 /// Counters of one pool.
@@ -282,6 +299,9 @@ pub struct BackendStats {
     /// Connections that failed or timed out before the handshake completed.
     pub connect_failures: u64,
 }
+
+/// The most header fields [`Limits::max_headers`] may allow.
+pub const MAX_HEADERS: usize = 128;
 
 /// Bytes buffered per direction per connection before the proxy stops reading.
 const BUF_CAP: usize = 64 * 1024;
@@ -585,6 +605,8 @@ impl L7 {
     /// Parses and starts the next request, or moves request body bytes on.
     fn process_client<T: TcpApi>(&mut self, s: u32, now: Instant, tcp: &mut T) {
         let max_head = self.limits.max_head;
+        let max_line = self.limits.max_request_line;
+        let max_headers = self.limits.max_headers.min(MAX_HEADERS);
         let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
         match x.phase {
             Phase::Closing => {
@@ -600,8 +622,14 @@ impl L7 {
         if x.inbuf.is_empty() {
             return;
         }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
+        // The request line on its own: too long is 414, not 431.
+        let line_end = x.inbuf.iter().position(|b| *b == b'\n');
+        if line_end.map_or(x.inbuf.len(), |e| e) > max_line {
+            self.reject(s, Reject::RequestLineTooLong, tcp);
+            return;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers[..max_headers]);
         let parsed = req.parse(&x.inbuf);
         let head_len = match parsed {
             Ok(httparse::Status::Partial) => {
@@ -612,6 +640,10 @@ impl L7 {
             }
             Err(httparse::Error::TooManyHeaders) => {
                 self.reject(s, Reject::HeadTooLarge, tcp);
+                return;
+            }
+            Err(httparse::Error::Version) => {
+                self.reject(s, Reject::BadVersion, tcp);
                 return;
             }
             Err(_) => {
@@ -631,6 +663,18 @@ impl L7 {
                 return;
             }
         };
+        // A chunked body already received is checked before anything goes
+        // upstream: a malformed one (the usual carrier of a smuggled second
+        // request) never reaches a backend. Bytes arriving later are checked
+        // as they stream, and a bad chunk then aborts the upstream connection
+        // before the request is complete.
+        if info.framing == Framing::Chunked {
+            let mut probe = ChunkScanner::default();
+            if let Err(r) = probe.scan(&x.inbuf[head_len..]) {
+                self.reject(s, r, tcp);
+                return;
+            }
+        }
         let path = req.path.unwrap_or("/");
         let path_only = match path.find("://") {
             Some(i) => path[i + 3..].find('/').map_or("/", |j| &path[i + 3 + j..]),
@@ -837,16 +881,16 @@ impl L7 {
                             x.body_done = x.chunks.done();
                             t
                         }
-                        Err(_) => {
-                            // The backend already has the head: end both sides.
-                            let (client, upconn) = (x.conn, up.conn);
+                        Err(r) => {
+                            // The backend already has the head: abort its
+                            // connection so it never sees a complete request.
+                            let upconn = up.conn;
                             tcp.abort(upconn);
                             self.remove_upstream(u);
                             if let Some(x) = self.sess(s) {
                                 x.upstream = None;
                             }
-                            let _ = client;
-                            self.reject(s, Reject::BadChunk, tcp);
+                            self.reject(s, r, tcp);
                             return;
                         }
                     },
@@ -1117,6 +1161,9 @@ impl L7 {
     /// Answers a request the proxy refuses; it never reaches a backend.
     fn reject<T: TcpApi>(&mut self, s: u32, r: Reject, tcp: &mut T) {
         let (code, reason) = r.status();
+        if let Some(li) = self.sess(s).map(|x| x.listener) {
+            self.listeners[li].stats.rejected[r.index()] += 1;
+        }
         self.fail(s, code, reason, tcp);
     }
 

@@ -290,38 +290,157 @@ fn post_body_and_chunked_response_are_relayed() {
     assert!(header_block(&h.take(u)).starts_with("GET /one/again "));
 }
 
+/// Malformed and ambiguous requests, by smuggling class (RFC 9112; the
+/// classes of Kettle's "HTTP Desync Attacks"): each gets its status, is
+/// counted under its reason, closes the connection, and no backend connection
+/// is even opened.
 #[test]
-fn bad_requests_get_their_status_and_never_reach_a_backend() {
-    let cases: &[(&[u8], &str)] = &[
-        (b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc", "400"),
-        (b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "400"),
-        (b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: abc\r\n\r\n", "400"),
-        (b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: identity\r\n\r\n", "501"),
-        (b"GET /api/ HTTP/1.1\r\nHost: v\r\nBad\x00Header: x\r\n\r\n", "400"),
-        (b"GET /nowhere HTTP/1.1\r\nHost: v\r\n\r\n", "404"),
-        (b"GET /api/ HTTP/1.1\r\n\r\n", "400"),
-        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "400"),
+fn malformed_and_ambiguous_requests_get_their_status_and_never_reach_a_backend() {
+    use Reject::*;
+    let long_line = format!("GET /api/{} HTTP/1.1\r\nHost: v\r\n\r\n", "a".repeat(9000));
+    let long_ext = format!(
+        "POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked\r\n\r\n5;{}\r\nhello\r\n0\r\n\r\n",
+        "x".repeat(5000)
+    );
+    let mut many = String::from("GET /api/ HTTP/1.1\r\nHost: v\r\n");
+    for i in 0..80 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let mut big = String::from("GET /api/ HTTP/1.1\r\nHost: v\r\n");
+    while big.len() < 20_000 {
+        big.push_str("X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    }
+    let chunked = "POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let cases: Vec<(String, &[u8], u16, Reject)> = vec![
+        // CL.TE and TE.CL: both framings present.
+        ("CL then TE".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG", 400, ContentLengthAndTransferEncoding),
+        ("TE then CL".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n", 400, ContentLengthAndTransferEncoding),
+        ("CL 0 with TE".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n", 400, ContentLengthAndTransferEncoding),
+        ("TE mixed case with CL".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\ntRaNsFeR-eNcOdInG: cHuNkEd\r\nContent-Length: 4\r\n\r\n", 400, ContentLengthAndTransferEncoding),
+        // TE.TE: obfuscated transfer codings.
+        ("TE xchunked".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: xchunked\r\n\r\n", 501, UnsupportedTransferEncoding),
+        ("TE chunk".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunk\r\n\r\n", 501, UnsupportedTransferEncoding),
+        ("TE quoted".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", 501, UnsupportedTransferEncoding),
+        ("TE twice".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n", 501, UnsupportedTransferEncoding),
+        ("TE list chunked first".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 501, UnsupportedTransferEncoding),
+        ("TE list chunked last".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501, UnsupportedTransferEncoding),
+        ("TE space before colon".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding : chunked\r\n\r\n", 400, Malformed),
+        ("TE vertical tab".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding:\x0bchunked\r\n\r\n", 400, Malformed),
+        ("TE trailing NUL".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked\x00\r\n\r\n", 400, Malformed),
+        ("TE folded onto previous line".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nX: y\r\n Transfer-Encoding: chunked\r\n\r\n", 400, Malformed),
+        ("TE in HTTP/1.0".into(), b"POST /api/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, Http10TransferEncoding),
+        // Content-Length: duplicates and anything but one decimal number.
+        ("CL twice, equal".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400, BadContentLength),
+        ("CL twice, different".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, BadContentLength),
+        ("CL list".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 5, 5\r\n\r\nhello", 400, BadContentLength),
+        ("CL negative".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: -1\r\n\r\n", 400, BadContentLength),
+        ("CL plus sign".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: +5\r\n\r\nhello", 400, BadContentLength),
+        ("CL hex".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 0x5\r\n\r\nhello", 400, BadContentLength),
+        ("CL two numbers".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 5 5\r\n\r\nhello", 400, BadContentLength),
+        ("CL overflow".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 99999999999999999999\r\n\r\n", 400, BadContentLength),
+        ("CL empty".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: \r\n\r\n", 400, BadContentLength),
+        ("CL space before colon".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length : 5\r\n\r\nhello", 400, Malformed),
+        // Chunked bodies: sizes, extensions, framing (checked before upstream).
+        ("chunk size not hex".into(), b"", 400, BadChunk),
+        ("chunk size negative".into(), b"", 400, BadChunk),
+        ("chunk size 0x prefix".into(), b"", 400, BadChunk),
+        ("chunk size overflow".into(), b"", 400, BadChunk),
+        ("chunk longer than its size".into(), b"", 400, BadChunk),
+        ("chunk size bare LF".into(), b"", 400, BadChunk),
+        ("chunk ext bare LF".into(), b"", 400, BadChunk),
+        ("chunk ext NUL".into(), b"", 400, BadChunk),
+        ("chunk ext without semicolon".into(), b"", 400, BadChunk),
+        ("chunk ext control character".into(), b"", 400, BadChunk),
+        ("chunk ext too long".into(), b"", 400, ExtensionTooLong),
+        ("chunk data without CRLF".into(), b"", 400, BadChunk),
+        ("trailer bare LF".into(), b"", 400, BadChunk),
+        ("chunk size empty".into(), b"", 400, BadChunk),
+        // Header fields: folding, bare CR, NUL, bad names.
+        ("obs-fold with tab".into(), b"GET /api/ HTTP/1.1\r\nHost: v\r\nX: a\r\n\tb\r\n\r\n", 400, Malformed),
+        ("bare CR in value".into(), b"GET /api/ HTTP/1.1\r\nHost: v\r\nX: a\rb\r\n\r\n", 400, Malformed),
+        ("NUL in value".into(), b"GET /api/ HTTP/1.1\r\nHost: v\r\nX: a\x00b\r\n\r\n", 400, Malformed),
+        ("NUL in name".into(), b"GET /api/ HTTP/1.1\r\nHost: v\r\nBad\x00Header: x\r\n\r\n", 400, Malformed),
+        ("DEL in value".into(), b"GET /api/ HTTP/1.1\r\nHost: v\r\nX: a\x7fb\r\n\r\n", 400, Malformed),
+        ("space in name".into(), b"GET /api/ HTTP/1.1\r\nHost: v\r\nHo st: v\r\n\r\n", 400, Malformed),
+        ("empty name".into(), b"GET /api/ HTTP/1.1\r\nHost: v\r\n: x\r\n\r\n", 400, Malformed),
+        // Request line.
+        ("bare CR in request line".into(), b"GET /api/\r HTTP/1.1\r\nHost: v\r\n\r\n", 400, Malformed),
+        ("NUL in target".into(), b"GET /api/\x00 HTTP/1.1\r\nHost: v\r\n\r\n", 400, Malformed),
+        ("double space".into(), b"GET  /api/ HTTP/1.1\r\nHost: v\r\n\r\n", 400, Malformed),
+        ("bad method character".into(), b"G(T /api/ HTTP/1.1\r\nHost: v\r\n\r\n", 400, Malformed),
+        ("HTTP/2.0 on a request line".into(), b"GET /api/ HTTP/2.0\r\nHost: v\r\n\r\n", 505, BadVersion),
+        ("lowercase version".into(), b"GET /api/ http/1.1\r\nHost: v\r\n\r\n", 505, BadVersion),
+        ("TLS ClientHello on a plain port".into(), b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, Malformed),
+        // Host.
+        ("no Host in HTTP/1.1".into(), b"GET /api/ HTTP/1.1\r\n\r\n", 400, BadHost),
+        ("two Hosts".into(), b"GET /api/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, BadHost),
+        ("Host with a space".into(), b"GET /api/ HTTP/1.1\r\nHost: a b\r\n\r\n", 400, BadHost),
+        ("Host with a slash".into(), b"GET /api/ HTTP/1.1\r\nHost: a/b@evil\r\n\r\n", 400, BadHost),
+        // Limits.
+        ("request line over the limit".into(), long_line.as_bytes(), 414, RequestLineTooLong),
+        ("too many header fields".into(), many.as_bytes(), 431, HeadTooLarge),
+        ("head over the limit".into(), big.as_bytes(), 431, HeadTooLarge),
+        ("no route".into(), b"GET /nowhere HTTP/1.1\r\nHost: v\r\n\r\n", 404, NoRoute),
     ];
-    for (raw, status) in cases {
+    let chunk_bodies: &[(&str, &str)] = &[
+        ("chunk size not hex", "z\r\nhello\r\n0\r\n\r\n"),
+        ("chunk size negative", "-5\r\nhello\r\n0\r\n\r\n"),
+        ("chunk size 0x prefix", "0x5\r\nhello\r\n0\r\n\r\n"),
+        ("chunk size overflow", "10000000000000005\r\nhello\r\n0\r\n\r\n"),
+        ("chunk longer than its size", "3\r\nhello\r\n0\r\n\r\n"),
+        ("chunk size bare LF", "5\nhello\r\n0\r\n\r\n"),
+        ("chunk ext bare LF", "5;a=b\nhello\r\n0\r\n\r\n"),
+        ("chunk ext NUL", "5;a\x00=b\r\nhello\r\n0\r\n\r\n"),
+        ("chunk ext without semicolon", "5 ext\r\nhello\r\n0\r\n\r\n"),
+        ("chunk ext control character", "5;a=\x01\r\nhello\r\n0\r\n\r\n"),
+        ("chunk data without CRLF", "5\r\nhelloXX0\r\n\r\n"),
+        ("trailer bare LF", "5\r\nhello\r\n0\r\nX-T: 1\n\r\n"),
+        ("chunk size empty", "\r\nhello\r\n0\r\n\r\n"),
+    ];
+    let mut checked = 0;
+    for (name, raw, status, reason) in &cases {
+        let raw: Vec<u8> = if let Some((_, body)) = chunk_bodies.iter().find(|(n, _)| n == name) {
+            format!("{chunked}{body}").into_bytes()
+        } else if name == "chunk ext too long" {
+            long_ext.clone().into_bytes()
+        } else {
+            raw.to_vec()
+        };
+        assert!(!raw.is_empty(), "{name}: no request");
         let mut h = H::new();
         let c = h.client();
-        h.write(c, raw);
-        assert!(h.tcp.connects.is_empty(), "reached a backend: {}", header_block(raw));
+        h.write(c, &raw);
+        assert!(h.tcp.connects.is_empty(), "{name}: reached a backend");
         let out = header_block(&h.take(c));
-        assert!(out.starts_with(&format!("HTTP/1.1 {status} ")), "{} -> {out}", header_block(raw));
-        assert!(h.tcp.c(c).closed);
-        assert_eq!(h.l7.listener_stats(3).unwrap().errors, 1);
+        assert!(out.starts_with(&format!("HTTP/1.1 {status} ")), "{name}: got {out}");
+        assert!(h.tcp.c(c).closed, "{name}: connection left open");
+        let st = h.l7.listener_stats(3).unwrap();
+        assert_eq!(st.rejected(*reason), 1, "{name}: not counted as {reason:?}");
+        assert_eq!(st.rejected.iter().sum::<u64>(), 1, "{name}: counted twice");
+        assert_eq!(st.requests, 0, "{name}");
+        checked += 1;
     }
-    // An oversized head: 431.
+    assert!(checked >= 40, "only {checked} cases");
+}
+
+/// A bad chunk that arrives after the head went upstream: the upstream
+/// connection is aborted (the backend never sees a complete request) and the
+/// client gets 400.
+#[test]
+fn a_bad_chunk_after_the_head_aborts_the_upstream() {
     let mut h = H::new();
     let c = h.client();
-    let mut big = b"GET /api/ HTTP/1.1\r\nHost: v\r\n".to_vec();
-    while big.len() < 20_000 {
-        big.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
-    }
-    h.write(c, &big);
-    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 431 "));
-    assert!(h.tcp.connects.is_empty());
+    h.write(
+        c,
+        b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    );
+    let ups = h.accept_upstreams();
+    assert_eq!(ups.len(), 1);
+    h.write(c, b"zz\r\nGET /smuggled HTTP/1.1\r\n\r\n");
+    assert!(h.tcp.c(ups[0]).aborted, "upstream not aborted");
+    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 400 "));
+    assert_eq!(h.l7.listener_stats(3).unwrap().rejected(Reject::BadChunk), 1);
 }
 
 #[test]
