@@ -11,7 +11,7 @@ use serde::Deserialize;
 use switchyard_l4::{DownPolicy, Forwarding, Scheduler};
 use switchyard_l7::{FixedResponse, Route};
 use switchyard_stack::Duration;
-use switchyard_stack::health::CheckConfig;
+use switchyard_stack::health::{CheckConfig, HttpCheck};
 use switchyard_stack::{Proto, TcpConfig};
 use toml::Spanned;
 
@@ -159,6 +159,7 @@ struct RawRoute {
     location: Option<String>,
     body: Option<String>,
     rewrite_prefix: Option<Spanned<String>>,
+    retries: Option<Spanned<u32>>,
     set_request_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     remove_request_headers: Option<Spanned<Vec<String>>>,
 }
@@ -169,6 +170,21 @@ struct RawPool {
     name: Spanned<String>,
     backends: Spanned<Vec<RawBackend>>,
     health: Option<RawHealth>,
+    outlier: Option<RawOutlier>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    consecutive_failures: Option<Spanned<u32>>,
+    ejection_ms: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawStatus {
+    One(u16),
+    Range(String),
 }
 
 #[derive(Deserialize)]
@@ -178,6 +194,11 @@ struct RawHealth {
     timeout_ms: Option<Spanned<u32>>,
     rise: Option<Spanned<u32>>,
     fall: Option<Spanned<u32>>,
+    http_path: Option<Spanned<String>>,
+    http_method: Option<Spanned<String>>,
+    http_host: Option<Spanned<String>>,
+    expect_status: Option<Spanned<RawStatus>>,
+    body_contains: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -325,8 +346,13 @@ pub struct Pool {
     pub name: String,
     /// Its members.
     pub backends: Vec<Backend>,
-    /// Active TCP-connect health checks of its members (L4 listeners).
+    /// Active health checks of its members: timing, and for HTTP checks
+    /// `http_check` too (otherwise a TCP connect is the check).
     pub health: Option<CheckConfig>,
+    /// The HTTP request and expected answer of the health check.
+    pub http_check: Option<HttpCheck>,
+    /// Passive outlier detection (L7 routes).
+    pub outlier: Option<switchyard_l7::Outlier>,
 }
 
 /// What a listener does.
@@ -632,7 +658,30 @@ impl Cx<'_> {
                     Some(c)
                 }
             };
-            pools.push(Pool { name: p.name.get_ref().clone(), backends, health });
+            let http_check = match &p.health {
+                Some(h) => self.http_check(h)?,
+                None => None,
+            };
+            let outlier = match &p.outlier {
+                None => None,
+                Some(o) => Some(switchyard_l7::Outlier {
+                    consecutive_failures: match &o.consecutive_failures {
+                        Some(v) => self.range_u32(v, 1, 1000)?,
+                        None => 5,
+                    },
+                    ejection: Duration::from_millis(match &o.ejection_ms {
+                        Some(v) => u64::from(self.range_u32(v, 1, 3_600_000)?),
+                        None => 30_000,
+                    }),
+                }),
+            };
+            pools.push(Pool {
+                name: p.name.get_ref().clone(),
+                backends,
+                health,
+                http_check,
+                outlier,
+            });
         }
         let pool_index = |name: &Spanned<String>| -> Result<usize, ConfigError> {
             pools.iter().position(|p| p.name == *name.get_ref()).ok_or_else(|| {
@@ -771,6 +820,10 @@ impl Cx<'_> {
                         if let Some(q) = &r.query {
                             route.query = Some(pair(q, "query")?);
                         }
+                        route.retries = match &r.retries {
+                            Some(v) => self.range_u32(v, 0, 10)?,
+                            None => 1,
+                        };
                         if let Some(p) = &r.rewrite_prefix {
                             if !p.get_ref().starts_with('/') {
                                 return Err(self.at(p, "a rewritten prefix starts with `/`"));
@@ -1132,6 +1185,66 @@ impl Cx<'_> {
             clients,
             admin,
         })
+    }
+
+    /// The HTTP probe of a `[pool.health]` with `http_path`; the other HTTP
+    /// keys without it are an error.
+    fn http_check(&self, h: &RawHealth) -> Result<Option<HttpCheck>, ConfigError> {
+        let Some(path) = &h.http_path else {
+            let stray = [
+                h.http_method.as_ref().map(|v| v.span()),
+                h.http_host.as_ref().map(|v| v.span()),
+                h.expect_status.as_ref().map(|v| v.span()),
+                h.body_contains.as_ref().map(|v| v.span()),
+            ];
+            if let Some(span) = stray.into_iter().flatten().next() {
+                return Err(self.err(span, "HTTP check keys need `http_path`"));
+            }
+            return Ok(None);
+        };
+        let printable = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
+        if !path.get_ref().starts_with('/') || !printable(path.get_ref()) {
+            return Err(self.at(path, "an HTTP check path starts with `/` and has no spaces"));
+        }
+        let method = match &h.http_method {
+            Some(m)
+                if !m.get_ref().bytes().all(|b| b.is_ascii_uppercase())
+                    || m.get_ref().is_empty() =>
+            {
+                return Err(self.at(m, "an HTTP method is upper-case letters, like `GET`"));
+            }
+            Some(m) => m.get_ref().as_str(),
+            None => "GET",
+        };
+        let host = match &h.http_host {
+            Some(v) if !printable(v.get_ref()) => {
+                return Err(self.at(v, "an HTTP check host has no spaces"));
+            }
+            Some(v) => v.get_ref().as_str(),
+            None => "localhost",
+        };
+        let status = match &h.expect_status {
+            None => (200, 399),
+            Some(v) => {
+                let range = match v.get_ref() {
+                    RawStatus::One(n) => Some((*n, *n)),
+                    RawStatus::Range(r) => r
+                        .split_once('-')
+                        .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?))),
+                };
+                match range {
+                    Some((a, b)) if (100..=599).contains(&a) && (a..=599).contains(&b) => (a, b),
+                    _ => {
+                        return Err(
+                            self.at(v, "expected a status like 200 or a range like \"200-399\"")
+                        );
+                    }
+                }
+            }
+        };
+        let mut check = HttpCheck::new(method, path.get_ref(), host, status);
+        check.body_contains = h.body_contains.as_ref().map(|b| b.get_ref().clone().into_bytes());
+        Ok(Some(check))
     }
 
     fn http(&self, h: &RawHttp) -> Result<switchyard_l7::Limits, ConfigError> {

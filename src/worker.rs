@@ -68,6 +68,22 @@ struct PoolNames {
     l4_listeners: Vec<u16>,
 }
 
+/// Health check tags are (L4 listener id, backend) or, with this bit set in
+/// the first half, (L7 pool index, backend).
+pub const L7_POOL_TAG: u16 = 0x8000;
+
+/// Adds the health checks of `pool`'s backends, tagged `(tag, backend)`.
+fn add_checks(health: &mut HealthChecker, pool: &crate::config::Pool, tag: u16) {
+    let Some(check) = pool.health else { return };
+    for (bi, b) in pool.backends.iter().enumerate() {
+        let t = (tag, bi as u16);
+        match &pool.http_check {
+            Some(http) => health.add_http(t, b.addr, check, http.clone(), Instant::from_millis(0)),
+            None => health.add(t, b.addr, check, Instant::from_millis(0)),
+        }
+    }
+}
+
 impl Dataplane {
     /// Builds the layers for `cfg`.
     pub fn new(cfg: &Config) -> Result<Dataplane, BuildError> {
@@ -103,11 +119,7 @@ impl Dataplane {
                     } else {
                         stack.add_listener(l.addr, *proto, ListenerKind::L4, id)?;
                     }
-                    if let Some(check) = cfg.pools[*pool].health {
-                        for (bi, b) in cfg.pools[*pool].backends.iter().enumerate() {
-                            health.add((id, bi as u16), b.addr, check, Instant::from_millis(0));
-                        }
-                    }
+                    add_checks(&mut health, &cfg.pools[*pool], id);
                     l4_listeners.push(switchyard_l4::ListenerConfig {
                         id,
                         name: l.name.clone(),
@@ -142,6 +154,16 @@ impl Dataplane {
                 }
             }
         }
+        // L7 pools are checked once each, whichever routes use them.
+        for (pi, p) in cfg.pools.iter().enumerate() {
+            let used = cfg.listeners.iter().any(|l| {
+                matches!(&l.mode, Mode::L7 { routes, .. }
+                    if routes.iter().any(|r| r.fixed.is_none() && r.pool == pi))
+            });
+            if used {
+                add_checks(&mut health, p, L7_POOL_TAG | pi as u16);
+            }
+        }
         let snat_addrs: Vec<IpAddr> = cfg.device.addresses.iter().map(|(a, _)| *a).collect();
         let l4 = L4::new(switchyard_l4::L4Config {
             listeners: l4_listeners,
@@ -167,6 +189,7 @@ impl Dataplane {
                         .iter()
                         .map(|b| switchyard_l7::Backend { name: b.name.clone(), addr: b.addr })
                         .collect(),
+                    outlier: p.outlier,
                 })
                 .collect(),
             limits: cfg.http.clone(),
@@ -227,7 +250,13 @@ impl Dataplane {
         let mut out = String::new();
         for (pi, p) in self.pools.iter().enumerate() {
             for (bi, b) in p.backends.iter().enumerate() {
-                let mut state = if self.l7.backend_drained(pi, bi) { "drained" } else { "up" };
+                let mut state = if self.l7.backend_drained(pi, bi) {
+                    "drained"
+                } else if !self.l7.backend_up(pi, bi) {
+                    "down"
+                } else {
+                    "up"
+                };
                 let mut flows = 0;
                 for &id in &p.l4_listeners {
                     if self.l4.backend_drained(id, bi) {
@@ -317,7 +346,11 @@ impl Dataplane {
         health.poll(now, stack.tcp());
         health.drain_changes(changes);
         for c in changes.drain(..) {
-            l4.set_backend_up(c.tag.0, usize::from(c.tag.1), c.up);
+            if c.tag.0 & L7_POOL_TAG != 0 {
+                l7.set_backend_up(usize::from(c.tag.0 & !L7_POOL_TAG), usize::from(c.tag.1), c.up);
+            } else {
+                l4.set_backend_up(c.tag.0, usize::from(c.tag.1), c.up);
+            }
         }
         stack.poll(now, pool);
         l4.expire(now);

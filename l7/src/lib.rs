@@ -26,12 +26,26 @@ pub struct Backend {
 }
 
 /// A pool of backends.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PoolConfig {
     /// Name for counters.
     pub name: String,
     /// Its backends.
     pub backends: Vec<Backend>,
+    /// Passive outlier detection: backends that keep failing are ejected.
+    pub outlier: Option<Outlier>,
+}
+
+/// Passive outlier detection (Envoy's consecutive-5xx ejection): a backend
+/// whose last `consecutive_failures` requests all failed (connect failure,
+/// reset before the response, or a 5xx) gets no requests for `ejection`.
+/// A pool never ejects its last available backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outlier {
+    /// Failures in a row that eject.
+    pub consecutive_failures: u32,
+    /// How long an ejection lasts.
+    pub ejection: Duration,
 }
 
 /// A route: requests that match every condition given go to `pool`, or get
@@ -63,6 +77,10 @@ pub struct Route {
     pub set_request_headers: Vec<(String, String)>,
     /// Request headers removed on the way upstream.
     pub remove_request_headers: Vec<String>,
+    /// Times an idempotent request without a body (GET, HEAD, OPTIONS,
+    /// TRACE, PUT, DELETE) is sent again, to another backend, after a connect
+    /// failure, a reset before the response, or a 502 or 503.
+    pub retries: u32,
     /// A response written by the proxy itself, such as a redirect.
     pub fixed: Option<FixedResponse>,
 }
@@ -263,6 +281,8 @@ pub struct ListenerStats {
     pub responses_5xx: u64,
     /// Responses from routes with a fixed response.
     pub fixed_responses: u64,
+    /// Requests sent again to another backend.
+    pub retries: u64,
     /// Requests refused before reaching a backend, by [`Reject::index`].
     pub rejected: [u64; Reject::ALL.len()],
 }
@@ -298,6 +318,10 @@ pub struct BackendStats {
     pub upstream_reuses: u64,
     /// Connections that failed or timed out before the handshake completed.
     pub connect_failures: u64,
+    /// Responses with a 5xx status.
+    pub responses_5xx: u64,
+    /// Times passive outlier detection ejected it.
+    pub ejections: u64,
 }
 
 /// The most header fields [`Limits::max_headers`] may allow.
@@ -342,6 +366,27 @@ struct Session {
     last_active: Instant,
     peer_closed: bool,
     response_started: bool,
+    /// What is needed to send the request again, when its route retries.
+    retry: Option<Box<Retry>>,
+}
+
+/// A request that may be sent again: its upstream head, the retries left,
+/// and the backends already tried (bit per backend index, up to 64).
+struct Retry {
+    head: Vec<u8>,
+    left: u32,
+    tried: u64,
+    pool: usize,
+}
+
+/// Where a request can go.
+enum Pick {
+    /// An upstream connection (idle or connecting).
+    Conn(u32),
+    /// Every backend is drained, down or ejected (503).
+    NoBackend,
+    /// Connecting to this backend failed at once (502 unless retried).
+    ConnectFailed(usize),
 }
 
 struct Upstream {
@@ -367,6 +412,12 @@ struct Pool {
     next: usize,
     /// Per backend: drained by the operator (no new requests).
     drained: Vec<bool>,
+    /// Per backend: up by the active health check.
+    up: Vec<bool>,
+    /// Per backend: failures in a row (outlier detection).
+    fails: Vec<u32>,
+    /// Per backend: ejected by outlier detection until then.
+    ejected_until: Vec<Option<Instant>>,
     idle: Vec<Vec<u32>>,
     stats: PoolStats,
 }
@@ -381,7 +432,6 @@ pub struct L7 {
     listeners: Vec<Listener>,
     by_id: HashMap<ListenerId, usize>,
     pools: Vec<Pool>,
-    pool_stats: Vec<PoolStats>,
     limits: Limits,
     owners: HashMap<ConnId, Owner>,
     sessions: Vec<Option<Session>>,
@@ -428,18 +478,19 @@ impl L7 {
                 Pool {
                     idle: vec![Vec::new(); p.backends.len()],
                     drained: vec![false; p.backends.len()],
+                    up: vec![true; p.backends.len()],
+                    fails: vec![0; p.backends.len()],
+                    ejected_until: vec![None; p.backends.len()],
                     cfg: p,
                     next: 0,
                     stats,
                 }
             })
             .collect();
-        let pool_stats = pools.iter().map(|p| p.stats.clone()).collect();
         Ok(L7 {
             listeners,
             by_id,
             pools,
-            pool_stats,
             limits: cfg.limits,
             owners: HashMap::new(),
             sessions: Vec::new(),
@@ -456,15 +507,9 @@ impl L7 {
         self.by_id.get(&id).map(|&i| &self.listeners[i].stats)
     }
 
-    /// Counters of every pool, in configuration order.
-    pub fn pool_stats(&self) -> &[PoolStats] {
-        &self.pool_stats
-    }
-
-    fn sync_stats(&mut self, pool: usize) {
-        if let (Some(dst), Some(src)) = (self.pool_stats.get_mut(pool), self.pools.get(pool)) {
-            dst.clone_from(&src.stats);
-        }
+    /// Counters of every pool, in configuration order (a copy).
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        self.pools.iter().map(|p| p.stats.clone()).collect()
     }
 
     /// Acts on one event of the TCP terminator.
@@ -493,6 +538,7 @@ impl L7 {
                     last_active: now,
                     peer_closed: false,
                     response_started: false,
+                    retry: None,
                 };
                 let i = match self.free_sessions.pop() {
                     Some(i) => {
@@ -562,7 +608,11 @@ impl L7 {
                 Some(Owner::Upstream(u)) => {
                     self.owners.insert(conn, Owner::Upstream(u));
                     self.upstream_gone(u, now, tcp);
-                    self.owners.remove(&conn);
+                    // A retry may have reused slot `u` or even this ConnId.
+                    let stale = self.up(u).is_none_or(|x| x.conn != conn);
+                    if stale && self.owners.get(&conn) == Some(&Owner::Upstream(u)) {
+                        self.owners.remove(&conn);
+                    }
                 }
                 None => {}
             },
@@ -696,6 +746,8 @@ impl L7 {
             return;
         }
         let pool = route.pool;
+        let retries = route.retries;
+        let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE");
         // Build the upstream head: request line (path rewritten if the route
         // says so) and headers as received, minus hop-by-hop connection headers
         // and the route's removals and replacements, plus the route's headers,
@@ -766,50 +818,150 @@ impl L7 {
         x.response_started = false;
         x.phase = Phase::Request;
 
-        if self.pools[pool].drained.iter().all(|d| *d) {
-            self.fail(s, 503, "Service Unavailable", tcp);
-            return;
-        }
-        let Some(u) = self.upstream_for(pool, now, tcp) else {
-            self.fail(s, 502, "Bad Gateway", tcp);
-            return;
-        };
-        let head_request = info.head;
-        if let Some(up) = self.up(u) {
-            up.session = Some(s);
-            up.out.extend_from_slice(&head);
-            up.head_request = head_request;
-            up.resp = None;
-            up.ready = 0;
-            up.chunks = ChunkScanner::default();
-        }
-        if let Some(x) = self.sess(s) {
-            x.upstream = Some(u);
-        }
+        x.retry = (retries > 0 && idempotent && info.framing == Framing::None)
+            .then(|| Box::new(Retry { head: head.clone(), left: retries, tried: 0, pool }));
         self.listeners[li].stats.requests += 1;
-        self.pump_up(s, now, tcp);
+        self.dispatch(s, pool, &head, 0, now, tcp);
+    }
+
+    /// Sends a request head to a backend of `pool` (none of those in the
+    /// `exclude` bit set) and starts relaying the request body.
+    fn dispatch<T: TcpApi>(
+        &mut self,
+        s: u32,
+        pool: usize,
+        head: &[u8],
+        exclude: u64,
+        now: Instant,
+        tcp: &mut T,
+    ) {
+        match self.upstream_for(pool, now, tcp, exclude) {
+            Pick::Conn(u) => {
+                let head_request = self.sess(s).is_some_and(|x| x.head_request);
+                if let Some(up) = self.up(u) {
+                    up.session = Some(s);
+                    up.out.extend_from_slice(head);
+                    up.head_request = head_request;
+                    up.resp = None;
+                    up.ready = 0;
+                    up.chunks = ChunkScanner::default();
+                }
+                if let Some(x) = self.sess(s) {
+                    x.upstream = Some(u);
+                    if exclude != 0 {
+                        let li = x.listener;
+                        self.listeners[li].stats.retries += 1;
+                    }
+                }
+                self.pump_up(s, now, tcp);
+            }
+            Pick::NoBackend if exclude == 0 => self.fail(s, 503, "Service Unavailable", tcp),
+            Pick::NoBackend => self.fail(s, 502, "Bad Gateway", tcp),
+            Pick::ConnectFailed(b) => {
+                if !self.retry_request(s, b, now, tcp) {
+                    self.fail(s, 502, "Bad Gateway", tcp);
+                }
+            }
+        }
+    }
+
+    /// Sends the request of session `s` again, to another backend, after
+    /// backend `failed` of its pool failed it. False when it may not be (not
+    /// retryable, no retries left, or the client has seen response bytes):
+    /// the caller answers the client.
+    fn retry_request<T: TcpApi>(
+        &mut self,
+        s: u32,
+        failed: usize,
+        now: Instant,
+        tcp: &mut T,
+    ) -> bool {
+        let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        if x.response_started {
+            return false;
+        }
+        let Some(r) = x.retry.as_mut() else { return false };
+        if failed < 64 {
+            r.tried |= 1 << failed;
+        }
+        if r.left == 0 {
+            return false;
+        }
+        r.left -= 1;
+        let (pool, exclude, head) = (r.pool, r.tried, r.head.clone());
+        x.upstream = None;
+        self.dispatch(s, pool, &head, exclude, now, tcp);
+        true
+    }
+
+    /// Outlier detection: a request to backend `b` of `pool` succeeded or
+    /// failed.
+    fn backend_result(&mut self, pool: usize, b: usize, ok: bool, now: Instant) {
+        let p = &mut self.pools[pool];
+        let Some(o) = p.cfg.outlier else { return };
+        if ok {
+            p.fails[b] = 0;
+            return;
+        }
+        p.fails[b] += 1;
+        if p.fails[b] >= o.consecutive_failures.max(1) && p.ejected_until[b].is_none() {
+            p.fails[b] = 0;
+            p.ejected_until[b] = Some(now + o.ejection);
+            p.stats.backends[b].ejections += 1;
+            log::info!(
+                "pool {}: backend {} ejected for {} ms after consecutive failures",
+                p.cfg.name,
+                p.cfg.backends[b].name,
+                o.ejection.total_millis()
+            );
+        }
+    }
+
+    /// The next backend of `pool` by round robin that is not drained, down,
+    /// ejected or in `exclude`; when only ejected ones remain, those (an
+    /// ejection never empties a pool).
+    fn pick_backend(&mut self, pool: usize, now: Instant, exclude: u64) -> Option<usize> {
+        let p = &mut self.pools[pool];
+        let n = p.cfg.backends.len();
+        for e in p.ejected_until.iter_mut() {
+            if e.is_some_and(|t| now >= t) {
+                *e = None;
+            }
+        }
+        for ejected_too in [false, true] {
+            for _ in 0..n {
+                let b = p.next % n;
+                p.next = p.next.wrapping_add(1);
+                let excluded = b < 64 && exclude & (1 << b) != 0;
+                if !p.drained[b]
+                    && p.up[b]
+                    && !excluded
+                    && (ejected_too || p.ejected_until[b].is_none())
+                {
+                    return Some(b);
+                }
+            }
+        }
+        None
     }
 
     /// An idle connection to the pool's next backend, or a new one.
-    fn upstream_for<T: TcpApi>(&mut self, pool: usize, now: Instant, tcp: &mut T) -> Option<u32> {
-        let p = &mut self.pools[pool];
-        let n = p.cfg.backends.len();
-        let mut b = p.next % n;
-        p.next = p.next.wrapping_add(1);
-        for _ in 0..n {
-            if !p.drained[b] {
-                break;
-            }
-            b = p.next % n;
-            p.next = p.next.wrapping_add(1);
-        }
-        p.stats.backends[b].requests += 1;
+    fn upstream_for<T: TcpApi>(
+        &mut self,
+        pool: usize,
+        now: Instant,
+        tcp: &mut T,
+        exclude: u64,
+    ) -> Pick {
+        let Some(b) = self.pick_backend(pool, now, exclude) else { return Pick::NoBackend };
+        self.pools[pool].stats.backends[b].requests += 1;
         while let Some(u) = self.pools[pool].idle[b].pop() {
             let Some(conn) = self.up(u).map(|x| x.conn) else { continue };
             if tcp.state(conn) == ConnState::Established {
                 self.pools[pool].stats.backends[b].upstream_reuses += 1;
-                self.sync_stats(pool);
-                return Some(u);
+                return Pick::Conn(u);
             }
             tcp.close(conn);
             self.remove_upstream(u);
@@ -819,12 +971,11 @@ impl L7 {
             Ok(c) => c,
             Err(_) => {
                 self.pools[pool].stats.backends[b].connect_failures += 1;
-                self.sync_stats(pool);
-                return None;
+                self.backend_result(pool, b, false, now);
+                return Pick::ConnectFailed(b);
             }
         };
         self.pools[pool].stats.backends[b].upstream_connects += 1;
-        self.sync_stats(pool);
         let up = Upstream {
             conn,
             pool,
@@ -852,7 +1003,7 @@ impl L7 {
             }
         };
         self.owners.insert(conn, Owner::Upstream(u));
-        Some(u)
+        Pick::Conn(u)
     }
 
     /// Moves request body bytes from the client's buffer to the upstream's.
@@ -946,54 +1097,100 @@ impl L7 {
         self.pump_down(u, now, tcp);
     }
 
+    /// Parses the response head of upstream `u`: true once it is in place
+    /// (rewritten for the client), false to wait for more bytes or when the
+    /// upstream was replaced (retry) or failed.
+    fn response_head<T: TcpApi>(&mut self, u: u32, now: Instant, tcp: &mut T) -> bool {
+        enum Parsed {
+            Partial,
+            Bad,
+            Head(usize, http1::ResponseInfo, Vec<u8>),
+        }
+        let max_head = self.limits.max_head;
+        let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(s) = up.session else { return false };
+        let (pool, b) = (up.pool, up.backend);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        let parsed = match resp.parse(&up.inbuf) {
+            Ok(httparse::Status::Complete(n)) => {
+                match http1::check_response(&resp, up.head_request) {
+                    Ok(info) => {
+                        let client_keep = self
+                            .sessions
+                            .get(s as usize)
+                            .and_then(Option::as_ref)
+                            .is_some_and(|x| x.keep_alive);
+                        Parsed::Head(n, info, http1::client_response_head(&resp, client_keep))
+                    }
+                    Err(_) => Parsed::Bad,
+                }
+            }
+            Ok(httparse::Status::Partial) if up.inbuf.len() <= max_head && !up.peer_closed => {
+                Parsed::Partial
+            }
+            Ok(httparse::Status::Partial) | Err(_) => Parsed::Bad,
+        };
+        let (n, info, head) = match parsed {
+            Parsed::Partial => return false,
+            Parsed::Bad => {
+                self.backend_result(pool, b, false, now);
+                self.bad_upstream(u, s, tcp);
+                return false;
+            }
+            Parsed::Head(n, info, head) => (n, info, head),
+        };
+        if info.status >= 200 {
+            let failed = info.status >= 500;
+            if failed {
+                self.pools[pool].stats.backends[b].responses_5xx += 1;
+            }
+            self.backend_result(pool, b, !failed, now);
+            let retry = matches!(info.status, 502 | 503)
+                && self.sess(s).and_then(|x| x.retry.as_ref()).is_some_and(|r| r.left > 0);
+            if retry {
+                // Not relayed: the request goes to another backend, on a
+                // fresh connection.
+                if let Some(conn) = self.up(u).map(|x| x.conn) {
+                    tcp.abort(conn);
+                }
+                self.remove_upstream(u);
+                if let Some(x) = self.sess(s) {
+                    x.upstream = None;
+                }
+                if !self.retry_request(s, b, now, tcp) {
+                    self.fail(s, 502, "Bad Gateway", tcp);
+                }
+                return false;
+            }
+        }
+        let Some(up) = self.up(u) else { return false };
+        up.inbuf.splice(..n, head.iter().copied());
+        up.left = match info.framing {
+            Framing::Length(l) => l,
+            _ => 0,
+        };
+        up.chunks = ChunkScanner::default();
+        up.ready = head.len();
+        up.resp = Some(info);
+        true
+    }
+
     /// Parses the response head and relays the response to the client.
     fn pump_down<T: TcpApi>(&mut self, u: u32, now: Instant, tcp: &mut T) {
-        let max_head = self.limits.max_head;
         for _ in 0..64 {
             let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) else {
                 return;
             };
             let Some(s) = up.session else { return };
-            if up.resp.is_none() {
-                let mut headers = [httparse::EMPTY_HEADER; 64];
-                let mut resp = httparse::Response::new(&mut headers);
-                match resp.parse(&up.inbuf) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        match http1::check_response(&resp, up.head_request) {
-                            Ok(info) => {
-                                let client_keep = self
-                                    .sessions
-                                    .get(s as usize)
-                                    .and_then(Option::as_ref)
-                                    .is_some_and(|x| x.keep_alive);
-                                let head = http1::client_response_head(&resp, client_keep);
-                                up.inbuf.splice(..n, head.iter().copied());
-                                up.left = match info.framing {
-                                    Framing::Length(l) => l,
-                                    _ => 0,
-                                };
-                                up.chunks = ChunkScanner::default();
-                                up.ready = head.len();
-                                up.resp = Some(info);
-                            }
-                            Err(_) => {
-                                self.bad_upstream(u, s, tcp);
-                                return;
-                            }
-                        }
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if up.inbuf.len() > max_head || up.peer_closed {
-                            self.bad_upstream(u, s, tcp);
-                        }
-                        return;
-                    }
-                    Err(_) => {
-                        self.bad_upstream(u, s, tcp);
-                        return;
-                    }
-                }
+            if up.resp.is_none() && !self.response_head(u, now, tcp) {
+                return;
             }
+            let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) else {
+                return;
+            };
             let Some(info) = up.resp.clone() else { return };
             // Extend what is known to belong to the response.
             let unseen = up.inbuf.len() - up.ready;
@@ -1067,7 +1264,6 @@ impl L7 {
         let client_keep = x.keep_alive && x.body_done && !x.peer_closed;
         let upconn = up.conn;
         self.pools[pool].stats.backends[b].responses += 1;
-        self.sync_stats(pool);
         if reusable && self.pools[pool].idle[b].len() < max_idle {
             self.pools[pool].idle[b].push(u);
         } else {
@@ -1121,7 +1317,21 @@ impl L7 {
             }
             if !connected {
                 self.pools[pool].stats.backends[b].connect_failures += 1;
-                self.sync_stats(pool);
+            }
+            self.backend_result(pool, b, false, now);
+            // Nothing of a response yet: the request may go to another backend.
+            if self.up(u).is_some_and(|x| x.resp.is_none()) {
+                if let Some(conn) = self.up(u).map(|x| x.conn) {
+                    tcp.abort(conn);
+                }
+                self.remove_upstream(u);
+                if let Some(x) = self.sess(s) {
+                    x.upstream = None;
+                }
+                if !self.retry_request(s, b, now, tcp) {
+                    self.fail(s, 502, "Bad Gateway", tcp);
+                }
+                return;
             }
             self.bad_upstream(u, s, tcp);
             return;
@@ -1250,12 +1460,14 @@ impl L7 {
                     if !connected && now >= opened + self.limits.connect_timeout {
                         tcp.abort(conn);
                         self.pools[pool].stats.backends[b].connect_failures += 1;
-                        self.sync_stats(pool);
+                        self.backend_result(pool, b, false, now);
                         self.remove_upstream(u);
                         if let Some(x) = self.sess(s) {
                             x.upstream = None;
                         }
-                        self.fail(s, 502, "Bad Gateway", tcp);
+                        if !self.retry_request(s, b, now, tcp) {
+                            self.fail(s, 502, "Bad Gateway", tcp);
+                        }
                     } else if now >= started + self.limits.request_timeout {
                         tcp.abort(conn);
                         self.remove_upstream(u);
@@ -1279,6 +1491,27 @@ impl L7 {
         if let Some(d) = self.pools.get_mut(pool).and_then(|p| p.drained.get_mut(backend)) {
             *d = drain;
         }
+    }
+
+    /// Marks a backend of pool `pool` up or down (active health checks): a
+    /// down backend gets no new requests.
+    pub fn set_backend_up(&mut self, pool: usize, backend: usize, up: bool) {
+        if let Some(u) = self.pools.get_mut(pool).and_then(|p| p.up.get_mut(backend)) {
+            *u = up;
+        }
+    }
+
+    /// Whether a backend of pool `pool` is up by its health check.
+    pub fn backend_up(&self, pool: usize, backend: usize) -> bool {
+        self.pools.get(pool).and_then(|p| p.up.get(backend)).copied().unwrap_or(false)
+    }
+
+    /// Whether outlier detection has ejected a backend of pool `pool` at `now`.
+    pub fn backend_ejected(&self, pool: usize, backend: usize, now: Instant) -> bool {
+        self.pools
+            .get(pool)
+            .and_then(|p| p.ejected_until.get(backend))
+            .is_some_and(|e| e.is_some_and(|t| now < t))
     }
 
     /// Whether a backend of pool `pool` is drained.

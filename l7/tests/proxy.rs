@@ -115,7 +115,12 @@ fn backend(name: &str, addr: &str) -> Backend {
 
 impl H {
     fn new() -> H {
-        let cfg = L7Config {
+        H::with(|_| {})
+    }
+
+    /// The standard configuration, changed by `change`.
+    fn with(change: impl FnOnce(&mut L7Config)) -> H {
+        let mut cfg = L7Config {
             listeners: vec![ListenerConfig {
                 id: 3,
                 name: "web".into(),
@@ -133,18 +138,22 @@ impl H {
                         backend("api-1", "198.18.0.31:8080"),
                         backend("api-2", "198.18.0.32:8080"),
                     ],
+                    ..Default::default()
                 },
                 PoolConfig {
                     name: "static".into(),
                     backends: vec![backend("static-1", "198.18.0.41:8080")],
+                    ..Default::default()
                 },
                 PoolConfig {
                     name: "one".into(),
                     backends: vec![backend("one-1", "198.18.0.51:8080")],
+                    ..Default::default()
                 },
             ],
             limits: Limits::default(),
         };
+        change(&mut cfg);
         H {
             l7: L7::new(cfg).unwrap(),
             tcp: FakeTcp { conns: HashMap::new(), next: 0, connects: Vec::new(), refuse: false },
@@ -238,7 +247,7 @@ fn keep_alive_reuses_one_upstream_connection() {
         h.write(u, &response(body.as_bytes(), ""));
         assert!(h.take(c).ends_with(body.as_bytes()));
     }
-    let one = &h.l7.pool_stats()[2].backends[0];
+    let one = h.l7.pool_stats()[2].backends[0].clone();
     assert_eq!(
         (one.requests, one.responses, one.upstream_connects, one.upstream_reuses),
         (5, 5, 1, 4)
@@ -609,12 +618,21 @@ fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
     let cfg = L7Config {
         listeners: vec![ListenerConfig { id: 3, name: "web".into(), routes, tls: false }],
         pools: vec![
-            PoolConfig { name: "api".into(), backends: vec![backend("api-1", "198.18.0.31:8080")] },
+            PoolConfig {
+                name: "api".into(),
+                backends: vec![backend("api-1", "198.18.0.31:8080")],
+                ..Default::default()
+            },
             PoolConfig {
                 name: "static".into(),
                 backends: vec![backend("static-1", "198.18.0.41:8080")],
+                ..Default::default()
             },
-            PoolConfig { name: "one".into(), backends: vec![backend("one-1", "198.18.0.51:8080")] },
+            PoolConfig {
+                name: "one".into(),
+                backends: vec![backend("one-1", "198.18.0.51:8080")],
+                ..Default::default()
+            },
         ],
         limits: Limits::default(),
     };
@@ -721,6 +739,7 @@ fn routes_rewrite_path_and_request_headers() {
         pools: vec![PoolConfig {
             name: "api".into(),
             backends: vec![backend("api-1", "198.18.0.31:8080")],
+            ..Default::default()
         }],
         limits: Limits::default(),
     };
@@ -770,4 +789,137 @@ fn connection_headers_are_the_clients_not_the_backends() {
         assert!(got.ends_with("ok"), "{got}");
         assert_eq!(h.tcp.c(c).closed, want_close);
     }
+}
+
+/// Where an upstream connection goes.
+fn remote(h: &mut H, u: ConnId) -> SocketAddr {
+    h.tcp.c(u).remote
+}
+
+const API_1: &str = "198.18.0.31:8080";
+const API_2: &str = "198.18.0.32:8080";
+
+#[test]
+fn idempotent_requests_are_retried_on_another_backend() {
+    let mut h = H::with(|c| c.listeners[0].routes[0].retries = 1);
+    // A reset before any response: the GET goes to the other backend.
+    let c = h.client();
+    h.write(c, b"GET /api/a HTTP/1.1\r\nHost: v\r\n\r\n");
+    let first = h.tcp.connects.pop().unwrap();
+    assert_eq!(remote(&mut h, first).to_string(), API_1);
+    h.ev(TcpEvent::Closed { conn: first, reset: true });
+    let second = h.accept_upstreams();
+    assert_eq!(second.len(), 1, "retried once");
+    assert_eq!(remote(&mut h, second[0]).to_string(), API_2);
+    assert!(header_block(&h.take(second[0])).starts_with("GET /api/a HTTP/1.1\r\n"));
+    h.write(second[0], &response(b"two", ""));
+    let got = h.take(c);
+    assert!(header_block(&got).starts_with("HTTP/1.1 200 "), "{}", header_block(&got));
+    assert!(got.ends_with(b"two"));
+    assert_eq!(h.l7.listener_stats(3).unwrap().retries, 1);
+    assert_eq!(h.l7.pool_stats()[0].backends[0].connect_failures, 1);
+
+    // A 503 from api-1 is not relayed; api-2 answers.
+    let c = h.client();
+    h.write(c, b"GET /api/b HTTP/1.1\r\nHost: v\r\n\r\n");
+    // Round robin: api-1's turn, on a new connection.
+    let mut ups = h.accept_upstreams();
+    assert_eq!(ups.len(), 1, "a new connection to api-1");
+    assert_eq!(remote(&mut h, ups[0]).to_string(), API_1);
+    h.take(ups[0]);
+    h.tcp.c(ups[0]).to_l7.extend(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy".iter());
+    h.ev(TcpEvent::Readable { conn: ups[0] });
+    assert!(h.tcp.c(ups[0]).aborted, "the 503 connection is dropped");
+    assert!(h.take(c).is_empty(), "the client saw nothing of the 503");
+    // api-2's idle connection from the first request carries the retry.
+    ups = h.accept_upstreams();
+    assert!(ups.is_empty(), "kept-alive connection to api-2 reused");
+    let reused = second[0];
+    assert!(header_block(&h.take(reused)).starts_with("GET /api/b "));
+    h.write(reused, &response(b"ok-b", ""));
+    let got = h.take(c);
+    assert!(header_block(&got).starts_with("HTTP/1.1 200 "));
+    assert!(got.ends_with(b"ok-b"));
+    let st = h.l7.listener_stats(3).unwrap();
+    assert_eq!((st.retries, st.responses_5xx), (2, 0));
+    assert_eq!(h.l7.pool_stats()[0].backends[0].responses_5xx, 1);
+
+    // A POST with a body is not retried: the 503 reaches the client.
+    let c = h.client();
+    h.write(c, b"POST /api/c HTTP/1.1\r\nHost: v\r\nContent-Length: 2\r\n\r\nhi");
+    let u = h.accept_upstreams()[0];
+    h.take(u);
+    h.write(u, b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy");
+    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 503 "));
+    assert_eq!(h.l7.listener_stats(3).unwrap().retries, 2);
+}
+
+#[test]
+fn without_retries_a_reset_is_a_502_and_retries_stop_when_backends_run_out() {
+    // retries = 0: the client gets the 502.
+    let mut h = H::new();
+    let c = h.client();
+    h.write(c, b"GET /api/a HTTP/1.1\r\nHost: v\r\n\r\n");
+    let u = h.tcp.connects.pop().unwrap();
+    h.ev(TcpEvent::Closed { conn: u, reset: true });
+    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 502 "));
+    assert!(h.tcp.connects.is_empty());
+    // retries = 5 but two backends: each is tried once, then 502.
+    let mut h = H::with(|c| c.listeners[0].routes[0].retries = 5);
+    let c = h.client();
+    h.write(c, b"GET /api/a HTTP/1.1\r\nHost: v\r\n\r\n");
+    for _ in 0..2 {
+        let u = h.tcp.connects.pop().expect("a connection attempt");
+        h.ev(TcpEvent::Closed { conn: u, reset: true });
+    }
+    assert!(h.tcp.connects.is_empty(), "no backend tried twice");
+    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 502 "));
+    assert_eq!(h.l7.listener_stats(3).unwrap().retries, 1);
+}
+
+#[test]
+fn consecutive_failures_eject_a_backend_until_the_ejection_ends() {
+    let mut h = H::with(|c| {
+        c.pools[0].outlier =
+            Some(Outlier { consecutive_failures: 2, ejection: Duration::from_secs(10) })
+    });
+    let send = |h: &mut H, status: &str| -> SocketAddr {
+        let c = h.client();
+        h.write(c, b"GET /api/x HTTP/1.1\r\nHost: v\r\nConnection: close\r\n\r\n");
+        let u = h.accept_upstreams().pop().expect("new upstream (client closes)");
+        let to = remote(h, u);
+        h.take(u);
+        let st = if to.to_string() == API_1 { status } else { "200 OK" };
+        h.write(
+            u,
+            format!("HTTP/1.1 {st}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        to
+    };
+    // api-1 fails twice in a row (api-2 answers in between): ejected.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(send(&mut h, "500 Oops").to_string());
+    }
+    assert_eq!(seen, [API_1, API_2, API_1, API_2]);
+    assert!(h.l7.backend_ejected(0, 0, h.now));
+    assert_eq!(h.l7.pool_stats()[0].backends[0].ejections, 1);
+    for _ in 0..4 {
+        assert_eq!(send(&mut h, "200 OK").to_string(), API_2, "ejected backend got a request");
+    }
+    // The ejection ends; api-1 is back in the rotation.
+    h.now += Duration::from_secs(11);
+    let after: Vec<String> = (0..4).map(|_| send(&mut h, "200 OK").to_string()).collect();
+    assert_eq!(after.iter().filter(|a| *a == API_1).count(), 2, "{after:?}");
+    // A backend marked down by its health check gets nothing either.
+    h.l7.set_backend_up(0, 1, false);
+    for _ in 0..3 {
+        assert_eq!(send(&mut h, "200 OK").to_string(), API_1);
+    }
+    // All down: 503 without a backend.
+    h.l7.set_backend_up(0, 0, false);
+    let c = h.client();
+    h.write(c, b"GET /api/x HTTP/1.1\r\nHost: v\r\n\r\n");
+    assert!(h.tcp.connects.is_empty());
+    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 503 "));
 }
