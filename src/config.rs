@@ -1664,6 +1664,31 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
     }
 
     #[test]
+    fn http_checks_outlier_and_retries() {
+        let src = BASE.replace(
+            "backends = [{ name = \"a\", address = \"198.18.0.21:5432\" }]",
+            "backends = [{ name = \"a\", address = \"198.18.0.21:5432\" }]\n  [pool.health]\n  http_path = \"/healthz\"\n  expect_status = \"200-204\"\n  body_contains = \"ok\"\n  [pool.outlier]\n  consecutive_failures = 3",
+        );
+        let c = Config::parse("t.toml", &src).unwrap();
+        let p = c.pools.iter().find(|p| p.name == "db").unwrap();
+        let h = p.http_check.as_ref().expect("http check");
+        assert!(h.request.starts_with(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"));
+        assert_eq!((h.status, h.body_contains.as_deref()), ((200, 204), Some(&b"ok"[..])));
+        let o = p.outlier.unwrap();
+        assert_eq!((o.consecutive_failures, o.ejection), (3, Duration::from_secs(30)));
+        let Mode::L7 { routes, .. } = &c.listeners[1].mode else { panic!("l7") };
+        assert!(routes.iter().all(|r| r.retries == 1), "default one retry");
+        let e = err(&src.replace("\"200-204\"", "\"2xx\""));
+        assert_eq!(e.key, "pool.health.expect_status", "{e}");
+        let e = err(&src.replace("http_path = \"/healthz\"", "http_path = \"healthz\""));
+        assert!(e.message.contains("starts with `/`"), "{e}");
+        let e = err(&src.replace("  http_path = \"/healthz\"\n", ""));
+        assert!(e.message.contains("need `http_path`"), "{e}");
+        let e = err(&BASE.replace("  pool = \"db\"", "  pool = \"db\"\n  retries = 11"));
+        assert!(e.message.contains("out of range 0..=10"), "{e}");
+    }
+
+    #[test]
     fn duplicate_listener_address_is_refused() {
         let e = err(&BASE.replace("198.18.0.10:80", "198.18.0.10:5432"));
         assert!(e.message.contains("already used by listener `pg`"), "{e}");

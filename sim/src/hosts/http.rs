@@ -33,9 +33,13 @@ pub fn body_bytes(path: &str, size: usize) -> Vec<u8> {
         .collect()
 }
 
-/// What an origin counted.
+/// What an origin counted, and one switch a test may set.
 #[derive(Clone, Debug, Default)]
 pub struct ServerStats {
+    /// Set by a test: the server process is gone. Its connections are reset
+    /// and new ones refused (RST), as the kernel does for a dead process;
+    /// cleared, it listens again.
+    pub killed: bool,
     /// Connections accepted.
     pub connections: u64,
     /// Requests answered with 200.
@@ -180,6 +184,18 @@ impl Node for HttpServer {
 
     fn poll(&mut self, now: Instant) {
         self.host.poll(now);
+        if self.stats.borrow().killed {
+            let gone: Vec<SocketHandle> =
+                self.listening.drain(..).chain(self.conns.drain(..).map(|c| c.handle)).collect();
+            for &h in &gone {
+                self.host.sockets.get_mut::<tcp::Socket>(h).abort();
+            }
+            self.host.poll(now); // the resets go out
+            for h in gone {
+                self.host.sockets.remove(h);
+            }
+            return;
+        }
         self.refill();
         let mut buf = [0u8; 8192];
         let mut i = 0;
