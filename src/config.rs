@@ -162,6 +162,10 @@ struct RawRoute {
     retries: Option<Spanned<u32>>,
     set_request_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     remove_request_headers: Option<Spanned<Vec<String>>>,
+    set_response_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    remove_response_headers: Option<Spanned<Vec<String>>>,
+    path_regex: Option<Spanned<String>>,
+    header_regex: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -835,23 +839,56 @@ impl Cx<'_> {
                                 && n.bytes()
                                     .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
                         };
-                        if let Some(set) = &r.set_request_headers {
-                            for (n, v) in set.get_ref() {
-                                if !token(n)
-                                    || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
-                                {
-                                    return Err(
-                                        self.at(set, format!("`{n}: {v}` is not a valid header"))
-                                    );
+                        let headers =
+                            |set: &Spanned<std::collections::BTreeMap<String, String>>| {
+                                let mut out = Vec::new();
+                                for (n, v) in set.get_ref() {
+                                    if !token(n)
+                                        || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+                                    {
+                                        return Err(self
+                                            .at(set, format!("`{n}: {v}` is not a valid header")));
+                                    }
+                                    out.push((n.clone(), v.clone()));
                                 }
-                                route.set_request_headers.push((n.clone(), v.clone()));
-                            }
-                        }
-                        if let Some(rm) = &r.remove_request_headers {
+                                Ok(out)
+                            };
+                        let names = |rm: &Spanned<Vec<String>>| {
                             if let Some(bad) = rm.get_ref().iter().find(|n| !token(n)) {
                                 return Err(self.at(rm, format!("`{bad}` is not a header name")));
                             }
-                            route.remove_request_headers = rm.get_ref().clone();
+                            Ok(rm.get_ref().clone())
+                        };
+                        if let Some(set) = &r.set_request_headers {
+                            route.set_request_headers = headers(set)?;
+                        }
+                        if let Some(rm) = &r.remove_request_headers {
+                            route.remove_request_headers = names(rm)?;
+                        }
+                        if let Some(set) = &r.set_response_headers {
+                            route.set_response_headers = headers(set)?;
+                        }
+                        if let Some(rm) = &r.remove_response_headers {
+                            route.remove_response_headers = names(rm)?;
+                        }
+                        let regex = |v: &Spanned<String>, src: &str| {
+                            regex::Regex::new(src).map_err(|e| {
+                                let first = e.to_string().lines().last().unwrap_or("").to_string();
+                                self.at(v, format!("not a regular expression: {}", first.trim()))
+                            })
+                        };
+                        if let Some(p) = &r.path_regex {
+                            route.path_regex = Some(regex(p, p.get_ref())?);
+                        }
+                        if let Some(h) = &r.header_regex {
+                            let Some((name, re)) = h.get_ref().split_once(':') else {
+                                return Err(self.at(h, "a header regex is `Name: regex`"));
+                            };
+                            let name = name.trim();
+                            if !token(name) {
+                                return Err(self.at(h, format!("`{name}` is not a header name")));
+                            }
+                            route.header_regex = Some((name.to_string(), regex(h, re.trim())?));
                         }
                         match (&r.pool, &r.status) {
                             (Some(p), None) => route.pool = pool_index(p)?,
@@ -1686,6 +1723,29 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert!(e.message.contains("need `http_path`"), "{e}");
         let e = err(&BASE.replace("  pool = \"db\"", "  pool = \"db\"\n  retries = 11"));
         assert!(e.message.contains("out of range 0..=10"), "{e}");
+    }
+
+    #[test]
+    fn regex_matches_and_response_headers() {
+        let src = BASE.replace(
+            "  pool = \"db\"\n\n[[pool]]",
+            "  pool = \"db\"\n  path_regex = \"^/api/v[0-9]+/\"\n  header_regex = \"User-Agent: (?i)curl\"\n  set_response_headers = { Cache-Control = \"no-store\" }\n  remove_response_headers = [\"Server\"]\n\n[[pool]]",
+        );
+        let c = Config::parse("t.toml", &src).unwrap();
+        let Mode::L7 { routes, .. } = &c.listeners[1].mode else { panic!("l7") };
+        let r = &routes[0];
+        assert!(r.path_regex.as_ref().unwrap().is_match("/api/v2/x"));
+        let (name, re) = r.header_regex.as_ref().unwrap();
+        assert!(name == "User-Agent" && re.is_match("CURL/8"));
+        assert_eq!(r.set_response_headers, [("Cache-Control".to_string(), "no-store".to_string())]);
+        assert_eq!(r.remove_response_headers, ["Server"]);
+        let e = err(&src.replace("^/api/v[0-9]+/", "^/api/v[0-9+/"));
+        assert!(
+            e.key.ends_with("path_regex") && e.message.contains("not a regular expression"),
+            "{e}"
+        );
+        let e = err(&src.replace("User-Agent: (?i)curl", "(?i)curl"));
+        assert!(e.message.contains("`Name: regex`"), "{e}");
     }
 
     #[test]

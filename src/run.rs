@@ -233,6 +233,23 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
             if !refused.is_empty() {
                 println!("  refused: {}", refused.join(", "));
             }
+            for (ri, r) in dp.l7.route_stats(i as u16).unwrap_or(&[]).iter().enumerate() {
+                if r.requests == 0 {
+                    continue;
+                }
+                let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| {
+                    h.value_at_quantile(q) as f64 / 1000.0
+                };
+                let [_, ok, redirect, client, server] = r.responses;
+                println!(
+                    "  route {ri}: requests {}, 2xx {ok}, 3xx {redirect}, 4xx {client}, 5xx {server}, upstream p50 {:.2} ms p99 {:.2} ms, total p50 {:.2} ms p99 {:.2} ms",
+                    r.requests,
+                    ms(&r.upstream_us, 0.5),
+                    ms(&r.upstream_us, 0.99),
+                    ms(&r.total_us, 0.5),
+                    ms(&r.total_us, 0.99)
+                );
+            }
         }
     }
 }

@@ -175,7 +175,14 @@ pub struct ResponseInfo {
 /// `Connection`, the headers it names, `Keep-Alive`, `Proxy-Connection`),
 /// and `Connection: close` when the client connection ends after this
 /// response. The upstream connection's keep-alive is not the client's.
-pub fn client_response_head(resp: &httparse::Response<'_, '_>, client_keep: bool) -> Vec<u8> {
+/// A route's `set` headers replace the backend's of the same name and its
+/// `remove` ones are dropped.
+pub fn client_response_head(
+    resp: &httparse::Response<'_, '_>,
+    client_keep: bool,
+    set: &[(String, String)],
+    remove: &[String],
+) -> Vec<u8> {
     let code = resp.code.unwrap_or(502);
     let mut h = Vec::with_capacity(256);
     h.extend_from_slice(b"HTTP/1.1 ");
@@ -195,7 +202,9 @@ pub fn client_response_head(resp: &httparse::Response<'_, '_>, client_keep: bool
         let hop = ["connection", "keep-alive", "proxy-connection"]
             .iter()
             .any(|h| n.eq_ignore_ascii_case(h))
-            || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()));
+            || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
+            || remove.iter().any(|r| r.eq_ignore_ascii_case(n))
+            || set.iter().any(|(r, _)| r.eq_ignore_ascii_case(n));
         if hop {
             continue;
         }
@@ -203,6 +212,14 @@ pub fn client_response_head(resp: &httparse::Response<'_, '_>, client_keep: bool
         h.extend_from_slice(b": ");
         h.extend_from_slice(x.value);
         h.extend_from_slice(b"\r\n");
+    }
+    if code >= 200 {
+        for (n, v) in set {
+            h.extend_from_slice(n.as_bytes());
+            h.extend_from_slice(b": ");
+            h.extend_from_slice(v.as_bytes());
+            h.extend_from_slice(b"\r\n");
+        }
     }
     if !client_keep && code >= 200 {
         h.extend_from_slice(b"Connection: close\r\n");

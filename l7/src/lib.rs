@@ -56,6 +56,9 @@ pub struct Route {
     pub path_prefix: String,
     /// Exact path to match (the query string is not part of it).
     pub path: Option<String>,
+    /// Regular expression the path (without the query string) must match
+    /// somewhere; anchor it with `^...$` for a whole match.
+    pub path_regex: Option<regex::Regex>,
     /// Host to match, case-insensitive, port ignored: `"api.example.com"`, or
     /// `"*.example.com"` for any subdomain.
     pub host: Option<String>,
@@ -63,6 +66,8 @@ pub struct Route {
     pub methods: Vec<String>,
     /// A header that must be present, with this exact value if given.
     pub header: Option<(String, Option<String>)>,
+    /// A header whose value must match a regular expression.
+    pub header_regex: Option<(String, regex::Regex)>,
     /// A cookie (RFC 6265) that must be present, with this exact value if given.
     pub cookie: Option<(String, Option<String>)>,
     /// A query parameter that must be present, with this exact (undecoded)
@@ -77,6 +82,11 @@ pub struct Route {
     pub set_request_headers: Vec<(String, String)>,
     /// Request headers removed on the way upstream.
     pub remove_request_headers: Vec<String>,
+    /// Response headers set (replacing any the backend sent) on the way to
+    /// the client.
+    pub set_response_headers: Vec<(String, String)>,
+    /// Response headers removed on the way to the client.
+    pub remove_response_headers: Vec<String>,
     /// Times an idempotent request without a body (GET, HEAD, OPTIONS,
     /// TRACE, PUT, DELETE) is sent again, to another backend, after a connect
     /// failure, a reset before the response, or a 502 or 503.
@@ -105,6 +115,9 @@ impl Route {
             return false;
         }
         if self.path.as_ref().is_some_and(|p| p != path) {
+            return false;
+        }
+        if self.path_regex.as_ref().is_some_and(|r| !r.is_match(path)) {
             return false;
         }
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
@@ -159,6 +172,12 @@ impl Route {
                 None => return false,
                 Some(v) if value.as_ref().is_some_and(|want| v != want) => return false,
                 Some(_) => {}
+            }
+        }
+        if let Some((name, re)) = &self.header_regex {
+            let value = header(name).and_then(|v| std::str::from_utf8(v.trim_ascii()).ok());
+            if !value.is_some_and(|v| re.is_match(v)) {
+                return false;
             }
         }
         if let Some((name, value)) = &self.header {
@@ -294,6 +313,40 @@ impl ListenerStats {
     }
 }
 
+/// Counters and latency histograms of one route.
+#[derive(Clone, Debug)]
+pub struct RouteStats {
+    /// Requests the route matched.
+    pub requests: u64,
+    /// Final responses by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`,
+    /// including the ones the proxy wrote (fixed, 502, 503, 504).
+    pub responses: [u64; 5],
+    /// Response bytes relayed from backends.
+    pub bytes_out: u64,
+    /// Microseconds from the request going upstream to its response head.
+    pub upstream_us: hdrhistogram::Histogram<u64>,
+    /// Microseconds from the request head arriving to the response's last
+    /// byte handed to the client connection.
+    pub total_us: hdrhistogram::Histogram<u64>,
+}
+
+impl RouteStats {
+    fn new() -> RouteStats {
+        // 1 µs to 1 hour, two significant digits: a few KiB each.
+        let h = || {
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .expect("static histogram bounds are valid")
+        };
+        RouteStats { requests: 0, responses: [0; 5], bytes_out: 0, upstream_us: h(), total_us: h() }
+    }
+
+    fn status(&mut self, code: u16) {
+        if let Some(c) = self.responses.get_mut(usize::from(code / 100).wrapping_sub(1)) {
+            *c += 1;
+        }
+    }
+}
+
 /// Counters of one pool.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
@@ -368,6 +421,10 @@ struct Session {
     response_started: bool,
     /// What is needed to send the request again, when its route retries.
     retry: Option<Box<Retry>>,
+    /// The route of the request under way.
+    route: Option<usize>,
+    /// When the request (last) went upstream.
+    sent_at: Instant,
 }
 
 /// A request that may be sent again: its upstream head, the retries left,
@@ -425,6 +482,7 @@ struct Pool {
 struct Listener {
     cfg: ListenerConfig,
     stats: ListenerStats,
+    routes: Vec<RouteStats>,
 }
 
 /// The L7 proxy of one worker.
@@ -461,7 +519,8 @@ impl L7 {
             if by_id.insert(l.id, listeners.len()).is_some() {
                 return Err(L7Error::DuplicateListener(l.id));
             }
-            listeners.push(Listener { cfg: l, stats: ListenerStats::default() });
+            let routes = l.routes.iter().map(|_| RouteStats::new()).collect();
+            listeners.push(Listener { cfg: l, stats: ListenerStats::default(), routes });
         }
         let pools: Vec<Pool> = cfg
             .pools
@@ -507,6 +566,11 @@ impl L7 {
         self.by_id.get(&id).map(|&i| &self.listeners[i].stats)
     }
 
+    /// Counters of a listener's routes, in configuration order.
+    pub fn route_stats(&self, id: ListenerId) -> Option<&[RouteStats]> {
+        self.by_id.get(&id).map(|&i| self.listeners[i].routes.as_slice())
+    }
+
     /// Counters of every pool, in configuration order (a copy).
     pub fn pool_stats(&self) -> Vec<PoolStats> {
         self.pools.iter().map(|p| p.stats.clone()).collect()
@@ -539,6 +603,8 @@ impl L7 {
                     peer_closed: false,
                     response_started: false,
                     retry: None,
+                    route: None,
+                    sent_at: now,
                 };
                 let i = match self.free_sessions.pop() {
                     Some(i) => {
@@ -617,6 +683,12 @@ impl L7 {
                 None => {}
             },
         }
+    }
+
+    /// The counters of the route of session `s`'s request, if it has one.
+    fn route_of(&mut self, s: u32) -> Option<&mut RouteStats> {
+        let x = self.sessions.get(s as usize).and_then(Option::as_ref)?;
+        self.listeners[x.listener].routes.get_mut(x.route?)
     }
 
     fn sess(&mut self, s: u32) -> Option<&mut Session> {
@@ -732,15 +804,19 @@ impl L7 {
         };
         let li = x.listener;
         let method = req.method.unwrap_or("GET");
-        let Some(route) = self.listeners[li]
+        let Some(ri) = self.listeners[li]
             .cfg
             .routes
             .iter()
-            .find(|r| r.matches(method, path_only, req.headers))
+            .position(|r| r.matches(method, path_only, req.headers))
         else {
             self.reject(s, Reject::NoRoute, tcp);
             return;
         };
+        x.route = Some(ri);
+        x.started = now;
+        self.listeners[li].routes[ri].requests += 1;
+        let route = &self.listeners[li].cfg.routes[ri];
         if let Some(fixed) = route.fixed.clone() {
             self.fixed(s, &fixed, tcp);
             return;
@@ -848,6 +924,7 @@ impl L7 {
                 }
                 if let Some(x) = self.sess(s) {
                     x.upstream = Some(u);
+                    x.sent_at = now;
                     if exclude != 0 {
                         let li = x.listener;
                         self.listeners[li].stats.retries += 1;
@@ -1118,12 +1195,18 @@ impl L7 {
             Ok(httparse::Status::Complete(n)) => {
                 match http1::check_response(&resp, up.head_request) {
                     Ok(info) => {
-                        let client_keep = self
-                            .sessions
-                            .get(s as usize)
-                            .and_then(Option::as_ref)
-                            .is_some_and(|x| x.keep_alive);
-                        Parsed::Head(n, info, http1::client_response_head(&resp, client_keep))
+                        let x = self.sessions.get(s as usize).and_then(Option::as_ref);
+                        let client_keep = x.is_some_and(|x| x.keep_alive);
+                        let route =
+                            x.and_then(|x| self.listeners[x.listener].cfg.routes.get(x.route?));
+                        let (set, remove) = match route {
+                            Some(r) => {
+                                (&r.set_response_headers[..], &r.remove_response_headers[..])
+                            }
+                            None => (&[][..], &[][..]),
+                        };
+                        let head = http1::client_response_head(&resp, client_keep, set, remove);
+                        Parsed::Head(n, info, head)
                     }
                     Err(_) => Parsed::Bad,
                 }
@@ -1143,6 +1226,14 @@ impl L7 {
             Parsed::Head(n, info, head) => (n, info, head),
         };
         if info.status >= 200 {
+            if let Some(x) = self.sessions.get(s as usize).and_then(Option::as_ref) {
+                let waited = (now - x.sent_at).total_micros().max(1);
+                if let Some(r) =
+                    x.route.and_then(|ri| self.listeners[x.listener].routes.get_mut(ri))
+                {
+                    let _ = r.upstream_us.record(waited);
+                }
+            }
             let failed = info.status >= 500;
             if failed {
                 self.pools[pool].stats.backends[b].responses_5xx += 1;
@@ -1165,6 +1256,9 @@ impl L7 {
                 }
                 return false;
             }
+        }
+        if let Some(r) = self.route_of(s).filter(|_| info.status >= 200) {
+            r.status(info.status);
         }
         let Some(up) = self.up(u) else { return false };
         up.inbuf.splice(..n, head.iter().copied());
@@ -1227,6 +1321,9 @@ impl L7 {
                 x.response_started |= n > 0;
                 let li = x.listener;
                 self.listeners[li].stats.bytes_out += n as u64;
+                if let Some(r) = x.route.and_then(|ri| self.listeners[li].routes.get_mut(ri)) {
+                    r.bytes_out += n as u64;
+                }
                 if up.ready > 0 {
                     return; // the client's window is full: Writable resumes
                 }
@@ -1261,6 +1358,10 @@ impl L7 {
         up.ready = 0;
         x.upstream = None;
         x.last_active = now;
+        if let Some(r) = x.route.take().and_then(|ri| self.listeners[x.listener].routes.get_mut(ri))
+        {
+            let _ = r.total_us.record((now - x.started).total_micros().max(1));
+        }
         let client_keep = x.keep_alive && x.body_done && !x.peer_closed;
         let upconn = up.conn;
         self.pools[pool].stats.backends[b].responses += 1;
@@ -1394,6 +1495,9 @@ impl L7 {
             let _ = write!(x.out, "Location: {loc}\r\n");
         }
         let _ = write!(x.out, "Connection: close\r\nServer: switchyard\r\n\r\n{}", r.body);
+        if let Some(rs) = x.route.and_then(|ri| self.listeners[x.listener].routes.get_mut(ri)) {
+            rs.status(r.status);
+        }
         let st = &mut self.listeners[x.listener].stats;
         st.fixed_responses += 1;
         match r.status {
@@ -1406,6 +1510,9 @@ impl L7 {
 
     /// Writes an error response and closes the client connection after it.
     fn fail<T: TcpApi>(&mut self, s: u32, code: u16, reason: &str, tcp: &mut T) {
+        if let Some(r) = self.route_of(s) {
+            r.status(code);
+        }
         let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
         x.phase = Phase::Closing;
         x.inbuf.clear();

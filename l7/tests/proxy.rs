@@ -923,3 +923,83 @@ fn consecutive_failures_eject_a_backend_until_the_ejection_ends() {
     assert!(h.tcp.connects.is_empty());
     assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 503 "));
 }
+
+#[test]
+fn regex_routes_response_headers_and_route_counters() {
+    let mut h = H::with(|c| {
+        c.listeners[0].routes = vec![
+            // Numeric order ids only; a header regex picks admins.
+            Route {
+                path_regex: Some(regex::Regex::new(r"^/orders/[0-9]+$").unwrap()),
+                header_regex: Some(("X-User".into(), regex::Regex::new("^admin-").unwrap())),
+                pool: 2,
+                set_response_headers: vec![("Cache-Control".into(), "no-store".into())],
+                remove_response_headers: vec!["Server".into()],
+                ..Route::default()
+            },
+            Route {
+                path_regex: Some(regex::Regex::new(r"^/orders/[0-9]+$").unwrap()),
+                pool: 0,
+                ..Route::default()
+            },
+        ];
+    });
+    let mut ask = |h: &mut H, req: &str| -> (Option<SocketAddr>, String) {
+        let c = h.client();
+        h.write(c, req.as_bytes());
+        let Some(u) = h.accept_upstreams().pop() else {
+            return (None, header_block(&h.take(c)));
+        };
+        h.take(u);
+        h.write(
+            u,
+            b"HTTP/1.1 200 OK\r\nServer: origin/1.0\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok",
+        );
+        (Some(remote(h, u)), header_block(&h.take(c)))
+    };
+    let (to, resp) = ask(&mut h, "GET /orders/42 HTTP/1.1\r\nHost: v\r\nX-User: admin-ann\r\n\r\n");
+    assert_eq!(to.unwrap().to_string(), "198.18.0.51:8080", "admin route");
+    assert!(resp.contains("Cache-Control: no-store\r\n"), "{resp}");
+    assert!(!resp.contains("max-age") && !resp.contains("Server: origin"), "{resp}");
+    let (to, resp) = ask(&mut h, "GET /orders/42 HTTP/1.1\r\nHost: v\r\nX-User: bob\r\n\r\n");
+    assert_eq!(to.unwrap().to_string(), API_1, "regex on the header did not match");
+    assert!(resp.contains("Cache-Control: max-age=60\r\n") && resp.contains("Server: origin"));
+    let (to, resp) =
+        ask(&mut h, "GET /orders/42x HTTP/1.1\r\nHost: v\r\nX-User: admin-ann\r\n\r\n");
+    assert!(to.is_none() && resp.starts_with("HTTP/1.1 404 "), "path regex is anchored: {resp}");
+    let (to, _) = ask(&mut h, "GET /orders/7?x=1 HTTP/1.1\r\nHost: v\r\n\r\n");
+    assert_eq!(to.unwrap().to_string(), API_2, "query string is not part of the path");
+
+    let routes = h.l7.route_stats(3).unwrap();
+    assert_eq!((routes[0].requests, routes[1].requests), (1, 2));
+    assert_eq!(routes[0].responses, [0, 1, 0, 0, 0]);
+    assert_eq!(routes[1].responses, [0, 2, 0, 0, 0]);
+    assert_eq!(routes[1].upstream_us.len(), 2);
+    assert_eq!(routes[1].total_us.len(), 2);
+    assert!(routes[0].bytes_out > 2);
+}
+
+#[test]
+fn route_latency_histograms_measure_upstream_and_total_time() {
+    let mut h = H::new();
+    let c = h.client();
+    h.write(c, b"GET /api/slow HTTP/1.1\r\nHost: v\r\n\r\n");
+    let u = h.accept_upstreams()[0];
+    h.take(u);
+    h.now += Duration::from_millis(40);
+    h.write(u, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab");
+    h.now += Duration::from_millis(10);
+    h.write(u, b"cd");
+    assert!(h.take(c).ends_with(b"abcd"));
+    let r = &h.l7.route_stats(3).unwrap()[0];
+    let (up, total) = (r.upstream_us.max(), r.total_us.max());
+    assert!((39_000..=41_000).contains(&up), "upstream {up} µs");
+    assert!((49_000..=51_000).contains(&total), "total {total} µs");
+    // A 502 the proxy writes counts as the route's 5xx.
+    let c = h.client();
+    h.write(c, b"GET /api/x HTTP/1.1\r\nHost: v\r\n\r\n");
+    let u = h.tcp.connects.pop().unwrap();
+    h.ev(TcpEvent::Closed { conn: u, reset: true });
+    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 502 "));
+    assert_eq!(h.l7.route_stats(3).unwrap()[0].responses, [0, 1, 0, 0, 1]);
+}
