@@ -944,7 +944,7 @@ fn regex_routes_response_headers_and_route_counters() {
             },
         ];
     });
-    let mut ask = |h: &mut H, req: &str| -> (Option<SocketAddr>, String) {
+    let ask = |h: &mut H, req: &str| -> (Option<SocketAddr>, String) {
         let c = h.client();
         h.write(c, req.as_bytes());
         let Some(u) = h.accept_upstreams().pop() else {
