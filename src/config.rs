@@ -175,6 +175,7 @@ struct RawPool {
     backends: Spanned<Vec<RawBackend>>,
     health: Option<RawHealth>,
     outlier: Option<RawOutlier>,
+    scheduler: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -357,6 +358,8 @@ pub struct Pool {
     pub http_check: Option<HttpCheck>,
     /// Passive outlier detection (L7 routes).
     pub outlier: Option<switchyard_l7::Outlier>,
+    /// How L7 routes to it pick a backend.
+    pub balance: switchyard_l7::Balance,
 }
 
 /// What a listener does.
@@ -679,12 +682,22 @@ impl Cx<'_> {
                     }),
                 }),
             };
+            let balance = match &p.scheduler {
+                None => switchyard_l7::Balance::RoundRobin,
+                Some(v) => switchyard_l7::Balance::parse(v.get_ref()).ok_or_else(|| {
+                    self.at(
+                        v,
+                        "expected `round-robin`, `weighted-round-robin`, `least-requests`, `source-ip`, `hash-header:NAME` or `hash-cookie:NAME`",
+                    )
+                })?,
+            };
             pools.push(Pool {
                 name: p.name.get_ref().clone(),
                 backends,
                 health,
                 http_check,
                 outlier,
+                balance,
             });
         }
         let pool_index = |name: &Spanned<String>| -> Result<usize, ConfigError> {
@@ -1746,6 +1759,28 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         );
         let e = err(&src.replace("User-Agent: (?i)curl", "(?i)curl"));
         assert!(e.message.contains("`Name: regex`"), "{e}");
+    }
+
+    #[test]
+    fn l7_pool_schedulers() {
+        let with = |v: &str| {
+            BASE.replace(
+                "name = \"db\"\nbackends",
+                &format!("name = \"db\"\nscheduler = \"{v}\"\nbackends"),
+            )
+        };
+        for (name, want) in [
+            ("least-requests", switchyard_l7::Balance::LeastRequests),
+            ("hash-cookie:sid", switchyard_l7::Balance::HashCookie("sid".into())),
+            ("hash-header:X-User", switchyard_l7::Balance::HashHeader("X-User".into())),
+        ] {
+            let c = Config::parse("t.toml", &with(name)).unwrap();
+            assert_eq!(c.pools[0].balance, want);
+            assert_eq!(want.name(), name);
+        }
+        let e = err(&with("hash-header:"));
+        assert_eq!(e.key, "pool[0].scheduler", "{e}");
+        assert!(e.message.contains("hash-cookie:NAME"), "{e}");
     }
 
     #[test]

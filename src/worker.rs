@@ -187,9 +187,14 @@ impl Dataplane {
                     backends: p
                         .backends
                         .iter()
-                        .map(|b| switchyard_l7::Backend { name: b.name.clone(), addr: b.addr })
+                        .map(|b| switchyard_l7::Backend {
+                            name: b.name.clone(),
+                            addr: b.addr,
+                            weight: b.weight,
+                        })
                         .collect(),
                     outlier: p.outlier,
+                    balance: p.balance.clone(),
                 })
                 .collect(),
             limits: cfg.http.clone(),

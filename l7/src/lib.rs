@@ -23,6 +23,9 @@ pub struct Backend {
     pub name: String,
     /// Where to connect.
     pub addr: SocketAddr,
+    /// Share of requests under the weighted schedulers, and the divisor of
+    /// in-flight requests under least-requests; 0 takes it out of rotation.
+    pub weight: u32,
 }
 
 /// A pool of backends.
@@ -34,6 +37,81 @@ pub struct PoolConfig {
     pub backends: Vec<Backend>,
     /// Passive outlier detection: backends that keep failing are ejected.
     pub outlier: Option<Outlier>,
+    /// How a request picks a backend.
+    pub balance: Balance,
+}
+
+/// How a pool picks a backend for a request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// Each request to the next backend in turn.
+    #[default]
+    RoundRobin,
+    /// Round robin in proportion to weights, interleaved smoothly (no bursts
+    /// to the heaviest backend).
+    WeightedRoundRobin,
+    /// The backend with the fewest requests in flight per unit of weight.
+    LeastRequests,
+    /// Session affinity on a request header's value: rendezvous (highest
+    /// random weight) hashing, so a value keeps its backend, and when a
+    /// backend leaves only its values move. Without the header: round robin.
+    HashHeader(String),
+    /// The same on a cookie's value.
+    HashCookie(String),
+    /// The same on the client's address.
+    SourceIp,
+}
+
+impl Balance {
+    /// The configuration name.
+    pub fn name(&self) -> String {
+        match self {
+            Balance::RoundRobin => "round-robin".into(),
+            Balance::WeightedRoundRobin => "weighted-round-robin".into(),
+            Balance::LeastRequests => "least-requests".into(),
+            Balance::HashHeader(h) => format!("hash-header:{h}"),
+            Balance::HashCookie(c) => format!("hash-cookie:{c}"),
+            Balance::SourceIp => "source-ip".into(),
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn parse(s: &str) -> Option<Balance> {
+        Some(match s {
+            "round-robin" => Balance::RoundRobin,
+            "weighted-round-robin" => Balance::WeightedRoundRobin,
+            "least-requests" => Balance::LeastRequests,
+            "source-ip" => Balance::SourceIp,
+            _ => {
+                let token = |n: &str| {
+                    !n.is_empty()
+                        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                };
+                match s.split_once(':') {
+                    Some(("hash-header", h)) if token(h) => Balance::HashHeader(h.into()),
+                    Some(("hash-cookie", c)) if token(c) => Balance::HashCookie(c.into()),
+                    _ => return None,
+                }
+            }
+        })
+    }
+}
+
+/// FNV-1a: a hash that is the same in every process and release, so every
+/// worker and every instance maps a key to the same backend.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A 64-bit finalizer (SplitMix64's) to spread combined hashes.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Passive outlier detection (Envoy's consecutive-5xx ejection): a backend
@@ -144,19 +222,7 @@ impl Route {
             }
         }
         if let Some((name, value)) = &self.cookie {
-            let found = headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-                .flat_map(|h| h.value.split(|b| *b == b';'))
-                .map(|pair| pair.trim_ascii())
-                .find_map(|pair| {
-                    let (n, v) = match pair.iter().position(|b| *b == b'=') {
-                        Some(i) => (&pair[..i], &pair[i + 1..]),
-                        None => (pair, &b""[..]),
-                    };
-                    (n == name.as_bytes()).then_some(v)
-                });
-            match found {
+            match cookie(headers, name) {
                 None => return false,
                 Some(v) if value.as_ref().is_some_and(|want| v != want.as_bytes()) => return false,
                 Some(_) => {}
@@ -192,6 +258,22 @@ impl Route {
         }
         true
     }
+}
+
+/// The value of cookie `name` (RFC 6265 `Cookie` pairs), if sent.
+fn cookie<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+        .flat_map(|h| h.value.split(|b| *b == b';'))
+        .map(|pair| pair.trim_ascii())
+        .find_map(|pair| {
+            let (n, v) = match pair.iter().position(|b| *b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            (n == name.as_bytes()).then_some(v)
+        })
 }
 
 /// `host[:port]` or `[v6]:port` without the port.
@@ -425,6 +507,8 @@ struct Session {
     route: Option<usize>,
     /// When the request (last) went upstream.
     sent_at: Instant,
+    /// The request's affinity hash, under the hashing balances.
+    key: Option<u64>,
 }
 
 /// A request that may be sent again: its upstream head, the retries left,
@@ -475,8 +559,76 @@ struct Pool {
     fails: Vec<u32>,
     /// Per backend: ejected by outlier detection until then.
     ejected_until: Vec<Option<Instant>>,
+    /// Per backend: requests in flight.
+    active: Vec<u32>,
+    /// Per backend: smooth weighted round robin's running weight.
+    current: Vec<i64>,
+    /// Per backend: hash of its name, for rendezvous hashing.
+    name_hash: Vec<u64>,
+    /// Per backend: may take the request being placed (scratch).
+    eligible: Vec<bool>,
     idle: Vec<Vec<u32>>,
     stats: PoolStats,
+}
+
+impl Pool {
+    /// One of the eligible backends (at least one is) by the pool's balance.
+    fn choose(&mut self, key: Option<u64>) -> usize {
+        let n = self.cfg.backends.len();
+        let weight = |b: usize| i64::from(self.cfg.backends[b].weight);
+        match (&self.cfg.balance, key) {
+            (Balance::WeightedRoundRobin, _) => {
+                // nginx's smooth weighted round robin.
+                let mut total = 0;
+                let mut best: Option<usize> = None;
+                for b in (0..n).filter(|&b| self.eligible[b]) {
+                    self.current[b] += weight(b);
+                    total += weight(b);
+                    if best.is_none_or(|x| self.current[b] > self.current[x]) {
+                        best = Some(b);
+                    }
+                }
+                let b = best.unwrap_or(0);
+                self.current[b] -= total;
+                b
+            }
+            (Balance::LeastRequests, _) => {
+                // Fewest in flight per weight; ties go round robin.
+                let start = self.next;
+                self.next = self.next.wrapping_add(1);
+                let mut best: Option<usize> = None;
+                for i in 0..n {
+                    let b = (start + i) % n;
+                    if !self.eligible[b] {
+                        continue;
+                    }
+                    let fewer = |x: usize| {
+                        i64::from(self.active[b]) * weight(x)
+                            < i64::from(self.active[x]) * weight(b)
+                    };
+                    if best.is_none_or(fewer) {
+                        best = Some(b);
+                    }
+                }
+                best.unwrap_or(0)
+            }
+            (Balance::HashHeader(_) | Balance::HashCookie(_) | Balance::SourceIp, Some(k)) => (0
+                ..n)
+                .filter(|&b| self.eligible[b])
+                .max_by_key(|&b| mix(k ^ self.name_hash[b]))
+                .unwrap_or(0),
+            _ => {
+                for _ in 0..n {
+                    let b = self.next % n;
+                    self.next = self.next.wrapping_add(1);
+                    if self.eligible[b] {
+                        return b;
+                    }
+                }
+                0
+            }
+        }
+    }
 }
 
 struct Listener {
@@ -540,6 +692,10 @@ impl L7 {
                     up: vec![true; p.backends.len()],
                     fails: vec![0; p.backends.len()],
                     ejected_until: vec![None; p.backends.len()],
+                    active: vec![0; p.backends.len()],
+                    current: vec![0; p.backends.len()],
+                    name_hash: p.backends.iter().map(|b| stable_hash(b.name.as_bytes())).collect(),
+                    eligible: vec![false; p.backends.len()],
                     cfg: p,
                     next: 0,
                     stats,
@@ -605,6 +761,7 @@ impl L7 {
                     retry: None,
                     route: None,
                     sent_at: now,
+                    key: None,
                 };
                 let i = match self.free_sessions.pop() {
                     Some(i) => {
@@ -823,6 +980,19 @@ impl L7 {
         }
         let pool = route.pool;
         let retries = route.retries;
+        x.key = match &self.pools[pool].cfg.balance {
+            Balance::HashHeader(name) => req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| stable_hash(h.value.trim_ascii())),
+            Balance::HashCookie(name) => cookie(req.headers, name).map(stable_hash),
+            Balance::SourceIp => x.peer_ip.map(|ip| match ip {
+                IpAddr::V4(a) => stable_hash(&a.octets()),
+                IpAddr::V6(a) => stable_hash(&a.octets()),
+            }),
+            _ => None,
+        };
         let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE");
         // Build the upstream head: request line (path rewritten if the route
         // says so) and headers as received, minus hop-by-hop connection headers
@@ -911,9 +1081,13 @@ impl L7 {
         now: Instant,
         tcp: &mut T,
     ) {
-        match self.upstream_for(pool, now, tcp, exclude) {
+        let key = self.sess(s).and_then(|x| x.key);
+        match self.upstream_for(pool, now, tcp, exclude, key) {
             Pick::Conn(u) => {
                 let head_request = self.sess(s).is_some_and(|x| x.head_request);
+                if let Some(b) = self.up(u).map(|x| x.backend) {
+                    self.pools[pool].active[b] += 1;
+                }
                 if let Some(up) = self.up(u) {
                     up.session = Some(s);
                     up.out.extend_from_slice(head);
@@ -996,29 +1170,37 @@ impl L7 {
         }
     }
 
-    /// The next backend of `pool` by round robin that is not drained, down,
-    /// ejected or in `exclude`; when only ejected ones remain, those (an
-    /// ejection never empties a pool).
-    fn pick_backend(&mut self, pool: usize, now: Instant, exclude: u64) -> Option<usize> {
+    /// A backend of `pool`, by its balance, among those not drained, down,
+    /// weighted 0, ejected or in `exclude`; when only ejected ones remain,
+    /// among those (an ejection never empties a pool). `key` is the request's
+    /// affinity hash under the hashing balances.
+    fn pick_backend(
+        &mut self,
+        pool: usize,
+        now: Instant,
+        exclude: u64,
+        key: Option<u64>,
+    ) -> Option<usize> {
         let p = &mut self.pools[pool];
-        let n = p.cfg.backends.len();
         for e in p.ejected_until.iter_mut() {
             if e.is_some_and(|t| now >= t) {
                 *e = None;
             }
         }
         for ejected_too in [false, true] {
-            for _ in 0..n {
-                let b = p.next % n;
-                p.next = p.next.wrapping_add(1);
+            let mut any = false;
+            for b in 0..p.cfg.backends.len() {
                 let excluded = b < 64 && exclude & (1 << b) != 0;
-                if !p.drained[b]
+                let ok = !p.drained[b]
                     && p.up[b]
+                    && p.cfg.backends[b].weight > 0
                     && !excluded
-                    && (ejected_too || p.ejected_until[b].is_none())
-                {
-                    return Some(b);
-                }
+                    && (ejected_too || p.ejected_until[b].is_none());
+                p.eligible[b] = ok;
+                any |= ok;
+            }
+            if any {
+                return Some(p.choose(key));
             }
         }
         None
@@ -1031,8 +1213,9 @@ impl L7 {
         now: Instant,
         tcp: &mut T,
         exclude: u64,
+        key: Option<u64>,
     ) -> Pick {
-        let Some(b) = self.pick_backend(pool, now, exclude) else { return Pick::NoBackend };
+        let Some(b) = self.pick_backend(pool, now, exclude, key) else { return Pick::NoBackend };
         self.pools[pool].stats.backends[b].requests += 1;
         while let Some(u) = self.pools[pool].idle[b].pop() {
             let Some(conn) = self.up(u).map(|x| x.conn) else { continue };
@@ -1365,6 +1548,7 @@ impl L7 {
         let client_keep = x.keep_alive && x.body_done && !x.peer_closed;
         let upconn = up.conn;
         self.pools[pool].stats.backends[b].responses += 1;
+        self.pools[pool].active[b] = self.pools[pool].active[b].saturating_sub(1);
         if reusable && self.pools[pool].idle[b].len() < max_idle {
             self.pools[pool].idle[b].push(u);
         } else {
@@ -1446,6 +1630,10 @@ impl L7 {
 
     fn remove_upstream(&mut self, u: u32) {
         if let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::take) {
+            if up.session.is_some() {
+                let a = &mut self.pools[up.pool].active[up.backend];
+                *a = a.saturating_sub(1);
+            }
             if self.owners.get(&up.conn) == Some(&Owner::Upstream(u)) {
                 self.owners.remove(&up.conn);
             }

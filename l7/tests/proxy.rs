@@ -110,7 +110,7 @@ struct H {
 }
 
 fn backend(name: &str, addr: &str) -> Backend {
-    Backend { name: name.into(), addr: addr.parse().unwrap() }
+    Backend { name: name.into(), addr: addr.parse().unwrap(), weight: 1 }
 }
 
 impl H {
@@ -1002,4 +1002,118 @@ fn route_latency_histograms_measure_upstream_and_total_time() {
     h.ev(TcpEvent::Closed { conn: u, reset: true });
     assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 502 "));
     assert_eq!(h.l7.route_stats(3).unwrap()[0].responses, [0, 1, 0, 0, 1]);
+}
+
+/// Sends `n` requests (each on its own client connection, answered at once
+/// unless `hold`) and returns the backend port's last octet of each.
+fn spread(h: &mut H, n: usize, req: impl Fn(usize) -> String, hold: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let c = h.client();
+        h.write(c, req(i).as_bytes());
+        let u = h.accept_upstreams().pop().expect("a new upstream connection");
+        out.push(h.tcp.c(u).remote.ip().to_string());
+        h.take(u);
+        if !hold {
+            h.write(u, &response(b"x", "Connection: close\r\n"));
+        }
+    }
+    out
+}
+
+fn three_backends(balance: Balance, weights: [u32; 3]) -> H {
+    H::with(|c| {
+        c.pools[0].backends = (0..3)
+            .map(|i| Backend {
+                name: format!("api-{}", i + 1),
+                addr: format!("198.18.0.3{}:8080", i + 1).parse().unwrap(),
+                weight: weights[i],
+            })
+            .collect();
+        c.pools[0].balance = balance;
+    })
+}
+
+#[test]
+fn weighted_round_robin_is_smooth_and_proportional() {
+    let mut h = three_backends(Balance::WeightedRoundRobin, [5, 1, 1]);
+    let got = spread(&mut h, 7, |_| "GET /api/ HTTP/1.1\r\nHost: v\r\n\r\n".into(), false);
+    // nginx's smooth order for 5:1:1 — the heavy one never gets 5 in a row.
+    assert_eq!(
+        got,
+        [
+            "198.18.0.31",
+            "198.18.0.31",
+            "198.18.0.32",
+            "198.18.0.31",
+            "198.18.0.33",
+            "198.18.0.31",
+            "198.18.0.31"
+        ]
+    );
+    // Weight 0: out of rotation.
+    let mut h = three_backends(Balance::WeightedRoundRobin, [1, 0, 1]);
+    let got = spread(&mut h, 6, |_| "GET /api/ HTTP/1.1\r\nHost: v\r\n\r\n".into(), false);
+    assert!(!got.iter().any(|a| a == "198.18.0.32"), "{got:?}");
+}
+
+#[test]
+fn least_requests_avoids_the_busy_backend() {
+    let mut h = three_backends(Balance::LeastRequests, [1, 1, 1]);
+    // Three requests held open: one on each backend.
+    let held = spread(&mut h, 3, |_| "GET /api/ HTTP/1.1\r\nHost: v\r\n\r\n".into(), true);
+    let mut sorted = held.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["198.18.0.31", "198.18.0.32", "198.18.0.33"]);
+    // Six more, held too: they spread evenly, two more per backend, never
+    // piling onto one.
+    let more = spread(&mut h, 6, |_| "GET /api/ HTTP/1.1\r\nHost: v\r\n\r\n".into(), true);
+    for b in ["198.18.0.31", "198.18.0.32", "198.18.0.33"] {
+        assert_eq!(more.iter().filter(|a| *a == b).count(), 2, "{more:?}");
+    }
+    // Weight 2 on api-1: it may carry twice the others in flight.
+    let mut h = three_backends(Balance::LeastRequests, [2, 1, 1]);
+    let got = spread(&mut h, 8, |_| "GET /api/ HTTP/1.1\r\nHost: v\r\n\r\n".into(), true);
+    assert_eq!(got.iter().filter(|a| *a == "198.18.0.31").count(), 4, "{got:?}");
+}
+
+#[test]
+fn hashing_on_a_header_or_cookie_keeps_a_client_on_its_backend() {
+    for (balance, req) in [
+        (
+            Balance::HashHeader("X-User".into()),
+            (|i: usize| format!("GET /api/ HTTP/1.1\r\nHost: v\r\nX-User: user-{}\r\n\r\n", i % 20))
+                as fn(usize) -> String,
+        ),
+        (Balance::HashCookie("sid".into()), |i: usize| {
+            format!("GET /api/ HTTP/1.1\r\nHost: v\r\nCookie: a=b; sid={}\r\n\r\n", i % 20)
+        }),
+    ] {
+        let mut h = three_backends(balance.clone(), [1, 1, 1]);
+        let got = spread(&mut h, 60, req, false);
+        // Each of the 20 keys always lands on the same backend...
+        for k in 0..20 {
+            let mine: Vec<&String> = got.iter().skip(k).step_by(20).collect();
+            assert!(mine.iter().all(|a| *a == mine[0]), "{balance:?} key {k}: {mine:?}");
+        }
+        // ...and the keys spread over all three.
+        let mut used: Vec<&String> = got.iter().collect();
+        used.sort();
+        used.dedup();
+        assert_eq!(used.len(), 3, "{balance:?}: {used:?}");
+        // With api-2 down, only api-2's keys move.
+        h.l7.set_backend_up(0, 1, false);
+        let after = spread(&mut h, 20, req, false);
+        for k in 0..20 {
+            if got[k] != "198.18.0.32" {
+                assert_eq!(after[k], got[k], "{balance:?} key {k} moved without need");
+            } else {
+                assert_ne!(after[k], "198.18.0.32");
+            }
+        }
+    }
+    // Without the header: round robin.
+    let mut h = three_backends(Balance::HashHeader("X-User".into()), [1, 1, 1]);
+    let got = spread(&mut h, 3, |_| "GET /api/ HTTP/1.1\r\nHost: v\r\n\r\n".into(), false);
+    assert_eq!(got, ["198.18.0.31", "198.18.0.32", "198.18.0.33"]);
 }
