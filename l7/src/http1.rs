@@ -109,6 +109,9 @@ pub struct RequestInfo {
     pub keep_alive: bool,
     /// A HEAD request (its response has no body).
     pub head: bool,
+    /// The client asks to switch protocols (`Connection: upgrade` and an
+    /// `Upgrade` other than `h2c`, RFC 9110 7.8), e.g. to WebSocket.
+    pub upgrade: bool,
 }
 
 /// Checks a parsed request head and works out its framing (RFC 9112 6.1–6.3).
@@ -118,6 +121,8 @@ pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Rej
     let mut te: Option<&[u8]> = None;
     let mut hosts = 0;
     let mut close = version == 0;
+    let mut conn_upgrade = false;
+    let mut upgrade_to: Option<&[u8]> = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             if content_length.is_some() {
@@ -141,8 +146,12 @@ pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Rej
                     close = true;
                 } else if t.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
                     close = false;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    conn_upgrade = true;
                 }
             }
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade_to = Some(trim(h.value));
         }
     }
     if version == 1 && hosts != 1 {
@@ -156,7 +165,12 @@ pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Rej
         (None, Some(0)) | (None, None) => Framing::None,
         (None, Some(n)) => Framing::Length(n),
     };
-    Ok(RequestInfo { framing, keep_alive: !close, head: req.method == Some("HEAD") })
+    // h2c upgrades are hop-by-hop: answered (or not) by the proxy, never
+    // passed on.
+    let upgrade = version == 1
+        && conn_upgrade
+        && upgrade_to.is_some_and(|u| !u.is_empty() && !u.eq_ignore_ascii_case(b"h2c"));
+    Ok(RequestInfo { framing, keep_alive: !close, head: req.method == Some("HEAD"), upgrade })
 }
 
 /// What the proxy needs from a parsed response head.
@@ -176,12 +190,14 @@ pub struct ResponseInfo {
 /// and `Connection: close` when the client connection ends after this
 /// response. The upstream connection's keep-alive is not the client's.
 /// A route's `set` headers replace the backend's of the same name and its
-/// `remove` ones are dropped.
+/// `remove` ones are dropped. `upgrade`: a 101 switching the client's
+/// connection, which keeps `Upgrade` and says `Connection: Upgrade`.
 pub fn client_response_head(
     resp: &httparse::Response<'_, '_>,
     client_keep: bool,
     set: &[(String, String)],
     remove: &[String],
+    upgrade: bool,
 ) -> Vec<u8> {
     let code = resp.code.unwrap_or(502);
     let mut h = Vec::with_capacity(256);
@@ -202,7 +218,8 @@ pub fn client_response_head(
         let hop = ["connection", "keep-alive", "proxy-connection"]
             .iter()
             .any(|h| n.eq_ignore_ascii_case(h))
-            || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
+            || (named.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
+                && !(upgrade && n.eq_ignore_ascii_case("upgrade")))
             || remove.iter().any(|r| r.eq_ignore_ascii_case(n))
             || set.iter().any(|(r, _)| r.eq_ignore_ascii_case(n));
         if hop {
@@ -221,7 +238,9 @@ pub fn client_response_head(
             h.extend_from_slice(b"\r\n");
         }
     }
-    if !client_keep && code >= 200 {
+    if upgrade {
+        h.extend_from_slice(b"Connection: Upgrade\r\n");
+    } else if !client_keep && code >= 200 {
         h.extend_from_slice(b"Connection: close\r\n");
     }
     h.extend_from_slice(b"\r\n");

@@ -509,6 +509,9 @@ struct Session {
     sent_at: Instant,
     /// The request's affinity hash, under the hashing balances.
     key: Option<u64>,
+    /// The request asks to switch protocols; after a 101 the connection is
+    /// a byte tunnel to the backend.
+    upgrade: bool,
 }
 
 /// A request that may be sent again: its upstream head, the retries left,
@@ -762,6 +765,7 @@ impl L7 {
                     route: None,
                     sent_at: now,
                     key: None,
+                    upgrade: false,
                 };
                 let i = match self.free_sessions.pop() {
                     Some(i) => {
@@ -811,6 +815,11 @@ impl L7 {
                     if x.phase == Phase::Head && x.inbuf.is_empty() {
                         x.phase = Phase::Closing;
                         self.flush_client(s, tcp);
+                    } else if let Some(u) = x.upstream.filter(|_| x.body == Framing::UntilClose) {
+                        // A tunnel's client is done sending: pass the FIN on
+                        // once its bytes are out.
+                        self.pump_up(s, now, tcp);
+                        self.tunnel_fin(u, tcp);
                     }
                 }
                 Some(Owner::Upstream(u)) => {
@@ -1009,9 +1018,21 @@ impl L7 {
             _ => head.extend_from_slice(path.as_bytes()),
         }
         head.extend_from_slice(b" HTTP/1.1\r\n");
+        // Headers the client's Connection names are for this hop only
+        // (RFC 9110 7.6.1), Upgrade too unless the request upgrades.
+        let named = |n: &str| {
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .flat_map(|h| h.value.split(|b| *b == b','))
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(n.as_bytes()))
+        };
         for h in req.headers.iter() {
             let n = h.name;
-            if n.eq_ignore_ascii_case("connection")
+            let is_upgrade = n.eq_ignore_ascii_case("upgrade");
+            if (is_upgrade && !info.upgrade)
+                || (!is_upgrade && named(n))
+                || n.eq_ignore_ascii_case("connection")
                 || n.eq_ignore_ascii_case("keep-alive")
                 || n.eq_ignore_ascii_case("proxy-connection")
                 || n.eq_ignore_ascii_case("x-forwarded-for")
@@ -1049,10 +1070,14 @@ impl L7 {
         }
         head.extend_from_slice(b"X-Forwarded-Proto: ");
         head.extend_from_slice(proto.as_bytes());
+        if info.upgrade {
+            head.extend_from_slice(b"\r\nConnection: Upgrade");
+        }
         head.extend_from_slice(b"\r\n\r\n");
         x.inbuf.drain(..head_len);
         x.keep_alive = info.keep_alive;
         x.head_request = info.head;
+        x.upgrade = info.upgrade;
         x.body = info.framing;
         x.body_left = match info.framing {
             Framing::Length(n) => n,
@@ -1305,7 +1330,9 @@ impl L7 {
                             return;
                         }
                     },
-                    _ => 0,
+                    // A tunnel after a 101: everything.
+                    Framing::UntilClose => avail,
+                    Framing::None => 0,
                 };
                 up.out.extend_from_slice(&x.inbuf[..take]);
                 x.inbuf.drain(..take);
@@ -1328,6 +1355,20 @@ impl L7 {
         }
         if let Ok(n) = tcp.send(up.conn, &up.out) {
             up.out.drain(..n);
+        }
+        self.tunnel_fin(u, tcp);
+    }
+
+    /// Closes the upstream side of a tunnel whose client has closed, once
+    /// every byte the client sent is on its way.
+    fn tunnel_fin<T: TcpApi>(&mut self, u: u32, tcp: &mut T) {
+        let Some(up) = self.upstreams.get(u as usize).and_then(Option::as_ref) else { return };
+        let Some(x) = up.session.and_then(|s| self.sessions.get(s as usize)?.as_ref()) else {
+            return;
+        };
+        if x.body == Framing::UntilClose && x.peer_closed && x.inbuf.is_empty() && up.out.is_empty()
+        {
+            tcp.close(up.conn);
         }
     }
 
@@ -1380,6 +1421,7 @@ impl L7 {
                     Ok(info) => {
                         let x = self.sessions.get(s as usize).and_then(Option::as_ref);
                         let client_keep = x.is_some_and(|x| x.keep_alive);
+                        let upgrade = info.status == 101 && x.is_some_and(|x| x.upgrade);
                         let route =
                             x.and_then(|x| self.listeners[x.listener].cfg.routes.get(x.route?));
                         let (set, remove) = match route {
@@ -1388,8 +1430,14 @@ impl L7 {
                             }
                             None => (&[][..], &[][..]),
                         };
-                        let head = http1::client_response_head(&resp, client_keep, set, remove);
-                        Parsed::Head(n, info, head)
+                        let head =
+                            http1::client_response_head(&resp, client_keep, set, remove, upgrade);
+                        if info.status == 101 && !upgrade {
+                            // Switching protocols nobody asked for.
+                            Parsed::Bad
+                        } else {
+                            Parsed::Head(n, info, head)
+                        }
                     }
                     Err(_) => Parsed::Bad,
                 }
@@ -1399,7 +1447,7 @@ impl L7 {
             }
             Ok(httparse::Status::Partial) | Err(_) => Parsed::Bad,
         };
-        let (n, info, head) = match parsed {
+        let (n, mut info, head) = match parsed {
             Parsed::Partial => return false,
             Parsed::Bad => {
                 self.backend_result(pool, b, false, now);
@@ -1440,8 +1488,19 @@ impl L7 {
                 return false;
             }
         }
-        if let Some(r) = self.route_of(s).filter(|_| info.status >= 200) {
+        if let Some(r) = self.route_of(s).filter(|_| info.status >= 200 || info.status == 101) {
             r.status(info.status);
+        }
+        if info.status == 101 {
+            // Switched: from here on bytes go both ways unchanged until one
+            // side closes (a WebSocket, or any other upgraded protocol).
+            info.framing = Framing::UntilClose;
+            info.keep_alive = false;
+            if let Some(x) = self.sess(s) {
+                x.body = Framing::UntilClose;
+                x.body_done = false;
+                x.keep_alive = false;
+            }
         }
         let Some(up) = self.up(u) else { return false };
         up.inbuf.splice(..n, head.iter().copied());

@@ -1117,3 +1117,71 @@ fn hashing_on_a_header_or_cookie_keeps_a_client_on_its_backend() {
     let got = spread(&mut h, 3, |_| "GET /api/ HTTP/1.1\r\nHost: v\r\n\r\n".into(), false);
     assert_eq!(got, ["198.18.0.31", "198.18.0.32", "198.18.0.33"]);
 }
+
+/// A WebSocket upgrade (RFC 6455): the handshake passes with its
+/// `Connection: Upgrade`, the 101 comes back, then frames go both ways
+/// unchanged, and a close on either side ends both.
+#[test]
+fn websocket_upgrade_becomes_a_tunnel() {
+    let mut h = H::new();
+    let c = h.client();
+    h.write(
+        c,
+        b"GET /api/chat HTTP/1.1\r\nHost: v\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    let u = h.accept_upstreams()[0];
+    let up = header_block(&h.take(u));
+    assert!(
+        up.contains("Upgrade: websocket\r\n") && up.contains("Connection: Upgrade\r\n"),
+        "{up}"
+    );
+    assert!(up.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "{up}");
+    h.write(
+        u,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    );
+    let down = header_block(&h.take(c));
+    assert!(down.starts_with("HTTP/1.1 101 "), "{down}");
+    assert!(down.contains("Upgrade: websocket\r\n") && down.contains("Connection: Upgrade\r\n"));
+    assert!(down.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{down}");
+    // A masked text frame "Hello" from the client (RFC 6455 5.7), then a
+    // 300-byte binary frame, then the server's unmasked echo.
+    let hello = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+    h.write(c, &hello);
+    let mut big = vec![0x82, 0xfe, 0x01, 0x2c, 1, 2, 3, 4];
+    big.extend((0..300u32).map(|i| (i % 251) as u8));
+    h.write(c, &big);
+    assert_eq!(h.take(u), [&hello[..], &big[..]].concat(), "frames upstream byte-exact");
+    let echo = [0x81, 0x05, b'H', b'e', b'l', b'l', b'o'];
+    h.write(u, &echo);
+    assert_eq!(h.take(c), echo, "frames downstream byte-exact");
+    // Nothing was parsed as HTTP: no 400 for the frame bytes.
+    assert_eq!(h.l7.listener_stats(3).unwrap().errors, 0);
+    // The client closes: the backend gets the FIN, closes too, and so does
+    // the client connection.
+    h.ev(TcpEvent::PeerClosed { conn: c });
+    assert!(h.tcp.c(u).closed, "FIN passed to the backend");
+    h.ev(TcpEvent::PeerClosed { conn: u });
+    assert!(h.tcp.c(c).closed, "client connection closed after the backend's");
+}
+
+#[test]
+fn upgrade_headers_are_hop_by_hop_unless_upgrading() {
+    let mut h = H::new();
+    // Upgrade without `Connection: upgrade`, and an h2c upgrade: neither is
+    // passed on; headers named by Connection are dropped.
+    for req in [
+        "GET /api/ HTTP/1.1\r\nHost: v\r\nUpgrade: websocket\r\n\r\n",
+        "GET /api/ HTTP/1.1\r\nHost: v\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    ] {
+        let c = h.client();
+        h.write(c, req.as_bytes());
+        let u = h.accept_upstreams().pop().expect("round robin: a new connection each time");
+        let up = header_block(&h.take(u));
+        assert!(up.starts_with("GET /api/ "), "{up}");
+        assert!(!up.contains("Upgrade") && !up.contains("HTTP2-Settings"), "{up}");
+        // A 101 the client did not ask for is a bad gateway.
+        h.write(u, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+        assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 502 "));
+    }
+}
