@@ -125,6 +125,7 @@ struct RawListener {
     forwarding: Option<Spanned<String>>,
     on_backend_down: Option<Spanned<String>>,
     tls: Option<Spanned<RawTls>>,
+    http2: Option<Spanned<bool>>,
     #[serde(default)]
     route: Vec<RawRoute>,
 }
@@ -384,6 +385,8 @@ pub enum Mode {
         routes: Vec<Route>,
         /// Terminate TLS with this certificate and key (`tls = { cert, key }`).
         tls: Option<std::sync::Arc<switchyard_tls::ServerConfig>>,
+        /// Serve HTTP/2 too (prior knowledge, or ALPN `h2` over TLS).
+        http2: bool,
     },
 }
 
@@ -955,13 +958,17 @@ impl Cx<'_> {
                                     ));
                                 }
                             }
-                            Some(
-                                switchyard_tls::server_config_sni(&pairs)
-                                    .map_err(|e| self.at(t, e.to_string()))?,
-                            )
+                            let mut cfg = switchyard_tls::server_config_sni(&pairs)
+                                .map_err(|e| self.at(t, e.to_string()))?;
+                            if l.http2.as_ref().is_some_and(|h| !*h.get_ref()) {
+                                std::sync::Arc::make_mut(&mut cfg).alpn_protocols =
+                                    vec![b"http/1.1".to_vec()];
+                            }
+                            Some(cfg)
                         }
                     };
-                    Mode::L7 { routes, tls }
+                    let http2 = l.http2.as_ref().is_none_or(|h| *h.get_ref());
+                    Mode::L7 { routes, tls, http2 }
                 }
                 other => {
                     return Err(self.at(&l.mode, format!("mode `{other}`: expected `l4` or `l7`")));

@@ -200,6 +200,13 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
             t.engine_steps
         );
     }
+    let h = dp.h2.stats();
+    if h.connections > 0 {
+        println!(
+            "http2: connections {}, streams {}, client resets {}, proxy resets {}, protocol errors {}",
+            h.connections, h.streams, h.client_resets, h.proxy_resets, h.protocol_errors
+        );
+    }
     for (i, l) in cfg.listeners.iter().enumerate() {
         if let Some(s) = dp.l4.listener_stats(i as u16) {
             println!(

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use switchyard_l4::{L4, Verdict};
 use switchyard_l7::L7;
+use switchyard_l7::h2front::H2Front;
 use switchyard_nic::{BURST, Mbuf, Pool, Port};
 use switchyard_stack::health::{Change, HealthChecker};
 use switchyard_stack::tcp::TcpEvent;
@@ -45,6 +46,9 @@ pub struct Dataplane {
     /// TLS termination in front of L7.
     pub tls: Tls,
     tls_events: Vec<TcpEvent>,
+    /// HTTP/2 towards clients, translated to L7's HTTP/1.1.
+    pub h2: H2Front,
+    h2_events: Vec<TcpEvent>,
     /// Active health checks of L4 backends.
     pub health: HealthChecker,
     changes: Vec<Change>,
@@ -99,6 +103,7 @@ impl Dataplane {
         let mut l4_listeners = Vec::new();
         let mut l7_listeners = Vec::new();
         let mut tls_listeners = Vec::new();
+        let mut h2_listeners = Vec::new();
         let mut health = HealthChecker::default();
         let mut pools: Vec<PoolNames> = cfg
             .pools
@@ -140,7 +145,10 @@ impl Dataplane {
                         on_backend_down: *on_backend_down,
                     });
                 }
-                Mode::L7 { routes, tls } => {
+                Mode::L7 { routes, tls, http2 } => {
+                    if *http2 {
+                        h2_listeners.push(id);
+                    }
                     stack.add_listener(l.addr, Proto::Tcp, ListenerKind::L7, id)?;
                     if let Some(t) = tls {
                         tls_listeners.push((id, t.clone()));
@@ -209,6 +217,8 @@ impl Dataplane {
             l7,
             tls,
             tls_events: Vec::new(),
+            h2: H2Front::new(h2_listeners),
+            h2_events: Vec::new(),
             health,
             changes: Vec::new(),
             pool: Pool::with_count(POOL_BUFFERS),
@@ -287,6 +297,8 @@ impl Dataplane {
             l7,
             tls,
             tls_events,
+            h2,
+            h2_events,
             health,
             changes,
             pool,
@@ -338,16 +350,41 @@ impl Dataplane {
         for ev in events.drain(..) {
             if health.owns(event_conn(&ev)) {
                 health.on_event(ev, stack.tcp());
-            } else if let Some(ev) = tls.on_event(ev, stack.tcp()) {
-                l7.on_event(now, ev, &mut tls.wrap(stack.tcp()));
+            } else if let Some(ev) = tls
+                .on_event(ev, stack.tcp())
+                .and_then(|ev| h2.on_event(now, ev, &mut tls.wrap(stack.tcp())))
+            {
+                l7.on_event(now, ev, &mut h2.wrap(&mut tls.wrap(stack.tcp())));
             }
         }
         // Handshakes the engine finished: their connections reach L7 now.
         tls.poll(stack.tcp(), tls_events);
         for ev in tls_events.drain(..) {
-            l7.on_event(now, ev, &mut tls.wrap(stack.tcp()));
+            if let Some(ev) = h2.on_event(now, ev, &mut tls.wrap(stack.tcp())) {
+                l7.on_event(now, ev, &mut h2.wrap(&mut tls.wrap(stack.tcp())));
+            }
         }
-        l7.poll(now, &mut tls.wrap(stack.tcp()));
+        // HTTP/2 streams (and sniffed HTTP/1.1 connections) for L7; what L7
+        // does may wake more of them.
+        let relay = |l7: &mut L7,
+                     h2: &mut H2Front,
+                     tls: &mut Tls,
+                     stack: &mut Stack,
+                     evs: &mut Vec<TcpEvent>| {
+            for _ in 0..16 {
+                if !h2.has_events() {
+                    break;
+                }
+                h2.take_events(evs);
+                for ev in evs.drain(..) {
+                    l7.on_event(now, ev, &mut h2.wrap(&mut tls.wrap(stack.tcp())));
+                }
+            }
+        };
+        relay(l7, h2, tls, stack, h2_events);
+        h2.poll(now, &mut tls.wrap(stack.tcp()));
+        l7.poll(now, &mut h2.wrap(&mut tls.wrap(stack.tcp())));
+        relay(l7, h2, tls, stack, h2_events);
         health.poll(now, stack.tcp());
         health.drain_changes(changes);
         for c in changes.drain(..) {
@@ -383,6 +420,8 @@ impl Dataplane {
             self.l4.next_expiry(),
             self.health.poll_at(),
             self.tls.poll_at(now),
+            self.h2.poll_at(),
+            self.h2.has_events().then_some(now),
         ]
         .into_iter()
         .flatten()

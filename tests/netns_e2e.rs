@@ -589,3 +589,68 @@ fn https_terminated_with_curl_and_openssl() {
     // Three curls and six s_clients reach L7; the plain-HTTP client never does.
     assert_eq!(number_after(&out, "listener https (l7): connections"), Some(9), "{out}");
 }
+
+/// HTTP/2 towards clients: cleartext with prior knowledge and over TLS with
+/// ALPN `h2`, with curl and a bounded h2load run, translated to HTTP/1.1 for
+/// nginx; routes, bytes and counters as for HTTP/1.1.
+#[test]
+fn http2_with_curl_and_h2load() {
+    if !can_run("http2", &[NGINX_BIN, "openssl", "h2load"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("syh-");
+    let sum = t.nginx();
+    let (cert, key) = (t.dir.join("cert.pem"), t.dir.join("key.pem"));
+    sh(&format!(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {} -out {} \
+         -subj /CN=switchyard.test -addext subjectAltName=DNS:switchyard.test -days 2 2>/dev/null",
+        key.display(),
+        cert.display()
+    ));
+    let https = format!(
+        "[[listener]]\nname = \"https\"\nmode = \"l7\"\naddress = \"198.18.0.10:443\"\n\
+         tls = {{ cert = \"{}\", key = \"{}\" }}\n\
+         [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"a\"\n\n  [[listener.route]]\n  pool = \"b\"\n\n",
+        cert.display(),
+        key.display(),
+    );
+    let cfg = config("af_packet:lb0", "round-robin", "a")
+        .replace("[[pool]]\nname = \"a\"", &format!("{https}[[pool]]\nname = \"a\""));
+    let mut lb = t.switchyard(&cfg);
+    let h2c = "curl -sS -m 20 --http2-prior-knowledge";
+    let https = format!(
+        "curl -sS -m 20 --http2 --cacert {} --resolve switchyard.test:443:198.18.0.10",
+        cert.display()
+    );
+    for (curl, base) in [(h2c, "http://198.18.0.10"), (https.as_str(), "https://switchyard.test")] {
+        // The protocol curl used, and the backend that answered.
+        let o = t.exec(
+            "cl",
+            &format!("{curl} -D - -o /dev/null -w 'version=%{{http_version}}\\n' {base}/api/users"),
+        );
+        let out = text(&o).to_ascii_lowercase();
+        assert!(out.contains("version=2"), "not HTTP/2: {out}");
+        assert!(out.contains("x-backend: a"), "{out}");
+        let o = t.exec("cl", &format!("{curl} -D - -o /dev/null {base}/index.html"));
+        assert!(text(&o).to_ascii_lowercase().contains("x-backend: b"), "{}", text(&o));
+        // 4 MiB through the stream's flow control, byte-exact.
+        let o = t.exec("cl", &format!("sh -c '{curl} {base}/big.bin | sha256sum'"));
+        assert_eq!(text(&o).split_whitespace().next(), Some(sum.as_str()), "{base} big.bin");
+        // A missing file is nginx's 404, relayed as such.
+        let o = t.exec("cl", &format!("{curl} -o /dev/null -w '%{{http_code}}' {base}/nope"));
+        assert_eq!(text(&o).trim(), "404");
+    }
+    // h2load, bounded: 2,000 requests over 4 connections, 10 streams each.
+    let o = t.exec("cl", "h2load -n 2000 -c 4 -m 10 -t 1 http://198.18.0.10/api/users");
+    let w = text(&o);
+    assert!(w.contains("2000 succeeded, 0 failed, 0 errored"), "h2load:\n{w}");
+    assert!(w.contains("2000 2xx"), "h2load:\n{w}");
+    let out = lb.stop();
+    let line = out.lines().find(|l| l.starts_with("http2: ")).unwrap_or_else(|| panic!("{out}"));
+    // 8 curls and h2load's 4 connections; 2,008 streams.
+    assert_eq!(number_after(line, "connections"), Some(12), "{line}");
+    assert_eq!(number_after(line, "streams"), Some(2008), "{line}");
+    assert_eq!(number_after(line, "protocol errors"), Some(0), "{line}");
+    assert!(out.contains("TLSv1_3"), "{out}");
+}

@@ -5,6 +5,7 @@
 //! `now` in, calls on [`TcpApi`] out.
 #![forbid(unsafe_code)]
 
+pub mod h2front;
 pub mod http1;
 
 use std::collections::HashMap;

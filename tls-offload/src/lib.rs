@@ -177,7 +177,8 @@ pub fn server_config_sni(
         .map_err(|e| TlsError::File { path: String::new(), reason: e.to_string() })?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { certs }));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first when the client offers both (RFC 7301: the server picks).
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Resumption: TLS 1.3 tickets (two per handshake) and TLS 1.2 session
     // IDs, both backed by a server-side cache of 8,192 sessions.
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);

@@ -1,0 +1,1040 @@
+//! HTTP/2 towards clients (RFC 9113), by translation: each HTTP/2 stream
+//! becomes a virtual connection carrying one HTTP/1.1 request, so routing,
+//! rewriting, retries, health and counters of the HTTP/1.1 proxy apply to
+//! both protocols unchanged.
+//!
+//! The front sits between TCP (or TLS) and [`crate::L7`]. On listeners with
+//! HTTP/2 on it reads the first bytes of each new connection: the HTTP/2
+//! preface (sent first by every HTTP/2 client, after ALPN `h2` or with prior
+//! knowledge over cleartext) makes it an HTTP/2 connection served here by the
+//! `h2` crate; anything else is handed to L7 as HTTP/1.1 with those bytes
+//! replayed. Sans-IO and single-threaded: `h2`'s futures are polled with a
+//! no-op waker whenever bytes, window or L7 output arrive, over an in-memory
+//! pipe the front moves to and from TCP.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use h2::server::{Connection, Handshake, SendResponse};
+use h2::{Reason, RecvStream, SendStream};
+use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpError, TcpEvent};
+use switchyard_stack::{Duration, Instant, ListenerId};
+
+/// The client connection preface (RFC 9113 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Virtual connection ids have this bit set in their slot; the stack's slots
+/// never reach it.
+const VIRTUAL: u32 = 1 << 31;
+/// Request bytes serialized ahead of L7 before the stream's window closes.
+const REQ_BUF: usize = 64 * 1024;
+/// Response bytes accepted from L7 ahead of the stream's window.
+const RESP_BUF: usize = 64 * 1024;
+/// HTTP/2 output held before `h2` is told to stop writing.
+const PIPE_BUF: usize = 256 * 1024;
+/// A new connection that sends nothing for this long is closed.
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counters of the front.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct H2Stats {
+    /// HTTP/2 client connections accepted.
+    pub connections: u64,
+    /// Streams (requests) opened by clients.
+    pub streams: u64,
+    /// Streams the client reset.
+    pub client_resets: u64,
+    /// Streams the proxy reset (the request could not be answered).
+    pub proxy_resets: u64,
+    /// Connections ended by an HTTP/2 protocol error.
+    pub protocol_errors: u64,
+}
+
+/// The in-memory transport under an `h2` connection.
+#[derive(Default)]
+struct PipeBufs {
+    rx: Vec<u8>,
+    rx_off: usize,
+    rx_eof: bool,
+    tx: Vec<u8>,
+}
+
+struct Pipe(Rc<RefCell<PipeBufs>>);
+
+impl tokio::io::AsyncRead for Pipe {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut p = self.0.borrow_mut();
+        let avail = p.rx.len() - p.rx_off;
+        if avail == 0 {
+            p.rx.clear();
+            p.rx_off = 0;
+            // EOF is a zero-length read; otherwise wait for the next bytes.
+            return if p.rx_eof { Poll::Ready(Ok(())) } else { Poll::Pending };
+        }
+        let n = avail.min(buf.remaining());
+        let off = p.rx_off;
+        buf.put_slice(&p.rx[off..off + n]);
+        p.rx_off += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Pipe {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut p = self.0.borrow_mut();
+        if p.tx.len() >= PIPE_BUF {
+            return Poll::Pending;
+        }
+        p.tx.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+enum ConnPhase {
+    Handshaking(Handshake<Pipe, Bytes>),
+    Ready(Connection<Pipe, Bytes>),
+    Done,
+}
+
+struct H2Conn {
+    pipe: Rc<RefCell<PipeBufs>>,
+    phase: ConnPhase,
+    listener: ListenerId,
+    peer: SocketAddr,
+    local: SocketAddr,
+    streams: Vec<ConnId>,
+    peer_closed: bool,
+}
+
+/// How the response L7 writes is delimited, as it is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Body {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    Size(u64),
+    Ext(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailers,
+}
+
+enum Resp {
+    /// Waiting for the response head.
+    Head(Vec<u8>),
+    /// Relaying the body.
+    Body(Body),
+    /// The response is complete.
+    Done,
+}
+
+enum End {
+    None,
+    Eos,
+    Trailers(http::HeaderMap),
+}
+
+struct Stream {
+    conn: ConnId,
+    head_request: bool,
+    recv: Option<RecvStream>,
+    /// Serialized HTTP/1.1 request bytes L7 has not read yet.
+    req: Vec<u8>,
+    req_chunked: bool,
+    respond: Option<SendResponse<Bytes>>,
+    send: Option<SendStream<Bytes>>,
+    resp: Resp,
+    /// Response body bytes waiting for stream window.
+    pending: Vec<u8>,
+    /// What follows `pending`.
+    end: End,
+    /// Trailer lines being collected from a chunked response.
+    trailer_buf: Vec<u8>,
+    /// L7 was told the window is full and waits for `Writable`.
+    blocked: bool,
+    /// Gone from the client's side; L7 gets `Closed`.
+    gone: bool,
+    /// L7 closed it (and was told `Closed`); it goes once its response is
+    /// out.
+    l7_closed: bool,
+}
+
+struct Sniff {
+    listener: ListenerId,
+    peer: SocketAddr,
+    local: SocketAddr,
+    buf: Vec<u8>,
+    since: Instant,
+}
+
+/// The HTTP/2 front of one worker.
+pub struct H2Front {
+    listeners: HashSet<ListenerId>,
+    sniffing: HashMap<ConnId, Sniff>,
+    /// Bytes read while sniffing an HTTP/1.1 connection, replayed to L7.
+    stash: HashMap<ConnId, Vec<u8>>,
+    conns: HashMap<ConnId, H2Conn>,
+    streams: HashMap<ConnId, Stream>,
+    next_virtual: u32,
+    events: Vec<TcpEvent>,
+    scratch: Vec<u8>,
+    stats: H2Stats,
+}
+
+fn virtual_id(conn: ConnId) -> bool {
+    conn.slot & VIRTUAL != 0
+}
+
+impl H2Front {
+    /// A front serving HTTP/2 on `listeners` (the others pass through).
+    pub fn new(listeners: impl IntoIterator<Item = ListenerId>) -> H2Front {
+        H2Front {
+            listeners: listeners.into_iter().collect(),
+            sniffing: HashMap::new(),
+            stash: HashMap::new(),
+            conns: HashMap::new(),
+            streams: HashMap::new(),
+            next_virtual: 0,
+            events: Vec::new(),
+            scratch: vec![0; 16 * 1024],
+            stats: H2Stats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &H2Stats {
+        &self.stats
+    }
+
+    /// HTTP/2 connections open now.
+    pub fn active_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// L7's view of TCP: virtual connections for HTTP/2 streams, the rest
+    /// passed to `tcp`.
+    pub fn wrap<'a, T: TcpApi>(&'a mut self, tcp: &'a mut T) -> H2Tcp<'a, T> {
+        H2Tcp { front: self, tcp }
+    }
+
+    /// Moves the events for L7 (of virtual connections, and of HTTP/1.1
+    /// connections once sniffed) to `out`.
+    pub fn take_events(&mut self, out: &mut Vec<TcpEvent>) {
+        out.append(&mut self.events);
+    }
+
+    /// True while events wait for [`H2Front::take_events`].
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Takes the TCP events of the connections the front handles; returns
+    /// the others for L7.
+    pub fn on_event<T: TcpApi>(
+        &mut self,
+        now: Instant,
+        ev: TcpEvent,
+        tcp: &mut T,
+    ) -> Option<TcpEvent> {
+        match ev {
+            TcpEvent::Accepted { conn, listener, peer, local }
+                if self.listeners.contains(&listener) =>
+            {
+                self.sniffing
+                    .insert(conn, Sniff { listener, peer, local, buf: Vec::new(), since: now });
+                None
+            }
+            TcpEvent::Readable { conn } | TcpEvent::PeerClosed { conn }
+                if self.sniffing.contains_key(&conn) =>
+            {
+                self.sniff(conn, matches!(ev, TcpEvent::PeerClosed { .. }), tcp);
+                None
+            }
+            TcpEvent::Closed { conn, .. } if self.sniffing.remove(&conn).is_some() => None,
+            TcpEvent::Closed { conn, .. } => {
+                self.stash.remove(&conn);
+                if let Some(c) = self.conns.remove(&conn) {
+                    for v in c.streams {
+                        self.stream_gone(v);
+                    }
+                    return None;
+                }
+                Some(ev)
+            }
+            TcpEvent::Readable { conn }
+            | TcpEvent::Writable { conn }
+            | TcpEvent::PeerClosed { conn }
+                if self.conns.contains_key(&conn) =>
+            {
+                if let (TcpEvent::PeerClosed { .. }, Some(c)) = (ev, self.conns.get_mut(&conn)) {
+                    c.peer_closed = true;
+                }
+                self.drive(conn, tcp);
+                None
+            }
+            _ => Some(ev),
+        }
+    }
+
+    /// Closes connections that never said what they speak.
+    pub fn poll<T: TcpApi>(&mut self, now: Instant, tcp: &mut T) {
+        if self.sniffing.is_empty() {
+            return;
+        }
+        let stale: Vec<ConnId> = self
+            .sniffing
+            .iter()
+            .filter(|(_, s)| now >= s.since + SNIFF_TIMEOUT)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in stale {
+            self.sniffing.remove(&c);
+            tcp.abort(c);
+        }
+    }
+
+    /// When `poll` next has work.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.sniffing.values().map(|s| s.since + SNIFF_TIMEOUT).min()
+    }
+
+    /// Reads a new connection's first bytes and decides what it speaks.
+    fn sniff<T: TcpApi>(&mut self, conn: ConnId, closed: bool, tcp: &mut T) {
+        let Some(s) = self.sniffing.get_mut(&conn) else { return };
+        while s.buf.len() < PREFACE.len() {
+            let mut b = [0u8; 24];
+            let want = PREFACE.len() - s.buf.len();
+            match tcp.recv(conn, &mut b[..want]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => s.buf.extend_from_slice(&b[..n]),
+            }
+        }
+        let h2 = s.buf.len() == PREFACE.len() && s.buf == PREFACE;
+        let undecided = !closed && s.buf.len() < PREFACE.len() && PREFACE.starts_with(&s.buf);
+        if undecided {
+            return;
+        }
+        let Some(s) = self.sniffing.remove(&conn) else { return };
+        if h2 {
+            self.stats.connections += 1;
+            let pipe = Rc::new(RefCell::new(PipeBufs::default()));
+            pipe.borrow_mut().rx.extend_from_slice(&s.buf);
+            let hs = h2::server::Builder::new()
+                .max_concurrent_streams(128)
+                .initial_window_size(REQ_BUF as u32)
+                .max_header_list_size(64 * 1024)
+                .handshake(Pipe(pipe.clone()));
+            self.conns.insert(
+                conn,
+                H2Conn {
+                    pipe,
+                    phase: ConnPhase::Handshaking(hs),
+                    listener: s.listener,
+                    peer: s.peer,
+                    local: s.local,
+                    streams: Vec::new(),
+                    peer_closed: closed,
+                },
+            );
+            self.drive(conn, tcp);
+        } else {
+            // HTTP/1.1 (or garbage, which L7 refuses): L7 sees the
+            // connection from the start, the bytes read here first.
+            if !s.buf.is_empty() {
+                self.stash.insert(conn, s.buf);
+            }
+            self.events.push(TcpEvent::Accepted {
+                conn,
+                listener: s.listener,
+                peer: s.peer,
+                local: s.local,
+            });
+            self.events.push(TcpEvent::Readable { conn });
+            if closed {
+                self.events.push(TcpEvent::PeerClosed { conn });
+            }
+        }
+    }
+
+    /// Moves bytes between TCP and the `h2` connection and polls everything
+    /// that may have progressed.
+    fn drive<T: TcpApi>(&mut self, conn: ConnId, tcp: &mut T) {
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..16 {
+            let mut progress = false;
+            // Bytes in.
+            let Some(c) = self.conns.get_mut(&conn) else { return };
+            {
+                let mut p = c.pipe.borrow_mut();
+                while p.rx.len() - p.rx_off < 64 * 1024 {
+                    match tcp.recv(conn, &mut self.scratch) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            p.rx.extend_from_slice(&self.scratch[..n]);
+                            progress = true;
+                        }
+                    }
+                }
+                if c.peer_closed {
+                    p.rx_eof = true;
+                }
+            }
+            // The connection: handshake, then new streams.
+            let mut accepted = Vec::new();
+            let mut failed = false;
+            loop {
+                match &mut c.phase {
+                    ConnPhase::Handshaking(hs) => match Pin::new(hs).poll(&mut cx) {
+                        Poll::Ready(Ok(h)) => {
+                            c.phase = ConnPhase::Ready(h);
+                            progress = true;
+                        }
+                        Poll::Ready(Err(_)) => {
+                            failed = true;
+                            break;
+                        }
+                        Poll::Pending => break,
+                    },
+                    ConnPhase::Ready(h) => match h.poll_accept(&mut cx) {
+                        Poll::Ready(Some(Ok(req))) => {
+                            accepted.push(req);
+                            progress = true;
+                        }
+                        Poll::Ready(Some(Err(_))) => {
+                            failed = true;
+                            break;
+                        }
+                        Poll::Ready(None) => {
+                            c.phase = ConnPhase::Done;
+                            break;
+                        }
+                        Poll::Pending => break,
+                    },
+                    ConnPhase::Done => break,
+                }
+            }
+            let (listener, peer, local) = (c.listener, c.peer, c.local);
+            for (req, respond) in accepted {
+                self.new_stream(conn, listener, peer, local, req, respond);
+            }
+            // Streams: request bodies in, response bodies out.
+            let ids: Vec<ConnId> =
+                self.conns.get(&conn).map(|c| c.streams.clone()).unwrap_or_default();
+            for v in ids {
+                progress |= self.poll_stream(v, &mut cx);
+            }
+            // Bytes out.
+            let Some(c) = self.conns.get_mut(&conn) else { return };
+            {
+                let mut p = c.pipe.borrow_mut();
+                if !p.tx.is_empty() {
+                    let n = tcp.send(conn, &p.tx).unwrap_or(0);
+                    p.tx.drain(..n);
+                    progress |= n > 0;
+                }
+            }
+            let flushed = c.pipe.borrow().tx.is_empty();
+            if failed {
+                self.stats.protocol_errors += 1;
+            }
+            let done = matches!(c.phase, ConnPhase::Done) || failed;
+            if done && flushed {
+                let c = self.conns.remove(&conn).map(|c| c.streams).unwrap_or_default();
+                for v in c {
+                    self.stream_gone(v);
+                }
+                tcp.close(conn);
+                return;
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    fn new_stream(
+        &mut self,
+        conn: ConnId,
+        listener: ListenerId,
+        peer: SocketAddr,
+        local: SocketAddr,
+        req: http::Request<RecvStream>,
+        respond: SendResponse<Bytes>,
+    ) {
+        self.stats.streams += 1;
+        let (parts, body) = req.into_parts();
+        let v = ConnId {
+            slot: VIRTUAL | (self.next_virtual & !VIRTUAL),
+            generation: self.next_virtual >> 31,
+        };
+        self.next_virtual = self.next_virtual.wrapping_add(1);
+        // The request as HTTP/1.1: authority as Host, one request per
+        // virtual connection.
+        let mut head = Vec::with_capacity(256);
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        head.extend_from_slice(parts.method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(path.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut host = parts.uri.authority().map(|a| a.as_str().to_string());
+        let mut length = false;
+        for (name, value) in &parts.headers {
+            let n = name.as_str();
+            if matches!(
+                n,
+                "connection"
+                    | "keep-alive"
+                    | "proxy-connection"
+                    | "transfer-encoding"
+                    | "upgrade"
+                    | "te"
+            ) {
+                continue;
+            }
+            if n == "host" {
+                if host.is_none() {
+                    host = value.to_str().ok().map(str::to_string);
+                }
+                continue;
+            }
+            length |= n == "content-length";
+            head.extend_from_slice(n.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        if let Some(h) = &host {
+            head.extend_from_slice(b"Host: ");
+            head.extend_from_slice(h.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        let has_body = !body.is_end_stream();
+        let chunked = has_body && !length;
+        if chunked {
+            head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        head.extend_from_slice(b"Connection: close\r\n\r\n");
+        let head_request = parts.method == http::Method::HEAD;
+        self.streams.insert(
+            v,
+            Stream {
+                conn,
+                head_request,
+                recv: has_body.then_some(body),
+                req: head,
+                req_chunked: chunked,
+                respond: Some(respond),
+                send: None,
+                resp: Resp::Head(Vec::new()),
+                pending: Vec::new(),
+                end: End::None,
+                trailer_buf: Vec::new(),
+                blocked: false,
+                gone: false,
+                l7_closed: false,
+            },
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.streams.push(v);
+        }
+        self.events.push(TcpEvent::Accepted { conn: v, listener, peer, local });
+        self.events.push(TcpEvent::Readable { conn: v });
+    }
+
+    /// Polls one stream: request body, client resets, response window.
+    fn poll_stream(&mut self, v: ConnId, cx: &mut Context<'_>) -> bool {
+        let Some(st) = self.streams.get_mut(&v) else { return false };
+        let mut progress = false;
+        let mut readable = false;
+        // Request body, while L7 keeps up.
+        while st.req.len() < REQ_BUF {
+            let Some(recv) = st.recv.as_mut() else { break };
+            match recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = recv.flow_control().release_capacity(data.len());
+                    if st.req_chunked && !data.is_empty() {
+                        st.req.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        st.req.extend_from_slice(&data);
+                        st.req.extend_from_slice(b"\r\n");
+                    } else {
+                        st.req.extend_from_slice(&data);
+                    }
+                    readable = true;
+                }
+                Poll::Ready(None) => {
+                    let trailers = match recv.poll_trailers(cx) {
+                        Poll::Ready(Ok(t)) => t,
+                        _ => None,
+                    };
+                    if st.req_chunked {
+                        st.req.extend_from_slice(b"0\r\n");
+                        for (n, val) in trailers.iter().flatten() {
+                            st.req.extend_from_slice(n.as_str().as_bytes());
+                            st.req.extend_from_slice(b": ");
+                            st.req.extend_from_slice(val.as_bytes());
+                            st.req.extend_from_slice(b"\r\n");
+                        }
+                        st.req.extend_from_slice(b"\r\n");
+                    }
+                    st.recv = None;
+                    readable = true;
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    st.recv = None;
+                    st.gone = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        // The client may reset the stream at any time.
+        let reset = match (&mut st.send, &mut st.respond) {
+            (Some(s), _) => s.poll_reset(cx).is_ready(),
+            (None, Some(r)) => r.poll_reset(cx).is_ready(),
+            _ => false,
+        };
+        if reset && !matches!(st.resp, Resp::Done) {
+            st.gone = true;
+            self.stats.client_resets += 1;
+        }
+        if st.gone {
+            self.stream_gone(v);
+            return true;
+        }
+        if readable {
+            self.events.push(TcpEvent::Readable { conn: v });
+            progress = true;
+        }
+        progress | self.push_response(v, cx)
+    }
+
+    /// Sends what stream window allows of the pending response body, then
+    /// the end of stream or trailers.
+    fn push_response(&mut self, v: ConnId, cx: &mut Context<'_>) -> bool {
+        let Some(st) = self.streams.get_mut(&v) else { return false };
+        let Some(send) = st.send.as_mut() else {
+            if st.l7_closed {
+                self.forget(v);
+            }
+            return false;
+        };
+        let mut progress = false;
+        while !st.pending.is_empty() {
+            send.reserve_capacity(st.pending.len());
+            let cap = match send.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(n))) => n,
+                Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
+                    st.pending.clear();
+                    break;
+                }
+                Poll::Pending => 0,
+            };
+            if cap == 0 {
+                break;
+            }
+            let n = cap.min(st.pending.len());
+            let chunk = Bytes::copy_from_slice(&st.pending[..n]);
+            st.pending.drain(..n);
+            let _ = send.send_data(chunk, false);
+            progress = true;
+        }
+        if st.pending.is_empty() {
+            match std::mem::replace(&mut st.end, End::None) {
+                End::None => {}
+                End::Eos => {
+                    let _ = send.send_data(Bytes::new(), true);
+                    progress = true;
+                }
+                End::Trailers(t) => {
+                    let _ = send.send_trailers(t);
+                    progress = true;
+                }
+            }
+        }
+        if st.blocked && st.pending.len() < RESP_BUF / 2 && !st.l7_closed {
+            st.blocked = false;
+            self.events.push(TcpEvent::Writable { conn: v });
+            progress = true;
+        }
+        if st.l7_closed && st.pending.is_empty() && matches!(st.end, End::None) {
+            self.forget(v);
+        }
+        progress
+    }
+
+    /// Drops stream `v` without telling L7 (which closed it).
+    fn forget(&mut self, v: ConnId) {
+        if let Some(c) = self.streams.remove(&v).and_then(|st| self.conns.get_mut(&st.conn)) {
+            c.streams.retain(|x| *x != v);
+        }
+    }
+
+    /// The client's side of stream `v` is gone: L7 hears `Closed`.
+    fn stream_gone(&mut self, v: ConnId) {
+        if let Some(st) = self.streams.remove(&v) {
+            if let Some(c) = self.conns.get_mut(&st.conn) {
+                c.streams.retain(|x| *x != v);
+            }
+            if !st.l7_closed {
+                self.events.push(TcpEvent::Closed { conn: v, reset: true });
+            }
+        }
+    }
+
+    /// L7 wrote response bytes (HTTP/1.1) on stream `v`: parse and relay.
+    fn write_response(&mut self, v: ConnId, mut data: &[u8]) -> usize {
+        let Some(st) = self.streams.get_mut(&v) else { return 0 };
+        if st.pending.len() >= RESP_BUF {
+            st.blocked = true;
+            return 0;
+        }
+        let total = data.len();
+        while !data.is_empty() {
+            match &mut st.resp {
+                Resp::Head(buf) => {
+                    buf.extend_from_slice(data);
+                    data = &[];
+                    let mut headers = [httparse::EMPTY_HEADER; crate::MAX_HEADERS];
+                    let mut r = httparse::Response::new(&mut headers);
+                    let n = match r.parse(buf) {
+                        Ok(httparse::Status::Complete(n)) => n,
+                        Ok(httparse::Status::Partial) => break,
+                        Err(_) => {
+                            st.resp = Resp::Done;
+                            if let Some(x) = st.respond.as_mut() {
+                                x.send_reset(Reason::INTERNAL_ERROR);
+                            }
+                            self.stats.proxy_resets += 1;
+                            break;
+                        }
+                    };
+                    let status = r.code.unwrap_or(502);
+                    if (100..200).contains(&status) {
+                        // Interim responses are not relayed over HTTP/2.
+                        let rest = buf.split_off(n);
+                        buf.clear();
+                        let again = rest;
+                        st.resp = Resp::Head(Vec::new());
+                        return total - again.len() + self.write_response(v, &again);
+                    }
+                    let mut resp = http::Response::builder().status(status);
+                    let mut body = Body::UntilClose;
+                    for h in r.headers.iter() {
+                        let name = h.name.to_ascii_lowercase();
+                        match name.as_str() {
+                            "connection" | "keep-alive" | "proxy-connection" | "upgrade" => {
+                                continue;
+                            }
+                            "transfer-encoding" => {
+                                if h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                                    body = Body::Chunked(Chunk::Size(0));
+                                }
+                                continue;
+                            }
+                            "content-length" => {
+                                let n = std::str::from_utf8(h.value)
+                                    .ok()
+                                    .and_then(|s| s.trim().parse().ok());
+                                if let Some(n) = n.filter(|_| !matches!(body, Body::Chunked(_))) {
+                                    body = Body::Length(n);
+                                }
+                            }
+                            _ => {}
+                        }
+                        resp = resp.header(name.as_str(), h.value);
+                    }
+                    if st.head_request || status == 204 || status == 304 {
+                        body = Body::Length(0);
+                    }
+                    let rest = buf.split_off(n);
+                    let resp = match resp.body(()) {
+                        Ok(r) => r,
+                        Err(_) => {
+                            st.resp = Resp::Done;
+                            if let Some(x) = st.respond.as_mut() {
+                                x.send_reset(Reason::INTERNAL_ERROR);
+                            }
+                            self.stats.proxy_resets += 1;
+                            break;
+                        }
+                    };
+                    let empty = body == Body::Length(0);
+                    let Some(respond) = st.respond.as_mut() else { break };
+                    match respond.send_response(resp, empty) {
+                        Ok(s) => st.send = Some(s),
+                        Err(_) => {
+                            st.gone = true;
+                            break;
+                        }
+                    }
+                    st.resp = if empty { Resp::Done } else { Resp::Body(body) };
+                    // The body bytes that came with the head.
+                    let consumed = total - rest.len();
+                    return consumed + self.write_response(v, &rest);
+                }
+                Resp::Body(Body::Length(left)) => {
+                    let n = (*left).min(data.len() as u64) as usize;
+                    st.pending.extend_from_slice(&data[..n]);
+                    *left -= n as u64;
+                    data = &data[n..];
+                    if *left == 0 {
+                        st.resp = Resp::Done;
+                        st.end = End::Eos;
+                    }
+                }
+                Resp::Body(Body::UntilClose) => {
+                    st.pending.extend_from_slice(data);
+                    data = &[];
+                }
+                Resp::Body(Body::Chunked(state)) => {
+                    let (used, fin) =
+                        decode_chunks(state, data, &mut st.pending, &mut st.trailer_buf);
+                    data = &data[used..];
+                    if fin {
+                        st.end = trailers(&st.trailer_buf);
+                        st.resp = Resp::Done;
+                    }
+                }
+                Resp::Done => break, // anything after the response is dropped
+            }
+        }
+        total - data.len()
+    }
+}
+
+/// Decodes chunked coding (already validated by the proxy) into `body`,
+/// collecting the trailer section into `trailer`; returns the bytes used and
+/// whether the message ended.
+fn decode_chunks(
+    state: &mut Chunk,
+    data: &[u8],
+    body: &mut Vec<u8>,
+    trailer: &mut Vec<u8>,
+) -> (usize, bool) {
+    let mut i = 0;
+    while i < data.len() {
+        let b = data[i];
+        i += 1;
+        *state = match *state {
+            Chunk::Size(n) => match (b as char).to_digit(16) {
+                Some(d) => Chunk::Size(n * 16 + u64::from(d)),
+                None if b == b'\r' => Chunk::SizeLf(n),
+                None => Chunk::Ext(n),
+            },
+            Chunk::Ext(n) if b == b'\r' => Chunk::SizeLf(n),
+            Chunk::Ext(n) => Chunk::Ext(n),
+            Chunk::SizeLf(0) => Chunk::Trailers,
+            Chunk::SizeLf(n) => Chunk::Data(n),
+            Chunk::Data(n) => {
+                i -= 1;
+                let take = (n.min((data.len() - i) as u64)) as usize;
+                body.extend_from_slice(&data[i..i + take]);
+                i += take;
+                if n == take as u64 { Chunk::DataCr } else { Chunk::Data(n - take as u64) }
+            }
+            Chunk::DataCr => Chunk::DataLf,
+            Chunk::DataLf => Chunk::Size(0),
+            Chunk::Trailers => {
+                trailer.push(b);
+                if trailer.as_slice() == b"\r\n" || trailer.ends_with(b"\r\n\r\n") {
+                    return (i, true);
+                }
+                Chunk::Trailers
+            }
+        };
+    }
+    (i, false)
+}
+
+/// The trailer section of a chunked response (the lines after the last
+/// chunk) as HTTP/2 trailers; none means a plain end of stream.
+fn trailers(raw: &[u8]) -> End {
+    let mut map = http::HeaderMap::new();
+    for line in raw.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(i) = line.iter().position(|b| *b == b':') else { continue };
+        let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(line[..i].trim_ascii()),
+            http::HeaderValue::from_bytes(line[i + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        map.append(n, v);
+    }
+    if map.is_empty() { End::Eos } else { End::Trailers(map) }
+}
+
+/// L7's view of TCP with HTTP/2 streams as virtual connections: see
+/// [`H2Front::wrap`].
+pub struct H2Tcp<'a, T: TcpApi> {
+    front: &'a mut H2Front,
+    tcp: &'a mut T,
+}
+
+impl<T: TcpApi> H2Tcp<'_, T> {
+    /// Pushes what L7 wrote on stream `v` towards the client.
+    fn kick(&mut self, v: ConnId) {
+        if let Some(conn) = self.front.streams.get(&v).map(|s| s.conn) {
+            let mut cx = Context::from_waker(Waker::noop());
+            self.front.push_response(v, &mut cx);
+            self.front.drive(conn, self.tcp);
+        }
+    }
+}
+
+impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
+    fn connect(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TcpError> {
+        self.tcp.connect(now, remote)
+    }
+
+    fn recv(&mut self, conn: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
+        if virtual_id(conn) {
+            let Some(st) = self.front.streams.get_mut(&conn) else {
+                return Err(TcpError::NoSuchConnection);
+            };
+            let n = buf.len().min(st.req.len());
+            buf[..n].copy_from_slice(&st.req[..n]);
+            st.req.drain(..n);
+            if n > 0 && st.recv.is_some() {
+                // Room again: read more of the request body.
+                let c = st.conn;
+                let mut cx = Context::from_waker(Waker::noop());
+                self.front.poll_stream(conn, &mut cx);
+                self.front.drive(c, self.tcp);
+            }
+            return Ok(n);
+        }
+        if let Some(stash) = self.front.stash.get_mut(&conn) {
+            let n = buf.len().min(stash.len());
+            buf[..n].copy_from_slice(&stash[..n]);
+            stash.drain(..n);
+            if stash.is_empty() {
+                self.front.stash.remove(&conn);
+            }
+            return Ok(n);
+        }
+        self.tcp.recv(conn, buf)
+    }
+
+    fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, TcpError> {
+        if !virtual_id(conn) {
+            return self.tcp.send(conn, data);
+        }
+        if !self.front.streams.contains_key(&conn) {
+            return Err(TcpError::NoSuchConnection);
+        }
+        let n = self.front.write_response(conn, data);
+        self.kick(conn);
+        Ok(n)
+    }
+
+    fn send_capacity(&self, conn: ConnId) -> usize {
+        if !virtual_id(conn) {
+            return self.tcp.send_capacity(conn);
+        }
+        self.front.streams.get(&conn).map_or(0, |s| RESP_BUF.saturating_sub(s.pending.len()))
+    }
+
+    fn send_queue(&self, conn: ConnId) -> usize {
+        if !virtual_id(conn) {
+            return self.tcp.send_queue(conn);
+        }
+        self.front.streams.get(&conn).map_or(0, |s| s.pending.len())
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if !virtual_id(conn) {
+            return self.tcp.close(conn);
+        }
+        let Some(st) = self.front.streams.get_mut(&conn) else { return };
+        match st.resp {
+            Resp::Body(Body::UntilClose) => {
+                st.resp = Resp::Done;
+                st.end = End::Eos;
+            }
+            Resp::Done => {}
+            _ => {
+                // Closed before a complete response: the stream cannot end
+                // well.
+                if let Some(s) = st.send.as_mut() {
+                    s.send_reset(Reason::INTERNAL_ERROR);
+                } else if let Some(r) = st.respond.as_mut() {
+                    r.send_reset(Reason::INTERNAL_ERROR);
+                }
+                st.pending.clear();
+                st.end = End::None;
+                self.front.stats.proxy_resets += 1;
+            }
+        }
+        // L7 forgets the connection at `Closed`; the stream stays until its
+        // response is out.
+        st.l7_closed = true;
+        self.front.events.push(TcpEvent::Closed { conn, reset: false });
+        self.kick(conn);
+    }
+
+    fn abort(&mut self, conn: ConnId) {
+        if !virtual_id(conn) {
+            return self.tcp.abort(conn);
+        }
+        let Some(st) = self.front.streams.get_mut(&conn) else { return };
+        if !matches!(st.resp, Resp::Done) || !st.pending.is_empty() {
+            if let Some(s) = st.send.as_mut() {
+                s.send_reset(Reason::INTERNAL_ERROR);
+            } else if let Some(r) = st.respond.as_mut() {
+                r.send_reset(Reason::INTERNAL_ERROR);
+            }
+            self.front.stats.proxy_resets += 1;
+        }
+        let c = st.conn;
+        self.front.stream_gone(conn);
+        self.front.drive(c, self.tcp);
+    }
+
+    fn state(&self, conn: ConnId) -> ConnState {
+        if !virtual_id(conn) {
+            return self.tcp.state(conn);
+        }
+        if self.front.streams.contains_key(&conn) {
+            ConnState::Established
+        } else {
+            ConnState::Closed
+        }
+    }
+
+    fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
+        if !virtual_id(conn) {
+            return self.tcp.peer(conn);
+        }
+        let st = self.front.streams.get(&conn)?;
+        self.front.conns.get(&st.conn).map(|c| c.peer)
+    }
+}
