@@ -1185,3 +1185,233 @@ fn upgrade_headers_are_hop_by_hop_unless_upgrading() {
         assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 502 "));
     }
 }
+
+mod h2_client {
+    //! An HTTP/2 client (the h2 crate) over the fake TCP: polled by hand
+    //! with a no-op waker, like the proxy's front.
+    use super::*;
+    use bytes::Bytes;
+    use std::cell::RefCell;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::rc::Rc;
+    use std::task::{Context, Poll, Waker};
+    use switchyard_l7::h2front::H2Front;
+
+    #[derive(Default)]
+    struct Bufs {
+        rx: Vec<u8>,
+        tx: Vec<u8>,
+    }
+    struct Pipe(Rc<RefCell<Bufs>>);
+    impl tokio::io::AsyncRead for Pipe {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let mut b = self.0.borrow_mut();
+            if b.rx.is_empty() {
+                return Poll::Pending;
+            }
+            let n = b.rx.len().min(buf.remaining());
+            buf.put_slice(&b.rx[..n]);
+            b.rx.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+    impl tokio::io::AsyncWrite for Pipe {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            d: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0.borrow_mut().tx.extend_from_slice(d);
+            Poll::Ready(Ok(d.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The proxy with its HTTP/2 front, and one HTTP/2 client connection.
+    pub struct H2 {
+        pub h: H,
+        pub front: H2Front,
+        pub conn: ConnId,
+        pipe: Rc<RefCell<Bufs>>,
+        pub client: h2::client::SendRequest<Bytes>,
+        connection: h2::client::Connection<Pipe, Bytes>,
+    }
+
+    impl H2 {
+        pub fn new() -> H2 {
+            let mut h = H::new();
+            let mut front = H2Front::new([3]);
+            let conn =
+                h.tcp.new_conn("198.18.0.101:40000".parse().unwrap(), ConnState::Established);
+            let accepted = TcpEvent::Accepted {
+                conn,
+                listener: 3,
+                peer: "198.18.0.101:40000".parse().unwrap(),
+                local: "198.18.0.10:80".parse().unwrap(),
+            };
+            assert!(front.on_event(h.now, accepted, &mut h.tcp).is_none(), "the front sniffs");
+            let pipe = Rc::new(RefCell::new(Bufs::default()));
+            let mut hs = Box::pin(h2::client::handshake(Pipe(pipe.clone())));
+            let mut cx = Context::from_waker(Waker::noop());
+            let (client, connection) = match hs.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(x)) => x,
+                _ => panic!("client handshake is immediate"),
+            };
+            let mut s = H2 { h, front, conn, pipe, client, connection };
+            s.run();
+            s
+        }
+
+        /// Moves bytes both ways and lets everyone act until nothing moves.
+        pub fn run(&mut self) {
+            let mut cx = Context::from_waker(Waker::noop());
+            for _ in 0..64 {
+                let _ = Pin::new(&mut self.connection).poll(&mut cx);
+                let out = std::mem::take(&mut self.pipe.borrow_mut().tx);
+                let sent = std::mem::take(&mut self.h.tcp.c(self.conn).sent);
+                let moved = !out.is_empty() || !sent.is_empty() || self.front.has_events();
+                self.pipe.borrow_mut().rx.extend_from_slice(&sent);
+                if !out.is_empty() {
+                    self.h.tcp.c(self.conn).to_l7.extend(out.iter().copied());
+                    self.event(TcpEvent::Readable { conn: self.conn });
+                }
+                self.relay();
+                if !moved {
+                    return;
+                }
+            }
+            panic!("no quiescence");
+        }
+
+        /// An event of the fake TCP, through the front to the proxy.
+        pub fn event(&mut self, ev: TcpEvent) {
+            let now = self.h.now;
+            if let Some(ev) = self.front.on_event(now, ev, &mut self.h.tcp) {
+                self.h.l7.on_event(now, ev, &mut self.front.wrap(&mut self.h.tcp));
+            }
+            self.relay();
+        }
+
+        fn relay(&mut self) {
+            let mut evs = Vec::new();
+            while self.front.has_events() {
+                self.front.take_events(&mut evs);
+                for ev in evs.drain(..) {
+                    self.h.l7.on_event(self.h.now, ev, &mut self.front.wrap(&mut self.h.tcp));
+                }
+            }
+        }
+
+        /// Backend bytes arriving on upstream connection `u`.
+        pub fn upstream_writes(&mut self, u: ConnId, bytes: &[u8]) {
+            self.h.tcp.c(u).to_l7.extend(bytes.iter().copied());
+            self.event(TcpEvent::Readable { conn: u });
+            self.run();
+        }
+
+        pub fn poll<T>(&mut self, f: &mut Pin<Box<impl Future<Output = T>>>) -> Option<T> {
+            self.run();
+            match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(x) => Some(x),
+                Poll::Pending => None,
+            }
+        }
+    }
+}
+
+/// HTTP/2 to HTTP/1.1: a request body and trailers become a chunked request;
+/// a chunked response with trailers (gRPC's `grpc-status`) becomes HTTP/2
+/// data and trailers; a stream the client resets aborts its upstream
+/// request, and the connection carries on.
+#[test]
+fn http2_streams_translate_bodies_and_trailers_both_ways() {
+    use bytes::Bytes;
+    let mut t = h2_client::H2::new();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://v/api/greeter.Greeter/SayHello")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = t.client.send_request(req, false).unwrap();
+    body.send_data(Bytes::from_static(b"hello "), false).unwrap();
+    body.send_data(Bytes::from_static(b"world"), false).unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    body.send_trailers(trailers).unwrap();
+    t.run();
+    let ups = t.h.accept_upstreams();
+    assert_eq!(ups.len(), 1);
+    t.run();
+    let up = String::from_utf8(t.h.take(ups[0])).unwrap();
+    assert!(up.starts_with("POST /api/greeter.Greeter/SayHello HTTP/1.1\r\n"), "{up}");
+    assert!(
+        up.contains("content-type: application/grpc\r\n") && up.contains("Host: v\r\n"),
+        "{up}"
+    );
+    assert!(!up.to_ascii_lowercase().contains("\r\nte:"), "TE is hop-by-hop: {up}");
+    assert!(up.contains("Transfer-Encoding: chunked\r\n"), "{up}");
+    assert!(
+        up.ends_with("\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\nx-checksum: abc\r\n\r\n"),
+        "{up}"
+    );
+    t.upstream_writes(
+        ups[0],
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n",
+    );
+    let mut resp = Box::pin(resp);
+    let resp = t.poll(&mut resp).expect("response").expect("ok");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    assert!(resp.headers().get("transfer-encoding").is_none());
+    let mut rb = resp.into_body();
+    let mut got = Vec::new();
+    loop {
+        let mut next = Box::pin(std::future::poll_fn(|cx| rb.poll_data(cx)));
+        match t.poll(&mut next) {
+            Some(Some(Ok(d))) => got.extend_from_slice(&d),
+            Some(None) => break,
+            other => panic!("body: {other:?}"),
+        }
+    }
+    assert_eq!(got, b"abcde");
+    let mut tr = Box::pin(std::future::poll_fn(|cx| rb.poll_trailers(cx)));
+    let tr = t.poll(&mut tr).expect("trailers").expect("ok").expect("some trailers");
+    assert_eq!(tr["grpc-status"], "0");
+    assert_eq!(tr["grpc-message"], "ok");
+
+    // A second stream, reset by the client while its request is upstream.
+    let req = http::Request::builder().uri("http://v/api/slow").body(()).unwrap();
+    let (_resp, mut s) = t.client.send_request(req, true).unwrap();
+    t.run();
+    let ups = t.h.accept_upstreams();
+    t.run();
+    assert!(header_block(&t.h.take(ups[0])).starts_with("GET /api/slow HTTP/1.1\r\n"));
+    s.send_reset(h2::Reason::CANCEL);
+    t.run();
+    assert!(t.h.tcp.c(ups[0]).aborted, "the reset stream's upstream request is aborted");
+    assert_eq!(t.front.stats().client_resets, 1);
+    // The connection still serves.
+    let req = http::Request::builder().uri("http://v/static/x").body(()).unwrap();
+    let (resp, _) = t.client.send_request(req, true).unwrap();
+    t.run();
+    let ups = t.h.accept_upstreams();
+    t.run();
+    t.h.take(ups[0]);
+    t.upstream_writes(ups[0], &response(b"fine", ""));
+    let mut resp = Box::pin(resp);
+    assert_eq!(t.poll(&mut resp).expect("response").expect("ok").status(), 200);
+    assert_eq!(t.front.stats().streams, 3);
+    assert_eq!(t.h.l7.listener_stats(3).unwrap().requests, 3);
+}
