@@ -1,107 +1,12 @@
 //! The proxy against an in-memory TCP: the test plays clients and origins byte
 //! by byte and checks what each side receives.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use switchyard_l7::*;
-use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpError, TcpEvent};
+use switchyard_stack::fake::FakeTcp;
+use switchyard_stack::tcp::{ConnId, ConnState, TcpEvent};
 use switchyard_stack::{Duration, Instant};
-
-struct Conn {
-    remote: SocketAddr,
-    state: Option<ConnState>,
-    to_l7: VecDeque<u8>,
-    sent: Vec<u8>,
-    window: usize,
-    closed: bool,
-    aborted: bool,
-}
-
-/// A TCP that moves bytes between the proxy and the test by hand.
-struct FakeTcp {
-    conns: HashMap<ConnId, Conn>,
-    next: u32,
-    connects: Vec<ConnId>,
-    refuse: bool,
-}
-
-impl FakeTcp {
-    fn new_conn(&mut self, remote: SocketAddr, state: ConnState) -> ConnId {
-        self.next += 1;
-        let id = ConnId { slot: self.next, generation: 0 };
-        self.conns.insert(
-            id,
-            Conn {
-                remote,
-                state: Some(state),
-                to_l7: VecDeque::new(),
-                sent: Vec::new(),
-                window: usize::MAX,
-                closed: false,
-                aborted: false,
-            },
-        );
-        id
-    }
-    fn c(&mut self, id: ConnId) -> &mut Conn {
-        self.conns.get_mut(&id).expect("conn")
-    }
-}
-
-impl TcpApi for FakeTcp {
-    fn connect(&mut self, _now: Instant, remote: SocketAddr) -> Result<ConnId, TcpError> {
-        if self.refuse {
-            return Err(TcpError::NoLocalPort);
-        }
-        let id = self.new_conn(remote, ConnState::Connecting);
-        self.connects.push(id);
-        Ok(id)
-    }
-    fn recv(&mut self, conn: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
-        let c = self.conns.get_mut(&conn).ok_or(TcpError::NoSuchConnection)?;
-        let n = buf.len().min(c.to_l7.len());
-        for (i, b) in c.to_l7.drain(..n).enumerate() {
-            buf[i] = b;
-        }
-        Ok(n)
-    }
-    fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, TcpError> {
-        let c = self.conns.get_mut(&conn).ok_or(TcpError::NoSuchConnection)?;
-        if c.closed || c.aborted {
-            return Err(TcpError::InvalidState);
-        }
-        let n = data.len().min(c.window.saturating_sub(c.sent.len()));
-        c.sent.extend_from_slice(&data[..n]);
-        Ok(n)
-    }
-    fn send_capacity(&self, conn: ConnId) -> usize {
-        self.conns.get(&conn).map_or(0, |c| c.window.saturating_sub(c.sent.len()))
-    }
-    fn send_queue(&self, _conn: ConnId) -> usize {
-        0
-    }
-    fn close(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.closed = true;
-        }
-    }
-    fn abort(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.aborted = true;
-        }
-    }
-    fn state(&self, conn: ConnId) -> ConnState {
-        match self.conns.get(&conn) {
-            Some(c) if c.closed || c.aborted => ConnState::Closed,
-            Some(c) => c.state.unwrap_or(ConnState::Closed),
-            None => ConnState::Closed,
-        }
-    }
-    fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
-        self.conns.get(&conn).map(|c| c.remote)
-    }
-}
 
 struct H {
     l7: L7,
@@ -154,11 +59,7 @@ impl H {
             limits: Limits::default(),
         };
         change(&mut cfg);
-        H {
-            l7: L7::new(cfg).unwrap(),
-            tcp: FakeTcp { conns: HashMap::new(), next: 0, connects: Vec::new(), refuse: false },
-            now: Instant::from_secs(1),
-        }
+        H { l7: L7::new(cfg).unwrap(), tcp: FakeTcp::default(), now: Instant::from_secs(1) }
     }
 
     fn ev(&mut self, ev: TcpEvent) {

@@ -5,6 +5,8 @@
 //! sharded interfaces.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod health;
 pub mod neighbor;
 pub mod tcp;
