@@ -126,6 +126,7 @@ struct RawListener {
     on_backend_down: Option<Spanned<String>>,
     tls: Option<Spanned<RawTls>>,
     http2: Option<Spanned<bool>>,
+    client_cert_header: Option<Spanned<String>>,
     #[serde(default)]
     route: Vec<RawRoute>,
 }
@@ -136,6 +137,9 @@ struct RawTls {
     cert: Option<String>,
     key: Option<String>,
     certificates: Option<Vec<RawCertPair>>,
+    min_version: Option<String>,
+    client_ca: Option<String>,
+    client_auth: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +171,7 @@ struct RawRoute {
     remove_response_headers: Option<Spanned<Vec<String>>>,
     path_regex: Option<Spanned<String>>,
     header_regex: Option<Spanned<String>>,
+    client_subject: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -387,6 +392,9 @@ pub enum Mode {
         tls: Option<std::sync::Arc<switchyard_tls::ServerConfig>>,
         /// Serve HTTP/2 too (prior knowledge, or ALPN `h2` over TLS).
         http2: bool,
+        /// The verified client certificate's subject goes upstream in this
+        /// header (mutual TLS).
+        client_cert_header: Option<String>,
     },
 }
 
@@ -896,6 +904,15 @@ impl Cx<'_> {
                         if let Some(p) = &r.path_regex {
                             route.path_regex = Some(regex(p, p.get_ref())?);
                         }
+                        if let Some(p) = &r.client_subject {
+                            if l.tls.as_ref().is_none_or(|t| t.get_ref().client_ca.is_none()) {
+                                return Err(self.at(
+                                    p,
+                                    "matching the client certificate needs `client_ca` in the listener's `tls`",
+                                ));
+                            }
+                            route.client_subject = Some(regex(p, p.get_ref())?);
+                        }
                         if let Some(h) = &r.header_regex {
                             let Some((name, re)) = h.get_ref().split_once(':') else {
                                 return Err(self.at(h, "a header regex is `Name: regex`"));
@@ -958,17 +975,61 @@ impl Cx<'_> {
                                     ));
                                 }
                             }
-                            let mut cfg = switchyard_tls::server_config_sni(&pairs)
-                                .map_err(|e| self.at(t, e.to_string()))?;
-                            if l.http2.as_ref().is_some_and(|h| !*h.get_ref()) {
-                                std::sync::Arc::make_mut(&mut cfg).alpn_protocols =
-                                    vec![b"http/1.1".to_vec()];
+                            let mut opts = switchyard_tls::TlsOptions::default();
+                            match raw.min_version.as_deref() {
+                                None | Some("1.2") => {}
+                                Some("1.3") => opts.tls13_only = true,
+                                Some(v) => {
+                                    return Err(self.at(
+                                        t,
+                                        format!("min_version `{v}`: expected \"1.2\" or \"1.3\""),
+                                    ));
+                                }
                             }
-                            Some(cfg)
+                            opts.client_ca = raw.client_ca.as_ref().map(|c| dir.join(c));
+                            opts.client_cert_required = match raw.client_auth.as_deref() {
+                                None | Some("required") => true,
+                                Some("optional") => false,
+                                Some(v) => {
+                                    return Err(self.at(
+                                        t,
+                                        format!("client_auth `{v}`: expected \"required\" or \"optional\""),
+                                    ));
+                                }
+                            };
+                            if raw.client_auth.is_some() && raw.client_ca.is_none() {
+                                return Err(self.at(t, "`client_auth` needs `client_ca`"));
+                            }
+                            if l.http2.as_ref().is_some_and(|h| !*h.get_ref()) {
+                                opts.alpn = Some(vec![b"http/1.1".to_vec()]);
+                            }
+                            Some(
+                                switchyard_tls::server_config_with(&pairs, &opts)
+                                    .map_err(|e| self.at(t, e.to_string()))?,
+                            )
                         }
                     };
                     let http2 = l.http2.as_ref().is_none_or(|h| *h.get_ref());
-                    Mode::L7 { routes, tls, http2 }
+                    let client_cert_header = match &l.client_cert_header {
+                        None => None,
+                        Some(h) => {
+                            let ok = !h.get_ref().is_empty()
+                                && h.get_ref()
+                                    .bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                            if !ok {
+                                return Err(self.at(h, "not a header name"));
+                            }
+                            if l.tls.as_ref().is_none_or(|t| t.get_ref().client_ca.is_none()) {
+                                return Err(self.at(
+                                    h,
+                                    "a client certificate header needs `client_ca` in the listener's `tls`",
+                                ));
+                            }
+                            Some(h.get_ref().clone())
+                        }
+                    };
+                    Mode::L7 { routes, tls, http2, client_cert_header }
                 }
                 other => {
                     return Err(self.at(&l.mode, format!("mode `{other}`: expected `l4` or `l7`")));
@@ -1597,6 +1658,36 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         let e = Config::parse(file, &l4).unwrap_err();
         assert!(e.to_string().contains("L4 passes it through"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_versions_and_client_certificate_keys_are_checked() {
+        let with = |tls: &str| {
+            BASE.replace(
+                "address = \"198.18.0.10:80\"\n",
+                &format!("address = \"198.18.0.10:80\"\ntls = {{ cert = \"a.pem\", key = \"a.key\", {tls} }}\n"),
+            )
+        };
+        let e = err(&with("min_version = \"1.1\""));
+        assert!(e.message.contains("expected \"1.2\" or \"1.3\""), "{e}");
+        let e = err(&with("client_auth = \"optional\""));
+        assert!(e.message.contains("`client_auth` needs `client_ca`"), "{e}");
+        let e = err(&with("client_auth = \"sometimes\", client_ca = \"ca.pem\""));
+        assert!(e.message.contains("expected \"required\" or \"optional\""), "{e}");
+        let e = err(&BASE.replace(
+            "address = \"198.18.0.10:80\"\n",
+            "address = \"198.18.0.10:80\"\nclient_cert_header = \"X-Client-Subject\"\n",
+        ));
+        assert_eq!(e.key, "listener[1].client_cert_header", "{e}");
+        assert!(e.message.contains("needs `client_ca`"), "{e}");
+        let e = err(&BASE.replace(
+            "  pool = \"db\"\n\n[[pool]]",
+            "  pool = \"db\"\n  client_subject = \"CN=admin\"\n\n[[pool]]",
+        ));
+        assert!(
+            e.key.ends_with("client_subject") && e.message.contains("needs `client_ca`"),
+            "{e}"
+        );
     }
 
     #[test]

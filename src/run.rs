@@ -192,13 +192,25 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
         let hs: Vec<String> =
             t.handshakes.iter().map(|((v, g), n)| format!("{v} {g}: {n}")).collect();
         println!(
-            "tls: handshakes [{}], resumed {}, failed {}, abandoned {}, engine steps {}",
+            "tls: handshakes [{}], resumed {}, failed {}, abandoned {}, timeouts {}, client certificates {}, engine steps {}",
             hs.join(", "),
             t.resumed,
             t.failed,
             t.abandoned,
+            t.timeouts,
+            t.client_certificates,
             t.engine_steps
         );
+        let alerts = |m: &std::collections::BTreeMap<String, u64>| {
+            m.iter().map(|(a, n)| format!("{a} {n}")).collect::<Vec<_>>().join(", ")
+        };
+        if !t.alerts_sent.is_empty() || !t.alerts_received.is_empty() {
+            println!(
+                "tls alerts: sent [{}], received [{}]",
+                alerts(&t.alerts_sent),
+                alerts(&t.alerts_received)
+            );
+        }
     }
     let h = dp.h2.stats();
     if h.connections > 0 {

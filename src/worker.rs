@@ -145,7 +145,7 @@ impl Dataplane {
                         on_backend_down: *on_backend_down,
                     });
                 }
-                Mode::L7 { routes, tls, http2 } => {
+                Mode::L7 { routes, tls, http2, client_cert_header } => {
                     if *http2 {
                         h2_listeners.push(id);
                     }
@@ -158,6 +158,7 @@ impl Dataplane {
                         name: l.name.clone(),
                         routes: routes.clone(),
                         tls: tls.is_some(),
+                        client_cert_header: client_cert_header.clone(),
                     });
                 }
             }
@@ -358,7 +359,7 @@ impl Dataplane {
             }
         }
         // Handshakes the engine finished: their connections reach L7 now.
-        tls.poll(stack.tcp(), tls_events);
+        tls.poll(now, stack.tcp(), tls_events);
         for ev in tls_events.drain(..) {
             if let Some(ev) = h2.on_event(now, ev, &mut tls.wrap(stack.tcp())) {
                 l7.on_event(now, ev, &mut h2.wrap(&mut tls.wrap(stack.tcp())));

@@ -1030,6 +1030,13 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
         }
     }
 
+    fn client_identity(&self, conn: ConnId) -> Option<&str> {
+        if !virtual_id(conn) {
+            return self.tcp.client_identity(conn);
+        }
+        self.front.streams.get(&conn).and_then(|s| self.tcp.client_identity(s.conn))
+    }
+
     fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
         if !virtual_id(conn) {
             return self.tcp.peer(conn);

@@ -147,6 +147,10 @@ pub struct Route {
     pub header: Option<(String, Option<String>)>,
     /// A header whose value must match a regular expression.
     pub header_regex: Option<(String, regex::Regex)>,
+    /// The verified client certificate's subject (mutual TLS) must match
+    /// this regular expression; without a certificate the route does not
+    /// match.
+    pub client_subject: Option<regex::Regex>,
     /// A cookie (RFC 6265) that must be present, with this exact value if given.
     pub cookie: Option<(String, Option<String>)>,
     /// A query parameter that must be present, with this exact (undecoded)
@@ -186,8 +190,20 @@ pub struct FixedResponse {
 }
 
 impl Route {
-    /// Whether a request matches the route.
-    pub fn matches(&self, method: &str, path: &str, headers: &[httparse::Header<'_>]) -> bool {
+    /// Whether a request matches the route; `subject` is its connection's
+    /// verified client certificate subject, if any.
+    pub fn matches(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[httparse::Header<'_>],
+        subject: Option<&str>,
+    ) -> bool {
+        if let Some(re) = &self.client_subject
+            && !subject.is_some_and(|s| re.is_match(s))
+        {
+            return false;
+        }
         let path_with_query = path;
         let path = path.split('?').next().unwrap_or(path);
         if !path.starts_with(self.path_prefix.as_str()) {
@@ -289,7 +305,7 @@ fn host_without_port(h: &str) -> &str {
 }
 
 /// One L7 listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ListenerConfig {
     /// The listener's id, the same in every layer.
     pub id: ListenerId,
@@ -300,6 +316,10 @@ pub struct ListenerConfig {
     /// Clients reach it over TLS (terminated in front of L7): requests go
     /// upstream with `X-Forwarded-Proto: https`.
     pub tls: bool,
+    /// Requests go upstream with the verified client certificate's subject
+    /// (mutual TLS) in this header; a client's own header of that name is
+    /// always removed.
+    pub client_cert_header: Option<String>,
 }
 
 /// Limits of the proxy.
@@ -639,6 +659,8 @@ struct Listener {
     cfg: ListenerConfig,
     stats: ListenerStats,
     routes: Vec<RouteStats>,
+    /// The client certificate subject is used (a header or a route match).
+    wants_identity: bool,
 }
 
 /// The L7 proxy of one worker.
@@ -676,7 +698,14 @@ impl L7 {
                 return Err(L7Error::DuplicateListener(l.id));
             }
             let routes = l.routes.iter().map(|_| RouteStats::new()).collect();
-            listeners.push(Listener { cfg: l, stats: ListenerStats::default(), routes });
+            let wants_identity = l.client_cert_header.is_some()
+                || l.routes.iter().any(|r| r.client_subject.is_some());
+            listeners.push(Listener {
+                cfg: l,
+                stats: ListenerStats::default(),
+                routes,
+                wants_identity,
+            });
         }
         let pools: Vec<Pool> = cfg
             .pools
@@ -971,11 +1000,16 @@ impl L7 {
         };
         let li = x.listener;
         let method = req.method.unwrap_or("GET");
+        let subject: Option<String> = if self.listeners[li].wants_identity {
+            tcp.client_identity(x.conn).map(str::to_string)
+        } else {
+            None
+        };
         let Some(ri) = self.listeners[li]
             .cfg
             .routes
             .iter()
-            .position(|r| r.matches(method, path_only, req.headers))
+            .position(|r| r.matches(method, path_only, req.headers, subject.as_deref()))
         else {
             self.reject(s, Reject::NoRoute, tcp);
             return;
@@ -1019,6 +1053,7 @@ impl L7 {
             _ => head.extend_from_slice(path.as_bytes()),
         }
         head.extend_from_slice(b" HTTP/1.1\r\n");
+        let cert_header = self.listeners[li].cfg.client_cert_header.as_deref();
         // Headers the client's Connection names are for this hop only
         // (RFC 9110 7.6.1), Upgrade too unless the request upgrades.
         let named = |n: &str| {
@@ -1040,6 +1075,7 @@ impl L7 {
                 || n.eq_ignore_ascii_case("x-forwarded-proto")
                 || n.eq_ignore_ascii_case("forwarded")
                 || route.remove_request_headers.iter().any(|r| r.eq_ignore_ascii_case(n))
+                || cert_header.is_some_and(|c| c.eq_ignore_ascii_case(n))
                 || route.set_request_headers.iter().any(|(r, _)| r.eq_ignore_ascii_case(n))
             {
                 continue;
@@ -1054,6 +1090,16 @@ impl L7 {
             head.extend_from_slice(b": ");
             head.extend_from_slice(v.as_bytes());
             head.extend_from_slice(b"\r\n");
+        }
+        if let (Some(h), Some(subject)) = (cert_header, &subject) {
+            // RFC 4514 strings are printable; anything else is dropped rather
+            // than risk a header injection.
+            if subject.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                head.extend_from_slice(h.as_bytes());
+                head.extend_from_slice(b": ");
+                head.extend_from_slice(subject.as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
         }
         // Who asked, as the de facto headers and as RFC 7239 `Forwarded`
         // (IPv6 quoted and bracketed, section 6). Written straight into the

@@ -30,6 +30,7 @@ impl H {
                 id: 3,
                 name: "web".into(),
                 tls: false,
+                client_cert_header: None,
                 routes: vec![
                     Route { path_prefix: "/api/".into(), pool: 0, ..Route::default() },
                     Route { path_prefix: "/one/".into(), pool: 2, ..Route::default() },
@@ -517,7 +518,12 @@ fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
     ];
     let mut h = H::new();
     let cfg = L7Config {
-        listeners: vec![ListenerConfig { id: 3, name: "web".into(), routes, tls: false }],
+        listeners: vec![ListenerConfig {
+            id: 3,
+            name: "web".into(),
+            routes,
+            ..ListenerConfig::default()
+        }],
         pools: vec![
             PoolConfig {
                 name: "api".into(),
@@ -628,6 +634,7 @@ fn routes_rewrite_path_and_request_headers() {
             id: 3,
             name: "web".into(),
             tls: false,
+            client_cert_header: None,
             routes: vec![Route {
                 path_prefix: "/api/".into(),
                 pool: 0,
@@ -1315,4 +1322,42 @@ fn http2_streams_translate_bodies_and_trailers_both_ways() {
     assert_eq!(t.poll(&mut resp).expect("response").expect("ok").status(), 200);
     assert_eq!(t.front.stats().streams, 3);
     assert_eq!(t.h.l7.listener_stats(3).unwrap().requests, 3);
+}
+
+/// Mutual TLS: the verified subject goes upstream in the configured header
+/// (a client's own header of that name never does), and routes match on it.
+#[test]
+fn client_certificate_subject_is_passed_on_and_routed_on() {
+    let mut h = H::with(|c| {
+        c.listeners[0].tls = true;
+        c.listeners[0].client_cert_header = Some("X-Client-Subject".into());
+        c.listeners[0].routes.insert(
+            0,
+            Route {
+                path_prefix: "/api/".into(),
+                client_subject: Some(regex::Regex::new("CN=admin-").unwrap()),
+                pool: 2,
+                ..Route::default()
+            },
+        );
+    });
+    let ask = |h: &mut H, subject: Option<&str>| -> (String, String) {
+        let c = h.client();
+        if let Some(s) = subject {
+            h.tcp.identities.insert(c, s.into());
+        }
+        h.write(c, b"GET /api/x HTTP/1.1\r\nHost: v\r\nX-Client-Subject: CN=forged\r\n\r\n");
+        let u = h.accept_upstreams().pop().expect("an upstream");
+        (h.tcp.c(u).remote.to_string(), header_block(&h.take(u)))
+    };
+    let (to, up) = ask(&mut h, Some("O=Example, CN=admin-ann"));
+    assert_eq!(to, "198.18.0.51:8080", "admin route by subject");
+    assert!(up.contains("X-Client-Subject: O=Example, CN=admin-ann\r\n"), "{up}");
+    assert!(!up.contains("forged") && up.contains("X-Forwarded-Proto: https\r\n"), "{up}");
+    let (to, up) = ask(&mut h, Some("CN=bob"));
+    assert_eq!(to, API_1);
+    assert!(up.contains("X-Client-Subject: CN=bob\r\n") && !up.contains("forged"), "{up}");
+    let (to, up) = ask(&mut h, None);
+    assert_eq!(to, API_2, "no certificate: not the admin route");
+    assert!(!up.contains("X-Client-Subject"), "{up}");
 }

@@ -39,6 +39,8 @@ pub struct FakeTcp {
     pub connects: Vec<ConnId>,
     /// `connect` fails at once.
     pub refuse: bool,
+    /// Client certificate subjects, as a TLS layer would report them.
+    pub identities: HashMap<ConnId, String>,
 }
 
 impl FakeTcp {
@@ -125,6 +127,10 @@ impl TcpApi for FakeTcp {
             None => ConnState::Closed,
         }
     }
+    fn client_identity(&self, conn: ConnId) -> Option<&str> {
+        self.identities.get(&conn).map(String::as_str)
+    }
+
     fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
         self.conns.get(&conn).map(|c| c.remote)
     }

@@ -123,4 +123,10 @@ pub trait TcpApi {
     fn state(&self, conn: ConnId) -> ConnState;
     /// The remote address of a connection.
     fn peer(&self, conn: ConnId) -> Option<SocketAddr>;
+    /// The subject of the certificate the client presented and a TLS layer
+    /// verified (mutual TLS), as an RFC 4514 string; `None` without one.
+    fn client_identity(&self, conn: ConnId) -> Option<&str> {
+        let _ = conn;
+        None
+    }
 }

@@ -151,10 +151,26 @@ pub enum TlsError {
 }
 
 /// A server configuration from a PEM certificate chain and a PEM private key,
-/// offering ALPN `http/1.1`. TLS 1.3 and 1.2; key exchange prefers the
-/// post-quantum hybrid X25519MLKEM768, with classical groups as fallback.
+/// offering ALPN `h2` and `http/1.1`. TLS 1.3 and 1.2; key exchange prefers
+/// the post-quantum hybrid X25519MLKEM768, with classical groups as fallback.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     server_config_sni(&[(cert.to_path_buf(), key.to_path_buf())])
+}
+
+/// How a listener's TLS differs from the defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Offer TLS 1.3 only (no TLS 1.2).
+    pub tls13_only: bool,
+    /// Ask clients for a certificate signed by one of the CAs in this PEM
+    /// file (mutual TLS).
+    pub client_ca: Option<std::path::PathBuf>,
+    /// With `client_ca`: a client without a certificate is refused
+    /// (`certificate_required`); otherwise it is let in without an identity.
+    pub client_cert_required: bool,
+    /// ALPN protocols offered, in preference order (default `h2`,
+    /// `http/1.1`).
+    pub alpn: Option<Vec<Vec<u8>>>,
 }
 
 /// Like [`server_config`] with several certificates: each handshake gets the
@@ -164,6 +180,14 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 pub fn server_config_sni(
     pairs: &[(std::path::PathBuf, std::path::PathBuf)],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with(pairs, &TlsOptions::default())
+}
+
+/// Like [`server_config_sni`], with `opts`.
+pub fn server_config_with(
+    pairs: &[(std::path::PathBuf, std::path::PathBuf)],
+    opts: &TlsOptions,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut certs = Vec::new();
     for (cert, key) in pairs {
@@ -172,13 +196,36 @@ pub fn server_config_sni(
     if certs.is_empty() {
         return Err(TlsError::File { path: String::new(), reason: "no certificate given".into() });
     }
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::File { path: String::new(), reason: e.to_string() })?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { certs }));
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if opts.tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| TlsError::File { path: String::new(), reason: e.to_string() })?;
+    let builder = match &opts.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let file_err =
+                |reason: String| TlsError::File { path: ca.display().to_string(), reason };
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(e.to_string()))? {
+                let c = c.map_err(|e| file_err(e.to_string()))?;
+                roots.add(c).map_err(|e| file_err(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(file_err("no CA certificate in the file".into()));
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let v = if opts.client_cert_required { v } else { v.allow_unauthenticated() };
+            builder.with_client_cert_verifier(v.build().map_err(|e| file_err(e.to_string()))?)
+        }
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
     // HTTP/2 first when the client offers both (RFC 7301: the server picks).
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols =
+        opts.alpn.clone().unwrap_or_else(|| vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     // Resumption: TLS 1.3 tickets (two per handshake) and TLS 1.2 session
     // IDs, both backed by a server-side cache of 8,192 sessions.
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);
@@ -259,7 +306,48 @@ pub struct TlsStats {
     pub engine_steps: u64,
     /// Times the engine queue was full (the step then waits for the next turn).
     pub engine_full: u64,
+    /// Handshakes not finished within [`HANDSHAKE_TIMEOUT`] (reset).
+    pub timeouts: u64,
+    /// Fatal alerts sent, by description (`BadRecordMac`, `UnknownCa`, ...).
+    pub alerts_sent: std::collections::BTreeMap<String, u64>,
+    /// Fatal alerts received from clients, by description.
+    pub alerts_received: std::collections::BTreeMap<String, u64>,
+    /// Handshakes that verified a client certificate.
+    pub client_certificates: u64,
 }
+
+impl TlsStats {
+    /// Counts the alert that ends a connection with `e`: received from the
+    /// peer, or the one rustls sends for it (RFC 8446 6.2).
+    fn alert(&mut self, e: &rustls::Error) {
+        use rustls::AlertDescription as A;
+        let (received, desc) = match e {
+            rustls::Error::AlertReceived(d) => (true, *d),
+            rustls::Error::InvalidMessage(m) => (false, A::from(*m)),
+            rustls::Error::InvalidCertificate(c) => (false, A::from(c.clone())),
+            rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. } => (false, A::UnexpectedMessage),
+            rustls::Error::NoCertificatesPresented => (false, A::CertificateRequired),
+            rustls::Error::DecryptError => (false, A::BadRecordMac),
+            rustls::Error::NoApplicationProtocol => (false, A::NoApplicationProtocol),
+            rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::Tls12NotOffered
+                | rustls::PeerIncompatible::Tls12NotOfferedOrEnabled
+                | rustls::PeerIncompatible::SupportedVersionsExtensionRequired
+                | rustls::PeerIncompatible::Tls13RequiredForQuic,
+            ) => (false, A::ProtocolVersion),
+            rustls::Error::PeerIncompatible(_) => (false, A::HandshakeFailure),
+            rustls::Error::PeerMisbehaved(_) => (false, A::IllegalParameter),
+            _ => (false, A::InternalError),
+        };
+        let map = if received { &mut self.alerts_received } else { &mut self.alerts_sent };
+        *map.entry(format!("{desc:?}")).or_default() += 1;
+    }
+}
+
+/// A handshake not complete this long after the connection was accepted is
+/// reset: a client that stalls (or trickles) holds no state for longer.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a client sent before its handshake is at most this long.
 const MAX_HANDSHAKE_INPUT: usize = 64 * 1024;
@@ -284,6 +372,8 @@ struct Conn {
     closing: bool,
     /// The peer sent FIN while the engine had the handshake.
     peer_closed: bool,
+    /// The verified client certificate's subject (mutual TLS).
+    identity: Option<String>,
 }
 
 /// TLS termination for the listeners that have certificates.
@@ -299,6 +389,11 @@ pub struct Tls {
     refused: Vec<ConnId>,
     /// Handshake steps submitted and not yet collected.
     in_engine: usize,
+    /// Connections accepted since the last `poll`, whose handshake deadline
+    /// starts there.
+    accepted: Vec<ConnId>,
+    /// Handshake deadlines in order.
+    deadlines: std::collections::VecDeque<(Instant, ConnId)>,
 }
 
 fn tag(c: ConnId) -> u64 {
@@ -324,6 +419,8 @@ impl Tls {
             flush: Vec::new(),
             refused: Vec::new(),
             in_engine: 0,
+            accepted: Vec::new(),
+            deadlines: std::collections::VecDeque::new(),
         }
     }
 
@@ -359,8 +456,10 @@ impl Tls {
                         out: Vec::new(),
                         closing: false,
                         peer_closed: false,
+                        identity: None,
                     },
                 );
+                self.accepted.push(conn);
                 self.read_handshake(conn, tcp);
                 None
             }
@@ -452,15 +551,32 @@ impl Tls {
     /// Collects finished handshake steps and flushes pending ciphertext;
     /// events for L7 (a TLS connection's `Accepted`, then `Readable`) go to
     /// `out`.
-    pub fn poll<T: TcpApi>(&mut self, tcp: &mut T, out: &mut Vec<TcpEvent>) {
+    pub fn poll<T: TcpApi>(&mut self, now: Instant, tcp: &mut T, out: &mut Vec<TcpEvent>) {
+        // Handshake deadlines: set at the first poll after acceptance, then
+        // enforced in order.
+        for id in self.accepted.drain(..) {
+            self.deadlines.push_back((now + HANDSHAKE_TIMEOUT.into(), id));
+        }
+        while let Some(&(at, id)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self.conns.get(&id).is_some_and(|c| matches!(c.state, State::Handshake { .. })) {
+                self.stats.timeouts += 1;
+                self.conns.remove(&id);
+                tcp.abort(id);
+            }
+        }
         while let Some(Job { tag: t, work }) = self.engine.poll() {
             self.in_engine -= 1;
             let id = untag(t);
             let Some(c) = self.conns.get_mut(&id) else { continue };
             c.out.extend_from_slice(&work.output);
-            if let Some(_e) = work.error {
+            if let Some(e) = work.error {
                 // The alert rustls wrote goes out, then the connection closes.
                 self.stats.failed += 1;
+                self.stats.alert(&e);
                 c.closing = true;
                 c.state = State::Handshake { conn: None, input: Vec::new() };
                 self.flush_one(id, tcp);
@@ -490,6 +606,14 @@ impl Tls {
             *self.stats.handshakes.entry((version, group)).or_default() += 1;
             if sc.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                 self.stats.resumed += 1;
+            }
+            // Mutual TLS: the verified client certificate's subject, for
+            // routing and for the backends.
+            if let Some(der) = sc.peer_certificates().and_then(|c| c.first()) {
+                self.stats.client_certificates += 1;
+                c.identity = x509_parser::parse_x509_certificate(der)
+                    .ok()
+                    .map(|(_, cert)| cert.subject().to_string());
             }
             let leftover = match std::mem::replace(&mut c.state, State::Ready(sc)) {
                 State::Handshake { input, .. } => input,
@@ -529,7 +653,14 @@ impl Tls {
     /// When `poll` next has work: at once while handshakes are in the engine
     /// or waiting for room in it, or ciphertext waits for TCP room.
     pub fn poll_at(&self, now: Instant) -> Option<Instant> {
-        (self.in_engine > 0 || !self.refused.is_empty() || !self.flush.is_empty()).then_some(now)
+        let busy = self.in_engine > 0
+            || !self.refused.is_empty()
+            || !self.flush.is_empty()
+            || !self.accepted.is_empty();
+        if busy {
+            return Some(now);
+        }
+        self.deadlines.front().map(|(at, _)| *at)
     }
 
     /// Sends what ciphertext TCP takes; closes a closing connection once all
@@ -598,10 +729,14 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
             }
             let mut rd = &scratch[..n];
             while !rd.is_empty() {
-                let ok = sc.read_tls(&mut rd).is_ok() && sc.process_new_packets().is_ok();
-                if !ok {
+                let res = match sc.read_tls(&mut rd) {
+                    Ok(_) => sc.process_new_packets().map(|_| ()),
+                    Err(e) => Err(rustls::Error::General(e.to_string())),
+                };
+                if let Err(e) = res {
                     // A bad record: rustls queued its alert; send it and reset.
                     stats.failed += 1;
+                    stats.alert(&e);
                     let mut alert = Vec::new();
                     let _ = sc.write_tls(&mut alert);
                     let _ = self.tcp.send(conn, &alert);
@@ -656,6 +791,13 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
 
     fn state(&self, conn: ConnId) -> ConnState {
         self.tcp.state(conn)
+    }
+
+    fn client_identity(&self, conn: ConnId) -> Option<&str> {
+        match self.tls.conns.get(&conn) {
+            Some(c) => c.identity.as_deref(),
+            None => self.tcp.client_identity(conn),
+        }
     }
 
     fn peer(&self, conn: ConnId) -> Option<std::net::SocketAddr> {

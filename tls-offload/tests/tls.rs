@@ -1,0 +1,461 @@
+//! TLS termination against real rustls clients over an in-memory TCP:
+//! versions, SNI, ALPN, resumption, mutual TLS, and bad input (garbage,
+//! truncated and oversized ClientHellos, a record with a bad MAC, a handshake
+//! that never finishes), each with the alert the client sees and the counter
+//! that moves.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{AlertDescription, ClientConfig, ClientConnection};
+use switchyard_stack::fake::FakeTcp;
+use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpEvent};
+use switchyard_stack::{Duration, Instant};
+use switchyard_tls::{SoftwareEngine, Tls, TlsOptions, server_config_with};
+
+/// A CA, and certificates it signs, written as PEM files for the server side.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+struct Issued {
+    der: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, format!("{name} CA"));
+        let ca = p.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate for `names` with common name `cn`, valid now unless
+    /// `expired`.
+    fn issue(&self, file: &str, cn: &str, names: &[&str], expired: bool) -> Issued {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name.push(DnType::OrganizationName, "Switchyard Test");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let (cert_path, key_path) =
+            (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Issued {
+            der: cert.der().clone(),
+            key: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            cert_path,
+            key_path,
+        }
+    }
+
+    fn roots(&self) -> rustls::RootCertStore {
+        let mut r = rustls::RootCertStore::empty();
+        r.add(self.ca.der().clone()).unwrap();
+        r
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn client_config(
+    pki: &Pki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    client_cert: Option<&Issued>,
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let b = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(pki.roots());
+    let mut c = match client_cert {
+        Some(i) => b.with_client_auth_cert(vec![i.der.clone()], i.key.clone_key()).unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(c)
+}
+
+const LISTENER: u16 = 7;
+
+/// The TLS layer on a fake TCP; the test plays the clients and L7.
+struct T {
+    tls: Tls,
+    tcp: FakeTcp,
+    now: Instant,
+    /// Events TLS handed to L7.
+    l7: Vec<TcpEvent>,
+    /// Plaintext each client has received.
+    received: std::collections::HashMap<ConnId, Vec<u8>>,
+}
+
+impl T {
+    fn new(pairs: &[&Issued], opts: TlsOptions) -> T {
+        let pairs: Vec<(PathBuf, PathBuf)> =
+            pairs.iter().map(|i| (i.cert_path.clone(), i.key_path.clone())).collect();
+        let cfg = server_config_with(&pairs, &opts).unwrap();
+        T {
+            tls: Tls::new(vec![(LISTENER, cfg)], SoftwareEngine::new(1, 64)),
+            tcp: FakeTcp::default(),
+            now: Instant::from_secs(1),
+            l7: Vec::new(),
+            received: Default::default(),
+        }
+    }
+
+    fn accept(&mut self) -> ConnId {
+        let peer = "198.18.0.101:40000".parse().unwrap();
+        let c = self.tcp.new_conn(peer, ConnState::Established);
+        let ev = TcpEvent::Accepted {
+            conn: c,
+            listener: LISTENER,
+            peer,
+            local: "198.18.0.10:443".parse().unwrap(),
+        };
+        assert!(self.tls.on_event(ev, &mut self.tcp).is_none(), "L7 waits for the handshake");
+        c
+    }
+
+    fn event(&mut self, ev: TcpEvent) {
+        if let Some(ev) = self.tls.on_event(ev, &mut self.tcp) {
+            self.l7.push(ev);
+        }
+    }
+
+    /// Lets the engine finish what it has.
+    fn settle(&mut self) {
+        for _ in 0..2000 {
+            let mut out = Vec::new();
+            self.tls.poll(self.now, &mut self.tcp, &mut out);
+            self.l7.extend(out);
+            if self.tls.poll_at(self.now) != Some(self.now) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        panic!("the engine never finished");
+    }
+
+    /// Moves bytes between `client` and connection `c` until neither side
+    /// has more. Returns the client's error, if it failed.
+    fn pump(&mut self, c: ConnId, client: &mut ClientConnection) -> Option<rustls::Error> {
+        for _ in 0..64 {
+            let mut moved = false;
+            let mut out = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut out).unwrap();
+            }
+            if !out.is_empty() && !self.tcp.c(c).closed && !self.tcp.c(c).aborted {
+                self.tcp.peer_sends(c, &out);
+                self.event(TcpEvent::Readable { conn: c });
+                moved = true;
+            }
+            self.settle();
+            let back = self.tcp.take(c);
+            if !back.is_empty() {
+                moved = true;
+                let mut rd = &back[..];
+                while !rd.is_empty() {
+                    client.read_tls(&mut rd).expect("client takes the records");
+                    if let Err(e) = client.process_new_packets() {
+                        return Some(e);
+                    }
+                    // Plaintext out, so the client's buffer never fills.
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = client.reader().read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        self.received.entry(c).or_default().extend_from_slice(&buf[..n]);
+                    }
+                }
+            }
+            if !moved {
+                return None;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    fn connect(
+        &mut self,
+        cfg: &Arc<ClientConfig>,
+        name: &str,
+    ) -> (ConnId, ClientConnection, Option<rustls::Error>) {
+        let c = self.accept();
+        let mut client =
+            ClientConnection::new(cfg.clone(), ServerName::try_from(name.to_string()).unwrap())
+                .unwrap();
+        let err = self.pump(c, &mut client);
+        (c, client, err)
+    }
+
+    /// Plaintext L7 reads on `c`.
+    fn l7_read(&mut self, c: ConnId) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16384];
+        let mut t = self.tls.wrap(&mut self.tcp);
+        while let Ok(n) = t.recv(c, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn tls13_and_tls12_carry_a_mebibyte_each_way_byte_exact() {
+    let pki = Pki::new("versions");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    for (v, name) in [(&rustls::version::TLS13, "TLSv1_3"), (&rustls::version::TLS12, "TLSv1_2")] {
+        let mut t = T::new(&[&server], TlsOptions::default());
+        let cfg = client_config(&pki, &[v], None, &[b"http/1.1"]);
+        let (c, mut client, err) = t.connect(&cfg, "switchyard.test");
+        assert!(err.is_none(), "{name}: {err:?}");
+        assert!(!client.is_handshaking());
+        assert!(
+            matches!(t.l7.as_slice(), [TcpEvent::Accepted { .. }, TcpEvent::Readable { .. }, ..]),
+            "{:?}",
+            t.l7
+        );
+        assert!(t.tls.stats().handshakes.keys().any(|(ver, _)| ver == name), "{:?}", t.tls.stats());
+        // Client to L7.
+        let up = pattern(1 << 20, 1);
+        let mut got = Vec::new();
+        for chunk in up.chunks(16_384) {
+            client.writer().write_all(chunk).unwrap();
+            assert!(t.pump(c, &mut client).is_none());
+            got.extend(t.l7_read(c));
+        }
+        assert!(got == up, "{name}: upload differs ({} of {} bytes)", got.len(), up.len());
+        // L7 to the client.
+        let down = pattern(1 << 20, 7);
+        let mut sent = 0;
+        while sent < down.len() {
+            sent += t.tls.wrap(&mut t.tcp).send(c, &down[sent..]).unwrap();
+            let err = t.pump(c, &mut client);
+            assert!(err.is_none(), "{name}: {err:?} after {sent} bytes");
+        }
+        let back = t.received.remove(&c).unwrap_or_default();
+        assert!(back == down, "{name}: download differs ({} of {} bytes)", back.len(), down.len());
+    }
+}
+
+#[test]
+fn sni_picks_the_certificate_and_alpn_offers_h2_first() {
+    let pki = Pki::new("sni");
+    let a = pki.issue("a", "a.test", &["a.test"], false);
+    let b = pki.issue("b", "b.test", &["b.test"], false);
+    let mut t = T::new(&[&a, &b], TlsOptions::default());
+    for (name, want) in [("b.test", &b.der), ("a.test", &a.der)] {
+        let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"h2", b"http/1.1"]);
+        let (_, client, err) = t.connect(&cfg, name);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(&client.peer_certificates().unwrap()[0], want, "certificate for {name}");
+        assert_eq!(client.alpn_protocol(), Some(&b"h2"[..]));
+    }
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    let (_, client, _) = t.connect(&cfg, "a.test");
+    assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
+
+#[test]
+fn the_second_connection_resumes() {
+    let pki = Pki::new("resume");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let mut t = T::new(&[&server], TlsOptions::default());
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    let (_, first, _) = t.connect(&cfg, "switchyard.test");
+    assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    let (_, second, err) = t.connect(&cfg, "switchyard.test");
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(second.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    assert_eq!(t.tls.stats().resumed, 1);
+}
+
+#[test]
+fn mutual_tls_accepts_a_good_certificate_and_refuses_the_rest_with_their_alerts() {
+    let pki = Pki::new("mtls");
+    let other = Pki::new("mtls-other");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let alice = pki.issue("alice", "alice", &[], false);
+    let expired = pki.issue("expired", "old", &[], true);
+    let stranger = other.issue("stranger", "mallory", &[], false);
+    let opts = TlsOptions {
+        client_ca: Some(pki.ca_path()),
+        client_cert_required: true,
+        ..TlsOptions::default()
+    };
+    let mut t = T::new(&[&server], opts);
+    let v13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    // A good certificate: in, and its subject is the connection's identity.
+    let cfg = client_config(&pki, v13, Some(&alice), &[b"http/1.1"]);
+    let (c, _, err) = t.connect(&cfg, "switchyard.test");
+    assert!(err.is_none(), "{err:?}");
+    let id = t.tls.wrap(&mut t.tcp).client_identity(c).map(str::to_string);
+    let id = id.expect("an identity");
+    assert!(id.contains("CN=alice") && id.contains("O=Switchyard Test"), "{id}");
+    assert_eq!(t.tls.stats().client_certificates, 1);
+    // No certificate, an expired one, one from another CA: each refused
+    // with its alert, which the client sees, and none reaches L7.
+    for (who, cert, alert) in [
+        ("none", None, AlertDescription::CertificateRequired),
+        ("expired", Some(&expired), AlertDescription::CertificateExpired),
+        ("stranger", Some(&stranger), AlertDescription::UnknownCA),
+    ] {
+        let before = t.l7.len();
+        let cfg = client_config(&pki, v13, cert, &[b"http/1.1"]);
+        let (c, mut client, err) = t.connect(&cfg, "switchyard.test");
+        let err = err.or_else(|| t.pump(c, &mut client));
+        assert_eq!(err, Some(rustls::Error::AlertReceived(alert)), "{who}");
+        assert!(t.tcp.c(c).closed || t.tcp.c(c).aborted, "{who}: connection left open");
+        assert_eq!(t.l7.len(), before, "{who} reached L7");
+        assert_eq!(t.tls.stats().alerts_sent.get(&format!("{alert:?}")), Some(&1), "{who}");
+    }
+    // Optional client certificates: no certificate is let in, without an
+    // identity.
+    let opts = TlsOptions {
+        client_ca: Some(pki.ca_path()),
+        client_cert_required: false,
+        ..TlsOptions::default()
+    };
+    let mut t = T::new(&[&server], opts);
+    let (c, _, err) = t.connect(&client_config(&pki, v13, None, &[b"http/1.1"]), "switchyard.test");
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(t.tls.wrap(&mut t.tcp).client_identity(c), None);
+}
+
+#[test]
+fn tls12_can_be_switched_off() {
+    let pki = Pki::new("v13");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let mut t = T::new(&[&server], TlsOptions { tls13_only: true, ..TlsOptions::default() });
+    let cfg = client_config(&pki, &[&rustls::version::TLS12], None, &[b"http/1.1"]);
+    let (_, _, err) = t.connect(&cfg, "switchyard.test");
+    assert_eq!(err, Some(rustls::Error::AlertReceived(AlertDescription::ProtocolVersion)));
+    assert_eq!(t.tls.stats().alerts_sent.get("ProtocolVersion"), Some(&1), "{:?}", t.tls.stats());
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    assert!(t.connect(&cfg, "switchyard.test").2.is_none());
+}
+
+#[test]
+fn bad_input_is_refused_counted_and_disturbs_no_one_else() {
+    let pki = Pki::new("bad");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let mut t = T::new(&[&server], TlsOptions::default());
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    // A healthy connection, kept through everything below.
+    let (good, mut good_client, err) = t.connect(&cfg, "switchyard.test");
+    assert!(err.is_none());
+
+    // Garbage instead of a ClientHello (plain HTTP on the TLS port).
+    let c = t.accept();
+    t.tcp.peer_sends(c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    t.event(TcpEvent::Readable { conn: c });
+    t.settle();
+    assert!(t.tcp.c(c).closed || t.tcp.c(c).aborted, "garbage: still open");
+    let failed_garbage = t.tls.stats().failed;
+    assert!(failed_garbage >= 1);
+
+    // A truncated ClientHello, then the client gives up.
+    let mut hello = Vec::new();
+    let mut probe =
+        ClientConnection::new(cfg.clone(), ServerName::try_from("switchyard.test").unwrap())
+            .unwrap();
+    probe.write_tls(&mut hello).unwrap();
+    let c = t.accept();
+    t.tcp.peer_sends(c, &hello[..hello.len() / 2]);
+    t.event(TcpEvent::Readable { conn: c });
+    t.settle();
+    assert!(!t.tcp.c(c).closed && !t.tcp.c(c).aborted, "half a hello waits for the rest");
+    t.event(TcpEvent::PeerClosed { conn: c });
+    t.settle();
+    assert!(t.tcp.c(c).closed || t.tcp.c(c).aborted);
+    assert_eq!(t.tls.stats().abandoned, 1);
+
+    // An oversized ClientHello: a handshake message claiming 16 MiB.
+    let c = t.accept();
+    let mut big = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
+    big.resize(5 + 0x4000, 0x41);
+    for _ in 0..5 {
+        let mut rec = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+        rec.resize(5 + 0x4000, 0x41);
+        big.extend_from_slice(&rec);
+    }
+    t.tcp.peer_sends(c, &big);
+    t.event(TcpEvent::Readable { conn: c });
+    t.settle();
+    assert!(t.tcp.c(c).closed || t.tcp.c(c).aborted, "oversized hello: still open");
+    assert!(t.tls.stats().failed > failed_garbage);
+
+    // A record with a bad MAC on an established connection: alert, reset.
+    let (c, mut client, _) = t.connect(&cfg, "switchyard.test");
+    client.writer().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut rec = Vec::new();
+    client.write_tls(&mut rec).unwrap();
+    let last = rec.len() - 1;
+    rec[last] ^= 0x80; // the tag
+    t.tcp.peer_sends(c, &rec);
+    t.event(TcpEvent::Readable { conn: c });
+    assert!(t.l7_read(c).is_empty(), "nothing of a forged record reaches L7");
+    assert!(t.tcp.c(c).aborted, "bad MAC: reset");
+    assert_eq!(t.tls.stats().alerts_sent.get("BadRecordMac"), Some(&1), "{:?}", t.tls.stats());
+
+    // A handshake that never finishes: reset after the timeout.
+    let c = t.accept();
+    t.settle();
+    t.now += Duration::from_secs(5);
+    t.settle();
+    assert!(!t.tcp.c(c).aborted, "not yet");
+    t.now += Duration::from_secs(6);
+    t.settle();
+    assert!(t.tcp.c(c).aborted, "stalled handshake reset");
+    assert_eq!(t.tls.stats().timeouts, 1);
+
+    // Through all of it the healthy connection works both ways.
+    good_client.writer().write_all(b"still here").unwrap();
+    assert!(t.pump(good, &mut good_client).is_none());
+    assert_eq!(t.l7_read(good), b"still here");
+    t.tls.wrap(&mut t.tcp).send(good, b"and answered").unwrap();
+    assert!(t.pump(good, &mut good_client).is_none());
+    assert_eq!(t.received.get(&good).map(Vec::as_slice), Some(&b"and answered"[..]));
+}
