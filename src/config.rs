@@ -172,6 +172,7 @@ struct RawRoute {
     path_regex: Option<Spanned<String>>,
     header_regex: Option<Spanned<String>>,
     client_subject: Option<Spanned<String>>,
+    sni: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -395,6 +396,9 @@ pub enum Mode {
         /// The verified client certificate's subject goes upstream in this
         /// header (mutual TLS).
         client_cert_header: Option<String>,
+        /// TLS passthrough (`mode = "tls-passthrough"`): routes by the
+        /// ClientHello's server name, bytes untouched.
+        passthrough: bool,
     },
 }
 
@@ -778,7 +782,19 @@ impl Cx<'_> {
                     )?;
                     Mode::L4 { proto, pool, scheduler, forwarding, on_backend_down }
                 }
-                "l7" => {
+                "l7" | "tls-passthrough" => {
+                    let passthrough = l.mode.get_ref() == "tls-passthrough";
+                    if passthrough {
+                        if let Some(t) = &l.tls {
+                            return Err(self.at(
+                                t,
+                                "a passthrough listener forwards TLS untouched; terminate it with `mode = \"l7\"`",
+                            ));
+                        }
+                        if let Some(h) = &l.client_cert_header {
+                            return Err(self.at(h, "needs TLS terminated (`mode = \"l7\"`)"));
+                        }
+                    }
                     if let Some(p) = &l.protocol
                         && p.get_ref() != "tcp"
                     {
@@ -804,6 +820,54 @@ impl Cx<'_> {
                     let mut routes = Vec::new();
                     for r in &l.route {
                         let mut route = Route { path_prefix: "/".into(), ..Route::default() };
+                        // Passthrough routes see only the ClientHello.
+                        let http_keys = [
+                            r.path_prefix.as_ref().map(|v| v.span()),
+                            r.path.as_ref().map(|v| v.span()),
+                            r.host.as_ref().map(|v| v.span()),
+                            r.header.as_ref().map(|v| v.span()),
+                            r.cookie.as_ref().map(|v| v.span()),
+                            r.query.as_ref().map(|v| v.span()),
+                            r.status.as_ref().map(|v| v.span()),
+                            r.rewrite_prefix.as_ref().map(|v| v.span()),
+                            r.path_regex.as_ref().map(|v| v.span()),
+                            r.header_regex.as_ref().map(|v| v.span()),
+                            r.client_subject.as_ref().map(|v| v.span()),
+                            r.set_request_headers.as_ref().map(|v| v.span()),
+                            r.set_response_headers.as_ref().map(|v| v.span()),
+                        ];
+                        match (&r.sni, passthrough) {
+                            (Some(v), false) => {
+                                return Err(self.at(
+                                    v,
+                                    "`sni` routes belong to `mode = \"tls-passthrough\"` listeners",
+                                ));
+                            }
+                            (_, true) => {
+                                if let Some(span) = http_keys.into_iter().flatten().next() {
+                                    return Err(self.err(
+                                        span,
+                                        "a passthrough route matches only `sni` and names a `pool`",
+                                    ));
+                                }
+                                if let Some(v) = &r.sni {
+                                    let n = v.get_ref();
+                                    let bare = n.strip_prefix("*.").unwrap_or(n);
+                                    let ok = !bare.is_empty()
+                                        && bare.bytes().all(|b| {
+                                            b.is_ascii_alphanumeric() || b"-._".contains(&b)
+                                        });
+                                    if !ok {
+                                        return Err(self.at(
+                                            v,
+                                            "a server name is `db.example.com` or `*.example.com`",
+                                        ));
+                                    }
+                                    route.sni = Some(n.to_ascii_lowercase());
+                                }
+                            }
+                            _ => {}
+                        }
                         if let Some(p) = &r.path_prefix {
                             if !p.get_ref().starts_with('/') {
                                 return Err(self.at(p, "a path prefix starts with `/`"));
@@ -1029,10 +1093,19 @@ impl Cx<'_> {
                             Some(h.get_ref().clone())
                         }
                     };
-                    Mode::L7 { routes, tls, http2, client_cert_header }
+                    Mode::L7 {
+                        routes,
+                        tls,
+                        http2: http2 && !passthrough,
+                        client_cert_header,
+                        passthrough,
+                    }
                 }
                 other => {
-                    return Err(self.at(&l.mode, format!("mode `{other}`: expected `l4` or `l7`")));
+                    return Err(self.at(
+                        &l.mode,
+                        format!("mode `{other}`: expected `l4`, `l7` or `tls-passthrough`"),
+                    ));
                 }
             };
             let proto = match mode {
@@ -1691,6 +1764,28 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
     }
 
     #[test]
+    fn tls_passthrough_listeners_route_by_sni_only() {
+        let pt = BASE.replace(
+            "mode = \"l7\"\naddress = \"198.18.0.10:80\"\n  [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"db\"",
+            "mode = \"tls-passthrough\"\naddress = \"198.18.0.10:443\"\n  [[listener.route]]\n  sni = \"*.Example.com\"\n  pool = \"db\"\n  [[listener.route]]\n  pool = \"db\"",
+        );
+        let c = Config::parse("t.toml", &pt).unwrap();
+        let Mode::L7 { routes, passthrough, http2, .. } = &c.listeners[1].mode else { panic!() };
+        assert!(*passthrough && !*http2);
+        assert_eq!(routes[0].sni.as_deref(), Some("*.example.com"));
+        assert_eq!(routes[1].sni, None);
+        let e = err(&pt.replace(
+            "  sni = \"*.Example.com\"",
+            "  sni = \"*.example.com\"\n  path_prefix = \"/x\"",
+        ));
+        assert!(e.message.contains("matches only `sni`"), "{e}");
+        let e = err(&pt.replace("sni = \"*.Example.com\"", "sni = \"a b\""));
+        assert!(e.message.contains("a server name is"), "{e}");
+        let e = err(&BASE.replace("  path_prefix = \"/api/\"", "  sni = \"a.example\""));
+        assert!(e.message.contains("belong to `mode = \"tls-passthrough\"`"), "{e}");
+    }
+
+    #[test]
     fn schedulers_and_weights() {
         let src = BASE.replace("pool = \"db\"\n\n[[listener]]", "pool = \"db\"\nscheduler = \"maglev\"\n\n[[listener]]").replace(
             "backends = [{ name = \"a\", address = \"198.18.0.21:5432\" }]",
@@ -1788,7 +1883,7 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         let e = err(&BASE.replace("02:00:00:00:00:01", "02:00:00:00:01"));
         assert_eq!(e.key, "device.mac", "{e}");
         let e = err(&BASE.replace("mode = \"l4\"", "mode = \"l5\""));
-        assert!(e.message.contains("expected `l4` or `l7`"), "{e}");
+        assert!(e.message.contains("expected `l4`, `l7` or `tls-passthrough`"), "{e}");
         let e = err(&BASE.replace("[device]", "[devices]"));
         assert!(e.message.contains("did you mean `device`?"), "{e}");
     }

@@ -145,7 +145,7 @@ impl Dataplane {
                         on_backend_down: *on_backend_down,
                     });
                 }
-                Mode::L7 { routes, tls, http2, client_cert_header } => {
+                Mode::L7 { routes, tls, http2, client_cert_header, passthrough } => {
                     if *http2 {
                         h2_listeners.push(id);
                     }
@@ -159,6 +159,7 @@ impl Dataplane {
                         routes: routes.clone(),
                         tls: tls.is_some(),
                         client_cert_header: client_cert_header.clone(),
+                        passthrough: *passthrough,
                     });
                 }
             }

@@ -654,3 +654,71 @@ fn http2_with_curl_and_h2load() {
     assert_eq!(number_after(line, "protocol errors"), Some(0), "{line}");
     assert!(out.contains("TLSv1_3"), "{out}");
 }
+
+/// TLS passthrough: curl's ClientHello names a host, Switchyard picks the
+/// pool by it without terminating TLS, and the handshake completes with the
+/// backend's own certificate (nginx terminates), byte for byte end to end.
+#[test]
+fn tls_passthrough_routes_by_sni_to_nginx_terminating_tls() {
+    if !can_run("tls passthrough", &[NGINX_BIN, "openssl"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("syp-");
+    let d = &t.dir;
+    // One self-signed certificate per backend name.
+    for name in ["a", "b"] {
+        sh(&format!(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {d}/{name}.key \
+             -out {d}/{name}.pem -subj /CN={name}.test -addext subjectAltName=DNS:{name}.test -days 2 2>/dev/null",
+            d = d.display()
+        ));
+    }
+    let www = d.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("who"), "tls\n").unwrap();
+    let conf = format!(
+        "daemon on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\n\
+         events {{ worker_connections 256; }}\nhttp {{\n access_log off;\n\
+         client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;\n\
+         uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+         server {{ listen 198.18.0.21:8443 ssl; ssl_certificate {d}/a.pem; ssl_certificate_key {d}/a.key; root {w}; add_header X-Backend a; }}\n\
+         server {{ listen 198.18.0.22:8443 ssl; ssl_certificate {d}/b.pem; ssl_certificate_key {d}/b.key; root {w}; add_header X-Backend b; }}\n}}\n",
+        d = d.display(),
+        w = www.display()
+    );
+    std::fs::write(d.join("nginx.conf"), conf).unwrap();
+    t.exec("be", &format!("{NGINX_BIN} -c {}/nginx.conf", d.display()));
+    let listener = "[[listener]]\nname = \"pass\"\nmode = \"tls-passthrough\"\naddress = \"198.18.0.10:443\"\n\
+         [[listener.route]]\n  sni = \"a.test\"\n  pool = \"ta\"\n  [[listener.route]]\n  sni = \"*.b.test\"\n  pool = \"tb\"\n  [[listener.route]]\n  sni = \"b.test\"\n  pool = \"tb\"\n\n\
+         [[pool]]\nname = \"ta\"\nbackends = [{ name = \"ta1\", address = \"198.18.0.21:8443\" }]\n\n\
+         [[pool]]\nname = \"tb\"\nbackends = [{ name = \"tb1\", address = \"198.18.0.22:8443\" }]\n\n";
+    let cfg = config("af_packet:lb0", "round-robin", "a")
+        .replace("[[pool]]\nname = \"a\"", &format!("{listener}[[pool]]\nname = \"a\""));
+    let mut lb = t.switchyard(&cfg);
+    for name in ["a", "b"] {
+        // curl verifies the backend's own certificate for the name: only the
+        // right backend can complete this handshake.
+        let o = t.exec(
+            "cl",
+            &format!(
+                "curl -sS -m 10 -D - --cacert {d}/{name}.pem --resolve {name}.test:443:198.18.0.10 https://{name}.test/who",
+                d = d.display()
+            ),
+        );
+        let out = text(&o).to_ascii_lowercase();
+        assert!(
+            out.contains(&format!("x-backend: {name}")) && out.contains("tls"),
+            "{name}: {out}"
+        );
+    }
+    // No route for the name: the connection is reset, no certificate seen.
+    let o = t.exec(
+        "cl",
+        "sh -c 'openssl s_client -connect 198.18.0.10:443 -servername nobody.test </dev/null 2>&1; true'",
+    );
+    assert!(!text(&o).contains("BEGIN CERTIFICATE"), "{}", text(&o));
+    let out = lb.stop();
+    assert_eq!(number_after(&out, "listener pass (l7): connections"), Some(3), "{out}");
+    assert!(out.contains("refused: no_route 1"), "{out}");
+}

@@ -7,6 +7,7 @@
 
 pub mod h2front;
 pub mod http1;
+pub mod sni;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -156,6 +157,9 @@ pub struct Route {
     /// A query parameter that must be present, with this exact (undecoded)
     /// value if given.
     pub query: Option<(String, Option<String>)>,
+    /// TLS passthrough listeners: the ClientHello's server name, exact or
+    /// `*.example.com`; `None` matches any (and hellos without a name).
+    pub sni: Option<String>,
     /// Index into [`L7Config::pools`] (unused when `fixed` is set).
     pub pool: usize,
     /// Replaces the matched `path_prefix` in the request target sent upstream
@@ -225,16 +229,7 @@ impl Route {
             let Some(got) = header("host").and_then(|v| std::str::from_utf8(v).ok()) else {
                 return false;
             };
-            let got = host_without_port(got.trim());
-            let ok = match want.strip_prefix("*.") {
-                Some(domain) => {
-                    got.len() > domain.len() + 1
-                        && got[got.len() - domain.len()..].eq_ignore_ascii_case(domain)
-                        && got.as_bytes()[got.len() - domain.len() - 1] == b'.'
-                }
-                None => got.eq_ignore_ascii_case(want),
-            };
-            if !ok {
+            if !sni::name_matches(want, host_without_port(got.trim())) {
                 return false;
             }
         }
@@ -320,6 +315,10 @@ pub struct ListenerConfig {
     /// (mutual TLS) in this header; a client's own header of that name is
     /// always removed.
     pub client_cert_header: Option<String>,
+    /// TLS passthrough: no HTTP; the ClientHello's server name picks the
+    /// route (only `sni` and `pool` apply), then bytes go both ways
+    /// untouched, TLS ending at the backend.
+    pub passthrough: bool,
 }
 
 /// Limits of the proxy.
@@ -533,6 +532,9 @@ struct Session {
     /// The request asks to switch protocols; after a 101 the connection is
     /// a byte tunnel to the backend.
     upgrade: bool,
+    /// A byte tunnel from the start (TLS passthrough): the proxy never
+    /// writes into it.
+    raw: bool,
 }
 
 /// A request that may be sent again: its upstream head, the retries left,
@@ -796,6 +798,7 @@ impl L7 {
                     sent_at: now,
                     key: None,
                     upgrade: false,
+                    raw: false,
                 };
                 let i = match self.free_sessions.pop() {
                     Some(i) => {
@@ -938,6 +941,10 @@ impl L7 {
             Phase::Head => {}
         }
         if x.inbuf.is_empty() {
+            return;
+        }
+        if self.listeners[x.listener].cfg.passthrough {
+            self.passthrough(s, now, tcp);
             return;
         }
         // The request line on its own: too long is 414, not 431.
@@ -1142,6 +1149,45 @@ impl L7 {
         self.dispatch(s, pool, &head, 0, now, tcp);
     }
 
+    /// TLS passthrough: once the ClientHello is in, its server name picks
+    /// the route and the connection becomes a tunnel to a backend of its
+    /// pool, starting with the hello itself.
+    fn passthrough<T: TcpApi>(&mut self, s: u32, now: Instant, tcp: &mut T) {
+        let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
+        let li = x.listener;
+        let name = match sni::client_hello(&x.inbuf) {
+            sni::Hello::Partial if x.inbuf.len() <= sni::MAX_HELLO => return,
+            sni::Hello::Partial | sni::Hello::Invalid => {
+                x.raw = true;
+                self.reject(s, Reject::Malformed, tcp);
+                return;
+            }
+            sni::Hello::Complete(name) => name,
+        };
+        let found = self.listeners[li].cfg.routes.iter().position(|r| match &r.sni {
+            None => true,
+            Some(p) => name.as_deref().is_some_and(|n| sni::name_matches(p, n)),
+        });
+        x.raw = true;
+        let Some(ri) = found else {
+            self.reject(s, Reject::NoRoute, tcp);
+            return;
+        };
+        x.route = Some(ri);
+        x.started = now;
+        x.phase = Phase::Request;
+        x.body = Framing::UntilClose;
+        x.body_done = false;
+        x.keep_alive = false;
+        x.response_started = false;
+        x.retry = None;
+        x.key = None;
+        let pool = self.listeners[li].cfg.routes[ri].pool;
+        self.listeners[li].routes[ri].requests += 1;
+        self.listeners[li].stats.requests += 1;
+        self.dispatch(s, pool, &[], 0, now, tcp);
+    }
+
     /// Sends a request head to a backend of `pool` (none of those in the
     /// `exclude` bit set) and starts relaying the request body.
     fn dispatch<T: TcpApi>(
@@ -1160,11 +1206,17 @@ impl L7 {
                 if let Some(b) = self.up(u).map(|x| x.backend) {
                     self.pools[pool].active[b] += 1;
                 }
+                let raw = self.sess(s).is_some_and(|x| x.raw);
                 if let Some(up) = self.up(u) {
                     up.session = Some(s);
                     up.out.extend_from_slice(head);
                     up.head_request = head_request;
-                    up.resp = None;
+                    // A tunnel's "response" is every byte until the close.
+                    up.resp = raw.then_some(http1::ResponseInfo {
+                        status: 0,
+                        framing: Framing::UntilClose,
+                        keep_alive: false,
+                    });
                     up.ready = 0;
                     up.chunks = ChunkScanner::default();
                 }
@@ -1808,6 +1860,15 @@ impl L7 {
             r.status(code);
         }
         let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
+        if x.raw {
+            // Nothing HTTP goes into a tunnel: the client sees a reset.
+            x.phase = Phase::Closing;
+            x.inbuf.clear();
+            let st = &mut self.listeners[x.listener].stats;
+            st.errors += 1;
+            tcp.abort(x.conn);
+            return;
+        }
         x.phase = Phase::Closing;
         x.inbuf.clear();
         error_response(code, reason, &mut x.out);

@@ -31,6 +31,7 @@ impl H {
                 name: "web".into(),
                 tls: false,
                 client_cert_header: None,
+                passthrough: false,
                 routes: vec![
                     Route { path_prefix: "/api/".into(), pool: 0, ..Route::default() },
                     Route { path_prefix: "/one/".into(), pool: 2, ..Route::default() },
@@ -635,6 +636,7 @@ fn routes_rewrite_path_and_request_headers() {
             name: "web".into(),
             tls: false,
             client_cert_header: None,
+            passthrough: false,
             routes: vec![Route {
                 path_prefix: "/api/".into(),
                 pool: 0,
@@ -1360,4 +1362,71 @@ fn client_certificate_subject_is_passed_on_and_routed_on() {
     let (to, up) = ask(&mut h, None);
     assert_eq!(to, API_2, "no certificate: not the admin route");
     assert!(!up.contains("X-Client-Subject"), "{up}");
+}
+
+/// A real ClientHello (rustls, post-quantum key share and all) for `name`.
+fn client_hello(name: &str) -> Vec<u8> {
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let mut c = rustls::ClientConnection::new(std::sync::Arc::new(cfg), server).unwrap();
+    let mut out = Vec::new();
+    c.write_tls(&mut out).unwrap();
+    out
+}
+
+/// TLS passthrough: the ClientHello's server name picks the pool (exact,
+/// wildcard, default), the hello goes to the backend byte for byte however
+/// it was segmented, then bytes flow both ways untouched.
+#[test]
+fn tls_passthrough_routes_by_sni_and_never_touches_the_bytes() {
+    let mut h = H::with(|c| {
+        c.listeners[0].passthrough = true;
+        c.listeners[0].routes = vec![
+            Route { sni: Some("db.example.com".into()), pool: 2, ..Route::default() },
+            Route { sni: Some("*.example.com".into()), pool: 0, ..Route::default() },
+            Route { pool: 1, ..Route::default() },
+        ];
+    });
+    for (name, backend) in [
+        ("db.example.com", "198.18.0.51:8080"),
+        ("api.example.com", "198.18.0.31:8080"),
+        ("other.test", "198.18.0.41:8080"),
+        ("198.18.0.10", "198.18.0.41:8080"), // an IP: no SNI sent
+    ] {
+        let hello = client_hello(name);
+        assert!(hello.len() > 1000, "a post-quantum hello is big: {}", hello.len());
+        let c = h.client();
+        // In three segments: nothing goes upstream before the hello is whole.
+        let (a, b) = (hello.len() / 3, 2 * hello.len() / 3);
+        h.write(c, &hello[..a]);
+        h.write(c, &hello[a..b]);
+        assert!(h.tcp.connects.is_empty(), "{name}: connected before the hello was complete");
+        h.write(c, &hello[b..]);
+        let u = h.accept_upstreams().pop().expect("an upstream connection");
+        assert_eq!(h.tcp.c(u).remote.to_string(), backend, "{name}");
+        assert_eq!(h.take(u), hello, "{name}: the hello reaches the backend untouched");
+        // Server flight and application records: relayed as they are.
+        let server_bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        h.write(u, &server_bytes);
+        assert_eq!(h.take(c), server_bytes);
+        h.write(c, b"\x17\x03\x03\x00\x05abcde");
+        assert_eq!(h.take(u), b"\x17\x03\x03\x00\x05abcde");
+        h.ev(TcpEvent::PeerClosed { conn: c });
+        assert!(h.tcp.c(u).closed, "{name}: FIN passed on");
+        h.ev(TcpEvent::PeerClosed { conn: u });
+        assert!(h.tcp.c(c).closed);
+    }
+    // Not TLS: reset, counted, no backend, and not a byte of HTTP written.
+    let c = h.client();
+    h.write(c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(h.tcp.connects.is_empty());
+    assert!(h.tcp.c(c).aborted && h.take(c).is_empty());
+    let st = h.l7.listener_stats(3).unwrap();
+    assert_eq!((st.requests, st.rejected(Reject::Malformed)), (4, 1));
 }
