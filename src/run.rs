@@ -127,10 +127,13 @@ pub fn pcap(cfg: &Config) -> ExitCode {
     // Virtual time: 1 µs per turn of the loop, so runs are repeatable.
     let mut now = Instant::from_micros(0);
     let wall = std::time::Instant::now();
+    let mut bar = Progress::new(port.frame_count());
     while !port.rx_exhausted() {
         dp.poll(&mut port, now);
         now += Duration::from_micros(1);
+        bar.update(port.stats().rx_frames, wall);
     }
+    bar.finish();
     let elapsed = wall.elapsed().as_secs_f64();
     for _ in 0..100 {
         dp.poll(&mut port, now);
@@ -142,6 +145,51 @@ pub fn pcap(cfg: &Config) -> ExitCode {
     }
     print_counters(cfg, &dp, port.stats(), elapsed);
     ExitCode::SUCCESS
+}
+
+/// A progress bar on standard error while a replay runs (only when it is a
+/// terminal; redrawn at most every 100 ms, checked every 4,096 turns).
+struct Progress {
+    total: u64,
+    turns: u32,
+    last: Option<std::time::Instant>,
+    on: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        use std::io::IsTerminal;
+        Progress { total: total as u64, turns: 0, last: None, on: std::io::stderr().is_terminal() }
+    }
+
+    fn update(&mut self, done: u64, start: std::time::Instant) {
+        self.turns = self.turns.wrapping_add(1);
+        if !self.on || self.turns % 4096 != 0 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|l| now - l < std::time::Duration::from_millis(100)) {
+            return;
+        }
+        self.last = Some(now);
+        let frac = if self.total == 0 { 1.0 } else { done as f64 / self.total as f64 };
+        let width = 40;
+        let filled = ((frac * width as f64) as usize).min(width);
+        let mpps = done as f64 / (now - start).as_secs_f64().max(1e-9) / 1e6;
+        eprint!(
+            "\rreplay [{}{}] {:5.1}%  {done}/{} frames  {mpps:.2} Mpps ",
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            frac * 100.0,
+            self.total
+        );
+    }
+
+    fn finish(&self) {
+        if self.on && self.last.is_some() {
+            eprintln!();
+        }
+    }
 }
 
 /// The operator socket, if one was asked for; a clear error (exit 2) if it
@@ -209,6 +257,22 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
                 "tls alerts: sent [{}], received [{}]",
                 alerts(&t.alerts_sent),
                 alerts(&t.alerts_received)
+            );
+        }
+    }
+    for p in dp.l7.pool_stats() {
+        for b in p.backends.iter().filter(|b| b.requests > 0) {
+            println!(
+                "pool {} backend {} (l7): requests {}, responses {}, connects {}, reuses {}, connect failures {}, 5xx {}, ejections {}",
+                p.name,
+                b.name,
+                b.requests,
+                b.responses,
+                b.upstream_connects,
+                b.upstream_reuses,
+                b.connect_failures,
+                b.responses_5xx,
+                b.ejections
             );
         }
     }

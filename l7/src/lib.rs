@@ -347,7 +347,7 @@ impl Default for Limits {
             max_head: 16 * 1024,
             max_request_line: 8 * 1024,
             max_headers: 64,
-            max_idle_upstream_per_backend: 64,
+            max_idle_upstream_per_backend: 512,
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
