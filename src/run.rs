@@ -164,7 +164,7 @@ impl Progress {
 
     fn update(&mut self, done: u64, start: std::time::Instant) {
         self.turns = self.turns.wrapping_add(1);
-        if !self.on || self.turns % 4096 != 0 {
+        if !self.on || !self.turns.is_multiple_of(4096) {
             return;
         }
         let now = std::time::Instant::now();
