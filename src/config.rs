@@ -183,6 +183,7 @@ struct RawPool {
     health: Option<RawHealth>,
     outlier: Option<RawOutlier>,
     scheduler: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -367,6 +368,9 @@ pub struct Pool {
     pub outlier: Option<switchyard_l7::Outlier>,
     /// How L7 routes to it pick a backend.
     pub balance: switchyard_l7::Balance,
+    /// L7 speaks HTTP/2 with prior knowledge to its backends (`protocol =
+    /// "h2c"`), e.g. gRPC servers; otherwise HTTP/1.1.
+    pub h2c: bool,
 }
 
 /// What a listener does.
@@ -706,6 +710,15 @@ impl Cx<'_> {
                     )
                 })?,
             };
+            let h2c = match p.protocol.as_ref().map(|v| (v, v.get_ref().as_str())) {
+                None | Some((_, "http1")) => false,
+                Some((_, "h2c")) => true,
+                Some((v, other)) => {
+                    return Err(
+                        self.at(v, format!("protocol `{other}`: expected `http1` or `h2c`"))
+                    );
+                }
+            };
             pools.push(Pool {
                 name: p.name.get_ref().clone(),
                 backends,
@@ -713,6 +726,7 @@ impl Cx<'_> {
                 http_check,
                 outlier,
                 balance,
+                h2c,
             });
         }
         let pool_index = |name: &Spanned<String>| -> Result<usize, ConfigError> {
@@ -1971,6 +1985,11 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
             assert_eq!(c.pools[0].balance, want);
             assert_eq!(want.name(), name);
         }
+        let h2c =
+            BASE.replace("name = \"db\"\nbackends", "name = \"db\"\nprotocol = \"h2c\"\nbackends");
+        assert!(Config::parse("t.toml", &h2c).unwrap().pools[0].h2c);
+        let e = err(&h2c.replace("\"h2c\"", "\"h3\""));
+        assert!(e.message.contains("expected `http1` or `h2c`"), "{e}");
         let e = err(&with("hash-header:"));
         assert_eq!(e.key, "pool[0].scheduler", "{e}");
         assert!(e.message.contains("hash-cookie:NAME"), "{e}");

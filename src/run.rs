@@ -277,10 +277,16 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
         }
     }
     let h = dp.h2.stats();
-    if h.connections > 0 {
+    if h.connections + h.upstream_connections > 0 {
         println!(
-            "http2: connections {}, streams {}, client resets {}, proxy resets {}, protocol errors {}",
-            h.connections, h.streams, h.client_resets, h.proxy_resets, h.protocol_errors
+            "http2: connections {}, streams {}, client resets {}, proxy resets {}, protocol errors {}, upstream connections {}, upstream streams {}",
+            h.connections,
+            h.streams,
+            h.client_resets,
+            h.proxy_resets,
+            h.protocol_errors,
+            h.upstream_connections,
+            h.upstream_streams
         );
     }
     for (i, l) in cfg.listeners.iter().enumerate() {

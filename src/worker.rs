@@ -219,7 +219,16 @@ impl Dataplane {
             l7,
             tls,
             tls_events: Vec::new(),
-            h2: H2Front::new(h2_listeners),
+            h2: {
+                let mut f = H2Front::new(h2_listeners);
+                f.add_h2c_backends(
+                    cfg.pools
+                        .iter()
+                        .filter(|p| p.h2c)
+                        .flat_map(|p| p.backends.iter().map(|b| b.addr)),
+                );
+                f
+            },
             h2_events: Vec::new(),
             health,
             changes: Vec::new(),

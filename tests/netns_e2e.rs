@@ -126,7 +126,8 @@ impl Topology {
              client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;\n\
              uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n keepalive_requests 1000000;\n\
              server {{ listen 198.18.0.21:8080; root {w}; add_header X-Backend a; }}\n\
-             server {{ listen 198.18.0.22:8080; root {w}; add_header X-Backend b; }}\n}}\n",
+             server {{ listen 198.18.0.22:8080; root {w}; add_header X-Backend b; }}\n\
+             server {{ listen 198.18.0.23:8081 http2; root {w}; add_header X-Backend h2; add_header X-Proto $server_protocol; }}\n}}\n",
             d = d.display(),
             w = www.display()
         );
@@ -615,9 +616,28 @@ fn http2_with_curl_and_h2load() {
         cert.display(),
         key.display(),
     );
+    let h2_pool = "[[pool]]\nname = \"h2up\"\nprotocol = \"h2c\"\nbackends = [{ name = \"h2b\", address = \"198.18.0.23:8081\" }]\n\n";
     let cfg = config("af_packet:lb0", "round-robin", "a")
-        .replace("[[pool]]\nname = \"a\"", &format!("{https}[[pool]]\nname = \"a\""));
+        .replace("[[pool]]\nname = \"a\"", &format!("{https}{h2_pool}[[pool]]\nname = \"a\""))
+        .replace(
+            "  [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"a\"\n  [[listener.route]]\n  pool = \"b\"",
+            "  [[listener.route]]\n  path_prefix = \"/h2/\"\n  rewrite_prefix = \"/\"\n  pool = \"h2up\"\n  [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"a\"\n  [[listener.route]]\n  pool = \"b\"",
+        );
     let mut lb = t.switchyard(&cfg);
+    // HTTP/2 to the backend too (an h2c pool): from an HTTP/1.1 client and
+    // from an HTTP/2 one, nginx sees HTTP/2.
+    for client in ["curl -sS -m 20", "curl -sS -m 20 --http2-prior-knowledge"] {
+        let o = t.exec("cl", &format!("{client} -D - http://198.18.0.10/h2/api/users"));
+        let out = text(&o).to_ascii_lowercase();
+        assert!(
+            out.contains("x-backend: h2") && out.contains("x-proto: http/2.0"),
+            "{client}: {out}"
+        );
+        assert!(out.ends_with("users\n"), "{client}: {out}");
+        let o =
+            t.exec("cl", &format!("sh -c '{client} http://198.18.0.10/h2/big.bin | sha256sum'"));
+        assert_eq!(text(&o).split_whitespace().next(), Some(sum.as_str()), "{client}: h2c big.bin");
+    }
     let h2c = "curl -sS -m 20 --http2-prior-knowledge";
     let https = format!(
         "curl -sS -m 20 --http2 --cacert {} --resolve switchyard.test:443:198.18.0.10",
@@ -648,9 +668,12 @@ fn http2_with_curl_and_h2load() {
     assert!(w.contains("2000 2xx"), "h2load:\n{w}");
     let out = lb.stop();
     let line = out.lines().find(|l| l.starts_with("http2: ")).unwrap_or_else(|| panic!("{out}"));
-    // 8 curls and h2load's 4 connections; 2,008 streams.
-    assert_eq!(number_after(line, "connections"), Some(12), "{line}");
-    assert_eq!(number_after(line, "streams"), Some(2008), "{line}");
+    // 8 + 2 curls and h2load's 4 connections; 2,008 + 2 streams; one
+    // upstream HTTP/2 connection carried the 4 h2c requests.
+    assert_eq!(number_after(line, "connections"), Some(14), "{line}");
+    assert_eq!(number_after(line, "streams"), Some(2010), "{line}");
+    assert_eq!(number_after(line, "upstream connections"), Some(1), "{line}");
+    assert_eq!(number_after(line, "upstream streams"), Some(4), "{line}");
     assert_eq!(number_after(line, "protocol errors"), Some(0), "{line}");
     assert!(out.contains("TLSv1_3"), "{out}");
 }

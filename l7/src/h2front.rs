@@ -54,18 +54,22 @@ pub struct H2Stats {
     pub proxy_resets: u64,
     /// Connections ended by an HTTP/2 protocol error.
     pub protocol_errors: u64,
+    /// HTTP/2 connections opened to `h2c` backends.
+    pub upstream_connections: u64,
+    /// Requests sent on them.
+    pub upstream_streams: u64,
 }
 
 /// The in-memory transport under an `h2` connection.
 #[derive(Default)]
-struct PipeBufs {
-    rx: Vec<u8>,
-    rx_off: usize,
-    rx_eof: bool,
-    tx: Vec<u8>,
+pub(crate) struct PipeBufs {
+    pub(crate) rx: Vec<u8>,
+    pub(crate) rx_off: usize,
+    pub(crate) rx_eof: bool,
+    pub(crate) tx: Vec<u8>,
 }
 
-struct Pipe(Rc<RefCell<PipeBufs>>);
+pub(crate) struct Pipe(pub(crate) Rc<RefCell<PipeBufs>>);
 
 impl tokio::io::AsyncRead for Pipe {
     fn poll_read(
@@ -137,7 +141,7 @@ enum Body {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     Size(u64),
     Ext(u64),
     SizeLf(u64),
@@ -156,7 +160,7 @@ enum Resp {
     Done,
 }
 
-enum End {
+pub(crate) enum End {
     None,
     Eos,
     Trailers(http::HeaderMap),
@@ -204,9 +208,16 @@ pub struct H2Front {
     conns: HashMap<ConnId, H2Conn>,
     streams: HashMap<ConnId, Stream>,
     next_virtual: u32,
-    events: Vec<TcpEvent>,
-    scratch: Vec<u8>,
-    stats: H2Stats,
+    pub(crate) events: Vec<TcpEvent>,
+    pub(crate) scratch: Vec<u8>,
+    pub(crate) stats: H2Stats,
+    /// Backends spoken to over HTTP/2 (`h2c` pools).
+    pub(crate) h2c_backends: HashSet<SocketAddr>,
+    /// Their connections, by the real connection.
+    pub(crate) uconns: HashMap<ConnId, crate::h2back::UpConn>,
+    /// Requests on them, by virtual connection.
+    pub(crate) ustreams: HashMap<ConnId, crate::h2back::UStream>,
+    pub(crate) up_by_addr: HashMap<SocketAddr, ConnId>,
 }
 
 fn virtual_id(conn: ConnId) -> bool {
@@ -226,7 +237,21 @@ impl H2Front {
             events: Vec::new(),
             scratch: vec![0; 16 * 1024],
             stats: H2Stats::default(),
+            h2c_backends: HashSet::new(),
+            uconns: HashMap::new(),
+            ustreams: HashMap::new(),
+            up_by_addr: HashMap::new(),
         }
+    }
+
+    /// A fresh virtual connection id.
+    pub(crate) fn virtual_conn(&mut self) -> ConnId {
+        let v = ConnId {
+            slot: VIRTUAL | (self.next_virtual & !VIRTUAL),
+            generation: self.next_virtual >> 31,
+        };
+        self.next_virtual = self.next_virtual.wrapping_add(1);
+        v
     }
 
     /// Counters.
@@ -264,6 +289,9 @@ impl H2Front {
         ev: TcpEvent,
         tcp: &mut T,
     ) -> Option<TcpEvent> {
+        if self.up_event(ev, tcp) {
+            return None;
+        }
         match ev {
             TcpEvent::Accepted { conn, listener, peer, local }
                 if self.listeners.contains(&listener) =>
@@ -304,8 +332,20 @@ impl H2Front {
         }
     }
 
-    /// Closes connections that never said what they speak.
+    /// Once a turn: announces again the virtual connections whose bytes L7
+    /// has not read (level-triggered, as the stack does for TCP), and closes
+    /// connections that never said what they speak.
     pub fn poll<T: TcpApi>(&mut self, now: Instant, tcp: &mut T) {
+        for (v, st) in &self.ustreams {
+            if !st.resp.is_empty() {
+                self.events.push(TcpEvent::Readable { conn: *v });
+            }
+        }
+        for (v, st) in &self.streams {
+            if !st.req.is_empty() {
+                self.events.push(TcpEvent::Readable { conn: *v });
+            }
+        }
         if self.sniffing.is_empty() {
             return;
         }
@@ -491,11 +531,7 @@ impl H2Front {
     ) {
         self.stats.streams += 1;
         let (parts, body) = req.into_parts();
-        let v = ConnId {
-            slot: VIRTUAL | (self.next_virtual & !VIRTUAL),
-            generation: self.next_virtual >> 31,
-        };
-        self.next_virtual = self.next_virtual.wrapping_add(1);
+        let v = self.virtual_conn();
         // The request as HTTP/1.1: authority as Host, one request per
         // virtual connection.
         let mut head = Vec::with_capacity(256);
@@ -833,7 +869,7 @@ impl H2Front {
 /// Decodes chunked coding (already validated by the proxy) into `body`,
 /// collecting the trailer section into `trailer`; returns the bytes used and
 /// whether the message ended.
-fn decode_chunks(
+pub(crate) fn decode_chunks(
     state: &mut Chunk,
     data: &[u8],
     body: &mut Vec<u8>,
@@ -876,7 +912,7 @@ fn decode_chunks(
 
 /// The trailer section of a chunked response (the lines after the last
 /// chunk) as HTTP/2 trailers; none means a plain end of stream.
-fn trailers(raw: &[u8]) -> End {
+pub(crate) fn trailers(raw: &[u8]) -> End {
     let mut map = http::HeaderMap::new();
     for line in raw.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -912,10 +948,21 @@ impl<T: TcpApi> H2Tcp<'_, T> {
 
 impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
     fn connect(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TcpError> {
+        if self.front.is_h2c(remote) {
+            return self.front.up_connect(now, remote, self.tcp);
+        }
         self.tcp.connect(now, remote)
     }
 
     fn recv(&mut self, conn: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
+        if let Some(c) = self.front.ustreams.get(&conn).map(|u| u.conn) {
+            let n = self.front.up_read(conn, buf)?;
+            if n > 0 {
+                // Room again: more of the response may come in.
+                self.front.drive_up(c, self.tcp);
+            }
+            return Ok(n);
+        }
         if virtual_id(conn) {
             let Some(st) = self.front.streams.get_mut(&conn) else {
                 return Err(TcpError::NoSuchConnection);
@@ -945,6 +992,11 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
     }
 
     fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, TcpError> {
+        if let Some(c) = self.front.ustreams.get(&conn).map(|u| u.conn) {
+            let n = self.front.up_write(conn, data)?;
+            self.front.drive_up(c, self.tcp);
+            return Ok(n);
+        }
         if !virtual_id(conn) {
             return self.tcp.send(conn, data);
         }
@@ -957,6 +1009,9 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
     }
 
     fn send_capacity(&self, conn: ConnId) -> usize {
+        if let Some(u) = self.front.ustreams.get(&conn) {
+            return (64 * 1024usize).saturating_sub(u.pending.len());
+        }
         if !virtual_id(conn) {
             return self.tcp.send_capacity(conn);
         }
@@ -964,6 +1019,9 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
     }
 
     fn send_queue(&self, conn: ConnId) -> usize {
+        if let Some(u) = self.front.ustreams.get(&conn) {
+            return u.pending.len();
+        }
         if !virtual_id(conn) {
             return self.tcp.send_queue(conn);
         }
@@ -971,6 +1029,11 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
     }
 
     fn close(&mut self, conn: ConnId) {
+        if let Some(c) = self.front.ustreams.get(&conn).map(|u| u.conn) {
+            self.front.up_close(conn);
+            self.front.drive_up(c, self.tcp);
+            return;
+        }
         if !virtual_id(conn) {
             return self.tcp.close(conn);
         }
@@ -1002,6 +1065,11 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
     }
 
     fn abort(&mut self, conn: ConnId) {
+        if let Some(c) = self.front.ustreams.get(&conn).map(|u| u.conn) {
+            self.front.up_close(conn);
+            self.front.drive_up(c, self.tcp);
+            return;
+        }
         if !virtual_id(conn) {
             return self.tcp.abort(conn);
         }
@@ -1020,6 +1088,9 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
     }
 
     fn state(&self, conn: ConnId) -> ConnState {
+        if let Some(u) = self.front.ustreams.get(&conn) {
+            return if u.connected { ConnState::Established } else { ConnState::Connecting };
+        }
         if !virtual_id(conn) {
             return self.tcp.state(conn);
         }
@@ -1038,6 +1109,9 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
     }
 
     fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
+        if let Some(u) = self.front.ustreams.get(&conn) {
+            return self.front.uconns.get(&u.conn).map(|c| c.addr);
+        }
         if !virtual_id(conn) {
             return self.tcp.peer(conn);
         }

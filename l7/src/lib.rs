@@ -5,6 +5,7 @@
 //! `now` in, calls on [`TcpApi`] out.
 #![forbid(unsafe_code)]
 
+pub mod h2back;
 pub mod h2front;
 pub mod http1;
 pub mod sni;

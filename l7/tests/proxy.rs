@@ -1109,11 +1109,11 @@ mod h2_client {
     use switchyard_l7::h2front::H2Front;
 
     #[derive(Default)]
-    struct Bufs {
+    pub struct Bufs {
         rx: Vec<u8>,
         tx: Vec<u8>,
     }
-    struct Pipe(Rc<RefCell<Bufs>>);
+    pub struct Pipe(pub Rc<RefCell<Bufs>>);
     impl tokio::io::AsyncRead for Pipe {
         fn poll_read(
             self: Pin<&mut Self>,
@@ -1157,10 +1157,27 @@ mod h2_client {
         connection: h2::client::Connection<Pipe, Bytes>,
     }
 
+    /// A backend's HTTP/2 server side.
+    pub struct Server {
+        conn: ConnId,
+        pipe: Rc<RefCell<Bufs>>,
+        #[allow(clippy::type_complexity)]
+        hs: Option<
+            Pin<Box<dyn Future<Output = Result<h2::server::Connection<Pipe, Bytes>, h2::Error>>>>,
+        >,
+        server: Option<h2::server::Connection<Pipe, Bytes>>,
+    }
+
     impl H2 {
         pub fn new() -> H2 {
+            H2::with_h2c(&[])
+        }
+
+        /// With the backends at `h2c` spoken to over HTTP/2.
+        pub fn with_h2c(h2c: &[&str]) -> H2 {
             let mut h = H::new();
             let mut front = H2Front::new([3]);
+            front.add_h2c_backends(h2c.iter().map(|a| a.parse().unwrap()));
             let conn =
                 h.tcp.new_conn("198.18.0.101:40000".parse().unwrap(), ConnState::Established);
             let accepted = TcpEvent::Accepted {
@@ -1220,6 +1237,52 @@ mod h2_client {
                     self.h.l7.on_event(self.h.now, ev, &mut self.front.wrap(&mut self.h.tcp));
                 }
             }
+        }
+
+        /// An HTTP/2 server (the h2 crate) on upstream connection `u`: its
+        /// connection is completed, and its bytes move with [`H2::serve`].
+        pub fn h2_server(&mut self, u: ConnId) -> Server {
+            self.h.tcp.c(u).state = Some(ConnState::Established);
+            self.event(TcpEvent::Connected { conn: u });
+            let pipe = Rc::new(RefCell::new(Bufs::default()));
+            let hs = Box::pin(h2::server::handshake(Pipe(pipe.clone())));
+            Server { conn: u, pipe, hs: Some(hs), server: None }
+        }
+
+        /// Moves bytes between the proxy and `srv` until nothing moves;
+        /// returns the requests the server accepted meanwhile.
+        pub fn serve(
+            &mut self,
+            srv: &mut Server,
+        ) -> Vec<(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>)> {
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut got = Vec::new();
+            for _ in 0..64 {
+                self.run();
+                let from_proxy = std::mem::take(&mut self.h.tcp.c(srv.conn).sent);
+                srv.pipe.borrow_mut().rx.extend_from_slice(&from_proxy);
+                if let Some(hs) = srv.hs.as_mut()
+                    && let Poll::Ready(r) = hs.as_mut().poll(&mut cx)
+                {
+                    srv.server = Some(r.expect("server handshake"));
+                    srv.hs = None;
+                }
+                if let Some(s) = srv.server.as_mut() {
+                    while let Poll::Ready(Some(Ok(req))) = s.poll_accept(&mut cx) {
+                        got.push(req);
+                    }
+                }
+                let out = std::mem::take(&mut srv.pipe.borrow_mut().tx);
+                if !out.is_empty() {
+                    self.h.tcp.c(srv.conn).to_l7.extend(out.iter().copied());
+                    self.event(TcpEvent::Readable { conn: srv.conn });
+                }
+                if from_proxy.is_empty() && out.is_empty() {
+                    self.run();
+                    return got;
+                }
+            }
+            panic!("no quiescence");
         }
 
         /// Backend bytes arriving on upstream connection `u`.
@@ -1429,4 +1492,89 @@ fn tls_passthrough_routes_by_sni_and_never_touches_the_bytes() {
     assert!(h.tcp.c(c).aborted && h.take(c).is_empty());
     let st = h.l7.listener_stats(3).unwrap();
     assert_eq!((st.requests, st.rejected(Reject::Malformed)), (4, 1));
+}
+
+/// gRPC through the proxy: an HTTP/2 client, HTTP/2 to an `h2c` backend
+/// (one connection carries every call), a request message and a response
+/// with `grpc-status` trailers, both ways unchanged.
+#[test]
+fn grpc_over_http2_on_both_sides_keeps_trailers() {
+    use bytes::Bytes;
+    use std::task::{Context, Poll, Waker};
+    const ONE: &str = "198.18.0.51:8080";
+    let mut t = h2_client::H2::with_h2c(&[ONE]);
+    let mut server: Option<h2_client::Server> = None;
+    for call in 0..4 {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("http://v/one/helloworld.Greeter/SayHello")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (resp, mut body) = t.client.send_request(req, false).unwrap();
+        // A gRPC message: compression flag, length, payload.
+        let msg = [&[0u8, 0, 0, 0, 5][..], b"hello"].concat();
+        body.send_data(Bytes::from(msg.clone()), true).unwrap();
+        t.run();
+        let new = t.h.accept_upstreams();
+        if call == 0 {
+            assert_eq!(new.len(), 1, "one HTTP/2 connection to the backend");
+            assert_eq!(t.h.tcp.c(new[0]).remote.to_string(), ONE);
+            server = Some(t.h2_server(new[0]));
+        } else {
+            assert!(new.is_empty(), "call {call}: the HTTP/2 connection is shared");
+        }
+        let srv = server.as_mut().unwrap();
+        let mut reqs = t.serve(srv);
+        assert_eq!(reqs.len(), 1, "call {call}");
+        let (req, mut respond) = reqs.pop().unwrap();
+        assert_eq!(req.method(), "POST");
+        assert_eq!(req.uri().path(), "/one/helloworld.Greeter/SayHello");
+        assert_eq!(req.headers()["content-type"], "application/grpc");
+        let mut rb = req.into_body();
+        let mut got = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            match rb.poll_data(&mut cx) {
+                Poll::Ready(Some(Ok(d))) => got.extend_from_slice(&d),
+                Poll::Ready(None) => break,
+                other => panic!("call {call}: request body {other:?}"),
+            }
+        }
+        assert_eq!(got, msg, "call {call}: the message arrives unchanged");
+        let head = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let mut out = respond.send_response(head, false).unwrap();
+        out.send_data(Bytes::from_static(b"\0\0\0\0\x03hey"), false).unwrap();
+        let mut tr = http::HeaderMap::new();
+        tr.insert("grpc-status", "0".parse().unwrap());
+        tr.insert("grpc-message", format!("call-{call}").parse().unwrap());
+        out.send_trailers(tr).unwrap();
+        t.serve(srv);
+        let mut resp = Box::pin(resp);
+        let resp = t.poll(&mut resp).expect("response").expect("ok");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        let mut rb = resp.into_body();
+        let mut got = Vec::new();
+        loop {
+            let mut next = Box::pin(std::future::poll_fn(|cx| rb.poll_data(cx)));
+            match t.poll(&mut next) {
+                Some(Some(Ok(d))) => got.extend_from_slice(&d),
+                Some(None) => break,
+                other => panic!("call {call}: body {other:?}"),
+            }
+        }
+        assert_eq!(got, b"\0\0\0\0\x03hey");
+        let mut trf = Box::pin(std::future::poll_fn(|cx| rb.poll_trailers(cx)));
+        let tr = t.poll(&mut trf).expect("trailers").expect("ok").expect("some trailers");
+        assert_eq!(tr["grpc-status"], "0");
+        assert_eq!(tr["grpc-message"], format!("call-{call}").as_str());
+    }
+    assert_eq!(t.front.stats().upstream_connections, 1);
+    assert_eq!(t.front.stats().upstream_streams, 4);
 }
