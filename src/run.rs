@@ -206,13 +206,14 @@ fn bind_admin(path: Option<&std::path::Path>) -> Result<Option<AdminSocket>, Exi
 /// counters.
 fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed: f64) {
     println!(
-        "frames in {} ({} bytes), frames out {} ({} bytes), {:.3} s, {:.2} Mpps",
+        "frames in {} ({} bytes), frames out {} ({} bytes), {:.3} s, {:.2} Mpps, {:.2} Gbit/s in",
         ps.rx_frames,
         ps.rx_bytes,
         ps.tx_frames,
         ps.tx_bytes,
         elapsed,
-        ps.rx_frames as f64 / elapsed.max(1e-9) / 1e6
+        ps.rx_frames as f64 / elapsed.max(1e-9) / 1e6,
+        ps.rx_bytes as f64 * 8.0 / elapsed.max(1e-9) / 1e9
     );
     if ps.tx_full + ps.rx_oversize + dp.tx_dropped > 0 {
         println!(
@@ -310,6 +311,17 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
             }
         }
         if let Some(s) = dp.l7.listener_stats(i as u16) {
+            let groups: Vec<String> = dp
+                .tls
+                .stats()
+                .groups_by_listener
+                .iter()
+                .filter(|((l, _), _)| usize::from(*l) == i)
+                .map(|((_, g), n)| format!("{g} {n}"))
+                .collect();
+            if !groups.is_empty() {
+                println!("listener {} (tls): key exchange {}", l.name, groups.join(", "));
+            }
             println!(
                 "listener {} (l7): connections {}, requests {}, 4xx {}, 5xx {}",
                 l.name, s.connections_total, s.requests, s.responses_4xx, s.responses_5xx

@@ -142,8 +142,9 @@ Connection: keep-alive\r\n\r\n";
     g.finish();
 }
 
-/// A TLS 1.3 client and server connected in memory, handshake done.
-fn tls_pair() -> (rustls::ClientConnection, rustls::ServerConnection) {
+/// A server configuration (ECDSA P-256 certificate made by openssl) and the
+/// roots a client needs to trust it.
+fn tls_configs() -> (Arc<rustls::ServerConfig>, rustls::RootCertStore) {
     let dir = std::env::temp_dir().join(format!("switchyard-bench-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -168,24 +169,54 @@ fn tls_pair() -> (rustls::ClientConnection, rustls::ServerConnection) {
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
         roots.add(c.unwrap()).unwrap();
     }
-    let client_cfg = Arc::new(
-        rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth(),
-    );
     let _ = std::fs::remove_dir_all(&dir);
+    (server_cfg, roots)
+}
+
+/// A client configuration offering only `groups` (all of the default
+/// provider's when empty).
+fn client_config(
+    roots: &rustls::RootCertStore,
+    groups: &[&'static dyn rustls::crypto::SupportedKxGroup],
+) -> Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !groups.is_empty() {
+        provider.kx_groups = groups.to_vec();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth(),
+    )
+}
+
+/// Runs a handshake in memory; returns both ends and the time the server
+/// spent in it (its reads, processing and writes: what a worker or a crypto
+/// engine pays per connection).
+fn handshake(
+    client_cfg: &Arc<rustls::ClientConfig>,
+    server_cfg: &Arc<rustls::ServerConfig>,
+) -> (rustls::ClientConnection, rustls::ServerConnection, std::time::Duration) {
     let mut client =
-        rustls::ClientConnection::new(client_cfg, "switchyard.test".try_into().unwrap()).unwrap();
-    let mut server = rustls::ServerConnection::new(server_cfg).unwrap();
+        rustls::ClientConnection::new(client_cfg.clone(), "switchyard.test".try_into().unwrap())
+            .unwrap();
+    let mut server = rustls::ServerConnection::new(server_cfg.clone()).unwrap();
+    let mut server_time = std::time::Duration::ZERO;
     for _ in 0..10 {
         let mut buf = Vec::new();
         while client.wants_write() {
             client.write_tls(&mut buf).unwrap();
         }
+        let t = std::time::Instant::now();
         server.read_tls(&mut &buf[..]).unwrap();
         server.process_new_packets().unwrap();
         let mut buf = Vec::new();
         while server.wants_write() {
             server.write_tls(&mut buf).unwrap();
         }
+        server_time += t.elapsed();
         client.read_tls(&mut &buf[..]).unwrap();
         client.process_new_packets().unwrap();
         if !client.is_handshaking() && !server.is_handshaking() {
@@ -193,7 +224,70 @@ fn tls_pair() -> (rustls::ClientConnection, rustls::ServerConnection) {
         }
     }
     assert!(!server.is_handshaking());
+    (client, server, server_time)
+}
+
+/// A TLS 1.3 client and server connected in memory, handshake done.
+fn tls_pair() -> (rustls::ClientConnection, rustls::ServerConnection) {
+    let (server_cfg, roots) = tls_configs();
+    let (client, server, _) = handshake(&client_config(&roots, &[]), &server_cfg);
     (client, server)
+}
+
+/// Server-side cost of TLS 1.3 handshakes (ECDSA P-256 certificate): full
+/// with classical X25519 and with the post-quantum hybrid X25519MLKEM768, and
+/// resumed. Criterion reports time per handshake; handshakes per CPU-second
+/// is its inverse.
+fn tls_handshakes(c: &mut Criterion) {
+    use rustls::crypto::aws_lc_rs::kx_group::{X25519, X25519MLKEM768};
+    let (server_cfg, roots) = tls_configs();
+    let mut g = c.benchmark_group("tls13_handshake_server");
+    for (name, groups) in
+        [("full_x25519", &[X25519][..]), ("full_x25519mlkem768", &[X25519MLKEM768][..])]
+    {
+        let client_cfg = client_config(&roots, groups);
+        // Fresh client configuration per handshake: no resumption.
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    let cfg = Arc::new((*client_cfg).clone());
+                    total += handshake(&cfg, &server_cfg).2;
+                }
+                total
+            })
+        });
+    }
+    // Resumed: one client configuration, whose session cache holds a ticket
+    // from the previous handshake.
+    let client_cfg = client_config(&roots, &[X25519MLKEM768]);
+    let (mut c0, _, _) = handshake(&client_cfg, &server_cfg);
+    let _ = c0.process_new_packets();
+    g.bench_function("resumed_x25519mlkem768", |b| {
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let (client, mut server, t) = handshake(&client_cfg, &server_cfg);
+                total += t;
+                // The tickets the server sends after the handshake feed the
+                // client's cache for the next round.
+                let mut buf = Vec::new();
+                while server.wants_write() {
+                    server.write_tls(&mut buf).unwrap();
+                }
+                let mut client = client;
+                let _ = client.read_tls(&mut &buf[..]);
+                let _ = client.process_new_packets();
+                assert_eq!(
+                    server.handshake_kind(),
+                    Some(rustls::HandshakeKind::Resumed),
+                    "the bench measures resumed handshakes only"
+                );
+            }
+            total
+        })
+    });
+    g.finish();
 }
 
 fn tls_records(c: &mut Criterion) {
@@ -227,5 +321,5 @@ fn tls_records(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, maglev, conntrack, http_parse, tls_records);
+criterion_group!(benches, maglev, conntrack, http_parse, tls_records, tls_handshakes);
 criterion_main!(benches);

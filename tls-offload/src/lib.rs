@@ -296,6 +296,8 @@ impl rustls::server::ResolvesServerCert for SniResolver {
 pub struct TlsStats {
     /// Handshakes completed, by protocol version name and key exchange group.
     pub handshakes: std::collections::BTreeMap<(String, String), u64>,
+    /// Handshakes completed per listener, by key exchange group.
+    pub groups_by_listener: std::collections::BTreeMap<(ListenerId, String), u64>,
     /// Of those, handshakes that resumed an earlier session.
     pub resumed: u64,
     /// Handshakes that failed (a fatal alert sent or received, or bad input).
@@ -603,6 +605,7 @@ impl Tls {
                 .negotiated_key_exchange_group()
                 .map(|g| format!("{:?}", g.name()))
                 .unwrap_or_default();
+            *self.stats.groups_by_listener.entry((c.listener, group.clone())).or_default() += 1;
             *self.stats.handshakes.entry((version, group)).or_default() += 1;
             if sc.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                 self.stats.resumed += 1;
