@@ -277,6 +277,9 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
             );
         }
     }
+    if dp.l7.peak_pair_bytes() > 0 {
+        println!("l7: peak proxy buffers per connection pair {} bytes", dp.l7.peak_pair_bytes());
+    }
     let h = dp.h2.stats();
     if h.connections + h.upstream_connections > 0 {
         println!(

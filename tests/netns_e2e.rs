@@ -745,3 +745,78 @@ fn tls_passthrough_routes_by_sni_to_nginx_terminating_tls() {
     assert_eq!(number_after(&out, "listener pass (l7): connections"), Some(3), "{out}");
     assert!(out.contains("refused: no_route 1"), "{out}");
 }
+
+/// 100 MiB each way through an L7 route, streamed: a rate-limited curl
+/// downloads from nginx, curl uploads (with `Expect: 100-continue`) to a
+/// Python server that hashes what it receives; both byte-exact, and the
+/// proxy's own buffers for a connection pair stay bounded (measured by
+/// Switchyard's high-water mark), however large the bodies.
+#[test]
+fn hundred_mebibytes_stream_both_ways_with_bounded_proxy_memory() {
+    if !can_run("100 MiB streaming", &[NGINX_BIN, "python3"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("sym-");
+    t.nginx();
+    let d = &t.dir;
+    let big = d.join("www/big100.bin");
+    sh(&format!("head -c 104857600 /dev/urandom > {}", big.display()));
+    let sum = text(&sh(&format!("sha256sum {}", big.display())))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let server = d.join("put_server.py");
+    std::fs::write(
+        &server,
+        "import hashlib, http.server\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   protocol_version = 'HTTP/1.1'\n\
+         \x20   def do_PUT(self):\n\
+         \x20       n = int(self.headers.get('Content-Length', '0')); h = hashlib.sha256(); left = n\n\
+         \x20       while left > 0:\n\
+         \x20           b = self.rfile.read(min(left, 65536))\n\
+         \x20           if not b: break\n\
+         \x20           h.update(b); left -= len(b)\n\
+         \x20       body = ('%s %d\\n' % (h.hexdigest(), n - left)).encode()\n\
+         \x20       self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers(); self.wfile.write(body)\n\
+         \x20   def log_message(self, *a): pass\n\
+         http.server.ThreadingHTTPServer(('198.18.0.23', 9090), H).serve_forever()\n",
+    )
+    .unwrap();
+    let mut py = Command::new("ip")
+        .args(["netns", "exec", &t.ns("be"), "python3"])
+        .arg(&server)
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_millis(500));
+    let cfg = config("af_packet:lb0", "round-robin", "a")
+        .replace(
+            "  [[listener.route]]\n  path_prefix = \"/api/\"",
+            "  [[listener.route]]\n  path_prefix = \"/upload/\"\n  pool = \"put\"\n  [[listener.route]]\n  path_prefix = \"/api/\"",
+        )
+        .replace(
+            "[[pool]]\nname = \"a\"",
+            "[[pool]]\nname = \"put\"\nbackends = [{ name = \"py\", address = \"198.18.0.23:9090\" }]\n\n[[pool]]\nname = \"a\"",
+        );
+    let mut lb = t.switchyard(&cfg);
+    // Download, the client reading at 40 MB/s: the proxy must not buffer
+    // what the client has not taken.
+    let o = t.exec(
+        "cl",
+        "sh -c 'curl -sS -m 60 --limit-rate 40M http://198.18.0.10/big100.bin | sha256sum'",
+    );
+    assert_eq!(text(&o).split_whitespace().next(), Some(sum.as_str()), "download byte-exact");
+    // Upload.
+    let o =
+        t.exec("cl", &format!("curl -sS -m 60 -T {} http://198.18.0.10/upload/it", big.display()));
+    assert_eq!(text(&o).trim(), format!("{sum} 104857600"), "upload byte-exact");
+    let out = lb.stop();
+    let _ = py.kill();
+    let _ = py.wait();
+    let peak = number_after(&out, "l7: peak proxy buffers per connection pair")
+        .unwrap_or_else(|| panic!("{out}"));
+    eprintln!("peak proxy buffers per connection pair: {peak} bytes for 100 MiB each way");
+    assert!(peak <= 512 * 1024, "proxy buffered {peak} bytes for one connection pair:\n{out}");
+}

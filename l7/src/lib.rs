@@ -679,6 +679,9 @@ pub struct L7 {
     free_upstreams: Vec<u32>,
     scratch: Vec<u8>,
     next_check: Option<Instant>,
+    /// Most bytes the proxy's own buffers held for one client connection
+    /// and its upstream together (capacity, after reads).
+    peak_pair_bytes: usize,
 }
 
 impl L7 {
@@ -750,12 +753,31 @@ impl L7 {
             free_upstreams: Vec::new(),
             scratch: vec![0; 16 * 1024],
             next_check: None,
+            peak_pair_bytes: 0,
         })
     }
 
     /// Counters of a listener.
     pub fn listener_stats(&self, id: ListenerId) -> Option<&ListenerStats> {
         self.by_id.get(&id).map(|&i| &self.listeners[i].stats)
+    }
+
+    /// Most bytes the proxy's buffers held at once for one client connection
+    /// and its upstream connection together (the TCP stack's socket buffers
+    /// come on top). Bodies stream through; this stays bounded however large
+    /// they are.
+    pub fn peak_pair_bytes(&self) -> usize {
+        self.peak_pair_bytes
+    }
+
+    /// Updates the high-water mark of session `s`'s buffers.
+    fn note_buffers(&mut self, s: u32) {
+        let Some(x) = self.sessions.get(s as usize).and_then(Option::as_ref) else { return };
+        let up = x.upstream.and_then(|u| self.upstreams.get(u as usize)?.as_ref());
+        let n = x.inbuf.capacity()
+            + x.out.capacity()
+            + up.map_or(0, |u| u.inbuf.capacity() + u.out.capacity());
+        self.peak_pair_bytes = self.peak_pair_bytes.max(n);
     }
 
     /// Counters of a listener's routes, in configuration order.
@@ -839,7 +861,15 @@ impl L7 {
                         self.pump_down(u, now, tcp);
                     }
                 }
-                Some(Owner::Upstream(u)) => self.flush_up(u, now, tcp),
+                Some(Owner::Upstream(u)) => {
+                    self.flush_up(u, now, tcp);
+                    // Room upstream: move more of the request body, reading
+                    // the client again (its socket is not announced again
+                    // once the proxy has read all it had).
+                    if let Some(s) = self.up(u).and_then(|x| x.session) {
+                        self.read_client(s, now, tcp);
+                    }
+                }
                 None => {}
             },
             TcpEvent::PeerClosed { conn } => match self.owners.get(&conn).copied() {
@@ -921,6 +951,7 @@ impl L7 {
         if let Some(li) = self.sess(s).map(|x| x.listener) {
             self.listeners[li].stats.bytes_in += got as u64;
         }
+        self.note_buffers(s);
         self.process_client(s, now, tcp);
     }
 
@@ -1485,6 +1516,10 @@ impl L7 {
             }
         }
         self.scratch = scratch;
+        let Some(up) = self.up(u) else { return };
+        if let Some(s) = up.session {
+            self.note_buffers(s);
+        }
         let Some(up) = self.up(u) else { return };
         if up.session.is_none() {
             if !up.inbuf.is_empty() {

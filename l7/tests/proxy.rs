@@ -1578,3 +1578,50 @@ fn grpc_over_http2_on_both_sides_keeps_trailers() {
     assert_eq!(t.front.stats().upstream_connections, 1);
     assert_eq!(t.front.stats().upstream_streams, 4);
 }
+
+/// A large upload through a narrow upstream window: every byte reaches the
+/// backend, whose answer reaches the client.
+#[test]
+fn a_large_upload_streams_through_a_narrow_upstream_window() {
+    let mut h = H::new();
+    let c = h.client();
+    let total = 2_000_000usize;
+    h.write(
+        c,
+        format!("PUT /one/up HTTP/1.1\r\nHost: v\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
+    );
+    let u = h.accept_upstreams()[0];
+    h.tcp.c(u).window = 16 * 1024;
+    let body: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    let mut fed = 0;
+    let mut got: Vec<u8> = Vec::new();
+    for _ in 0..100_000 {
+        // The client sends in bursts larger than the proxy's buffer.
+        if fed < total && h.tcp.c(c).to_l7.is_empty() {
+            let n = (total - fed).min(200_000);
+            h.tcp.peer_sends(c, &body[fed..fed + n]);
+            fed += n;
+        }
+        // The stack's turn: unread client bytes are announced again, the
+        // backend reads what it was sent and the window reopens.
+        if !h.tcp.c(c).to_l7.is_empty() {
+            h.ev(TcpEvent::Readable { conn: c });
+        }
+        // The backend reads everything it was sent; the window reopens and,
+        // as the stack does after a send that did not fit, Writable.
+        let was_full = h.tcp.c(u).sent.len() >= 16 * 1024;
+        let sent = h.take(u);
+        got.extend_from_slice(&sent);
+        if was_full {
+            h.ev(TcpEvent::Writable { conn: u });
+        }
+        if got.len() >= total + 20 && fed == total {
+            break;
+        }
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(got.len() - head_end, total, "body bytes upstream");
+    assert!(got[head_end..] == body[..]);
+    h.write(u, &response(b"stored", ""));
+    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 200 "));
+}
