@@ -212,21 +212,7 @@ impl H2Front {
             if !u.tcp_up {
                 return;
             }
-            {
-                let mut p = u.pipe.borrow_mut();
-                while p.rx.len() - p.rx_off < 64 * 1024 {
-                    match tcp.recv(conn, &mut self.scratch) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            p.rx.extend_from_slice(&self.scratch[..n]);
-                            progress = true;
-                        }
-                    }
-                }
-                if u.peer_closed {
-                    p.rx_eof = true;
-                }
-            }
+            progress |= u.pipe.borrow_mut().fill(tcp, conn, &mut self.scratch, u.peer_closed);
             if let UpPhase::Handshaking(hs) = &mut u.phase {
                 match hs.as_mut().poll(&mut cx) {
                     Poll::Ready(Ok((send, c))) => {
@@ -256,14 +242,7 @@ impl H2Front {
             if let UpPhase::Ready(_, c) = &mut u.phase {
                 let _ = Pin::new(&mut **c).poll(&mut cx);
             }
-            {
-                let mut p = u.pipe.borrow_mut();
-                if !p.tx.is_empty() {
-                    let n = tcp.send(conn, &p.tx).unwrap_or(0);
-                    p.tx.drain(..n);
-                    progress |= n > 0;
-                }
-            }
+            progress |= u.pipe.borrow_mut().flush(tcp, conn);
             if failed {
                 tcp.abort(conn);
                 self.up_gone(conn);

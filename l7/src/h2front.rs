@@ -71,6 +71,43 @@ pub(crate) struct PipeBufs {
 
 pub(crate) struct Pipe(pub(crate) Rc<RefCell<PipeBufs>>);
 
+impl PipeBufs {
+    /// Reads what TCP has for the `h2` connection on `conn` (up to 64 KiB
+    /// ahead of it); marks the end once the peer closed. True if bytes came.
+    pub(crate) fn fill<T: TcpApi>(
+        &mut self,
+        tcp: &mut T,
+        conn: ConnId,
+        scratch: &mut [u8],
+        peer_closed: bool,
+    ) -> bool {
+        let mut got = false;
+        while self.rx.len() - self.rx_off < 64 * 1024 {
+            match tcp.recv(conn, scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    self.rx.extend_from_slice(&scratch[..n]);
+                    got = true;
+                }
+            }
+        }
+        if peer_closed {
+            self.rx_eof = true;
+        }
+        got
+    }
+
+    /// Sends what `h2` wrote, as far as TCP takes it. True if bytes went.
+    pub(crate) fn flush<T: TcpApi>(&mut self, tcp: &mut T, conn: ConnId) -> bool {
+        if self.tx.is_empty() {
+            return false;
+        }
+        let n = tcp.send(conn, &self.tx).unwrap_or(0);
+        self.tx.drain(..n);
+        n > 0
+    }
+}
+
 impl tokio::io::AsyncRead for Pipe {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -189,6 +226,17 @@ struct Stream {
     /// L7 closed it (and was told `Closed`); it goes once its response is
     /// out.
     l7_closed: bool,
+}
+
+impl Stream {
+    /// Resets the stream towards the client (`INTERNAL_ERROR`).
+    fn reset(&mut self) {
+        if let Some(s) = self.send.as_mut() {
+            s.send_reset(Reason::INTERNAL_ERROR);
+        } else if let Some(r) = self.respond.as_mut() {
+            r.send_reset(Reason::INTERNAL_ERROR);
+        }
+    }
 }
 
 struct Sniff {
@@ -432,21 +480,7 @@ impl H2Front {
             let mut progress = false;
             // Bytes in.
             let Some(c) = self.conns.get_mut(&conn) else { return };
-            {
-                let mut p = c.pipe.borrow_mut();
-                while p.rx.len() - p.rx_off < 64 * 1024 {
-                    match tcp.recv(conn, &mut self.scratch) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            p.rx.extend_from_slice(&self.scratch[..n]);
-                            progress = true;
-                        }
-                    }
-                }
-                if c.peer_closed {
-                    p.rx_eof = true;
-                }
-            }
+            progress |= c.pipe.borrow_mut().fill(tcp, conn, &mut self.scratch, c.peer_closed);
             // The connection: handshake, then new streams.
             let mut accepted = Vec::new();
             let mut failed = false;
@@ -493,14 +527,7 @@ impl H2Front {
             }
             // Bytes out.
             let Some(c) = self.conns.get_mut(&conn) else { return };
-            {
-                let mut p = c.pipe.borrow_mut();
-                if !p.tx.is_empty() {
-                    let n = tcp.send(conn, &p.tx).unwrap_or(0);
-                    p.tx.drain(..n);
-                    progress |= n > 0;
-                }
-            }
+            progress |= c.pipe.borrow_mut().flush(tcp, conn);
             let flushed = c.pipe.borrow().tx.is_empty();
             if failed {
                 self.stats.protocol_errors += 1;
@@ -1047,11 +1074,7 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
             _ => {
                 // Closed before a complete response: the stream cannot end
                 // well.
-                if let Some(s) = st.send.as_mut() {
-                    s.send_reset(Reason::INTERNAL_ERROR);
-                } else if let Some(r) = st.respond.as_mut() {
-                    r.send_reset(Reason::INTERNAL_ERROR);
-                }
+                st.reset();
                 st.pending.clear();
                 st.end = End::None;
                 self.front.stats.proxy_resets += 1;
@@ -1075,11 +1098,7 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
         }
         let Some(st) = self.front.streams.get_mut(&conn) else { return };
         if !matches!(st.resp, Resp::Done) || !st.pending.is_empty() {
-            if let Some(s) = st.send.as_mut() {
-                s.send_reset(Reason::INTERNAL_ERROR);
-            } else if let Some(r) = st.respond.as_mut() {
-                r.send_reset(Reason::INTERNAL_ERROR);
-            }
+            st.reset();
             self.front.stats.proxy_resets += 1;
         }
         let c = st.conn;

@@ -1272,6 +1272,29 @@ impl L7 {
         }
     }
 
+    /// Resets upstream `u` of session `s`, which failed it before any of a
+    /// response reached the client, and sends the request to another backend
+    /// of its pool (not `failed`), or answers 502 when it may not be retried.
+    fn drop_upstream_and_retry<T: TcpApi>(
+        &mut self,
+        u: u32,
+        s: u32,
+        failed: usize,
+        now: Instant,
+        tcp: &mut T,
+    ) {
+        if let Some(conn) = self.up(u).map(|x| x.conn) {
+            tcp.abort(conn);
+        }
+        self.remove_upstream(u);
+        if let Some(x) = self.sess(s) {
+            x.upstream = None;
+        }
+        if !self.retry_request(s, failed, now, tcp) {
+            self.fail(s, 502, "Bad Gateway", tcp);
+        }
+    }
+
     /// Sends the request of session `s` again, to another backend, after
     /// backend `failed` of its pool failed it. False when it may not be (not
     /// retryable, no retries left, or the client has seen response bytes):
@@ -1610,16 +1633,7 @@ impl L7 {
             if retry {
                 // Not relayed: the request goes to another backend, on a
                 // fresh connection.
-                if let Some(conn) = self.up(u).map(|x| x.conn) {
-                    tcp.abort(conn);
-                }
-                self.remove_upstream(u);
-                if let Some(x) = self.sess(s) {
-                    x.upstream = None;
-                }
-                if !self.retry_request(s, b, now, tcp) {
-                    self.fail(s, 502, "Bad Gateway", tcp);
-                }
+                self.drop_upstream_and_retry(u, s, b, now, tcp);
                 return false;
             }
         }
@@ -1800,16 +1814,7 @@ impl L7 {
             self.backend_result(pool, b, false, now);
             // Nothing of a response yet: the request may go to another backend.
             if self.up(u).is_some_and(|x| x.resp.is_none()) {
-                if let Some(conn) = self.up(u).map(|x| x.conn) {
-                    tcp.abort(conn);
-                }
-                self.remove_upstream(u);
-                if let Some(x) = self.sess(s) {
-                    x.upstream = None;
-                }
-                if !self.retry_request(s, b, now, tcp) {
-                    self.fail(s, 502, "Bad Gateway", tcp);
-                }
+                self.drop_upstream_and_retry(u, s, b, now, tcp);
                 return;
             }
             self.bad_upstream(u, s, tcp);
@@ -1956,16 +1961,9 @@ impl L7 {
                     let (connected, opened, conn, pool, b) =
                         (up.connected, up.opened, up.conn, up.pool, up.backend);
                     if !connected && now >= opened + self.limits.connect_timeout {
-                        tcp.abort(conn);
                         self.pools[pool].stats.backends[b].connect_failures += 1;
                         self.backend_result(pool, b, false, now);
-                        self.remove_upstream(u);
-                        if let Some(x) = self.sess(s) {
-                            x.upstream = None;
-                        }
-                        if !self.retry_request(s, b, now, tcp) {
-                            self.fail(s, 502, "Bad Gateway", tcp);
-                        }
+                        self.drop_upstream_and_retry(u, s, b, now, tcp);
                     } else if now >= started + self.limits.request_timeout {
                         tcp.abort(conn);
                         self.remove_upstream(u);

@@ -1292,6 +1292,22 @@ mod h2_client {
             self.run();
         }
 
+        /// Reads a response body to its end, and its trailers.
+        pub fn read_body(&mut self, rb: &mut h2::RecvStream) -> (Vec<u8>, Option<http::HeaderMap>) {
+            let mut got = Vec::new();
+            loop {
+                let mut next = Box::pin(std::future::poll_fn(|cx| rb.poll_data(cx)));
+                match self.poll(&mut next) {
+                    Some(Some(Ok(d))) => got.extend_from_slice(&d),
+                    Some(None) => break,
+                    other => panic!("body: {other:?}"),
+                }
+            }
+            let mut tr = Box::pin(std::future::poll_fn(|cx| rb.poll_trailers(cx)));
+            let tr = self.poll(&mut tr).expect("trailers").expect("ok");
+            (got, tr)
+        }
+
         pub fn poll<T>(&mut self, f: &mut Pin<Box<impl Future<Output = T>>>) -> Option<T> {
             self.run();
             match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
@@ -1348,19 +1364,9 @@ fn http2_streams_translate_bodies_and_trailers_both_ways() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/grpc");
     assert!(resp.headers().get("transfer-encoding").is_none());
-    let mut rb = resp.into_body();
-    let mut got = Vec::new();
-    loop {
-        let mut next = Box::pin(std::future::poll_fn(|cx| rb.poll_data(cx)));
-        match t.poll(&mut next) {
-            Some(Some(Ok(d))) => got.extend_from_slice(&d),
-            Some(None) => break,
-            other => panic!("body: {other:?}"),
-        }
-    }
+    let (got, tr) = t.read_body(&mut resp.into_body());
     assert_eq!(got, b"abcde");
-    let mut tr = Box::pin(std::future::poll_fn(|cx| rb.poll_trailers(cx)));
-    let tr = t.poll(&mut tr).expect("trailers").expect("ok").expect("some trailers");
+    let tr = tr.expect("some trailers");
     assert_eq!(tr["grpc-status"], "0");
     assert_eq!(tr["grpc-message"], "ok");
 
@@ -1559,19 +1565,9 @@ fn grpc_over_http2_on_both_sides_keeps_trailers() {
         let resp = t.poll(&mut resp).expect("response").expect("ok");
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "application/grpc");
-        let mut rb = resp.into_body();
-        let mut got = Vec::new();
-        loop {
-            let mut next = Box::pin(std::future::poll_fn(|cx| rb.poll_data(cx)));
-            match t.poll(&mut next) {
-                Some(Some(Ok(d))) => got.extend_from_slice(&d),
-                Some(None) => break,
-                other => panic!("call {call}: body {other:?}"),
-            }
-        }
+        let (got, tr) = t.read_body(&mut resp.into_body());
         assert_eq!(got, b"\0\0\0\0\x03hey");
-        let mut trf = Box::pin(std::future::poll_fn(|cx| rb.poll_trailers(cx)));
-        let tr = t.poll(&mut trf).expect("trailers").expect("ok").expect("some trailers");
+        let tr = tr.expect("some trailers");
         assert_eq!(tr["grpc-status"], "0");
         assert_eq!(tr["grpc-message"], format!("call-{call}").as_str());
     }
