@@ -173,6 +173,7 @@ struct RawRoute {
     header_regex: Option<Spanned<String>>,
     client_subject: Option<Spanned<String>>,
     sni: Option<Spanned<String>>,
+    compress: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -849,6 +850,7 @@ impl Cx<'_> {
                             r.client_subject.as_ref().map(|v| v.span()),
                             r.set_request_headers.as_ref().map(|v| v.span()),
                             r.set_response_headers.as_ref().map(|v| v.span()),
+                            r.compress.as_ref().map(|v| v.span()),
                         ];
                         match (&r.sni, passthrough) {
                             (Some(v), false) => {
@@ -926,6 +928,7 @@ impl Cx<'_> {
                         if let Some(q) = &r.query {
                             route.query = Some(pair(q, "query")?);
                         }
+                        route.compress = r.compress.as_ref().is_some_and(|c| *c.get_ref());
                         route.retries = match &r.retries {
                             Some(v) => self.range_u32(v, 0, 10)?,
                             None => 1,
@@ -1959,6 +1962,14 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert!(name == "User-Agent" && re.is_match("CURL/8"));
         assert_eq!(r.set_response_headers, [("Cache-Control".to_string(), "no-store".to_string())]);
         assert_eq!(r.remove_response_headers, ["Server"]);
+        assert!(!r.compress);
+        let c = Config::parse(
+            "t.toml",
+            &src.replace("  path_regex", "  compress = true\n  path_regex"),
+        )
+        .unwrap();
+        let Mode::L7 { routes, .. } = &c.listeners[1].mode else { panic!("l7") };
+        assert!(routes[0].compress);
         let e = err(&src.replace("^/api/v[0-9]+/", "^/api/v[0-9+/"));
         assert!(
             e.key.ends_with("path_regex") && e.message.contains("not a regular expression"),

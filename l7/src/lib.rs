@@ -175,6 +175,9 @@ pub struct Route {
     pub set_response_headers: Vec<(String, String)>,
     /// Response headers removed on the way to the client.
     pub remove_response_headers: Vec<String>,
+    /// Compress responses with gzip for clients that accept it, when the
+    /// backend did not and the content type is text-like.
+    pub compress: bool,
     /// Times an idempotent request without a body (GET, HEAD, OPTIONS,
     /// TRACE, PUT, DELETE) is sent again, to another backend, after a connect
     /// failure, a reset before the response, or a 502 or 503.
@@ -536,6 +539,8 @@ struct Session {
     /// A byte tunnel from the start (TLS passthrough): the proxy never
     /// writes into it.
     raw: bool,
+    /// The request's `Accept-Encoding` allows gzip.
+    accept_gzip: bool,
 }
 
 /// A request that may be sent again: its upstream head, the retries left,
@@ -573,6 +578,122 @@ struct Upstream {
     chunks: ChunkScanner,
     head_request: bool,
     peer_closed: bool,
+    /// Compressing this response.
+    gz: Option<Box<Gz>>,
+}
+
+/// A response being compressed on its way to the client: the upstream body
+/// (decoded from chunked coding if it was) goes through gzip, and comes out
+/// in chunks, flushed after every read so a streaming response keeps
+/// streaming.
+struct Gz {
+    enc: flate2::write::GzEncoder<Vec<u8>>,
+    /// Chunked output waiting for the client's window.
+    out: Vec<u8>,
+    /// The upstream body's chunked-coding decoder, if it was chunked.
+    chunk: Option<h2front::Chunk>,
+    plain: Vec<u8>,
+    trailer: Vec<u8>,
+    finished: bool,
+}
+
+impl Gz {
+    fn new(chunked: bool) -> Box<Gz> {
+        Box::new(Gz {
+            enc: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(5)),
+            out: Vec::new(),
+            chunk: chunked.then_some(h2front::Chunk::Size(0)),
+            plain: Vec::new(),
+            trailer: Vec::new(),
+            finished: false,
+        })
+    }
+
+    /// Compresses body bytes as they arrived from upstream.
+    fn feed(&mut self, data: &[u8]) {
+        use std::io::Write;
+        let payload = match &mut self.chunk {
+            Some(state) => {
+                self.plain.clear();
+                h2front::decode_chunks(state, data, &mut self.plain, &mut self.trailer);
+                &self.plain[..]
+            }
+            None => data,
+        };
+        let _ = self.enc.write_all(payload);
+        let _ = self.enc.flush();
+        self.frame();
+    }
+
+    /// The end of the body: the gzip trailer and the last chunk.
+    fn finish(&mut self) {
+        let _ = self.enc.try_finish();
+        self.frame();
+        self.out.extend_from_slice(b"0\r\n\r\n");
+        self.finished = true;
+    }
+
+    fn frame(&mut self) {
+        use std::io::Write;
+        let buf = self.enc.get_mut();
+        if !buf.is_empty() {
+            let _ = write!(self.out, "{:x}\r\n", buf.len());
+            self.out.extend_from_slice(buf);
+            self.out.extend_from_slice(b"\r\n");
+            buf.clear();
+        }
+    }
+}
+
+/// Whether `Accept-Encoding` allows gzip (RFC 9110 12.5.3: listed, or `*`,
+/// without `q=0`).
+fn accepts_gzip(headers: &[httparse::Header<'_>]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("accept-encoding"))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .any(|item| {
+            let mut parts = item.split(|b| *b == b';');
+            let coding = parts.next().unwrap_or_default().trim_ascii();
+            let zero = parts.any(|p| {
+                let p = p.trim_ascii();
+                p.len() >= 3
+                    && p[..2].eq_ignore_ascii_case(b"q=")
+                    && p[2..].iter().all(|c| *c == b'0' || *c == b'.')
+            });
+            (coding.eq_ignore_ascii_case(b"gzip") || coding == b"*") && !zero
+        })
+}
+
+/// Whether a response may be compressed: text-like content not already
+/// encoded, and no `Cache-Control: no-transform`.
+fn compressible(headers: &[httparse::Header<'_>]) -> bool {
+    let mut text = false;
+    for h in headers {
+        let v = h.value.trim_ascii();
+        if h.name.eq_ignore_ascii_case("content-encoding") && !v.eq_ignore_ascii_case(b"identity") {
+            return false;
+        }
+        if h.name.eq_ignore_ascii_case("cache-control")
+            && v.windows(12).any(|w| w.eq_ignore_ascii_case(b"no-transform"))
+        {
+            return false;
+        }
+        if h.name.eq_ignore_ascii_case("content-type") {
+            let ct = v.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+            let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
+            text = ct.starts_with("text/")
+                || matches!(
+                    ct.as_str(),
+                    "application/json"
+                        | "application/javascript"
+                        | "application/xml"
+                        | "application/xhtml+xml"
+                        | "image/svg+xml"
+                );
+        }
+    }
+    text
 }
 
 struct Pool {
@@ -822,6 +943,7 @@ impl L7 {
                     key: None,
                     upgrade: false,
                     raw: false,
+                    accept_gzip: false,
                 };
                 let i = match self.free_sessions.pop() {
                     Some(i) => {
@@ -1063,6 +1185,7 @@ impl L7 {
         }
         let pool = route.pool;
         let retries = route.retries;
+        x.accept_gzip = route.compress && accepts_gzip(req.headers);
         x.key = match &self.pools[pool].cfg.balance {
             Balance::HashHeader(name) => req
                 .headers
@@ -1430,6 +1553,7 @@ impl L7 {
             chunks: ChunkScanner::default(),
             head_request: false,
             peer_closed: false,
+            gz: None,
         };
         let u = match self.free_upstreams.pop() {
             Some(u) => {
@@ -1563,7 +1687,8 @@ impl L7 {
         enum Parsed {
             Partial,
             Bad,
-            Head(usize, http1::ResponseInfo, Vec<u8>),
+            /// Head length, framing, the head for the client, compress.
+            Head(usize, http1::ResponseInfo, Vec<u8>, bool),
         }
         let max_head = self.limits.max_head;
         let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) else {
@@ -1588,13 +1713,29 @@ impl L7 {
                             }
                             None => (&[][..], &[][..]),
                         };
-                        let head =
-                            http1::client_response_head(&resp, client_keep, set, remove, upgrade);
+                        let gzip = info.status == 200
+                            && info.framing != Framing::None
+                            && !up.head_request
+                            && x.is_some_and(|x| x.accept_gzip)
+                            && compressible(resp.headers);
+                        let head = if gzip {
+                            // The length and coding change: say so.
+                            let mut set = set.to_vec();
+                            set.push(("Content-Encoding".into(), "gzip".into()));
+                            set.push(("Vary".into(), "Accept-Encoding".into()));
+                            set.push(("Transfer-Encoding".into(), "chunked".into()));
+                            let mut remove = remove.to_vec();
+                            remove.push("Content-Length".into());
+                            remove.push("ETag".into());
+                            http1::client_response_head(&resp, client_keep, &set, &remove, false)
+                        } else {
+                            http1::client_response_head(&resp, client_keep, set, remove, upgrade)
+                        };
                         if info.status == 101 && !upgrade {
                             // Switching protocols nobody asked for.
                             Parsed::Bad
                         } else {
-                            Parsed::Head(n, info, head)
+                            Parsed::Head(n, info, head, gzip)
                         }
                     }
                     Err(_) => Parsed::Bad,
@@ -1605,14 +1746,14 @@ impl L7 {
             }
             Ok(httparse::Status::Partial) | Err(_) => Parsed::Bad,
         };
-        let (n, mut info, head) = match parsed {
+        let (n, mut info, head, gzip) = match parsed {
             Parsed::Partial => return false,
             Parsed::Bad => {
                 self.backend_result(pool, b, false, now);
                 self.bad_upstream(u, s, tcp);
                 return false;
             }
-            Parsed::Head(n, info, head) => (n, info, head),
+            Parsed::Head(n, info, head, gzip) => (n, info, head, gzip),
         };
         if info.status >= 200 {
             if let Some(x) = self.sessions.get(s as usize).and_then(Option::as_ref) {
@@ -1652,13 +1793,24 @@ impl L7 {
             }
         }
         let Some(up) = self.up(u) else { return false };
-        up.inbuf.splice(..n, head.iter().copied());
+        if gzip {
+            // The head goes out first from the compressor's output; the
+            // body follows through it.
+            let mut gz = Gz::new(info.framing == Framing::Chunked);
+            gz.out.extend_from_slice(&head);
+            up.inbuf.drain(..n);
+            up.ready = 0;
+            up.gz = Some(gz);
+        } else {
+            up.inbuf.splice(..n, head.iter().copied());
+            up.ready = head.len();
+            up.gz = None;
+        }
         up.left = match info.framing {
             Framing::Length(l) => l,
             _ => 0,
         };
         up.chunks = ChunkScanner::default();
-        up.ready = head.len();
         up.resp = Some(info);
         true
     }
@@ -1705,7 +1857,36 @@ impl L7 {
             let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else {
                 return;
             };
-            if up.ready > 0 {
+            if let Some(gz) = up.gz.as_mut() {
+                // Compressed: feed what is ready once the previous output
+                // is out, so the proxy never holds more than one batch.
+                loop {
+                    if gz.out.is_empty() {
+                        if up.ready > 0 {
+                            gz.feed(&up.inbuf[..up.ready]);
+                            up.inbuf.drain(..up.ready);
+                            up.ready = 0;
+                        } else if body_done && !gz.finished {
+                            gz.finish();
+                        }
+                    }
+                    if gz.out.is_empty() {
+                        break;
+                    }
+                    let n = tcp.send(x.conn, &gz.out).unwrap_or(0);
+                    gz.out.drain(..n);
+                    x.response_started |= n > 0;
+                    let li = x.listener;
+                    self.listeners[li].stats.bytes_out += n as u64;
+                    if let Some(r) = x.route.and_then(|ri| self.listeners[li].routes.get_mut(ri)) {
+                        r.bytes_out += n as u64;
+                    }
+                    if !gz.out.is_empty() {
+                        return; // the client's window is full: Writable resumes
+                    }
+                }
+                body_done &= gz.finished;
+            } else if up.ready > 0 {
                 let n = tcp.send(x.conn, &up.inbuf[..up.ready]).unwrap_or(0);
                 up.inbuf.drain(..n);
                 up.ready -= n;

@@ -1621,3 +1621,133 @@ fn a_large_upload_streams_through_a_narrow_upstream_window() {
     h.write(u, &response(b"stored", ""));
     assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 200 "));
 }
+
+/// Decodes a chunked body (the whole of it) in a test.
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end]).unwrap(), 16).unwrap();
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+/// gzip per route: text-like responses to clients that accept it are
+/// compressed (from a fixed-length or a chunked upstream body), streamed in
+/// chunks; everything else passes untouched.
+#[test]
+fn compression_by_accept_encoding_and_content_type() {
+    use std::io::Read;
+    let mut h = H::with(|c| c.listeners[0].routes[0].compress = true);
+    let text: Vec<u8> = (0..20_000).map(|i| b"switchyard gzip test "[i % 21]).collect();
+    let ask = |h: &mut H, req: &str, resp: Vec<Vec<u8>>| -> Vec<u8> {
+        let c = h.client();
+        h.write(c, req.as_bytes());
+        // A new upstream connection, or a kept-alive one that got the request.
+        let u = h.accept_upstreams().pop().unwrap_or_else(|| {
+            let busy = h.tcp.conns.iter().find(|(id, cn)| **id != c && !cn.sent.is_empty());
+            *busy.expect("the request went upstream").0
+        });
+        h.take(u);
+        for part in resp {
+            h.write(u, &part);
+        }
+        h.take(c)
+    };
+    let gunzip = |body: &[u8]| {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(body).read_to_end(&mut out).expect("valid gzip");
+        out
+    };
+    let split = |raw: &[u8]| {
+        let i = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        (String::from_utf8_lossy(&raw[..i]).into_owned(), raw[i..].to_vec())
+    };
+    // Fixed length upstream, arriving in two pieces.
+    let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nETag: \"abc\"\r\n\r\n", text.len()).into_bytes();
+    resp.extend_from_slice(&text[..7000]);
+    let got = ask(
+        &mut h,
+        "GET /api/page HTTP/1.1\r\nHost: v\r\nAccept-Encoding: br;q=0.9, gzip, deflate\r\n\r\n",
+        vec![resp, text[7000..].to_vec()],
+    );
+    let (head, body) = split(&got);
+    assert!(
+        head.contains("Content-Encoding: gzip\r\n") && head.contains("Vary: Accept-Encoding\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("Transfer-Encoding: chunked\r\n") && !head.contains("Content-Length"),
+        "{head}"
+    );
+    assert!(!head.contains("ETag"), "a strong ETag names the uncompressed bytes: {head}");
+    let zipped = dechunk(&body);
+    assert!(zipped.len() < text.len() / 10, "compressed to {} bytes", zipped.len());
+    assert_eq!(gunzip(&zipped), text);
+    // Chunked upstream (JSON).
+    let mut resp =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    resp.extend_from_slice(format!("{:x}\r\n", 12_000).as_bytes());
+    resp.extend_from_slice(&text[..12_000]);
+    resp.extend_from_slice(b"\r\n");
+    let tail = [
+        format!("{:x}\r\n", 8_000).into_bytes(),
+        text[12_000..].to_vec(),
+        b"\r\n0\r\n\r\n".to_vec(),
+    ]
+    .concat();
+    let got = ask(
+        &mut h,
+        "GET /api/data HTTP/1.1\r\nHost: v\r\nAccept-Encoding: gzip\r\n\r\n",
+        vec![resp, tail],
+    );
+    let (head, body) = split(&got);
+    assert!(head.contains("Content-Encoding: gzip\r\n"), "{head}");
+    assert_eq!(gunzip(&dechunk(&body)), text);
+    // Untouched: no Accept-Encoding, gzip;q=0, an image, already encoded.
+    for (req_extra, ctype) in [
+        ("", "text/html"),
+        ("Accept-Encoding: gzip;q=0, identity\r\n", "text/html"),
+        ("Accept-Encoding: gzip\r\n", "image/png"),
+    ] {
+        let resp = [
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                text.len()
+            )
+            .into_bytes(),
+            text.clone(),
+        ]
+        .concat();
+        let got =
+            ask(&mut h, &format!("GET /api/x HTTP/1.1\r\nHost: v\r\n{req_extra}\r\n"), vec![resp]);
+        let (head, body) = split(&got);
+        assert!(
+            !head.contains("Content-Encoding") && head.contains("Content-Length"),
+            "{req_extra}{ctype}: {head}"
+        );
+        assert_eq!(body, text);
+    }
+    // Routes without `compress` never compress.
+    let resp = [
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            text.len()
+        )
+        .into_bytes(),
+        text.clone(),
+    ]
+    .concat();
+    let got = ask(
+        &mut h,
+        "GET /static/x HTTP/1.1\r\nHost: v\r\nAccept-Encoding: gzip\r\n\r\n",
+        vec![resp],
+    );
+    assert!(!split(&got).0.contains("Content-Encoding"));
+}
