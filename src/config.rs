@@ -136,6 +136,7 @@ struct RawListener {
 struct RawTls {
     cert: Option<String>,
     key: Option<String>,
+    ocsp: Option<String>,
     certificates: Option<Vec<RawCertPair>>,
     min_version: Option<String>,
     client_ca: Option<String>,
@@ -147,6 +148,7 @@ struct RawTls {
 struct RawCertPair {
     cert: String,
     key: String,
+    ocsp: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1068,6 +1070,20 @@ impl Cx<'_> {
                                 }
                             }
                             opts.client_ca = raw.client_ca.as_ref().map(|c| dir.join(c));
+                            match &raw.certificates {
+                                Some(list) => {
+                                    for (i, p) in list.iter().enumerate() {
+                                        if let Some(o) = &p.ocsp {
+                                            opts.ocsp.push((i, dir.join(o)));
+                                        }
+                                    }
+                                }
+                                None => {
+                                    if let Some(o) = &raw.ocsp {
+                                        opts.ocsp.push((0, dir.join(o)));
+                                    }
+                                }
+                            }
                             opts.client_cert_required = match raw.client_auth.as_deref() {
                                 None | Some("required") => true,
                                 Some("optional") => false,

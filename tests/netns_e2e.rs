@@ -515,12 +515,16 @@ fn https_terminated_with_curl_and_openssl() {
         key2.display(),
         cert2.display()
     ));
+    // An OCSP response to staple (RFC 6960: status successful).
+    let staple = t.dir.join("staple.der");
+    std::fs::write(&staple, [0x30u8, 0x03, 0x0a, 0x01, 0x00]).unwrap();
     let https = format!(
         "[[listener]]\nname = \"https\"\nmode = \"l7\"\naddress = \"198.18.0.10:443\"\n\
-         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}] }}\n\
+         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\", ocsp = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}] }}\n\
          [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"a\"\n\n  [[listener.route]]\n  pool = \"b\"\n\n",
         cert.display(),
         key.display(),
+        staple.display(),
         cert2.display(),
         key2.display()
     );
@@ -551,6 +555,12 @@ fn https_terminated_with_curl_and_openssl() {
         );
         assert!(s.contains("Verify return code: 0 (ok)"), "{s}");
     }
+    // The OCSP response is stapled for a client that asks (`-status`).
+    let o = t.exec(
+        "cl",
+        "sh -c 'openssl s_client -connect 198.18.0.10:443 -servername switchyard.test -status </dev/null 2>&1'",
+    );
+    assert!(text(&o).contains("OCSP Response Status: successful"), "{}", text(&o));
     // SNI picks the certificate; an unknown name gets the first (default).
     for (name, cn) in [("other.test", "other.test"), ("unknown.test", "switchyard.test")] {
         let o = t.exec(
@@ -587,8 +597,8 @@ fn https_terminated_with_curl_and_openssl() {
     assert!(line.contains("TLSv1_2"), "{line}");
     assert!(number_after(line, "failed").unwrap() >= 1, "{line}");
     assert_eq!(number_after(line, "resumed"), Some(1), "{line}");
-    // Three curls and six s_clients reach L7; the plain-HTTP client never does.
-    assert_eq!(number_after(&out, "listener https (l7): connections"), Some(9), "{out}");
+    // Three curls and seven s_clients reach L7; the plain-HTTP client never does.
+    assert_eq!(number_after(&out, "listener https (l7): connections"), Some(10), "{out}");
 }
 
 /// HTTP/2 towards clients: cleartext with prior knowledge and over TLS with

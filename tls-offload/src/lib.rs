@@ -171,6 +171,9 @@ pub struct TlsOptions {
     /// ALPN protocols offered, in preference order (default `h2`,
     /// `http/1.1`).
     pub alpn: Option<Vec<Vec<u8>>>,
+    /// OCSP responses (DER files) stapled to the certificates, by their
+    /// position in the certificate list.
+    pub ocsp: Vec<(usize, std::path::PathBuf)>,
 }
 
 /// Like [`server_config`] with several certificates: each handshake gets the
@@ -190,8 +193,12 @@ pub fn server_config_with(
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut certs = Vec::new();
-    for (cert, key) in pairs {
-        certs.push(Arc::new(certified_key(&provider, cert, key)?));
+    for (i, (cert, key)) in pairs.iter().enumerate() {
+        let mut ck = certified_key(&provider, cert, key)?;
+        if let Some((_, path)) = opts.ocsp.iter().find(|(j, _)| *j == i) {
+            ck.ocsp = Some(ocsp_response(path)?);
+        }
+        certs.push(Arc::new(ck));
     }
     if certs.is_empty() {
         return Err(TlsError::File { path: String::new(), reason: "no certificate given".into() });
@@ -260,6 +267,22 @@ fn certified_key(
     let ck = rustls::sign::CertifiedKey::new(chain, signing);
     ck.keys_match().map_err(|e| mismatch(e.to_string()))?;
     Ok(ck)
+}
+
+/// A DER OCSP response to staple, checked to be one (a SEQUENCE whose
+/// first element is the response status).
+fn ocsp_response(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let err = |reason: &str| TlsError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    };
+    let der = std::fs::read(path).map_err(|e| err(&e.to_string()))?;
+    // OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED, ... } (RFC 6960).
+    let looks_right = der.len() >= 5 && der[0] == 0x30 && der.contains(&0x0a);
+    if !looks_right {
+        return Err(err("not a DER OCSP response"));
+    }
+    Ok(der)
 }
 
 /// Chooses a certificate by the ClientHello's server name.

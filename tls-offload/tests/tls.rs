@@ -459,3 +459,84 @@ fn bad_input_is_refused_counted_and_disturbs_no_one_else() {
     assert!(t.pump(good, &mut good_client).is_none());
     assert_eq!(t.received.get(&good).map(Vec::as_slice), Some(&b"and answered"[..]));
 }
+
+/// A client verifier that records the OCSP response the server stapled.
+#[derive(Debug)]
+struct Stapled {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    seen: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Stapled {
+    fn verify_server_cert(
+        &self,
+        ee: &CertificateDer<'_>,
+        inter: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap() = Some(ocsp.to_vec());
+        self.inner.verify_server_cert(ee, inter, name, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[test]
+fn an_ocsp_response_from_a_file_is_stapled() {
+    let pki = Pki::new("ocsp");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    // OCSPResponse { responseStatus successful } (RFC 6960), as a file.
+    let staple = [0x30u8, 0x03, 0x0a, 0x01, 0x00];
+    let path = pki.dir.join("staple.der");
+    std::fs::write(&path, staple).unwrap();
+    let opts = TlsOptions { ocsp: vec![(0, path)], ..TlsOptions::default() };
+    let mut t = T::new(&[&server], opts);
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(pki.roots()),
+        provider(),
+    )
+    .build()
+    .unwrap();
+    for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        *seen.lock().unwrap() = None;
+        let cfg = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[v])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Stapled {
+                inner: inner.clone(),
+                seen: seen.clone(),
+            }))
+            .with_no_client_auth();
+        let (_, _, err) = t.connect(&Arc::new(cfg), "switchyard.test");
+        assert!(err.is_none(), "{v:?}: {err:?}");
+        assert_eq!(seen.lock().unwrap().as_deref(), Some(&staple[..]), "{v:?}: stapled");
+    }
+    // Not an OCSP response: a configuration error naming the file.
+    let bad = pki.dir.join("bad.der");
+    std::fs::write(&bad, b"hello").unwrap();
+    let pairs = [(server.cert_path.clone(), server.key_path.clone())];
+    let opts = TlsOptions { ocsp: vec![(0, bad.clone())], ..TlsOptions::default() };
+    let e = server_config_with(&pairs, &opts).unwrap_err().to_string();
+    assert!(e.contains("bad.der") && e.contains("not a DER OCSP response"), "{e}");
+}
