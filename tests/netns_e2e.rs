@@ -830,3 +830,79 @@ fn hundred_mebibytes_stream_both_ways_with_bounded_proxy_memory() {
     eprintln!("peak proxy buffers per connection pair: {peak} bytes for 100 MiB each way");
     assert!(peak <= 512 * 1024, "proxy buffered {peak} bytes for one connection pair:\n{out}");
 }
+
+/// WebSocket through an L7 route, with a real client and server (the
+/// Python `websockets` library): the upgrade passes, then text and binary
+/// messages up to 1 MiB are echoed unchanged, and the close handshake
+/// completes.
+#[test]
+fn websocket_echo_with_a_real_client_and_server() {
+    const PY: &str = "/usr/bin/python3";
+    if !can_run("websocket", &[PY]) {
+        return;
+    }
+    let have_ws =
+        Command::new(PY).args(["-c", "import websockets"]).status().is_ok_and(|s| s.success());
+    if !have_ws {
+        let msg = "websocket: python3-websockets is not installed (scripts/setup.sh installs it)";
+        assert!(std::env::var("SWITCHYARD_E2E").as_deref() != Ok("require"), "{msg}");
+        eprintln!("skipped: {msg}");
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("syw-");
+    let server = t.dir.join("ws_server.py");
+    std::fs::write(
+        &server,
+        "import asyncio, websockets\n\
+         async def echo(ws, path=None):\n\
+         \x20   async for m in ws:\n\
+         \x20       await ws.send(m)\n\
+         async def main():\n\
+         \x20   async with websockets.serve(echo, '198.18.0.23', 9100, max_size=None):\n\
+         \x20       await asyncio.Future()\n\
+         asyncio.run(main())\n",
+    )
+    .unwrap();
+    let client = t.dir.join("ws_client.py");
+    std::fs::write(
+        &client,
+        "import asyncio, os, websockets\n\
+         async def main():\n\
+         \x20   async with websockets.connect('ws://198.18.0.10/ws/echo', max_size=None) as ws:\n\
+         \x20       n = 0\n\
+         \x20       for size in [1, 125, 126, 65535, 65536, 1 << 20]:\n\
+         \x20           for msg in ['x' * size, os.urandom(size)]:\n\
+         \x20               await ws.send(msg)\n\
+         \x20               back = await ws.recv()\n\
+         \x20               assert back == msg, (size, type(msg))\n\
+         \x20               n += 1\n\
+         \x20       await ws.close()\n\
+         \x20       print('echoed', n, 'close', ws.close_code)\n\
+         asyncio.run(main())\n",
+    )
+    .unwrap();
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &t.ns("be"), PY])
+        .arg(&server)
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_millis(700));
+    let cfg = config("af_packet:lb0", "round-robin", "a")
+        .replace(
+            "  [[listener.route]]\n  path_prefix = \"/api/\"",
+            "  [[listener.route]]\n  path_prefix = \"/ws/\"\n  pool = \"ws\"\n  [[listener.route]]\n  path_prefix = \"/api/\"",
+        )
+        .replace(
+            "[[pool]]\nname = \"a\"",
+            "[[pool]]\nname = \"ws\"\nbackends = [{ name = \"w\", address = \"198.18.0.23:9100\" }]\n\n[[pool]]\nname = \"a\"",
+        );
+    let mut lb = t.switchyard(&cfg);
+    let o = t.exec("cl", &format!("timeout 30 {PY} {}", client.display()));
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert_eq!(text(&o).trim(), "echoed 12 close 1000", "{}", text(&o));
+    let out = lb.stop();
+    // The handshake counts as a request answered 1xx by its route.
+    assert!(out.contains("route 0: requests 1, 2xx 0"), "{out}");
+}
