@@ -82,7 +82,7 @@ impl ClientHost {
 }
 
 /// The load balancer as a node of the simulated network.
-struct LbNode(Rc<RefCell<Worker<SimPort>>>);
+struct LbNode(Rc<RefCell<Worker<SimPort>>>, Rc<std::cell::Cell<std::time::Duration>>);
 
 impl Node for LbNode {
     fn name(&self) -> &str {
@@ -90,6 +90,7 @@ impl Node for LbNode {
     }
 
     fn poll(&mut self, now: Instant) {
+        let t = std::time::Instant::now();
         let mut w = self.0.borrow_mut();
         // Drain what arrived in full bursts before yielding to the network.
         for _ in 0..64 {
@@ -97,6 +98,7 @@ impl Node for LbNode {
                 break;
             }
         }
+        self.1.set(self.1.get() + t.elapsed());
     }
 
     fn poll_at(&self, now: Instant) -> Option<Instant> {
@@ -141,6 +143,9 @@ pub struct World {
     pub backend_links: Vec<Vec<LinkId>>,
     /// When the clients started.
     pub start: Instant,
+    /// Wall time spent inside the load balancer's turns (its share of the
+    /// simulation's CPU, the hosts excluded).
+    pub lb_busy: Rc<std::cell::Cell<std::time::Duration>>,
     /// When clients stop starting new work (start + `sim.seconds`).
     pub end: Instant,
     /// `[[sim.admin]]` commands carried out: when, the line, the reply.
@@ -178,7 +183,8 @@ impl World {
         let (port, wire) = pair(cfg.device.mac, RING);
         let dp = crate::worker::Dataplane::new(cfg)?;
         let lb = Rc::new(RefCell::new(Worker { port, dp }));
-        net.add_node(Box::new(LbNode(lb.clone())));
+        let lb_busy = Rc::new(std::cell::Cell::new(std::time::Duration::ZERO));
+        net.add_node(Box::new(LbNode(lb.clone(), lb_busy.clone())));
         let lb_link = net.attach("switchyard", wire, LinkConfig::ideal());
 
         // Which pools sit behind L7 routes (HTTP origins) and which behind L4;
@@ -330,6 +336,7 @@ impl World {
             client_links,
             backend_links,
             start,
+            lb_busy,
             end,
             admin_log: Vec::new(),
         })

@@ -69,7 +69,7 @@ pub struct TcpConfig {
 impl Default for TcpConfig {
     fn default() -> Self {
         TcpConfig {
-            sockets_per_shard: 64,
+            sockets_per_shard: 16,
             max_connections: 16384,
             rx_buffer: 16 * 1024,
             tx_buffer: 16 * 1024,

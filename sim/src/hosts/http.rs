@@ -71,7 +71,7 @@ pub struct HttpServer {
 }
 
 const SERVER_BUF: usize = 65536;
-const SPARE_LISTENERS: usize = 16;
+const SPARE_LISTENERS: usize = 256;
 
 impl HttpServer {
     /// An origin on `host` port `port` whose bodies are `body_size` bytes.
