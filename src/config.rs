@@ -176,6 +176,7 @@ struct RawRoute {
     client_subject: Option<Spanned<String>>,
     sni: Option<Spanned<String>>,
     compress: Option<Spanned<bool>>,
+    timeout_ms: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -853,6 +854,7 @@ impl Cx<'_> {
                             r.set_request_headers.as_ref().map(|v| v.span()),
                             r.set_response_headers.as_ref().map(|v| v.span()),
                             r.compress.as_ref().map(|v| v.span()),
+                            r.timeout_ms.as_ref().map(|v| v.span()),
                         ];
                         match (&r.sni, passthrough) {
                             (Some(v), false) => {
@@ -931,6 +933,11 @@ impl Cx<'_> {
                             route.query = Some(pair(q, "query")?);
                         }
                         route.compress = r.compress.as_ref().is_some_and(|c| *c.get_ref());
+                        if let Some(v) = &r.timeout_ms {
+                            route.request_timeout = Some(Duration::from_millis(u64::from(
+                                self.range_u32(v, 1, 3_600_000)?,
+                            )));
+                        }
                         route.retries = match &r.retries {
                             Some(v) => self.range_u32(v, 0, 10)?,
                             None => 1,

@@ -292,6 +292,10 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
             h.upstream_connections,
             h.upstream_streams
         );
+        if !h.grpc_status.is_empty() {
+            let s: Vec<String> = h.grpc_status.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            println!("grpc-status: {}", s.join(", "));
+        }
     }
     for (i, l) in cfg.listeners.iter().enumerate() {
         if let Some(s) = dp.l4.listener_stats(i as u16) {

@@ -58,6 +58,9 @@ pub struct H2Stats {
     pub upstream_connections: u64,
     /// Requests sent on them.
     pub upstream_streams: u64,
+    /// gRPC responses relayed to clients, by `grpc-status` (from trailers,
+    /// or the head of a trailers-only response).
+    pub grpc_status: std::collections::BTreeMap<String, u64>,
 }
 
 /// The in-memory transport under an `h2` connection.
@@ -737,6 +740,9 @@ impl H2Front {
                     progress = true;
                 }
                 End::Trailers(t) => {
+                    if let Some(s) = t.get("grpc-status").and_then(|v| v.to_str().ok()) {
+                        *self.stats.grpc_status.entry(s.to_string()).or_default() += 1;
+                    }
                     let _ = send.send_trailers(t);
                     progress = true;
                 }
@@ -836,6 +842,13 @@ impl H2Front {
                     }
                     if st.head_request || status == 204 || status == 304 {
                         body = Body::Length(0);
+                    }
+                    // A trailers-only gRPC response carries its status here.
+                    if let Some(h) =
+                        r.headers.iter().find(|h| h.name.eq_ignore_ascii_case("grpc-status"))
+                    {
+                        let s = String::from_utf8_lossy(h.value).trim().to_string();
+                        *self.stats.grpc_status.entry(s).or_default() += 1;
                     }
                     let rest = buf.split_off(n);
                     let resp = match resp.body(()) {

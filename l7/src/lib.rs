@@ -178,6 +178,9 @@ pub struct Route {
     /// Compress responses with gzip for clients that accept it, when the
     /// backend did not and the content type is text-like.
     pub compress: bool,
+    /// Time from a request to its response head on this route (the
+    /// listener-wide [`Limits::request_timeout`] when `None`).
+    pub request_timeout: Option<Duration>,
     /// Times an idempotent request without a body (GET, HEAD, OPTIONS,
     /// TRACE, PUT, DELETE) is sent again, to another backend, after a connect
     /// failure, a reset before the response, or a 502 or 503.
@@ -541,6 +544,8 @@ struct Session {
     raw: bool,
     /// The request's `Accept-Encoding` allows gzip.
     accept_gzip: bool,
+    /// Time allowed from this request to its response head.
+    request_timeout: Duration,
 }
 
 /// A request that may be sent again: its upstream head, the retries left,
@@ -944,6 +949,7 @@ impl L7 {
                     upgrade: false,
                     raw: false,
                     accept_gzip: false,
+                    request_timeout: self.limits.request_timeout,
                 };
                 let i = match self.free_sessions.pop() {
                     Some(i) => {
@@ -1186,6 +1192,7 @@ impl L7 {
         let pool = route.pool;
         let retries = route.retries;
         x.accept_gzip = route.compress && accepts_gzip(req.headers);
+        x.request_timeout = route.request_timeout.unwrap_or(self.limits.request_timeout);
         x.key = match &self.pools[pool].cfg.balance {
             Balance::HashHeader(name) => req
                 .headers
@@ -2137,7 +2144,7 @@ impl L7 {
                 }
                 Phase::Request if !x.response_started => {
                     let Some(u) = x.upstream else { continue };
-                    let started = x.started;
+                    let (started, request_timeout) = (x.started, x.request_timeout);
                     let Some(up) = self.up(u) else { continue };
                     let (connected, opened, conn, pool, b) =
                         (up.connected, up.opened, up.conn, up.pool, up.backend);
@@ -2145,7 +2152,7 @@ impl L7 {
                         self.pools[pool].stats.backends[b].connect_failures += 1;
                         self.backend_result(pool, b, false, now);
                         self.drop_upstream_and_retry(u, s, b, now, tcp);
-                    } else if now >= started + self.limits.request_timeout {
+                    } else if now >= started + request_timeout {
                         tcp.abort(conn);
                         self.remove_upstream(u);
                         if let Some(x) = self.sess(s) {

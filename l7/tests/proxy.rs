@@ -1573,6 +1573,7 @@ fn grpc_over_http2_on_both_sides_keeps_trailers() {
     }
     assert_eq!(t.front.stats().upstream_connections, 1);
     assert_eq!(t.front.stats().upstream_streams, 4);
+    assert_eq!(t.front.stats().grpc_status.get("0"), Some(&4), "grpc-status counted");
 }
 
 /// A large upload through a narrow upstream window: every byte reaches the
@@ -1750,4 +1751,22 @@ fn compression_by_accept_encoding_and_content_type() {
         vec![resp],
     );
     assert!(!split(&got).0.contains("Content-Encoding"));
+}
+
+#[test]
+fn a_route_can_have_its_own_request_timeout() {
+    let mut h =
+        H::with(|c| c.listeners[0].routes[0].request_timeout = Some(Duration::from_secs(2)));
+    let fast = h.client();
+    h.write(fast, b"GET /api/slow HTTP/1.1\r\nHost: v\r\n\r\n");
+    let slow = h.client();
+    h.write(slow, b"GET /static/slow HTTP/1.1\r\nHost: v\r\n\r\n");
+    h.accept_upstreams();
+    h.now += Duration::from_millis(2100);
+    h.l7.poll(h.now, &mut h.tcp);
+    assert!(header_block(&h.take(fast)).starts_with("HTTP/1.1 504 "), "the route's 2 s");
+    assert!(h.take(slow).is_empty(), "the default 30 s still runs");
+    h.now += Duration::from_secs(28);
+    h.l7.poll(h.now, &mut h.tcp);
+    assert!(header_block(&h.take(slow)).starts_with("HTTP/1.1 504 "));
 }
