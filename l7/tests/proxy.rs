@@ -1501,8 +1501,9 @@ fn tls_passthrough_routes_by_sni_and_never_touches_the_bytes() {
 }
 
 /// gRPC through the proxy: an HTTP/2 client, HTTP/2 to an `h2c` backend
-/// (one connection carries every call), a request message and a response
-/// with `grpc-status` trailers, both ways unchanged.
+/// (one connection carries every call), unary and streaming calls (several
+/// messages each way, frame by frame) with `grpc-status` trailers, all
+/// unchanged.
 #[test]
 fn grpc_over_http2_on_both_sides_keeps_trailers() {
     use bytes::Bytes;
@@ -1520,9 +1521,15 @@ fn grpc_over_http2_on_both_sides_keeps_trailers() {
             .unwrap();
         let (resp, mut body) = t.client.send_request(req, false).unwrap();
         // A gRPC message: compression flag, length, payload.
-        let msg = [&[0u8, 0, 0, 0, 5][..], b"hello"].concat();
-        body.send_data(Bytes::from(msg.clone()), true).unwrap();
-        t.run();
+        // Calls 0-1 are unary; calls 2-3 stream: several messages, each in
+        // its own DATA frame, both ways.
+        let streams = if call < 2 { 1 } else { 3 };
+        let one = [&[0u8, 0, 0, 0, 5][..], b"hello"].concat();
+        let msg = one.repeat(streams);
+        for i in 0..streams {
+            body.send_data(Bytes::from(one.clone()), i + 1 == streams).unwrap();
+            t.run();
+        }
         let new = t.h.accept_upstreams();
         if call == 0 {
             assert_eq!(new.len(), 1, "one HTTP/2 connection to the backend");
@@ -1555,7 +1562,10 @@ fn grpc_over_http2_on_both_sides_keeps_trailers() {
             .body(())
             .unwrap();
         let mut out = respond.send_response(head, false).unwrap();
-        out.send_data(Bytes::from_static(b"\0\0\0\0\x03hey"), false).unwrap();
+        for _ in 0..streams {
+            out.send_data(Bytes::from_static(b"\0\0\0\0\x03hey"), false).unwrap();
+            t.serve(srv);
+        }
         let mut tr = http::HeaderMap::new();
         tr.insert("grpc-status", "0".parse().unwrap());
         tr.insert("grpc-message", format!("call-{call}").parse().unwrap());
@@ -1566,7 +1576,7 @@ fn grpc_over_http2_on_both_sides_keeps_trailers() {
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "application/grpc");
         let (got, tr) = t.read_body(&mut resp.into_body());
-        assert_eq!(got, b"\0\0\0\0\x03hey");
+        assert_eq!(got, b"\0\0\0\0\x03hey".repeat(streams), "call {call}");
         let tr = tr.expect("some trailers");
         assert_eq!(tr["grpc-status"], "0");
         assert_eq!(tr["grpc-message"], format!("call-{call}").as_str());
