@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use switchyard_l4::sched::{Maglev, hash_flow};
-use switchyard_l4::{Backend, L4, L4Config, ListenerConfig, Scheduler, Timeouts, Verdict};
+use switchyard_l4::{L4, L4Config, Scheduler, Timeouts, Verdict};
 use switchyard_nic::Pool;
+use switchyard_stack::Instant;
 use switchyard_stack::wire::*;
-use switchyard_stack::{Instant, Proto};
 
 fn names(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| format!("198.18.{}.{}:5432", 1 + i / 250, 1 + i % 250).into_bytes()).collect()
@@ -63,23 +63,10 @@ fn segment(i: u32, flags: u8) -> Vec<u8> {
 fn conntrack(c: &mut Criterion) {
     const FLOWS: u32 = 1_000_000;
     let mut l4 = L4::new(L4Config {
-        listeners: vec![ListenerConfig {
-            id: 0,
-            name: "pg".into(),
-            vip: "198.18.0.10:5432".parse().unwrap(),
-            last_port: 0,
-            proto: Proto::Tcp,
-            backends: (1..=8)
-                .map(|i| Backend {
-                    name: format!("pg-{i}"),
-                    addr: format!("198.18.1.{i}:5432").parse().unwrap(),
-                    weight: 1,
-                })
-                .collect(),
-            scheduler: Scheduler::Maglev,
-            forwarding: switchyard_l4::Forwarding::FullNat,
-            on_backend_down: switchyard_l4::DownPolicy::Keep,
-        }],
+        listeners: vec![switchyard_bench::pg_listener(
+            (1..=8).map(|i| std::net::SocketAddr::from(([198, 18, 1, i], 5432))),
+            Scheduler::Maglev,
+        )],
         snat_addrs: (0..20).map(|k| std::net::IpAddr::from([198, 19, 0, k])).collect(),
         snat_ports: 1024..65535,
         table_capacity: FLOWS as usize,

@@ -78,7 +78,7 @@ fn classify(c: &mut Criterion) {
 }
 
 fn l4_forward(c: &mut Criterion) {
-    use switchyard_l4::{Backend, L4, L4Config, ListenerConfig, Scheduler, Timeouts, Verdict};
+    use switchyard_l4::{L4, L4Config, Scheduler, Timeouts, Verdict};
     let mut stack = Stack::new(
         StackConfig {
             mac: LB_MAC,
@@ -92,23 +92,10 @@ fn l4_forward(c: &mut Criterion) {
         .add_listener("198.18.0.10:5432".parse().unwrap(), Proto::Tcp, ListenerKind::L4, 0)
         .unwrap();
     let mut l4 = L4::new(L4Config {
-        listeners: vec![ListenerConfig {
-            id: 0,
-            name: "pg".into(),
-            vip: "198.18.0.10:5432".parse().unwrap(),
-            last_port: 0,
-            proto: Proto::Tcp,
-            backends: (1..=3)
-                .map(|i| Backend {
-                    name: format!("pg-{i}"),
-                    addr: format!("198.18.0.2{i}:5432").parse().unwrap(),
-                    weight: 1,
-                })
-                .collect(),
-            scheduler: Scheduler::RoundRobin,
-            forwarding: switchyard_l4::Forwarding::FullNat,
-            on_backend_down: switchyard_l4::DownPolicy::Keep,
-        }],
+        listeners: vec![switchyard_bench::pg_listener(
+            (1..=3).map(|i| std::net::SocketAddr::from(([198, 18, 0, 20 + i], 5432))),
+            Scheduler::RoundRobin,
+        )],
         snat_addrs: vec!["198.18.0.2".parse().unwrap()],
         snat_ports: 40960..65535,
         table_capacity: 65536,

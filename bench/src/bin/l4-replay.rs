@@ -15,7 +15,7 @@
 
 use std::time::Instant as WallClock;
 
-use switchyard_l4::{Backend, L4, L4Config, ListenerConfig, Scheduler, Timeouts, Verdict};
+use switchyard_l4::{L4, L4Config, Scheduler, Timeouts, Verdict};
 use switchyard_nic::{BURST, Pool};
 use switchyard_stack::wire::*;
 use switchyard_stack::{Ingress, Instant, ListenerKind, Proto, Stack, StackConfig, TcpConfig};
@@ -237,23 +237,10 @@ fn main() {
     let snat: Vec<std::net::IpAddr> = (0..capacity.div_ceil(per_addr))
         .map(|k| std::net::IpAddr::from([198, 19, (k >> 8) as u8, k as u8]))
         .collect();
-    let listener = ListenerConfig {
-        id: 0,
-        name: "pg".into(),
-        vip: "198.18.0.10:5432".parse().unwrap(),
-        last_port: 0,
-        proto: Proto::Tcp,
-        backends: (1..=8)
-            .map(|b| Backend {
-                name: format!("pg-{b}"),
-                addr: format!("198.18.1.{b}:5432").parse().unwrap(),
-                weight: 1,
-            })
-            .collect(),
-        scheduler: a.scheduler,
-        forwarding: switchyard_l4::Forwarding::FullNat,
-        on_backend_down: switchyard_l4::DownPolicy::Keep,
-    };
+    let listener = switchyard_bench::pg_listener(
+        (1..=8).map(|b| std::net::SocketAddr::from(([198, 18, 1, b], 5432))),
+        a.scheduler,
+    );
     let l4 = match L4::new(L4Config {
         listeners: vec![listener],
         snat_addrs: snat,
