@@ -261,6 +261,23 @@ backends = [{{ name = "iperf1", address = "198.18.0.21:5201" }}]
     )
 }
 
+/// `cfg` with a first L7 route on `web`: requests under `prefix` go to a pool
+/// of one backend at `addr`.
+fn with_route(cfg: String, prefix: &str, addr: &str) -> String {
+    cfg.replace(
+        "  [[listener.route]]\n  path_prefix = \"/api/\"",
+        &format!(
+            "  [[listener.route]]\n  path_prefix = \"{prefix}\"\n  pool = \"extra\"\n  [[listener.route]]\n  path_prefix = \"/api/\""
+        ),
+    )
+    .replace(
+        "[[pool]]\nname = \"a\"",
+        &format!(
+            "[[pool]]\nname = \"extra\"\nbackends = [{{ name = \"x1\", address = \"{addr}\" }}]\n\n[[pool]]\nname = \"a\""
+        ),
+    )
+}
+
 /// Routes answered by the right nginx, over L7 and L4, and a 4 MiB download
 /// byte-exact both ways; the counters agree with what the clients did.
 fn routes_and_downloads(t: &Topology, sum: &str) {
@@ -801,15 +818,8 @@ fn hundred_mebibytes_stream_both_ways_with_bounded_proxy_memory() {
         .spawn()
         .expect("python3");
     std::thread::sleep(Duration::from_millis(500));
-    let cfg = config("af_packet:lb0", "round-robin", "a")
-        .replace(
-            "  [[listener.route]]\n  path_prefix = \"/api/\"",
-            "  [[listener.route]]\n  path_prefix = \"/upload/\"\n  pool = \"put\"\n  [[listener.route]]\n  path_prefix = \"/api/\"",
-        )
-        .replace(
-            "[[pool]]\nname = \"a\"",
-            "[[pool]]\nname = \"put\"\nbackends = [{ name = \"py\", address = \"198.18.0.23:9090\" }]\n\n[[pool]]\nname = \"a\"",
-        );
+    let cfg =
+        with_route(config("af_packet:lb0", "round-robin", "a"), "/upload/", "198.18.0.23:9090");
     let mut lb = t.switchyard(&cfg);
     // Download, the client reading at 40 MB/s: the proxy must not buffer
     // what the client has not taken.
@@ -888,15 +898,7 @@ fn websocket_echo_with_a_real_client_and_server() {
         .spawn()
         .expect("python3");
     std::thread::sleep(Duration::from_millis(700));
-    let cfg = config("af_packet:lb0", "round-robin", "a")
-        .replace(
-            "  [[listener.route]]\n  path_prefix = \"/api/\"",
-            "  [[listener.route]]\n  path_prefix = \"/ws/\"\n  pool = \"ws\"\n  [[listener.route]]\n  path_prefix = \"/api/\"",
-        )
-        .replace(
-            "[[pool]]\nname = \"a\"",
-            "[[pool]]\nname = \"ws\"\nbackends = [{ name = \"w\", address = \"198.18.0.23:9100\" }]\n\n[[pool]]\nname = \"a\"",
-        );
+    let cfg = with_route(config("af_packet:lb0", "round-robin", "a"), "/ws/", "198.18.0.23:9100");
     let mut lb = t.switchyard(&cfg);
     let o = t.exec("cl", &format!("timeout 30 {PY} {}", client.display()));
     let _ = srv.kill();

@@ -976,6 +976,16 @@ pub struct H2Tcp<'a, T: TcpApi> {
 }
 
 impl<T: TcpApi> H2Tcp<'_, T> {
+    /// L7 closes or aborts `conn`: if it is a request on a backend's HTTP/2
+    /// connection, the stream ends (reset if its response is not complete)
+    /// and true is returned.
+    fn end_upstream_stream(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.front.ustreams.get(&conn).map(|u| u.conn) else { return false };
+        self.front.up_close(conn);
+        self.front.drive_up(c, self.tcp);
+        true
+    }
+
     /// Pushes what L7 wrote on stream `v` towards the client.
     fn kick(&mut self, v: ConnId) {
         if let Some(conn) = self.front.streams.get(&v).map(|s| s.conn) {
@@ -1069,9 +1079,7 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
     }
 
     fn close(&mut self, conn: ConnId) {
-        if let Some(c) = self.front.ustreams.get(&conn).map(|u| u.conn) {
-            self.front.up_close(conn);
-            self.front.drive_up(c, self.tcp);
+        if self.end_upstream_stream(conn) {
             return;
         }
         if !virtual_id(conn) {
@@ -1101,9 +1109,7 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
     }
 
     fn abort(&mut self, conn: ConnId) {
-        if let Some(c) = self.front.ustreams.get(&conn).map(|u| u.conn) {
-            self.front.up_close(conn);
-            self.front.drive_up(c, self.tcp);
+        if self.end_upstream_stream(conn) {
             return;
         }
         if !virtual_id(conn) {
