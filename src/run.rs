@@ -362,6 +362,36 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
     }
 }
 
+/// Opens the kernel (or DPDK) device a live run uses.
+fn open_live_port(nic: &NicSpec, mac: [u8; 6]) -> Result<Box<dyn Port>, switchyard_nic::NicError> {
+    match nic {
+        NicSpec::Tap { name } => {
+            switchyard_nic::tap::TapPort::open(name, mac).map(|p| Box::new(p) as _)
+        }
+        NicSpec::AfPacket { iface, v3 } => {
+            use switchyard_nic::afpacket::{AfPacketPort, RxRing};
+            let mode = if *v3 { RxRing::Blocks } else { RxRing::Frames };
+            AfPacketPort::open(iface, mac, mode).map(|p| Box::new(p) as _)
+        }
+        NicSpec::Sim | NicSpec::Pcap { .. } => {
+            Err(switchyard_nic::NicError::UnknownBackend(nic_label(nic)))
+        }
+    }
+}
+
+/// The device as the configuration names it.
+fn nic_label(nic: &NicSpec) -> String {
+    match nic {
+        NicSpec::Sim => "sim".into(),
+        NicSpec::Pcap { input, output: None } => format!("pcap:{input}"),
+        NicSpec::Pcap { input, output: Some(o) } => format!("pcap:{input},{o}"),
+        NicSpec::Tap { name } => format!("tap:{name}"),
+        NicSpec::AfPacket { iface, v3 } => {
+            format!("af_packet:{iface}{}", if *v3 { ",v3" } else { "" })
+        }
+    }
+}
+
 /// How to run on a real NIC.
 pub struct LiveOptions {
     /// Stop after this long (otherwise at SIGINT or SIGTERM).
@@ -373,19 +403,7 @@ pub struct LiveOptions {
 /// Runs the dataplane on a kernel device (TAP or AF_PACKET) until a signal
 /// or `--seconds`, then prints the counters.
 pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
-    let mac = cfg.device.mac;
-    let port: Result<Box<dyn Port>, switchyard_nic::NicError> = match &cfg.device.nic {
-        NicSpec::Tap { name } => {
-            switchyard_nic::tap::TapPort::open(name, mac).map(|p| Box::new(p) as _)
-        }
-        NicSpec::AfPacket { iface, v3 } => {
-            use switchyard_nic::afpacket::{AfPacketPort, RxRing};
-            let mode = if *v3 { RxRing::Blocks } else { RxRing::Frames };
-            AfPacketPort::open(iface, mac, mode).map(|p| Box::new(p) as _)
-        }
-        _ => return ExitCode::from(2),
-    };
-    let mut port = match port {
+    let mut port = match open_live_port(&cfg.device.nic, cfg.device.mac) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {}: {e}", cfg.file);
@@ -413,13 +431,7 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
     let limit = opts.seconds.map(|s| std::time::Duration::from_secs(u64::from(s)));
     println!(
         "switchyard: running on {} ({} listeners){}",
-        match &cfg.device.nic {
-            NicSpec::Tap { name } => format!("tap:{name}"),
-            NicSpec::AfPacket { iface, v3 } => {
-                format!("af_packet:{iface}{}", if *v3 { ",v3" } else { "" })
-            }
-            _ => String::new(),
-        },
+        nic_label(&cfg.device.nic),
         cfg.listeners.len(),
         limit.map(|l| format!(", for {} s", l.as_secs())).unwrap_or_default()
     );

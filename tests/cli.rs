@@ -9,10 +9,27 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("switchyard-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A test's own scratch directory, removed when the test ends (the demo's
+/// capture alone is hundreds of megabytes).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-cli-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn text(o: &Output) -> String {
@@ -21,7 +38,8 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn check_accepts_the_demo_config() {
-    let path = tmp("demo.toml");
+    let dir = Scratch::new("check");
+    let path = dir.file("demo.toml");
     std::fs::write(&path, switchyard::config::DEMO_CONFIG).unwrap();
     let out = bin().args(["check", "--config"]).arg(&path).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -30,7 +48,8 @@ fn check_accepts_the_demo_config() {
 
 #[test]
 fn check_names_file_line_key_and_suggestion_and_exits_2() {
-    let path = tmp("bad.toml");
+    let dir = Scratch::new("bad");
+    let path = dir.file("bad.toml");
     let src = switchyard::config::DEMO_CONFIG
         .replace("path_prefix = \"/api/\"", "path_prefx = \"/api/\"");
     std::fs::write(&path, &src).unwrap();
@@ -56,7 +75,8 @@ fn tshark(args: &[&str]) -> Option<String> {
 
 #[test]
 fn demo_runs_clean_and_its_capture_replays_through_the_pcap_nic() {
-    let cap = tmp("demo.pcap");
+    let dir = Scratch::new("demo");
+    let cap = dir.file("demo.pcap");
     let out =
         bin().args(["demo", "--seconds", "1", "--fast", "--pcap"]).arg(&cap).output().unwrap();
     let msg = text(&out);
@@ -83,8 +103,8 @@ fn demo_runs_clean_and_its_capture_replays_through_the_pcap_nic() {
     }
 
     // Replay the capture as the receive side of the pcap NIC.
-    let cfg = tmp("replay.toml");
-    let replayed = tmp("replayed.pcap");
+    let cfg = dir.file("replay.toml");
+    let replayed = dir.file("replayed.pcap");
     let src = switchyard::config::DEMO_CONFIG.replace(
         "nic = \"sim\"",
         &format!("nic = \"pcap:{},{}\"", cap.display(), replayed.display()),
@@ -105,13 +125,14 @@ fn demo_runs_clean_and_its_capture_replays_through_the_pcap_nic() {
 /// backend shows as such.
 #[test]
 fn admin_socket_drains_a_backend_of_a_running_dataplane() {
+    let dir = Scratch::new("admin");
     use std::io::{BufRead, BufReader, Write};
     let demo = switchyard::config::DEMO_CONFIG;
     let cfg = demo.replace("seconds = 10", "seconds = 2");
     assert_ne!(cfg, demo, "the demo config sets `seconds = 10`");
-    let path = tmp("admin.toml");
+    let path = dir.file("admin.toml");
     std::fs::write(&path, &cfg).unwrap();
-    let sock = tmp("admin.sock");
+    let sock = dir.file("admin.sock");
     let child = bin()
         .args(["run", "--config"])
         .arg(&path)
