@@ -11,7 +11,7 @@ use switchyard_nic::{BURST, Mbuf, Pool, Port};
 use switchyard_stack::health::{Change, HealthChecker};
 use switchyard_stack::tcp::TcpEvent;
 use switchyard_stack::{
-    DropReason, Ingress, Instant, ListenerKind, PacketMeta, Proto, Stack, StackConfig,
+    DropReason, Ingress, Instant, ListenerKind, PacketMeta, Proto, Stack, StackConfig, WorkerSlot,
 };
 use switchyard_tls::{SoftwareEngine, Tls};
 
@@ -89,16 +89,25 @@ fn add_checks(health: &mut HealthChecker, pool: &crate::config::Pool, tag: u16) 
 }
 
 impl Dataplane {
-    /// Builds the layers for `cfg`.
+    /// Builds the layers for `cfg` (the only worker).
     pub fn new(cfg: &Config) -> Result<Dataplane, BuildError> {
+        Dataplane::for_worker(cfg, WorkerSlot::default())
+    }
+
+    /// Builds the layers of worker `worker` for `cfg`: it hands out only its
+    /// share of local ports, and only worker 0 answers neighbor discovery.
+    pub fn for_worker(cfg: &Config, worker: WorkerSlot) -> Result<Dataplane, BuildError> {
+        // Each worker its own ISNs and port sequence.
+        let seed = cfg.device.seed ^ u64::from(worker.index).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let mut stack = Stack::new(
             StackConfig {
                 mac: cfg.device.mac,
                 addresses: cfg.device.addresses.clone(),
                 gateway: cfg.device.gateway,
                 tcp: cfg.tcp.clone(),
+                worker,
             },
-            cfg.device.seed,
+            seed,
         );
         let mut l4_listeners = Vec::new();
         let mut l7_listeners = Vec::new();
@@ -182,7 +191,7 @@ impl Dataplane {
             table_capacity: cfg.l4_table_capacity as usize,
             timeouts: switchyard_l4::Timeouts::default(),
             hash_seed: cfg.device.seed ^ 0x4c34,
-            worker: Default::default(),
+            worker,
         })?;
         for (addr, proto, ports) in l4.snat_reservations() {
             stack.reserve_l4_ports(addr, proto, ports)?;

@@ -48,6 +48,7 @@ fn classify(c: &mut Criterion) {
             addresses: vec![("198.18.0.2".parse().unwrap(), 24)],
             gateway: None,
             tcp: TcpConfig::default(),
+            worker: Default::default(),
         },
         1,
     );
@@ -85,6 +86,7 @@ fn l4_forward(c: &mut Criterion) {
             addresses: vec![("198.18.0.2".parse().unwrap(), 24)],
             gateway: None,
             tcp: TcpConfig::default(),
+            worker: Default::default(),
         },
         1,
     );

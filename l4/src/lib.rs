@@ -166,35 +166,7 @@ pub struct L4Config {
     pub worker: WorkerSlot,
 }
 
-/// Worker `index` of `count`. Each worker hands out only the SNAT ports `p`
-/// with `p % count == index`, so a reply from a backend can be steered to the
-/// worker that owns its flow by its destination port alone (a NIC flow
-/// director rule on the port's low bits, or the software dispatcher: see
-/// [`WorkerSlot::owner_of_port`]) — no state is shared between workers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WorkerSlot {
-    /// This worker, from 0.
-    pub index: u16,
-    /// How many workers there are (at least 1).
-    pub count: u16,
-}
-
-impl Default for WorkerSlot {
-    fn default() -> Self {
-        WorkerSlot { index: 0, count: 1 }
-    }
-}
-
-impl WorkerSlot {
-    /// The worker that owns SNAT port `port` among `count` workers.
-    pub fn owner_of_port(port: u16, count: u16) -> u16 {
-        port % count.max(1)
-    }
-
-    fn owns(self, port: u16) -> bool {
-        Self::owner_of_port(port, self.count) == self.index
-    }
-}
+pub use switchyard_stack::WorkerSlot;
 
 /// Why L4 did not forward a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -73,6 +73,7 @@ impl Lb {
                 addresses: vec![(addr.parse().unwrap(), prefix)],
                 gateway: None,
                 tcp: TcpConfig::default(),
+                worker: Default::default(),
             },
             1,
         );

@@ -13,6 +13,7 @@ pub mod mbuf;
 pub mod mem;
 pub mod pcap;
 pub mod sim;
+pub mod steer;
 mod sys;
 pub mod tap;
 

@@ -44,13 +44,16 @@ pub struct Stack {
     ready: Vec<Mbuf>,
     retry: Vec<IpAddr>,
     counters: StackCounters,
+    /// Only the primary worker answers ARP and neighbor solicitations.
+    worker: WorkerSlot,
 }
 
 impl Stack {
     /// A stack for one worker; `seed` makes TCP initial sequence numbers and
     /// ports repeatable.
     pub fn new(cfg: StackConfig, seed: u64) -> Stack {
-        let tcp = TcpTerminator::new(cfg.tcp.clone(), cfg.addresses.clone(), seed);
+        let tcp = TcpTerminator::new(cfg.tcp.clone(), cfg.addresses.clone(), seed)
+            .with_worker(cfg.worker);
         Stack {
             mac: cfg.mac,
             owned: cfg.addresses.iter().map(|a| a.0).collect(),
@@ -66,6 +69,7 @@ impl Stack {
             ready: Vec::with_capacity(64),
             retry: Vec::new(),
             counters: StackCounters::default(),
+            worker: cfg.worker,
         }
     }
 
@@ -403,6 +407,9 @@ impl Stack {
     /// neighbors that knew another owner of a VIP (a failed-over instance)
     /// update their caches at once.
     pub fn announce(&mut self, pool: &mut Pool) {
+        if !self.worker.is_primary() {
+            return;
+        }
         let owned = self.owned.clone();
         for ip in owned {
             let mut m = pool.alloc();
@@ -495,7 +502,10 @@ impl Stack {
         if sender_ok && (for_us || op == 2) {
             self.learn(spa, sha, now);
         }
-        if op == 1 && for_us {
+        if op == 1 && for_us && !self.worker.is_primary() {
+            // Another worker answers; this one only learned the sender.
+            pool.free(pkt);
+        } else if op == 1 && for_us {
             pkt.truncate(42);
             let mac = self.mac;
             let f = pkt.data_mut();
@@ -680,6 +690,10 @@ impl Stack {
                     && !ip.src.is_unspecified()
                 {
                     self.learn(ip.src, ll, now);
+                }
+                if !self.worker.is_primary() {
+                    pool.free(pkt);
+                    return Ingress::Done;
                 }
                 let dst_ip = if ip.src.is_unspecified() { IpAddr::from(ALL_NODES) } else { ip.src };
                 let dst_mac = match (src_ll, dst_ip) {

@@ -13,7 +13,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndp
 use switchyard_nic::{Mbuf, Pool};
 
 use crate::tcp::{ConnId, ConnState, TcpApi, TcpError, TcpEvent};
-use crate::types::{ListenerId, TcpConfig};
+use crate::types::{ListenerId, TcpConfig, WorkerSlot};
 use crate::wire::ETH_LEN;
 use crate::{Duration, Instant};
 
@@ -365,6 +365,8 @@ pub struct TcpTerminator {
     next_port: u16,
     stats: TcpStats,
     max_shards: usize,
+    /// Which ephemeral ports are this worker's.
+    worker: WorkerSlot,
 }
 
 fn endpoint(a: SocketAddr) -> IpEndpoint {
@@ -402,7 +404,15 @@ impl TcpTerminator {
             events: Vec::with_capacity(256),
             stats: TcpStats::default(),
             max_shards,
+            worker: WorkerSlot::default(),
         }
+    }
+
+    /// Hands out only the ephemeral ports that `worker` owns, so replies to
+    /// upstream connections are steered back to it by their destination port.
+    pub fn with_worker(mut self, worker: WorkerSlot) -> TcpTerminator {
+        self.worker = worker;
+        self
     }
 
     /// Terminates connections to `addr` for `listener`.
@@ -985,7 +995,7 @@ impl TcpApi for TcpTerminator {
             let p = self.next_port;
             self.next_port = if p + 1 >= range.end { range.start } else { p + 1 };
             let cand = SocketAddr::new(local_ip, p);
-            if !self.demux.contains_key(&(cand, remote)) {
+            if self.worker.owns(p) && !self.demux.contains_key(&(cand, remote)) {
                 local = Some(cand);
                 break;
             }

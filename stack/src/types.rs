@@ -49,6 +49,48 @@ pub struct StackConfig {
     pub gateway: Option<IpAddr>,
     /// TCP termination settings.
     pub tcp: TcpConfig,
+    /// This worker's place among the workers sharing the addresses.
+    pub worker: WorkerSlot,
+}
+
+/// Worker `index` of `count`. Each worker hands out only the local ports `p`
+/// with `p % count == index` (L4 SNAT ports and the TCP terminator's
+/// ephemeral ports), so a reply from a backend can be steered to the worker
+/// that owns its flow by its destination port alone (the AF_PACKET fanout
+/// program, a NIC flow director rule on the port's low bits, or a software
+/// dispatcher: see [`WorkerSlot::owner_of_port`]) — no state is shared
+/// between workers. Worker 0 is the primary: the only one that answers ARP,
+/// neighbor solicitations and pings, and announces the addresses; the others
+/// learn neighbors from what they see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerSlot {
+    /// This worker, from 0.
+    pub index: u16,
+    /// How many workers there are (at least 1).
+    pub count: u16,
+}
+
+impl Default for WorkerSlot {
+    fn default() -> Self {
+        WorkerSlot { index: 0, count: 1 }
+    }
+}
+
+impl WorkerSlot {
+    /// The worker that owns local port `port` among `count` workers.
+    pub fn owner_of_port(port: u16, count: u16) -> u16 {
+        port % count.max(1)
+    }
+
+    /// True if this worker hands out local port `port`.
+    pub fn owns(self, port: u16) -> bool {
+        Self::owner_of_port(port, self.count) == self.index
+    }
+
+    /// True for the worker that answers neighbor discovery and pings.
+    pub fn is_primary(self) -> bool {
+        self.index == 0
+    }
 }
 
 /// Settings of TCP termination.

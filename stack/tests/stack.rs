@@ -75,12 +75,17 @@ struct Bench {
 
 impl Bench {
     fn new() -> Bench {
+        Bench::for_worker(WorkerSlot::default())
+    }
+
+    fn for_worker(worker: WorkerSlot) -> Bench {
         let mut stack = Stack::new(
             StackConfig {
                 mac: LB_MAC,
                 addresses: vec![("198.18.0.2".parse().unwrap(), 24)],
                 gateway: None,
                 tcp: TcpConfig { sockets_per_shard: 4, ..TcpConfig::default() },
+                worker,
             },
             7,
         );
@@ -357,6 +362,37 @@ fn answers_arp_for_vips_and_only_for_them() {
     assert_eq!(b.stack.counters().arp_replies_sent, 1);
 }
 
+/// With several workers only the primary answers ARP; a secondary learns the
+/// sender (so it needs no request of its own), sends no announcements, and
+/// opens upstream connections only from the ephemeral ports it owns.
+#[test]
+fn a_secondary_worker_learns_neighbors_and_leaves_answers_to_the_primary() {
+    let worker = WorkerSlot { index: 1, count: 2 };
+    let mut b = Bench::for_worker(worker);
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    arp.extend_from_slice(&HOST_MAC);
+    arp.extend_from_slice(&HOST_IP);
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&VIP_IP);
+    assert!(matches!(b.ingress(&eth([0xff; 6], ETHERTYPE_ARP, &arp)), Ingress::Done));
+    assert!(b.tx().is_empty(), "the primary answers");
+    assert_eq!(b.stack.counters().arp_replies_sent, 0);
+    assert_eq!(b.stack.counters().dropped(DropReason::BadArp), 0);
+    b.stack.announce(&mut b.pool);
+    assert!(b.tx().is_empty(), "the primary announces");
+    for _ in 0..20 {
+        b.stack.tcp().connect(b.now, "198.18.0.101:8080".parse().unwrap()).unwrap();
+    }
+    b.stack.poll(b.now, &mut b.pool);
+    let syns = b.tx();
+    assert_eq!(syns.len(), 20, "the neighbor was learned from its request");
+    assert_eq!(b.stack.counters().arp_requests_sent, 0);
+    for f in &syns {
+        let sport = get16(f, ETH_LEN + 20);
+        assert!(worker.owns(sport), "source port {sport} belongs to worker 1 of 2");
+    }
+}
+
 #[test]
 fn answers_ping_to_a_vip() {
     let mut b = Bench::new();
@@ -544,6 +580,7 @@ fn announces_its_addresses_and_vips() {
             ],
             gateway: None,
             tcp: TcpConfig::default(),
+            worker: Default::default(),
         },
         7,
     );

@@ -222,6 +222,7 @@ fn main() {
             addresses: vec![("198.18.0.2".parse().unwrap(), 15)],
             gateway: None,
             tcp: TcpConfig::default(),
+            worker: Default::default(),
         },
         1,
     );
