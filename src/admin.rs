@@ -79,7 +79,8 @@ pub fn execute(dp: &mut Dataplane, line: &str) -> String {
 }
 
 /// A request from the socket thread: the line and where the reply goes.
-type Request = (String, Sender<String>);
+pub type AdminRequest = (String, Sender<String>);
+type Request = AdminRequest;
 
 /// The admin socket: a thread accepts connections and reads lines; the worker
 /// answers them with [`AdminSocket::serve`] between turns.
@@ -112,17 +113,80 @@ impl AdminSocket {
     /// Answers the commands that arrived since the last call; never blocks.
     /// The number answered.
     pub fn serve(&self, dp: &mut Dataplane) -> usize {
-        let mut n = 0;
-        loop {
-            match self.requests.try_recv() {
-                Ok((line, reply)) => {
-                    let _ = reply.send(execute(dp, &line));
-                    n += 1;
+        serve(&self.requests, dp)
+    }
+
+    /// With several workers: waits up to `timeout` for a command, hands it
+    /// to every worker (each carries it out between two turns of its loop)
+    /// and answers with their replies merged.
+    pub fn forward(&self, workers: &[Sender<Request>], timeout: std::time::Duration) {
+        let Ok((line, reply)) = self.requests.recv_timeout(timeout) else { return };
+        let mut replies = Vec::with_capacity(workers.len());
+        for w in workers {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if w.send((line.clone(), tx)).is_ok()
+                && let Ok(r) = rx.recv_timeout(std::time::Duration::from_secs(2))
+            {
+                replies.push(r);
+            }
+        }
+        let merged = if replies.len() < workers.len() {
+            "error: a worker did not answer".to_string()
+        } else {
+            merge(&replies)
+        };
+        let _ = reply.send(merged);
+    }
+}
+
+/// Answers the commands waiting on `requests`; never blocks. The number
+/// answered.
+pub fn serve(requests: &Receiver<Request>, dp: &mut Dataplane) -> usize {
+    let mut n = 0;
+    loop {
+        match requests.try_recv() {
+            Ok((line, reply)) => {
+                let _ = reply.send(execute(dp, &line));
+                n += 1;
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => return n,
+        }
+    }
+}
+
+/// The workers' replies to one command as one: each worker counts only its
+/// own flows, so `flows=` of a `show backends` line is summed over them (and
+/// a backend is shown drained or down if any worker has it so); for the other
+/// commands the workers say the same thing and the first reply stands.
+pub fn merge(replies: &[String]) -> String {
+    let Some(first) = replies.first() else { return String::new() };
+    let mut lines: Vec<(Vec<String>, u64)> = Vec::new();
+    for l in first.lines() {
+        let words: Vec<String> = l.split_whitespace().map(str::to_string).collect();
+        let flows =
+            words.last().and_then(|w| w.strip_prefix("flows=")).and_then(|v| v.parse().ok());
+        match flows {
+            Some(f) if words.len() == 4 => lines.push((words, f)),
+            _ => return first.clone(),
+        }
+    }
+    for r in &replies[1..] {
+        for (line, (words, flows)) in r.lines().zip(lines.iter_mut()) {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            if w.len() == 4 && w[..2] == [words[0].as_str(), words[1].as_str()] {
+                *flows +=
+                    w[3].strip_prefix("flows=").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                if w[2] != "up" && words[2] == "up" {
+                    words[2] = w[2].to_string();
                 }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return n,
             }
         }
     }
+    lines
+        .iter()
+        .map(|(w, f)| format!("{} {} {} flows={f}", w[0], w[1], w[2]))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Drop for AdminSocket {
@@ -169,5 +233,15 @@ mod tests {
         assert_eq!(Command::parse("show backends"), Ok(Command::ShowBackends));
         assert_eq!(Command::parse("drain pg"), Err("usage: drain POOL BACKEND".into()));
         assert!(Command::parse("reboot").unwrap_err().contains("unknown command `reboot`"));
+    }
+
+    #[test]
+    fn replies_of_several_workers_merge_into_one() {
+        let a = "pg pg-1 up flows=3\npg pg-2 drained flows=1".to_string();
+        let b = "pg pg-1 down flows=4\npg pg-2 drained flows=0".to_string();
+        assert_eq!(merge(&[a.clone(), b]), "pg pg-1 down flows=7\npg pg-2 drained flows=1");
+        let d = "drained pg/pg-1 (1 listeners)".to_string();
+        assert_eq!(merge(&[d.clone(), d.clone()]), d);
+        assert_eq!(merge(std::slice::from_ref(&a)), a);
     }
 }

@@ -299,6 +299,9 @@ fn default_latency() -> u32 {
 // ---------------------------------------------------------------------------
 // The validated configuration.
 
+/// The most workers a configuration may ask for.
+pub const MAX_WORKERS: u32 = 64;
+
 /// Which NIC backend to open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NicSpec {
@@ -336,7 +339,7 @@ pub struct Device {
     pub addresses: Vec<(IpAddr, u8)>,
     /// Next hop for off-link destinations.
     pub gateway: Option<IpAddr>,
-    /// Worker count (1 until the multi-queue issue).
+    /// Worker threads, each with its own socket, stack, tables and pools.
     pub workers: u32,
     /// Seed for everything random in the dataplane (ISNs, ports).
     pub seed: u64,
@@ -1313,10 +1316,20 @@ impl Cx<'_> {
             ),
             None => None,
         };
-        if *d.workers.get_ref() != 1 {
+        let workers = *d.workers.get_ref();
+        if !(1..=MAX_WORKERS).contains(&workers) {
+            return Err(
+                self.at(&d.workers, format!("`workers = {workers}`: between 1 and {MAX_WORKERS}"))
+            );
+        }
+        // Flows reach their worker through the kernel's fanout of packet
+        // sockets; the other devices have one queue and run one worker.
+        if workers > 1 && !matches!(nic, NicSpec::AfPacket { .. }) {
             return Err(self.at(
                 &d.workers,
-                "only `workers = 1` is supported until the multi-queue issue lands",
+                format!(
+                    "`workers = {workers}` needs `nic = \"af_packet:IFACE\"` (flows are steered to workers by a packet-socket fanout); other devices run one worker"
+                ),
             ));
         }
         // Simulations and replays repeat with a fixed seed; on a real
@@ -1326,7 +1339,7 @@ impl Cx<'_> {
             NicSpec::Tap { .. } | NicSpec::AfPacket { .. } => random_seed(),
             _ => 0x5717_c4a2d,
         });
-        Ok(Device { nic, mac, addresses, gateway, workers: 1, seed })
+        Ok(Device { nic, mac, addresses, gateway, workers, seed })
     }
 
     fn sim(&self, s: &RawSim, listeners: &[Listener], pools: &[Pool]) -> Result<Sim, ConfigError> {
@@ -1731,6 +1744,21 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert_eq!(e.key, "listener[0].pol", "{e}");
         assert!(e.message.contains("did you mean `pool`?"), "{e}");
         assert!(e.to_string().starts_with("t.toml:11:"), "{e}");
+    }
+
+    #[test]
+    fn workers_need_af_packet_and_a_sane_count() {
+        let two = |nic: &str| {
+            BASE.replace("nic = \"pcap:in.pcap\"", &format!("nic = \"{nic}\"\nworkers = 2"))
+        };
+        let c = Config::parse("t.toml", &two("af_packet:lb0")).unwrap();
+        assert_eq!(c.device.workers, 2);
+        let e = err(&two("tap:tap0"));
+        assert_eq!((e.line, e.key.as_str()), (4, "device.workers"), "{e}");
+        assert!(e.message.contains("needs `nic = \"af_packet:IFACE\"`"), "{e}");
+        let e =
+            err(&BASE.replace("nic = \"pcap:in.pcap\"", "nic = \"af_packet:lb0\"\nworkers = 0"));
+        assert!(e.message.contains("between 1 and 64"), "{e}");
     }
 
     #[test]

@@ -5,11 +5,16 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use switchyard_nic::Port;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use switchyard_nic::pcap::PcapPort;
+use switchyard_nic::steer::Steering;
+use switchyard_nic::{NicError, Port, PortStats};
+use switchyard_stack::WorkerSlot;
 use switchyard_stack::{Duration, Instant};
 
-use crate::admin::AdminSocket;
+use crate::admin::{AdminRequest, AdminSocket};
 use crate::config::{Config, NicSpec};
 use crate::report::Snapshot;
 use crate::worker::Dataplane;
@@ -205,7 +210,15 @@ fn bind_admin(path: Option<&std::path::Path>) -> Result<Option<AdminSocket>, Exi
 /// What a run over a real NIC printed at the end: port, stack and listener
 /// counters.
 fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed: f64) {
-    println!(
+    print!("{}", counters(cfg, dp, ps, elapsed));
+}
+
+/// The counters of one worker, as text.
+fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed: f64) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "frames in {} ({} bytes), frames out {} ({} bytes), {:.3} s, {:.2} Mpps, {:.2} Gbit/s in",
         ps.rx_frames,
         ps.rx_bytes,
@@ -215,14 +228,19 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
         ps.rx_frames as f64 / elapsed.max(1e-9) / 1e6,
         ps.rx_bytes as f64 * 8.0 / elapsed.max(1e-9) / 1e9
     );
+    if ps.rx_misdirected > 0 {
+        let _ = writeln!(out, "port: frames steered to the wrong worker {}", ps.rx_misdirected);
+    }
     if ps.tx_full + ps.rx_oversize + dp.tx_dropped > 0 {
-        println!(
+        let _ = writeln!(
+            out,
             "port: transmit ring full {}, oversize frames {}, frames dropped for want of room {}",
             ps.tx_full, ps.rx_oversize, dp.tx_dropped
         );
     }
     let c = dp.stack.counters();
-    println!(
+    let _ = writeln!(
+        out,
         "stack: arp replies {}, announcements {}, icmp echo replies {}, rst sent {}, to l4 {}, tcp terminated {}",
         c.arp_replies_sent,
         c.announcements,
@@ -233,14 +251,15 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
     );
     for r in switchyard_stack::DropReason::ALL {
         if c.dropped(r) > 0 {
-            println!("drop {:<24} {}", r.name(), c.dropped(r));
+            let _ = writeln!(out, "drop {:<24} {}", r.name(), c.dropped(r));
         }
     }
     let t = dp.tls.stats();
     if !t.handshakes.is_empty() || t.failed + t.abandoned > 0 {
         let hs: Vec<String> =
             t.handshakes.iter().map(|((v, g), n)| format!("{v} {g}: {n}")).collect();
-        println!(
+        let _ = writeln!(
+            out,
             "tls: handshakes [{}], resumed {}, failed {}, abandoned {}, timeouts {}, client certificates {}, engine steps {}",
             hs.join(", "),
             t.resumed,
@@ -254,7 +273,8 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
             m.iter().map(|(a, n)| format!("{a} {n}")).collect::<Vec<_>>().join(", ")
         };
         if !t.alerts_sent.is_empty() || !t.alerts_received.is_empty() {
-            println!(
+            let _ = writeln!(
+                out,
                 "tls alerts: sent [{}], received [{}]",
                 alerts(&t.alerts_sent),
                 alerts(&t.alerts_received)
@@ -263,7 +283,8 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
     }
     for p in dp.l7.pool_stats() {
         for b in p.backends.iter().filter(|b| b.requests > 0) {
-            println!(
+            let _ = writeln!(
+                out,
                 "pool {} backend {} (l7): requests {}, responses {}, connects {}, reuses {}, connect failures {}, 5xx {}, ejections {}",
                 p.name,
                 b.name,
@@ -278,11 +299,16 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
         }
     }
     if dp.l7.peak_pair_bytes() > 0 {
-        println!("l7: peak proxy buffers per connection pair {} bytes", dp.l7.peak_pair_bytes());
+        let _ = writeln!(
+            out,
+            "l7: peak proxy buffers per connection pair {} bytes",
+            dp.l7.peak_pair_bytes()
+        );
     }
     let h = dp.h2.stats();
     if h.connections + h.upstream_connections > 0 {
-        println!(
+        let _ = writeln!(
+            out,
             "http2: connections {}, streams {}, client resets {}, proxy resets {}, protocol errors {}, upstream connections {}, upstream streams {}",
             h.connections,
             h.streams,
@@ -294,12 +320,13 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
         );
         if !h.grpc_status.is_empty() {
             let s: Vec<String> = h.grpc_status.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-            println!("grpc-status: {}", s.join(", "));
+            let _ = writeln!(out, "grpc-status: {}", s.join(", "));
         }
     }
     for (i, l) in cfg.listeners.iter().enumerate() {
         if let Some(s) = dp.l4.listener_stats(i as u16) {
-            println!(
+            let _ = writeln!(
+                out,
                 "listener {} (l4): new flows {}, packets in {}, out {}, refused {}, bytes in {}, out {}",
                 l.name,
                 s.flows_new,
@@ -311,7 +338,8 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
             );
             let crate::config::Mode::L4 { pool, .. } = &l.mode else { continue };
             for (b, st) in cfg.pools[*pool].backends.iter().zip(dp.l4.backend_stats(i as u16)) {
-                println!(
+                let _ = writeln!(
+                    out,
                     "  backend {}: flows {}, packets {}, bytes {}",
                     b.name, st.flows_new, st.packets, st.bytes
                 );
@@ -327,9 +355,11 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
                 .map(|((_, g), n)| format!("{g} {n}"))
                 .collect();
             if !groups.is_empty() {
-                println!("listener {} (tls): key exchange {}", l.name, groups.join(", "));
+                let _ =
+                    writeln!(out, "listener {} (tls): key exchange {}", l.name, groups.join(", "));
             }
-            println!(
+            let _ = writeln!(
+                out,
                 "listener {} (l7): connections {}, requests {}, 4xx {}, 5xx {}",
                 l.name, s.connections_total, s.requests, s.responses_4xx, s.responses_5xx
             );
@@ -339,7 +369,7 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
                 .map(|r| format!("{} {}", r.name(), s.rejected(*r)))
                 .collect();
             if !refused.is_empty() {
-                println!("  refused: {}", refused.join(", "));
+                let _ = writeln!(out, "  refused: {}", refused.join(", "));
             }
             for (ri, r) in dp.l7.route_stats(i as u16).unwrap_or(&[]).iter().enumerate() {
                 if r.requests == 0 {
@@ -349,7 +379,8 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
                     h.value_at_quantile(q) as f64 / 1000.0
                 };
                 let [_, ok, redirect, client, server] = r.responses;
-                println!(
+                let _ = writeln!(
+                    out,
                     "  route {ri}: requests {}, 2xx {ok}, 3xx {redirect}, 4xx {client}, 5xx {server}, upstream p50 {:.2} ms p99 {:.2} ms, total p50 {:.2} ms p99 {:.2} ms",
                     r.requests,
                     ms(&r.upstream_us, 0.5),
@@ -360,10 +391,11 @@ fn print_counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, e
             }
         }
     }
+    out
 }
 
 /// Opens the kernel (or DPDK) device a live run uses.
-fn open_live_port(nic: &NicSpec, mac: [u8; 6]) -> Result<Box<dyn Port>, switchyard_nic::NicError> {
+fn open_live_port(nic: &NicSpec, mac: [u8; 6]) -> Result<Box<dyn Port + Send>, NicError> {
     match nic {
         NicSpec::Tap { name } => {
             switchyard_nic::tap::TapPort::open(name, mac).map(|p| Box::new(p) as _)
@@ -400,18 +432,14 @@ pub struct LiveOptions {
     pub admin: Option<PathBuf>,
 }
 
-/// Runs the dataplane on a kernel device (TAP or AF_PACKET) until a signal
-/// or `--seconds`, then prints the counters.
+/// Runs the dataplane on a kernel device until a signal or `--seconds`, then
+/// prints the counters. With `workers = N` each worker is a thread with its
+/// own socket and dataplane; the kernel's fanout steers every flow to the
+/// worker that owns it (see `switchyard_nic::steer`), and nothing is shared
+/// between them but the stop flag and the operator's commands.
 pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
-    let mut port = match open_live_port(&cfg.device.nic, cfg.device.mac) {
+    let ports = match open_worker_ports(cfg) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {}: {e}", cfg.file);
-            return ExitCode::from(2);
-        }
-    };
-    let mut dp = match Dataplane::new(cfg) {
-        Ok(d) => d,
         Err(e) => {
             eprintln!("error: {}: {e}", cfg.file);
             return ExitCode::from(2);
@@ -421,7 +449,7 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
             eprintln!("error: signal handler: {e}");
@@ -429,39 +457,161 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
         }
     }
     let limit = opts.seconds.map(|s| std::time::Duration::from_secs(u64::from(s)));
-    println!(
-        "switchyard: running on {} ({} listeners){}",
-        nic_label(&cfg.device.nic),
-        cfg.listeners.len(),
-        limit.map(|l| format!(", for {} s", l.as_secs())).unwrap_or_default()
-    );
-    let _ = std::io::stdout().flush();
+    let n = ports.len();
+    let wall = std::time::Instant::now();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(n);
+    let mut commands = Vec::new();
+    let reports = std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for (i, port) in ports.into_iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded::<AdminRequest>(16);
+            commands.push(tx);
+            let slot = WorkerSlot { index: i as u16, count: n as u16 };
+            let (flag, ready) = (&*stop, ready_tx.clone());
+            let worker = std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn_scoped(scope, move || run_worker(cfg, port, slot, flag, wall, &ready, &rx));
+            match worker {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    eprintln!("error: worker thread: {e}");
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        drop(ready_tx);
+        // Every worker built its dataplane, or one said why it could not.
+        let mut failed = false;
+        for r in ready_rx.iter().take(handles.len()) {
+            if let Err(e) = r {
+                eprintln!("error: {}: {e}", cfg.file);
+                failed = true;
+            }
+        }
+        if failed || handles.len() < n {
+            stop.store(true, Ordering::Relaxed);
+        } else {
+            println!(
+                "switchyard: running on {} ({} listeners, {n} worker{}){}",
+                nic_label(&cfg.device.nic),
+                cfg.listeners.len(),
+                if n == 1 { "" } else { "s" },
+                limit.map(|l| format!(", for {} s", l.as_secs())).unwrap_or_default()
+            );
+            let _ = std::io::stdout().flush();
+        }
+        while !stop.load(Ordering::Relaxed) && limit.is_none_or(|l| wall.elapsed() < l) {
+            match &admin {
+                Some(a) => a.forward(&commands, std::time::Duration::from_millis(50)),
+                None => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let reports: Vec<Option<(String, PortStats)>> =
+            handles.into_iter().map(|h| h.join().ok().flatten()).collect();
+        if failed { None } else { Some(reports) }
+    });
+    let Some(reports) = reports else { return ExitCode::from(2) };
+    let elapsed = wall.elapsed().as_secs_f64();
+    let mut total = PortStats::default();
+    for (i, r) in reports.iter().enumerate() {
+        let Some((text, ps)) = r else {
+            eprintln!("error: worker {i} stopped abnormally");
+            return ExitCode::from(1);
+        };
+        if n > 1 {
+            println!("worker {i}:");
+        }
+        print!("{text}");
+        total.rx_frames += ps.rx_frames;
+        total.rx_bytes += ps.rx_bytes;
+        total.tx_frames += ps.tx_frames;
+        total.tx_bytes += ps.tx_bytes;
+        total.rx_misdirected += ps.rx_misdirected;
+    }
+    if n > 1 {
+        println!(
+            "all workers: frames in {} ({} bytes), frames out {} ({} bytes), {elapsed:.3} s, {:.2} Mpps, {:.2} Gbit/s in, steered to the wrong worker {}",
+            total.rx_frames,
+            total.rx_bytes,
+            total.tx_frames,
+            total.tx_bytes,
+            total.rx_frames as f64 / elapsed.max(1e-9) / 1e6,
+            total.rx_bytes as f64 * 8.0 / elapsed.max(1e-9) / 1e9,
+            total.rx_misdirected
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// The ports of the workers, opened in worker order: one port, or with
+/// `workers = N` one AF_PACKET socket per worker in one fanout group.
+fn open_worker_ports(cfg: &Config) -> Result<Vec<Box<dyn Port + Send>>, NicError> {
+    let n = cfg.device.workers as u16;
+    match &cfg.device.nic {
+        NicSpec::AfPacket { iface, v3 } if n > 1 => {
+            use switchyard_nic::afpacket::{AfPacketPort, RxRing};
+            let steering = Steering {
+                workers: n,
+                local_ports: vec![cfg.tcp.ephemeral_ports.clone(), cfg.snat_ports.clone()],
+            };
+            let mode = if *v3 { RxRing::Blocks } else { RxRing::Frames };
+            let mut ports: Vec<Box<dyn Port + Send>> = Vec::new();
+            let mut group = None;
+            for i in 0..n {
+                let p =
+                    AfPacketPort::open_worker(iface, cfg.device.mac, mode, &steering, i, group)?;
+                group = p.fanout_group();
+                ports.push(Box::new(p));
+            }
+            Ok(ports)
+        }
+        nic => Ok(vec![open_live_port(nic, cfg.device.mac)?]),
+    }
+}
+
+/// One worker thread: builds its dataplane (and says so on `ready`), then
+/// polls until `stop`; its counters as text at the end.
+fn run_worker(
+    cfg: &Config,
+    mut port: Box<dyn Port + Send>,
+    slot: WorkerSlot,
+    stop: &AtomicBool,
+    wall: std::time::Instant,
+    ready: &crossbeam_channel::Sender<Result<(), String>>,
+    admin: &crossbeam_channel::Receiver<AdminRequest>,
+) -> Option<(String, PortStats)> {
+    let mut dp = match Dataplane::for_worker(cfg, slot) {
+        Ok(d) => {
+            let _ = ready.send(Ok(()));
+            d
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return None;
+        }
+    };
     // Neighbors learn (or relearn, after a failover) who holds the VIPs.
     dp.announce();
-    let wall = std::time::Instant::now();
+    let start = std::time::Instant::now();
     let mut turns = 0u64;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed)
-        && limit.is_none_or(|l| wall.elapsed() < l)
-    {
+    while !stop.load(Ordering::Relaxed) {
         let now = Instant::from_micros(wall.elapsed().as_micros() as i64);
         let n = dp.poll(&mut *port, now);
         turns += 1;
-        if let Some(a) = &admin
-            && (n == 0 || turns.is_multiple_of(1024))
-        {
-            a.serve(&mut dp);
+        if n == 0 || turns.is_multiple_of(1024) {
+            crate::admin::serve(admin, &mut dp);
         }
         if n > 0 {
             continue;
         }
         // Idle: sleep on the device until a frame comes or a timer is due
-        // (at most 10 ms, so signals and the admin socket are seen).
+        // (at most 10 ms, so the stop flag and commands are seen).
         let due = dp.poll_at(now).map(|t| (t - now).total_micros()).unwrap_or(10_000);
         if due > 0 {
-            port.wait(std::time::Duration::from_micros(due.min(10_000) as u64));
+            port.wait(std::time::Duration::from_micros(due.min(10_000)));
         }
     }
-    let elapsed = wall.elapsed().as_secs_f64();
-    print_counters(cfg, &dp, port.stats(), elapsed);
-    ExitCode::SUCCESS
+    let elapsed = start.elapsed().as_secs_f64();
+    Some((counters(cfg, &dp, port.stats(), elapsed), port.stats()))
 }

@@ -325,6 +325,51 @@ fn l7_and_l4_through_af_packet_to_nginx_with_curl_and_wrk() {
     assert!(!out.contains("drop bad_"), "no checksum or header drops:\n{out}");
 }
 
+/// Two workers on one interface: each has its own AF_PACKET socket in one
+/// fanout group whose classic BPF program steers a client's flow by its
+/// source port and a reply by the local port it comes back to, so every
+/// connection — client side, upstream side, full-NAT — stays on one worker
+/// and the workers share nothing. Both carry traffic, every request
+/// succeeds, and no frame reaches a worker that does not own its flow.
+#[test]
+fn two_workers_split_the_flows_of_one_interface_by_fanout() {
+    if !can_run("workers", &[NGINX_BIN, "wrk"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("mw-");
+    let sum = t.nginx();
+    let cfg = config("af_packet:lb0", "round-robin", "ab")
+        .replace("addresses = [\"198.18.0.2/24\"]", "addresses = [\"198.18.0.2/24\"]\nworkers = 2");
+    let mut lb = t.switchyard(&cfg);
+    routes_and_downloads(&t, &sum);
+    // New connections, each from its own source port, over L7 and L4.
+    let o = t.exec(
+        "cl",
+        "sh -c 'for i in $(seq 1 24); do curl -sS -m 5 -o /dev/null -w \"%{http_code} \" http://198.18.0.10/api/users http://198.18.0.10:8080/index.html; done'",
+    );
+    let codes = text(&o);
+    assert_eq!(codes.matches("200").count(), 48, "every request answered: {codes}");
+    for url in ["http://198.18.0.10/api/users", "http://198.18.0.10:8080/index.html"] {
+        let o = t.exec("cl", &format!("wrk -t1 -c32 -d2s --timeout 5s {url}"));
+        let w = text(&o);
+        assert!(w.contains("requests in"), "wrk output:\n{w}");
+        assert!(!w.contains("Non-2xx") && !w.contains("Socket errors"), "wrk saw errors:\n{w}");
+    }
+    let out = lb.stop();
+    assert!(out.contains("2 workers"), "{out}");
+    let (w0, w1) =
+        out.split_once("worker 1:").unwrap_or_else(|| panic!("per-worker counters:\n{out}"));
+    for (i, w) in [w0, w1].iter().enumerate() {
+        let l7 = number_after(w, "listener web (l7): connections").unwrap_or(0);
+        let l4 = number_after(w, "listener tcp (l4): new flows").unwrap_or(0);
+        assert!(l7 >= 8 && l4 >= 8, "worker {i} carried L7 {l7} and L4 {l4} connections:\n{out}");
+        assert!(!w.contains("5xx 1") && !w.contains("drop bad_"), "worker {i}:\n{out}");
+    }
+    assert_eq!(number_after(&out, "steered to the wrong worker"), Some(0), "{out}");
+    println!("{out}");
+}
+
 #[test]
 fn l7_and_l4_through_tap_to_nginx() {
     if !can_run("tap", &[NGINX_BIN]) {

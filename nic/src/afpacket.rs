@@ -17,6 +17,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use crate::steer::Steering;
 use crate::sys::{self, Ring};
 use crate::{Mbuf, NicError, Pool, Port, PortStats};
 
@@ -88,7 +89,23 @@ pub struct AfPacketPort {
     tx: Ring,
     tx_next: usize,
     stats: PortStats,
+    /// Set when the port is one worker of a fanout group.
+    worker: Option<Worker>,
 }
+
+/// A port's place in a fanout group of workers.
+struct Worker {
+    group: u16,
+    index: u16,
+    steering: Steering,
+    /// Workers other than 0: ARP and neighbor discovery, which the fanout
+    /// gives to worker 0 only, read from a second socket (see
+    /// [`crate::steer::neighbor_filter`]).
+    neighbors: Option<(OwnedFd, Ring, usize)>,
+}
+
+/// Slots of a worker's neighbor-discovery ring (ARP is rare).
+const NEIGHBOR_SLOTS: usize = 256;
 
 fn err(iface: &str, what: &str, e: io::Error) -> NicError {
     let hint = match e.raw_os_error() {
@@ -108,19 +125,7 @@ impl AfPacketPort {
         let rx_fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)
             .map_err(|e| err(iface, "packet socket", e))?;
         let rx = match mode {
-            RxRing::Frames => {
-                sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V2)
-                    .map_err(|e| err(iface, "TPACKET_V2", e))?;
-                let req = libc::tpacket_req {
-                    tp_block_size: (RX_SLOT * 64) as u32,
-                    tp_block_nr: (RX_SLOTS / 64) as u32,
-                    tp_frame_size: RX_SLOT as u32,
-                    tp_frame_nr: RX_SLOTS as u32,
-                };
-                sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)
-                    .map_err(|e| err(iface, "receive ring", e))?;
-                Ring::map(&rx_fd, RX_SLOT * RX_SLOTS).map_err(|e| err(iface, "mmap", e))?
-            }
+            RxRing::Frames => frame_ring(&rx_fd, RX_SLOTS, iface)?,
             RxRing::Blocks => {
                 sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V3)
                     .map_err(|e| err(iface, "TPACKET_V3", e))?;
@@ -175,7 +180,50 @@ impl AfPacketPort {
             tx,
             tx_next: 0,
             stats: PortStats::default(),
+            worker: None,
         })
+    }
+
+    /// Opens worker `index` of `steering.workers` on `iface`: its receive
+    /// socket joins a fanout group whose classic BPF program
+    /// ([`Steering::fanout_program`]) gives each frame to the worker that
+    /// owns its flow. `group` is `None` for the first worker (the kernel
+    /// picks an unused group id, see [`AfPacketPort::fanout_group`]) and
+    /// that id for the others, which must be opened in index order: the
+    /// kernel numbers the members of a group in the order they join.
+    pub fn open_worker(
+        iface: &str,
+        mac: [u8; 6],
+        mode: RxRing,
+        steering: &Steering,
+        index: u16,
+        group: Option<u16>,
+    ) -> Result<AfPacketPort, NicError> {
+        let mut port = AfPacketPort::open(iface, mac, mode)?;
+        let group = sys::join_fanout(&port.rx_fd, group, &steering.fanout_program())
+            .map_err(|e| err(iface, "fanout group", e))?;
+        let neighbors = if index > 0 {
+            let fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)
+                .map_err(|e| err(iface, "packet socket", e))?;
+            // Filtered before it is bound, so nothing else ever arrives.
+            sys::attach_filter(&fd, &crate::steer::neighbor_filter())
+                .map_err(|e| err(iface, "neighbor filter", e))?;
+            let ring = frame_ring(&fd, NEIGHBOR_SLOTS, iface)?;
+            let _ = sys::setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1i32);
+            let ifindex = sys::ifindex(iface).map_err(|e| err(iface, "interface", e))?;
+            sys::bind_packet(&fd, ifindex, libc::ETH_P_ALL as u16)
+                .map_err(|e| err(iface, "bind", e))?;
+            Some((fd, ring, 0))
+        } else {
+            None
+        };
+        port.worker = Some(Worker { group, index, steering: steering.clone(), neighbors });
+        Ok(port)
+    }
+
+    /// The fanout group this port's worker belongs to.
+    pub fn fanout_group(&self) -> Option<u16> {
+        self.worker.as_ref().map(|w| w.group)
     }
 
     /// The interface name.
@@ -194,35 +242,7 @@ impl AfPacketPort {
 impl AfPacketPort {
     /// V2: slots in turn, each ours once the kernel set TP_STATUS_USER.
     fn rx_frames(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
-        let mut got = 0;
-        while got < max {
-            let p = self.slot * RX_SLOT;
-            if self.rx.status(p) & libc::TP_STATUS_USER == 0 {
-                break;
-            }
-            let snaplen = self.rx.u32_at(p + H2_SNAPLEN) as usize;
-            let mac_off = usize::from(self.rx.u16_at(p + H2_MAC));
-            let outgoing = self.rx.bytes(p + H2_PKTTYPE, 1)[0] == libc::PACKET_OUTGOING;
-            if !outgoing {
-                if mac_off + snaplen > RX_SLOT {
-                    self.stats.rx_oversize += 1;
-                } else {
-                    let mut m = pool.alloc();
-                    if m.fill(self.rx.bytes(p + mac_off, snaplen)) {
-                        self.stats.rx_frames += 1;
-                        self.stats.rx_bytes += snaplen as u64;
-                        out.push(m);
-                        got += 1;
-                    } else {
-                        self.stats.rx_oversize += 1;
-                        pool.free(m);
-                    }
-                }
-            }
-            self.rx.set_status(p, libc::TP_STATUS_KERNEL);
-            self.slot = (self.slot + 1) % RX_SLOTS;
-        }
-        got
+        read_slots(&self.rx, &mut self.slot, RX_SLOTS, pool, out, max, &mut self.stats)
     }
 
     /// V3: blocks in turn, each ours once retired, frames walked inside it.
@@ -274,12 +294,87 @@ impl AfPacketPort {
     }
 }
 
+/// Reads a TPACKET_V2 receive ring of `slots` slots from slot `*next` on:
+/// each slot is ours once the kernel set TP_STATUS_USER, and goes back to it
+/// once copied. Frames we sent ourselves are skipped.
+fn read_slots(
+    rx: &Ring,
+    next: &mut usize,
+    slots: usize,
+    pool: &mut Pool,
+    out: &mut Vec<Mbuf>,
+    max: usize,
+    stats: &mut PortStats,
+) -> usize {
+    let mut got = 0;
+    while got < max {
+        let p = *next * RX_SLOT;
+        if rx.status(p) & libc::TP_STATUS_USER == 0 {
+            break;
+        }
+        let snaplen = rx.u32_at(p + H2_SNAPLEN) as usize;
+        let mac_off = usize::from(rx.u16_at(p + H2_MAC));
+        let outgoing = rx.bytes(p + H2_PKTTYPE, 1)[0] == libc::PACKET_OUTGOING;
+        if !outgoing {
+            if mac_off + snaplen > RX_SLOT {
+                stats.rx_oversize += 1;
+            } else {
+                let mut m = pool.alloc();
+                if m.fill(rx.bytes(p + mac_off, snaplen)) {
+                    stats.rx_frames += 1;
+                    stats.rx_bytes += snaplen as u64;
+                    out.push(m);
+                    got += 1;
+                } else {
+                    stats.rx_oversize += 1;
+                    pool.free(m);
+                }
+            }
+        }
+        rx.set_status(p, libc::TP_STATUS_KERNEL);
+        *next = (*next + 1) % slots;
+    }
+    got
+}
+
+/// A TPACKET_V2 receive ring of `slots` slots on socket `fd`.
+fn frame_ring(fd: &OwnedFd, slots: usize, iface: &str) -> Result<Ring, NicError> {
+    sys::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V2)
+        .map_err(|e| err(iface, "TPACKET_V2", e))?;
+    let per_block = 64.min(slots);
+    let req = libc::tpacket_req {
+        tp_block_size: (RX_SLOT * per_block) as u32,
+        tp_block_nr: (slots / per_block) as u32,
+        tp_frame_size: RX_SLOT as u32,
+        tp_frame_nr: slots as u32,
+    };
+    sys::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)
+        .map_err(|e| err(iface, "receive ring", e))?;
+    Ring::map(fd, RX_SLOT * slots).map_err(|e| err(iface, "mmap", e))
+}
+
 impl Port for AfPacketPort {
     fn rx_burst(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
-        match self.mode {
+        let first = out.len();
+        let mut n = match self.mode {
             RxRing::Frames => self.rx_frames(pool, out, max),
             RxRing::Blocks => self.rx_blocks(pool, out, max),
+        };
+        if let Some(w) = &mut self.worker {
+            // The kernel's program and our rule must agree: count the frames
+            // that reached a worker that does not own their flow.
+            for m in &out[first..] {
+                if w.steering.worker_of(m.data()) != w.index {
+                    self.stats.rx_misdirected += 1;
+                }
+            }
+            if let Some((_, ring, next)) = &mut w.neighbors
+                && n < max
+            {
+                n += read_slots(ring, next, NEIGHBOR_SLOTS, pool, out, max - n, &mut self.stats);
+            }
         }
+        n
     }
 
     fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>, pool: &mut Pool) -> usize {
@@ -323,6 +418,11 @@ impl Port for AfPacketPort {
             return;
         }
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        sys::wait_readable(self.rx_fd.as_raw_fd(), ms);
+        match self.worker.as_ref().and_then(|w| w.neighbors.as_ref()) {
+            Some((fd, _, _)) => {
+                sys::wait_readable_any(&[self.rx_fd.as_raw_fd(), fd.as_raw_fd()], ms)
+            }
+            None => sys::wait_readable(self.rx_fd.as_raw_fd(), ms),
+        }
     }
 }

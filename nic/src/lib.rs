@@ -19,6 +19,11 @@ pub mod tap;
 
 pub use mbuf::{Mbuf, Pool, PoolStats};
 
+/// Pins the calling thread to CPU `cpu` (a worker to its core).
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    sys::pin_current_thread(cpu)
+}
+
 /// The largest number of frames a backend moves in one `rx_burst` call.
 pub const BURST: usize = 32;
 
@@ -44,6 +49,9 @@ pub struct PortStats {
     pub tx_full: u64,
     /// Frames that arrived larger than a buffer and were dropped.
     pub rx_oversize: u64,
+    /// Frames a flow-steering program gave to a worker that does not own
+    /// their flow (see [`steer`]); always 0 when the kernel and our rule agree.
+    pub rx_misdirected: u64,
 }
 
 /// A polling network port: one receive and one transmit queue.

@@ -10,8 +10,11 @@
 //!   full-NAT flow, an upstream connection, a health check): it goes to worker
 //!   `dst_port % workers`;
 //! * any other TCP or UDP packet comes from a client towards a listener: it
-//!   goes to worker `src_port % workers` (all of one client connection's
-//!   packets carry the same source port);
+//!   goes to the worker given by a multiplicative hash of its source port and
+//!   (the last 32 bits of) its source address, the same for every packet of
+//!   the connection. Not the port alone: Linux clients `connect()` from even
+//!   ports first, which would put every connection of such a client on the
+//!   even workers;
 //! * everything else (ARP, ICMP, IPv4 fragments after the first, IPv6 with
 //!   extension headers before TCP/UDP, other EtherTypes) goes to worker 0, the
 //!   primary, which answers neighbor discovery and pings.
@@ -38,19 +41,25 @@ const ETHERTYPE_IPV6: u16 = 0x86dd;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const ETH_LEN: usize = 14;
+/// 2^32 divided by the golden ratio: multiplying by it spreads every input
+/// bit into the high half (Knuth's multiplicative hashing).
+const GOLDEN: u32 = 0x9e37_79b9;
 
 impl Steering {
     /// The worker that owns the flow of Ethernet frame `frame`.
     pub fn worker_of(&self, frame: &[u8]) -> u16 {
-        let n = self.workers.max(1);
+        let n = u32::from(self.workers.max(1));
         match self.key(frame) {
-            Some(port) => port % n,
+            Some(k) => (k % n) as u16,
             None => 0,
         }
     }
 
-    /// The port that decides the worker, if the frame has one.
-    fn key(&self, frame: &[u8]) -> Option<u16> {
+    /// The number that decides the worker, if the frame has ports.
+    fn key(&self, frame: &[u8]) -> Option<u32> {
+        let be32 = |b: &[u8], at: usize| -> Option<u32> {
+            Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+        };
         let be16 = |b: &[u8], at: usize| -> Option<u16> {
             Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
         };
@@ -65,18 +74,24 @@ impl Steering {
                 if be16(ip, 6)? & 0x1fff != 0 {
                     return None;
                 }
-                usize::from(*ip.first()? & 0x0f) * 4
+                (be32(ip, 12)?, usize::from(*ip.first()? & 0x0f) * 4)
             }
             ETHERTYPE_IPV6 => {
                 if !matches!(*ip.get(6)?, IPPROTO_TCP | IPPROTO_UDP) {
                     return None;
                 }
-                40
+                (be32(ip, 20)?, 40)
             }
             _ => return None,
         };
+        let (src_ip, l4) = l4;
         let dst = be16(ip, l4 + 2)?;
-        if self.local_ports.iter().any(|r| r.contains(&dst)) { Some(dst) } else { be16(ip, l4) }
+        if self.local_ports.iter().any(|r| r.contains(&dst)) {
+            Some(u32::from(dst))
+        } else {
+            let src = u32::from(be16(ip, l4)?);
+            Some((src_ip ^ src).wrapping_mul(GOLDEN) >> 16)
+        }
     }
 
     /// The rule as a classic BPF program for `PACKET_FANOUT_CBPF`: it returns
@@ -103,6 +118,8 @@ impl Steering {
         a.op(LD | H | ABS, SKF_NET_OFF + 6);
         a.jset(0x1fff, Other, V4Len);
         a.label(V4Len);
+        a.op(LD | W | ABS, SKF_NET_OFF + 12);
+        a.op(ST, 0);
         a.op(LDX | B | MSH, SKF_NET_OFF);
         a.ja(Ports);
         // IPv6: TCP or UDP right after the fixed header.
@@ -112,6 +129,8 @@ impl Steering {
         a.label(V6Udp);
         a.jeq(u32::from(IPPROTO_UDP), V6Len, Other);
         a.label(V6Len);
+        a.op(LD | W | ABS, SKF_NET_OFF + 20);
+        a.op(ST, 0);
         a.op(LDX | W | IMM, 40);
         // A = destination port; in a local range, it is the key.
         a.label(Ports);
@@ -123,9 +142,14 @@ impl Steering {
             a.label(InRange(i as u8));
             a.jge(u32::from(r.end), next, Key);
         }
-        // Otherwise the source port.
+        // Otherwise a hash of the source port and address (kept in M[0]).
         a.label(Range(self.local_ports.len() as u8));
         a.op(LD | H | IND, SKF_NET_OFF);
+        a.op(MISC | TAX, 0);
+        a.op(LD | W | MEM, 0);
+        a.op(ALU | XOR | X, 0);
+        a.op(ALU | MUL | K, GOLDEN);
+        a.op(ALU | RSH | K, 16);
         a.label(Key);
         a.op(ALU | MOD | K, u32::from(self.workers.max(1)));
         a.op(RET | A, 0);
@@ -133,6 +157,33 @@ impl Steering {
         a.op(RET | K, 0);
         a.assemble()
     }
+}
+
+/// A classic BPF receive filter that keeps only what every worker must see
+/// to keep its own neighbor table: ARP, and IPv6 neighbor solicitations and
+/// advertisements (ICMPv6 135 and 136 right after the fixed header). The
+/// fanout program gives these to worker 0 only; the other workers read them
+/// from a second socket with this filter (and leave the answers to worker 0).
+pub fn neighbor_filter() -> Vec<Insn> {
+    use Label::*;
+    let mut a = Asm::default();
+    a.op(LD | W | ABS, SKF_AD_OFF + SKF_AD_PROTOCOL);
+    a.jeq(0x0806, Accept, NotV4);
+    a.label(NotV4);
+    a.jeq(u32::from(ETHERTYPE_IPV6), V6, Other);
+    a.label(V6);
+    a.op(LD | B | ABS, SKF_NET_OFF + 6);
+    a.jeq(58, Icmp6, Other);
+    a.label(Icmp6);
+    a.op(LD | B | ABS, SKF_NET_OFF + 40);
+    a.jge(135, Nd, Other);
+    a.label(Nd);
+    a.jge(137, Other, Accept);
+    a.label(Accept);
+    a.op(RET | K, 0x4_0000);
+    a.label(Other);
+    a.op(RET | K, 0);
+    a.assemble()
 }
 
 /// One classic BPF instruction, laid out as the kernel's `struct sock_filter`.
@@ -155,6 +206,14 @@ const LDX: u16 = 0x01;
 const ALU: u16 = 0x04;
 const JMP: u16 = 0x05;
 const RET: u16 = 0x06;
+const ST: u16 = 0x02;
+const MISC: u16 = 0x07;
+const TAX: u16 = 0x00;
+const MEM: u16 = 0x60;
+const MUL: u16 = 0x20;
+const RSH: u16 = 0x70;
+const XOR: u16 = 0xa0;
+const X: u16 = 0x08;
 const W: u16 = 0x00;
 const H: u16 = 0x08;
 const B: u16 = 0x10;
@@ -190,6 +249,9 @@ enum Label {
     InRange(u8),
     Key,
     Other,
+    Icmp6,
+    Nd,
+    Accept,
 }
 
 enum Item {
@@ -272,7 +334,7 @@ mod tests {
             let b = net.get(off..off + size)?;
             Some(b.iter().fold(0u32, |acc, x| (acc << 8) | u32::from(*x)))
         };
-        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let (mut a, mut x, mut pc, mut mem) = (0u32, 0u32, 0usize, [0u32; 16]);
         loop {
             let i = prog[pc];
             pc += 1;
@@ -295,6 +357,12 @@ mod tests {
                     None => return 0,
                 },
                 c if c == LDX | W | IMM => x = i.k,
+                c if c == ST => mem[i.k as usize] = a,
+                c if c == LD | W | MEM => a = mem[i.k as usize],
+                c if c == MISC | TAX => x = a,
+                c if c == ALU | XOR | X => a ^= x,
+                c if c == ALU | MUL | K => a = a.wrapping_mul(i.k),
+                c if c == ALU | RSH | K => a >>= i.k,
                 c if c == ALU | MOD | K => a %= i.k,
                 c if c == JMP | JA => pc += i.k as usize,
                 c if c & 0x07 == JMP => {
@@ -344,8 +412,13 @@ mod tests {
     #[test]
     fn clients_go_by_source_port_and_replies_by_local_destination_port() {
         let s = steering(4);
-        // Client 198.18.0.101:50001 -> VIP:80: worker 50001 % 4 = 1.
-        assert_eq!(s.worker_of(&frame(false, IPPROTO_TCP, 5, 0, 50001, 80)), 1);
+        // Clients of one address from even ports only (Linux's connect())
+        // still spread over every worker.
+        let mut per = [0u32; 4];
+        for port in (40000..40400).step_by(2) {
+            per[usize::from(s.worker_of(&frame(false, IPPROTO_TCP, 5, 0, port, 80)))] += 1;
+        }
+        assert!(per.iter().all(|n| *n > 25), "even client ports over 4 workers: {per:?}");
         // Backend :80 -> our ephemeral port 33002: worker 33002 % 4 = 2.
         assert_eq!(s.worker_of(&frame(false, IPPROTO_TCP, 5, 0, 80, 33002)), 2);
         // A UDP reply to a SNAT port, over IPv6.
@@ -357,7 +430,32 @@ mod tests {
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         assert_eq!(s.worker_of(&arp), 0);
         // Options in the IPv4 header move the ports.
-        assert_eq!(s.worker_of(&frame(false, IPPROTO_TCP, 7, 0, 50003, 443)), 3);
+        assert_eq!(s.worker_of(&frame(false, IPPROTO_TCP, 7, 0, 80, 33003)), 3);
+    }
+
+    #[test]
+    fn the_neighbor_filter_keeps_arp_and_solicitations_only() {
+        let prog = neighbor_filter();
+        let icmp6 = |ty: u8| {
+            let mut f = frame(true, 58, 0, 0, 0, 0);
+            f[ETH_LEN + 40] = ty;
+            f
+        };
+        let mut arp = frame(false, 0, 5, 0, 0, 0);
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_ne!(run(&prog, &arp), 0);
+        assert_ne!(run(&prog, &icmp6(135)), 0);
+        assert_ne!(run(&prog, &icmp6(136)), 0);
+        for other in [
+            icmp6(128),
+            icmp6(134),
+            icmp6(137),
+            frame(false, IPPROTO_TCP, 5, 0, 50001, 80),
+            frame(false, 1, 5, 0, 0, 0),
+            frame(true, IPPROTO_UDP, 0, 0, 53, 40000),
+        ] {
+            assert_eq!(run(&prog, &other), 0, "{other:02x?}");
+        }
     }
 
     #[test]
@@ -384,8 +482,11 @@ mod tests {
                     1 => [80, 443, 5432][(x >> 2) as usize % 3],
                     _ => (x >> 2) as u16,
                 };
-                let mut f =
-                    frame((r >> 20) % 3 == 0, proto, ihl, frag, port(r >> 24), port(r >> 40));
+                let v6 = (r >> 20) % 3 == 0;
+                let mut f = frame(v6, proto, ihl, frag, port(r >> 24), port(r >> 40));
+                // Source addresses: the last 32 bits enter the client hash.
+                let src = ETH_LEN + if v6 { 20 } else { 12 };
+                f[src..src + 4].copy_from_slice(&(rnd() as u32).to_be_bytes());
                 // Some frames cut short, some with another EtherType.
                 match (r >> 60) % 8 {
                     0 => f.truncate((r >> 32) as usize % f.len().max(1)),
@@ -401,5 +502,13 @@ mod tests {
             }
             assert!(seen.iter().all(|n| *n > 0), "every worker gets flows: {seen:?}");
         }
+    }
+}
+#[cfg(test)]
+#[test]
+fn dump_program() {
+    let s = Steering { workers: 2, local_ports: vec![32768..40960, 40960..61000] };
+    for i in s.fanout_program() {
+        println!("ins({:#x},{},{},{:#x}),", i.code, i.jt, i.jf, i.k);
     }
 }

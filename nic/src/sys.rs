@@ -222,3 +222,90 @@ pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
     }
     Ok(fd)
 }
+
+/// `SOL_SOCKET` option that attaches a classic BPF filter.
+const SO_ATTACH_FILTER: i32 = 26;
+/// `SOL_PACKET` options of fanout groups (linux/if_packet.h).
+const PACKET_FANOUT: i32 = 18;
+const PACKET_FANOUT_DATA: i32 = 22;
+const PACKET_FANOUT_CBPF: u32 = 6;
+const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+
+/// A classic BPF program as the kernel takes it; borrows `prog`.
+fn fprog(prog: &[crate::steer::Insn]) -> io::Result<libc::sock_fprog> {
+    let len = u16::try_from(prog.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // `Insn` is `repr(C)` with the fields of `struct sock_filter` in order.
+    Ok(libc::sock_fprog { len, filter: prog.as_ptr() as *mut libc::sock_filter })
+}
+
+/// Attaches classic BPF program `prog` as the socket's receive filter.
+pub fn attach_filter(fd: &OwnedFd, prog: &[crate::steer::Insn]) -> io::Result<()> {
+    let p = fprog(prog)?;
+    // The kernel copies the program during the call; `prog` outlives it.
+    setsockopt(fd, libc::SOL_SOCKET, SO_ATTACH_FILTER, &p)
+}
+
+/// Joins packet socket `fd` (bound, with its ring) to fanout group `group`,
+/// which picks a member for each frame by classic BPF program `prog`
+/// (members in the order they joined). `None` asks the kernel for a group id
+/// of its own (unused in this network namespace), which is returned.
+pub fn join_fanout(
+    fd: &OwnedFd,
+    group: Option<u16>,
+    prog: &[crate::steer::Insn],
+) -> io::Result<u16> {
+    let arg = match group {
+        Some(id) => u32::from(id) | (PACKET_FANOUT_CBPF << 16),
+        None => (PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_UNIQUEID) << 16,
+    };
+    setsockopt(fd, libc::SOL_PACKET, PACKET_FANOUT, &arg)?;
+    let id = match group {
+        Some(id) => id,
+        None => {
+            let mut v: u32 = 0;
+            let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+            // SAFETY: `v` and `len` are valid for writes for the call.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    PACKET_FANOUT,
+                    (&mut v as *mut u32).cast(),
+                    &mut len,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            (v & 0xffff) as u16
+        }
+    };
+    let p = fprog(prog)?;
+    setsockopt(fd, libc::SOL_PACKET, PACKET_FANOUT_DATA, &p)?;
+    Ok(id)
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes.
+pub fn wait_readable_any(fds: &[RawFd], timeout_ms: i32) {
+    let mut p = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; 4];
+    let n = fds.len().min(p.len());
+    for (slot, fd) in p.iter_mut().zip(fds) {
+        slot.fd = *fd;
+    }
+    // SAFETY: `n` valid pollfds for the call's duration.
+    unsafe { libc::poll(p.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
+}
+
+/// Pins the calling thread to CPU `cpu`.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: `cpu` is within the set (checked above).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size given; 0 is this thread.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
