@@ -79,7 +79,7 @@ fn conntrack(c: &mut Criterion) {
     let now = Instant::from_secs(1);
     let mut run = |l4: &mut L4, f: &[u8]| {
         let ip = parse_ip(f, ETHERTYPE_IPV4).unwrap();
-        let meta = parse_transport(f, &ip).unwrap();
+        let meta = parse_transport(f, &ip, true).unwrap();
         let mut m = pool.alloc();
         m.fill(f);
         let v = l4.from_client(now, &mut m, &meta, 0);

@@ -19,7 +19,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::steer::Steering;
 use crate::sys::{self, Ring};
-use crate::{Mbuf, NicError, Pool, Port, PortStats};
+use crate::{Mbuf, NicError, Pool, Port, PortStats, RxCsum};
 
 /// How the receive ring hands frames over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -62,6 +62,12 @@ const TX_DATA: usize = 32;
 const H3_NEXT: usize = 0;
 const H3_SNAPLEN: usize = 12;
 const H3_MAC: usize = 24;
+const H3_STATUS: usize = 20;
+/// Status bits the kernel sets on a received frame (linux/if_packet.h): the
+/// checksum is partial (the frame came from this host's stack) or was
+/// verified by the device.
+const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
+const TP_STATUS_CSUM_VALID: u32 = 1 << 7;
 /// sockaddr_ll follows the aligned tpacket3_hdr; its packet type is at 10.
 const H3_PKTTYPE: usize = 48 + 10;
 /// Block descriptor: status, packet count, first packet offset.
@@ -282,6 +288,7 @@ impl AfPacketPort {
                 pool.free(m);
                 continue;
             }
+            m.set_rx_csum(csum_status(self.rx.u32_at(p + H3_STATUS)));
             self.stats.rx_frames += 1;
             self.stats.rx_bytes += snaplen as u64;
             out.push(m);
@@ -321,6 +328,7 @@ fn read_slots(
             } else {
                 let mut m = pool.alloc();
                 if m.fill(rx.bytes(p + mac_off, snaplen)) {
+                    m.set_rx_csum(csum_status(rx.status(p)));
                     stats.rx_frames += 1;
                     stats.rx_bytes += snaplen as u64;
                     out.push(m);
@@ -335,6 +343,17 @@ fn read_slots(
         *next = (*next + 1) % slots;
     }
     got
+}
+
+/// The checksum offload the kernel reported in a frame's status word.
+fn csum_status(status: u32) -> RxCsum {
+    if status & TP_STATUS_CSUMNOTREADY != 0 {
+        RxCsum::Partial
+    } else if status & TP_STATUS_CSUM_VALID != 0 {
+        RxCsum::Verified
+    } else {
+        RxCsum::Unchecked
+    }
 }
 
 /// A TPACKET_V2 receive ring of `slots` slots on socket `fd`.

@@ -17,7 +17,7 @@ pub mod steer;
 mod sys;
 pub mod tap;
 
-pub use mbuf::{Mbuf, Pool, PoolStats};
+pub use mbuf::{Mbuf, Pool, PoolStats, RxCsum};
 
 /// Pins the calling thread to CPU `cpu` (a worker to its core).
 pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {

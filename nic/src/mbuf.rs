@@ -14,11 +14,33 @@ pub struct Mbuf {
     buf: Box<[u8]>,
     head: usize,
     len: usize,
+    rx_csum: RxCsum,
+}
+
+/// What the device said about a received frame's TCP/UDP checksum (its
+/// checksum offload), so the stack need not verify it again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RxCsum {
+    /// Nothing known: the stack verifies the checksum.
+    #[default]
+    Unchecked,
+    /// The device (or the kernel) verified it.
+    Verified,
+    /// The frame comes from a stack on this host that left the checksum for
+    /// the device to complete (Linux's CHECKSUM_PARTIAL, e.g. over a veth):
+    /// the field holds only the pseudo-header sum. The data is as sent; a
+    /// frame forwarded onwards must get its checksum completed first.
+    Partial,
 }
 
 impl Mbuf {
     fn with_capacity(size: usize) -> Mbuf {
-        Mbuf { buf: vec![0u8; size].into_boxed_slice(), head: HEADROOM.min(size), len: 0 }
+        Mbuf {
+            buf: vec![0u8; size].into_boxed_slice(),
+            head: HEADROOM.min(size),
+            len: 0,
+            rx_csum: RxCsum::Unchecked,
+        }
     }
 
     /// The frame's bytes.
@@ -62,6 +84,19 @@ impl Mbuf {
     pub fn reset(&mut self) {
         self.head = HEADROOM.min(self.buf.len());
         self.len = 0;
+        self.rx_csum = RxCsum::Unchecked;
+    }
+
+    /// What the receiving device said about the frame's L4 checksum.
+    #[inline]
+    pub fn rx_csum(&self) -> RxCsum {
+        self.rx_csum
+    }
+
+    /// Records what the receiving device said about the L4 checksum.
+    #[inline]
+    pub fn set_rx_csum(&mut self, c: RxCsum) {
+        self.rx_csum = c;
     }
 
     /// Replaces the frame with `bytes`. Returns false (and leaves the buffer empty)

@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
 pub use smoltcp::time::{Duration, Instant};
-use switchyard_nic::{Mbuf, Pool};
+use switchyard_nic::{Mbuf, Pool, RxCsum};
 pub use term::{TcpStats, TcpTerminator};
 pub use types::*;
 
@@ -225,16 +225,19 @@ impl Stack {
             IPPROTO_ICMPV6 if ip.src.is_ipv6() => return self.icmp6(now, pkt, &ip, pool),
             _ => {}
         }
-        let meta = match parse_transport(pkt.data(), &ip) {
+        let offloaded = pkt.rx_csum() != RxCsum::Unchecked;
+        let meta = match parse_transport(pkt.data(), &ip, !offloaded) {
             Ok(m) => m,
             Err(r) => {
                 self.drop_packet(pkt, r, pool);
                 return Ingress::Done;
             }
         };
+        self.counters.rx_csum_offloaded += u64::from(offloaded);
         if let Some(&(kind, listener)) = self.listeners.get(&(meta.dst, meta.proto)) {
             if kind == ListenerKind::L4 {
                 self.counters.to_l4 += 1;
+                self.complete_csum(&mut pkt, &meta);
                 return Ingress::L4 { pkt, listener, meta };
             }
             self.terminate(now, pkt, &meta, Some(listener), pool);
@@ -247,11 +250,13 @@ impl Stack {
             .find(|(a, f, l, p, _)| *a == dst && *p == meta.proto && *f <= port && port <= *l)
         {
             self.counters.to_l4 += 1;
+            self.complete_csum(&mut pkt, &meta);
             return Ingress::L4 { pkt, listener, meta };
         }
         if self.l4_ranges.iter().any(|(a, p, r)| *a == dst && *p == meta.proto && r.contains(&port))
         {
             self.counters.to_l4 += 1;
+            self.complete_csum(&mut pkt, &meta);
             return Ingress::L4Return { pkt, meta };
         }
         if meta.proto == Proto::Tcp && self.tcp.ephemeral_ports().contains(&port) {
@@ -441,6 +446,26 @@ impl Stack {
             } else {
                 pool.free(m);
             }
+        }
+    }
+
+    /// A frame L4 forwards carries a full checksum: a partial one (from a
+    /// stack on this host that left it to the device) is completed here, in
+    /// software, so L4's incremental update yields a valid one.
+    fn complete_csum(&mut self, pkt: &mut Mbuf, meta: &PacketMeta) {
+        if pkt.rx_csum() != RxCsum::Partial {
+            return;
+        }
+        let (proto, off) = match meta.proto {
+            Proto::Tcp => (IPPROTO_TCP, 16),
+            Proto::Udp => (IPPROTO_UDP, 6),
+        };
+        let l4 = usize::from(meta.l4_offset);
+        let seg = &mut pkt.data_mut()[l4..];
+        if seg.len() >= off + 2 {
+            fix_l4_checksum(seg, meta.src.ip(), meta.dst.ip(), proto, off);
+            pkt.set_rx_csum(RxCsum::Unchecked);
+            self.counters.rx_csum_completed += 1;
         }
     }
 

@@ -320,6 +320,12 @@ pub struct StackCounters {
     pub to_l4: u64,
     /// Frames queued for transmit.
     pub tx_frames: u64,
+    /// TCP/UDP checksums not verified in software because the device had
+    /// verified them or the frame came from this host (checksum offload).
+    pub rx_csum_offloaded: u64,
+    /// Partial checksums (from this host's stack) completed in software
+    /// before the frame was forwarded by L4.
+    pub rx_csum_completed: u64,
     /// Drops by reason, indexed by [`DropReason::index`].
     pub drops: [u64; DropReason::ALL.len()],
 }

@@ -202,7 +202,9 @@ pub fn parse_ip(frame: &[u8], ethertype: u16) -> Result<IpInfo, DropReason> {
 }
 
 /// Validates a TCP or UDP header and checksum and describes the packet for L4.
-pub fn parse_transport(frame: &[u8], ip: &IpInfo) -> Result<PacketMeta, DropReason> {
+/// `verify` is false when the device's checksum offload vouched for the
+/// checksum (see `switchyard_nic::RxCsum`).
+pub fn parse_transport(frame: &[u8], ip: &IpInfo, verify: bool) -> Result<PacketMeta, DropReason> {
     let seg = frame.get(ip.l4_offset..ip.end).ok_or(DropReason::Truncated)?;
     let (proto, hdr, flags) = match ip.proto {
         IPPROTO_TCP => {
@@ -213,7 +215,7 @@ pub fn parse_transport(frame: &[u8], ip: &IpInfo) -> Result<PacketMeta, DropReas
             if off < 20 || off > seg.len() {
                 return Err(DropReason::BadIpHeader);
             }
-            if fold(sum(pseudo(ip.src, ip.dst, IPPROTO_TCP, seg.len()), seg)) != 0 {
+            if verify && fold(sum(pseudo(ip.src, ip.dst, IPPROTO_TCP, seg.len()), seg)) != 0 {
                 return Err(DropReason::BadL4Checksum);
             }
             (Proto::Tcp, off, seg[13])
@@ -226,7 +228,8 @@ pub fn parse_transport(frame: &[u8], ip: &IpInfo) -> Result<PacketMeta, DropReas
                 return Err(DropReason::BadIpHeader);
             }
             let zero_ok = ip.src.is_ipv4();
-            if !(zero_ok && get16(seg, 6) == 0)
+            if verify
+                && !(zero_ok && get16(seg, 6) == 0)
                 && fold(sum(pseudo(ip.src, ip.dst, IPPROTO_UDP, seg.len()), seg)) != 0
             {
                 return Err(DropReason::BadL4Checksum);
@@ -341,7 +344,7 @@ mod tests {
         let ip = parse_ip(&f, ETHERTYPE_IPV4).unwrap();
         assert_eq!(ip.l4_offset, 34);
         assert_eq!(ip.end, 54);
-        let m = parse_transport(&f, &ip).unwrap();
+        let m = parse_transport(&f, &ip, true).unwrap();
         assert_eq!(m.src, "198.18.0.1:1234".parse().unwrap());
         assert_eq!(m.dst, "198.18.0.2:80".parse().unwrap());
         assert_eq!(m.tcp_flags, crate::tcp_flags::SYN);
@@ -353,7 +356,7 @@ mod tests {
         let mut f = syn_v4();
         f[40] ^= 1; // sequence number
         let ip = parse_ip(&f, ETHERTYPE_IPV4).unwrap();
-        assert_eq!(parse_transport(&f, &ip), Err(DropReason::BadL4Checksum));
+        assert_eq!(parse_transport(&f, &ip, true), Err(DropReason::BadL4Checksum));
         let mut f = syn_v4();
         f[22] ^= 1; // TTL
         assert_eq!(parse_ip(&f, ETHERTYPE_IPV4), Err(DropReason::BadIpChecksum));
@@ -398,6 +401,6 @@ mod tests {
         f.extend_from_slice(&[0; 6]);
         let ip = parse_ip(&f, ETHERTYPE_IPV4).unwrap();
         assert_eq!(ip.end, 54);
-        assert!(parse_transport(&f, &ip).is_ok());
+        assert!(parse_transport(&f, &ip, true).is_ok());
     }
 }
