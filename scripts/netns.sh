@@ -8,8 +8,9 @@
 #
 # Switchyard runs inside ${P}lb (`ip netns exec ${P}lb switchyard run ...`) and
 # owns 198.18.0.2 and its VIPs in user space; the kernel there holds no address.
-# Transmit checksum offload is off on the clients' and backends' interfaces so
-# every frame carries a full checksum, as from a real wire.
+# Transmit checksum offload is off on the clients' and backends' interfaces, so
+# frames carry full checksums as from a real wire (a test turns it back on to
+# see partial ones handled), and so is segmentation offload: frames fit a slot.
 #
 #   scripts/netns.sh up [PREFIX]     (default PREFIX: sy-)
 #   scripts/netns.sh down [PREFIX]

@@ -241,13 +241,15 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
     let c = dp.stack.counters();
     let _ = writeln!(
         out,
-        "stack: arp replies {}, announcements {}, icmp echo replies {}, rst sent {}, to l4 {}, tcp terminated {}",
+        "stack: arp replies {}, announcements {}, icmp echo replies {}, rst sent {}, to l4 {}, tcp terminated {}, checksums left to the device {}, completed in software {}",
         c.arp_replies_sent,
         c.announcements,
         c.icmp_echo_replies,
         c.rst_sent,
         c.to_l4,
-        c.tcp_terminated
+        c.tcp_terminated,
+        c.rx_csum_offloaded,
+        c.rx_csum_completed
     );
     for r in switchyard_stack::DropReason::ALL {
         if c.dropped(r) > 0 {

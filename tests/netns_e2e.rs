@@ -370,6 +370,35 @@ fn two_workers_split_the_flows_of_one_interface_by_fanout() {
     println!("{out}");
 }
 
+/// Peers whose kernels leave transmit checksums to the device, as a local
+/// stack over a veth does: their frames arrive on the AF_PACKET ring with a
+/// partial checksum and the kernel's word for it. Switchyard does not verify
+/// those, completes them in software before L4 forwards them, and every
+/// transfer stays byte-exact; nothing is dropped as a bad checksum.
+#[test]
+fn peers_with_transmit_checksum_offload_on() {
+    if !can_run("csum_offload", &[NGINX_BIN]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("syo-");
+    for ns in ["cl", "be"] {
+        // Segmentation stays off: frames must fit the ring's slots.
+        t.exec(ns, "ethtool -K eth0 tx on tso off gso off");
+    }
+    let sum = t.nginx();
+    let mut lb = t.switchyard(&config("af_packet:lb0", "round-robin", "a"));
+    routes_and_downloads(&t, &sum);
+    let out = lb.stop();
+    let trusted = number_after(&out, "checksums left to the device").unwrap_or(0);
+    let completed = number_after(&out, "completed in software").unwrap_or(0);
+    // The L4 download alone is over 2,800 frames each way.
+    assert!(trusted > 2_000, "frames with offloaded checksums: {trusted}\n{out}");
+    assert!(completed > 1_000, "partial checksums completed for L4: {completed}\n{out}");
+    assert!(!out.contains("drop bad_"), "no checksum drops:\n{out}");
+    println!("{out}");
+}
+
 #[test]
 fn l7_and_l4_through_tap_to_nginx() {
     if !can_run("tap", &[NGINX_BIN]) {

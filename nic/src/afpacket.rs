@@ -9,10 +9,11 @@
 //! between the rings and pool buffers (the rings belong to the kernel); the
 //! frames we send are not looped back to our receive ring.
 //!
-//! Checksums: frames from another namespace's stack over a veth may carry a
-//! partial checksum (offloaded, never computed). The stack verifies every
-//! checksum, so the peers' transmit checksum offload must be off, as
-//! `scripts/netns.sh` does; frames from a real wire always carry full ones.
+//! Checksums: each received frame carries what the kernel knows of its TCP or
+//! UDP checksum ([`RxCsum`], from the ring's status word): verified by the
+//! device, or partial — a frame from a stack on this host over a veth, whose
+//! checksum was left to a device and never computed. The stack skips
+//! verifying both and completes partial ones before L4 forwards them.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};

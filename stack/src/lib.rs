@@ -461,6 +461,7 @@ impl Stack {
             Proto::Udp => (IPPROTO_UDP, 6),
         };
         let l4 = usize::from(meta.l4_offset);
+        // The frame ends where its IP packet does (truncated at ingress).
         let seg = &mut pkt.data_mut()[l4..];
         if seg.len() >= off + 2 {
             fix_l4_checksum(seg, meta.src.ip(), meta.dst.ip(), proto, off);
