@@ -179,3 +179,57 @@ fn admin_socket_drains_a_backend_of_a_running_dataplane() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!sock.exists(), "the socket file is removed at exit");
 }
+
+/// A minimal live configuration on device `nic`.
+fn live_config(nic: &str) -> String {
+    format!(
+        "[device]\nnic = \"{nic}\"\nmac = \"02:53:59:00:00:02\"\naddresses = [\"198.18.0.2/24\"]\n\n\
+         [[listener]]\nname = \"tcp\"\nmode = \"l4\"\naddress = \"198.18.0.10:8080\"\npool = \"p\"\n\n\
+         [[pool]]\nname = \"p\"\nbackends = [{{ name = \"p1\", address = \"198.18.0.21:8080\" }}]\n"
+    )
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Devices that cannot be opened stop `run` at start with exit code 2 and a
+/// message naming the device and the cause: an interface that does not exist,
+/// and (run as an unprivileged user) the rights a backend needs.
+#[test]
+fn live_devices_that_cannot_be_opened_are_clear_errors_at_start() {
+    let dir = Scratch::new("devices");
+    // A copy of the binary where `nobody` may run it, wherever the build is.
+    let exe = dir.file("switchyard");
+    std::fs::copy(env!("CARGO_BIN_EXE_switchyard"), &exe).unwrap();
+    let run = |nic: &str, user: Option<&str>| {
+        let path = dir.file(&format!("{}.toml", nic.replace(':', "-")));
+        std::fs::write(&path, live_config(nic)).unwrap();
+        let mut cmd = match user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(&exe);
+                c
+            }
+            None => bin(),
+        };
+        let out = cmd.args(["run", "--seconds", "1", "--config"]).arg(&path).output().unwrap();
+        (out.status.code(), text(&out))
+    };
+    let (code, msg) = run("af_packet:sy-absent0", None);
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("af_packet:sy-absent0") && msg.contains("no such interface"), "{msg}");
+    assert!(!msg.contains("panicked"), "{msg}");
+    if !is_root() {
+        eprintln!(
+            "SKIPPED the privilege cases: they run the binary as `nobody` through runuser, which needs root"
+        );
+        return;
+    }
+    let (code, msg) = run("af_packet:lo", Some("nobody"));
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("af_packet:lo") && msg.contains("needs root or CAP_NET_RAW"), "{msg}");
+    let (code, msg) = run("tap:sy-notap0", Some("nobody"));
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("tap:sy-notap0") && msg.contains("needs root or CAP_NET_ADMIN"), "{msg}");
+}
