@@ -175,8 +175,9 @@ pub struct Route {
     pub set_response_headers: Vec<(String, String)>,
     /// Response headers removed on the way to the client.
     pub remove_response_headers: Vec<String>,
-    /// Compress responses with gzip for clients that accept it, when the
-    /// backend did not and the content type is text-like.
+    /// Compress responses with brotli or gzip, whichever the client prefers
+    /// of those it accepts, when the backend did not and the content type
+    /// is text-like.
     pub compress: bool,
     /// Time from a request to its response head on this route (the
     /// listener-wide [`Limits::request_timeout`] when `None`).
@@ -542,8 +543,9 @@ struct Session {
     /// A byte tunnel from the start (TLS passthrough): the proxy never
     /// writes into it.
     raw: bool,
-    /// The request's `Accept-Encoding` allows gzip.
-    accept_gzip: bool,
+    /// The coding the response gets, if compressible (from the request's
+    /// `Accept-Encoding` on a route that compresses).
+    coding: Option<Coding>,
     /// Time allowed from this request to its response head.
     request_timeout: Duration,
 }
@@ -587,12 +589,92 @@ struct Upstream {
     gz: Option<Box<Gz>>,
 }
 
+/// A content coding the proxy applies to responses (RFC 9110 8.4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Coding {
+    Gzip,
+    Brotli,
+}
+
+impl Coding {
+    fn token(self) -> &'static str {
+        match self {
+            Coding::Gzip => "gzip",
+            Coding::Brotli => "br",
+        }
+    }
+}
+
+/// brotli quality and window for streamed responses: quality 4 is the usual
+/// choice for on-the-fly compression (faster than gzip -6 at a smaller
+/// size); a 2^19-byte window bounds the encoder's memory per response.
+const BROTLI_QUALITY: u32 = 4;
+const BROTLI_LGWIN: u32 = 19;
+
+/// The compressor of one response, writing into a buffer of its own.
+enum Encoder {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    /// Finished; the last bytes were taken.
+    Done(Vec<u8>),
+}
+
+impl Encoder {
+    fn new(coding: Coding) -> Encoder {
+        match coding {
+            Coding::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(5),
+            )),
+            Coding::Brotli => Encoder::Brotli(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                4096,
+                BROTLI_QUALITY,
+                BROTLI_LGWIN,
+            ))),
+        }
+    }
+
+    /// Compresses `data` and flushes, so what was read goes out now.
+    fn write_flush(&mut self, data: &[u8]) {
+        use std::io::Write;
+        let w: &mut dyn Write = match self {
+            Encoder::Gzip(e) => e,
+            Encoder::Brotli(e) => e.as_mut(),
+            Encoder::Done(_) => return,
+        };
+        let _ = w.write_all(data);
+        let _ = w.flush();
+    }
+
+    /// Ends the stream (gzip trailer, brotli's last meta-block).
+    fn finish(&mut self) {
+        match std::mem::replace(self, Encoder::Done(Vec::new())) {
+            Encoder::Gzip(mut e) => {
+                let _ = e.try_finish();
+                *self = Encoder::Done(std::mem::take(e.get_mut()));
+            }
+            Encoder::Brotli(e) => *self = Encoder::Done(e.into_inner()),
+            done => *self = done,
+        }
+    }
+
+    /// The compressed bytes produced so far and not yet taken.
+    fn output(&mut self) -> &mut Vec<u8> {
+        match self {
+            Encoder::Gzip(e) => e.get_mut(),
+            Encoder::Brotli(e) => e.get_mut(),
+            Encoder::Done(v) => v,
+        }
+    }
+}
+
 /// A response being compressed on its way to the client: the upstream body
-/// (decoded from chunked coding if it was) goes through gzip, and comes out
-/// in chunks, flushed after every read so a streaming response keeps
-/// streaming.
+/// (decoded from chunked coding if it was) goes through gzip or brotli, and
+/// comes out in chunks, flushed after every read so a streaming response
+/// keeps streaming.
 struct Gz {
-    enc: flate2::write::GzEncoder<Vec<u8>>,
+    enc: Encoder,
     /// Chunked output waiting for the client's window.
     out: Vec<u8>,
     /// The upstream body's chunked-coding decoder, if it was chunked.
@@ -603,9 +685,9 @@ struct Gz {
 }
 
 impl Gz {
-    fn new(chunked: bool) -> Box<Gz> {
+    fn new(coding: Coding, chunked: bool) -> Box<Gz> {
         Box::new(Gz {
-            enc: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(5)),
+            enc: Encoder::new(coding),
             out: Vec::new(),
             chunk: chunked.then_some(h2front::Chunk::Size(0)),
             plain: Vec::new(),
@@ -616,7 +698,6 @@ impl Gz {
 
     /// Compresses body bytes as they arrived from upstream.
     fn feed(&mut self, data: &[u8]) {
-        use std::io::Write;
         let payload = match &mut self.chunk {
             Some(state) => {
                 self.plain.clear();
@@ -625,14 +706,13 @@ impl Gz {
             }
             None => data,
         };
-        let _ = self.enc.write_all(payload);
-        let _ = self.enc.flush();
+        self.enc.write_flush(payload);
         self.frame();
     }
 
-    /// The end of the body: the gzip trailer and the last chunk.
+    /// The end of the body: the coding's trailer and the last chunk.
     fn finish(&mut self) {
-        let _ = self.enc.try_finish();
+        self.enc.finish();
         self.frame();
         self.out.extend_from_slice(b"0\r\n\r\n");
         self.finished = true;
@@ -640,7 +720,7 @@ impl Gz {
 
     fn frame(&mut self) {
         use std::io::Write;
-        let buf = self.enc.get_mut();
+        let buf = self.enc.output();
         if !buf.is_empty() {
             let _ = write!(self.out, "{:x}\r\n", buf.len());
             self.out.extend_from_slice(buf);
@@ -650,24 +730,64 @@ impl Gz {
     }
 }
 
-/// Whether `Accept-Encoding` allows gzip (RFC 9110 12.5.3: listed, or `*`,
-/// without `q=0`).
-fn accepts_gzip(headers: &[httparse::Header<'_>]) -> bool {
-    headers
+/// The coding a response gets from `Accept-Encoding` (RFC 9110 12.5.3):
+/// of gzip (or `x-gzip`) and br, the one with the highest q-value, a coding
+/// not named taking `*`'s; brotli on a tie, for its smaller output; none when
+/// neither is acceptable. A malformed q-value counts as 0: not compressing is
+/// always safe.
+fn preferred_coding(headers: &[httparse::Header<'_>]) -> Option<Coding> {
+    let (mut gzip, mut br, mut star) = (None, None, None);
+    for item in headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("accept-encoding"))
         .flat_map(|h| h.value.split(|b| *b == b','))
-        .any(|item| {
-            let mut parts = item.split(|b| *b == b';');
-            let coding = parts.next().unwrap_or_default().trim_ascii();
-            let zero = parts.any(|p| {
-                let p = p.trim_ascii();
-                p.len() >= 3
-                    && p[..2].eq_ignore_ascii_case(b"q=")
-                    && p[2..].iter().all(|c| *c == b'0' || *c == b'.')
-            });
-            (coding.eq_ignore_ascii_case(b"gzip") || coding == b"*") && !zero
-        })
+    {
+        let mut parts = item.split(|b| *b == b';');
+        let coding = parts.next().unwrap_or_default().trim_ascii();
+        let q = parts
+            .map(|p| p.trim_ascii())
+            .find(|p| p.len() >= 2 && p[..2].eq_ignore_ascii_case(b"q="))
+            .map_or(1000, |p| qvalue(&p[2..]).unwrap_or(0));
+        let slot = if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip")
+        {
+            &mut gzip
+        } else if coding.eq_ignore_ascii_case(b"br") {
+            &mut br
+        } else if coding == b"*" {
+            &mut star
+        } else {
+            continue;
+        };
+        *slot = Some(slot.map_or(q, |old: u16| old.max(q)));
+    }
+    let gzip = gzip.or(star).unwrap_or(0);
+    let br = br.or(star).unwrap_or(0);
+    match (br, gzip) {
+        (0, 0) => None,
+        (b, g) if b >= g => Some(Coding::Brotli),
+        _ => Some(Coding::Gzip),
+    }
+}
+
+/// An RFC 9110 qvalue (`0`, `0.5`, `1.000`) in thousandths.
+fn qvalue(v: &[u8]) -> Option<u16> {
+    let (int, frac) = match v.iter().position(|b| *b == b'.') {
+        Some(i) => (&v[..i], &v[i + 1..]),
+        None => (v, &[][..]),
+    };
+    if frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let thousandths = frac
+        .iter()
+        .chain(std::iter::repeat(&b'0'))
+        .take(3)
+        .fold(0u16, |a, d| a * 10 + u16::from(d - b'0'));
+    match int {
+        b"0" => Some(thousandths),
+        b"1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 /// Whether a response may be compressed: text-like content not already
@@ -948,7 +1068,7 @@ impl L7 {
                     key: None,
                     upgrade: false,
                     raw: false,
-                    accept_gzip: false,
+                    coding: None,
                     request_timeout: self.limits.request_timeout,
                 };
                 let i = match self.free_sessions.pop() {
@@ -1191,7 +1311,7 @@ impl L7 {
         }
         let pool = route.pool;
         let retries = route.retries;
-        x.accept_gzip = route.compress && accepts_gzip(req.headers);
+        x.coding = if route.compress { preferred_coding(req.headers) } else { None };
         x.request_timeout = route.request_timeout.unwrap_or(self.limits.request_timeout);
         x.key = match &self.pools[pool].cfg.balance {
             Balance::HashHeader(name) => req
@@ -1694,8 +1814,9 @@ impl L7 {
         enum Parsed {
             Partial,
             Bad,
-            /// Head length, framing, the head for the client, compress.
-            Head(usize, http1::ResponseInfo, Vec<u8>, bool),
+            /// Head length, framing, the head for the client, the coding
+            /// the body gets.
+            Head(usize, http1::ResponseInfo, Vec<u8>, Option<Coding>),
         }
         let max_head = self.limits.max_head;
         let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) else {
@@ -1720,15 +1841,16 @@ impl L7 {
                             }
                             None => (&[][..], &[][..]),
                         };
-                        let gzip = info.status == 200
-                            && info.framing != Framing::None
-                            && !up.head_request
-                            && x.is_some_and(|x| x.accept_gzip)
-                            && compressible(resp.headers);
-                        let head = if gzip {
+                        let coding = x.and_then(|x| x.coding).filter(|_| {
+                            info.status == 200
+                                && info.framing != Framing::None
+                                && !up.head_request
+                                && compressible(resp.headers)
+                        });
+                        let head = if let Some(c) = coding {
                             // The length and coding change: say so.
                             let mut set = set.to_vec();
-                            set.push(("Content-Encoding".into(), "gzip".into()));
+                            set.push(("Content-Encoding".into(), c.token().into()));
                             set.push(("Vary".into(), "Accept-Encoding".into()));
                             set.push(("Transfer-Encoding".into(), "chunked".into()));
                             let mut remove = remove.to_vec();
@@ -1742,7 +1864,7 @@ impl L7 {
                             // Switching protocols nobody asked for.
                             Parsed::Bad
                         } else {
-                            Parsed::Head(n, info, head, gzip)
+                            Parsed::Head(n, info, head, coding)
                         }
                     }
                     Err(_) => Parsed::Bad,
@@ -1753,14 +1875,14 @@ impl L7 {
             }
             Ok(httparse::Status::Partial) | Err(_) => Parsed::Bad,
         };
-        let (n, mut info, head, gzip) = match parsed {
+        let (n, mut info, head, coding) = match parsed {
             Parsed::Partial => return false,
             Parsed::Bad => {
                 self.backend_result(pool, b, false, now);
                 self.bad_upstream(u, s, tcp);
                 return false;
             }
-            Parsed::Head(n, info, head, gzip) => (n, info, head, gzip),
+            Parsed::Head(n, info, head, coding) => (n, info, head, coding),
         };
         if info.status >= 200 {
             if let Some(x) = self.sessions.get(s as usize).and_then(Option::as_ref) {
@@ -1800,10 +1922,10 @@ impl L7 {
             }
         }
         let Some(up) = self.up(u) else { return false };
-        if gzip {
+        if let Some(c) = coding {
             // The head goes out first from the compressor's output; the
             // body follows through it.
-            let mut gz = Gz::new(info.framing == Framing::Chunked);
+            let mut gz = Gz::new(c, info.framing == Framing::Chunked);
             gz.out.extend_from_slice(&head);
             up.inbuf.drain(..n);
             up.ready = 0;
@@ -2206,5 +2328,38 @@ impl L7 {
     /// When `poll` next has work.
     pub fn poll_at(&self) -> Option<Instant> {
         self.next_check
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> Option<Coding> {
+        preferred_coding(&[httparse::Header { name: "Accept-Encoding", value: v.as_bytes() }])
+    }
+
+    #[test]
+    fn qvalues_follow_the_rfc_grammar() {
+        for (v, q) in [("1", Some(1000)), ("1.000", Some(1000)), ("0", Some(0)), ("0.5", Some(500))]
+        {
+            assert_eq!(qvalue(v.as_bytes()), q, "{v}");
+        }
+        assert_eq!(qvalue(b"0.123"), Some(123));
+        for bad in ["1.5", "2", "0.1234", "", "x", "0.5x", "-1"] {
+            assert_eq!(qvalue(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_coding_is_the_clients_preference() {
+        assert_eq!(accept("gzip, deflate"), Some(Coding::Gzip));
+        assert_eq!(accept("br;q=0.9, gzip"), Some(Coding::Gzip));
+        assert_eq!(accept("gzip, br"), Some(Coding::Brotli), "a tie goes to brotli");
+        assert_eq!(accept("x-gzip"), Some(Coding::Gzip));
+        assert_eq!(accept("*;q=0.3, br;q=0"), Some(Coding::Gzip), "br refused by name");
+        assert_eq!(accept("identity"), None);
+        assert_eq!(accept("gzip;q=0, br;q=0.0"), None);
+        assert_eq!(accept("gzip;q=high"), None, "a malformed q-value counts as 0");
     }
 }

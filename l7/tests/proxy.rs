@@ -1648,7 +1648,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
-/// gzip per route: text-like responses to clients that accept it are
+/// gzip and brotli per route: text-like responses to clients that accept it are
 /// compressed (from a fixed-length or a chunked upstream body), streamed in
 /// chunks; everything else passes untouched.
 #[test]
@@ -1721,10 +1721,43 @@ fn compression_by_accept_encoding_and_content_type() {
     let (head, body) = split(&got);
     assert!(head.contains("Content-Encoding: gzip\r\n"), "{head}");
     assert_eq!(gunzip(&dechunk(&body)), text);
+    // brotli where the client prefers it, or ranks it equal; a streaming
+    // chunked upstream body arriving in pieces decodes byte-exact.
+    let unbrotli = |body: &[u8]| {
+        let mut out = Vec::new();
+        brotli::Decompressor::new(body, 4096).read_to_end(&mut out).expect("valid brotli");
+        out
+    };
+    for accept in ["br, gzip", "gzip;q=0.8, br", "*", "gzip;q=0.5, br;q=0.5"] {
+        let mut resp =
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/css\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        resp.extend_from_slice(format!("{:x}\r\n", 5_000).as_bytes());
+        resp.extend_from_slice(&text[..5_000]);
+        let tail = [
+            b"\r\n".to_vec(),
+            format!("{:x}\r\n", 15_000).into_bytes(),
+            text[5_000..].to_vec(),
+            b"\r\n0\r\n\r\n".to_vec(),
+        ]
+        .concat();
+        let got = ask(
+            &mut h,
+            &format!("GET /api/style HTTP/1.1\r\nHost: v\r\nAccept-Encoding: {accept}\r\n\r\n"),
+            vec![resp, tail],
+        );
+        let (head, body) = split(&got);
+        assert!(head.contains("Content-Encoding: br\r\n"), "{accept}: {head}");
+        let packed = dechunk(&body);
+        assert!(packed.len() < text.len() / 10, "{accept}: {} bytes", packed.len());
+        assert_eq!(unbrotli(&packed), text, "{accept}");
+    }
     // Untouched: no Accept-Encoding, gzip;q=0, an image, already encoded.
     for (req_extra, ctype) in [
         ("", "text/html"),
         ("Accept-Encoding: gzip;q=0, identity\r\n", "text/html"),
+        ("Accept-Encoding: br;q=0, gzip;q=0.000, deflate\r\n", "text/html"),
+        ("Accept-Encoding: *;q=0\r\n", "text/html"),
         ("Accept-Encoding: gzip\r\n", "image/png"),
     ] {
         let resp = [
