@@ -326,6 +326,14 @@ pub enum NicSpec {
         /// Receive through TPACKET_V3 blocks (`,v3`) instead of V2 frames.
         v3: bool,
     },
+    /// One queue of a Linux interface through an AF_XDP socket and an XDP
+    /// program of ours.
+    AfXdp {
+        /// Interface name.
+        iface: String,
+        /// Receive queue (`/QUEUE`, default 0).
+        queue: u32,
+    },
 }
 
 /// The device section.
@@ -1269,11 +1277,33 @@ impl Cx<'_> {
                     _ => NicSpec::AfPacket { iface: name.to_string(), v3 },
                 }
             }
+            s if s.starts_with("af_xdp:") => {
+                let rest = &s["af_xdp:".len()..];
+                let (name, queue) = match rest.split_once('/') {
+                    Some((n, q)) => match q.parse::<u32>() {
+                        Ok(q) if q < 1024 => (n, q),
+                        _ => {
+                            return Err(self.at(
+                                &d.nic,
+                                format!("`af_xdp:` queue `{q}`: a number from 0 to 1023, as in `af_xdp:IFACE/0`"),
+                            ));
+                        }
+                    },
+                    None => (rest, 0),
+                };
+                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':', ',']) {
+                    return Err(self.at(
+                        &d.nic,
+                        "`af_xdp:` needs an interface name of 1 to 15 characters: `af_xdp:IFACE[/QUEUE]`",
+                    ));
+                }
+                NicSpec::AfXdp { iface: name.to_string(), queue }
+            }
             other => {
                 return Err(self.at(
                     &d.nic,
                     format!(
-                        "unknown NIC backend `{other}`: expected `sim`, `pcap:IN[,OUT]`, `tap:NAME` or `af_packet:IFACE`"
+                        "unknown NIC backend `{other}`: expected `sim`, `pcap:IN[,OUT]`, `tap:NAME`, `af_packet:IFACE` or `af_xdp:IFACE[/QUEUE]`"
                     ),
                 ));
             }
@@ -1336,7 +1366,7 @@ impl Cx<'_> {
         // interface each start gets its own (initial sequence numbers and
         // ephemeral ports must not repeat across restarts).
         let seed = d.seed.unwrap_or_else(|| match nic {
-            NicSpec::Tap { .. } | NicSpec::AfPacket { .. } => random_seed(),
+            NicSpec::Tap { .. } | NicSpec::AfPacket { .. } | NicSpec::AfXdp { .. } => random_seed(),
             _ => 0x5717_c4a2d,
         });
         Ok(Device { nic, mac, addresses, gateway, workers, seed })
@@ -1759,6 +1789,33 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         let e =
             err(&BASE.replace("nic = \"pcap:in.pcap\"", "nic = \"af_packet:lb0\"\nworkers = 0"));
         assert!(e.message.contains("between 1 and 64"), "{e}");
+    }
+
+    #[test]
+    fn af_xdp_takes_an_interface_and_an_optional_queue() {
+        let with = |nic: &str| BASE.replace("nic = \"pcap:in.pcap\"", &format!("nic = \"{nic}\""));
+        let c = Config::parse("t.toml", &with("af_xdp:lb0")).unwrap();
+        assert_eq!(c.device.nic, NicSpec::AfXdp { iface: "lb0".into(), queue: 0 });
+        let c = Config::parse("t.toml", &with("af_xdp:lb0/1")).unwrap();
+        assert_eq!(c.device.nic, NicSpec::AfXdp { iface: "lb0".into(), queue: 1 });
+        for (bad, says) in [
+            ("af_xdp:", "needs an interface name"),
+            ("af_xdp:/1", "needs an interface name"),
+            ("af_xdp:averyveryverylongname", "needs an interface name"),
+            ("af_xdp:lb0/", "queue ``"),
+            ("af_xdp:lb0/x", "queue `x`"),
+            ("af_xdp:lb0/-1", "queue `-1`"),
+            ("af_xdp:lb0/1/2", "queue `1/2`"),
+            ("af_xdp:lb0/4096", "queue `4096`"),
+            ("afxdp:lb0", "unknown NIC backend `afxdp:lb0`"),
+        ] {
+            let e = err(&with(bad));
+            assert_eq!((e.line, e.key.as_str()), (3, "device.nic"), "{bad}: {e}");
+            assert!(e.message.contains(says), "{bad}: {e}");
+        }
+        // One worker only: the fanout that splits flows is AF_PACKET's.
+        let e = err(&with("af_xdp:lb0").replace("addresses =", "workers = 2\naddresses ="));
+        assert!(e.message.contains("needs `nic = \"af_packet:IFACE\"`"), "{e}");
     }
 
     #[test]

@@ -407,6 +407,9 @@ fn open_live_port(nic: &NicSpec, mac: [u8; 6]) -> Result<Box<dyn Port + Send>, N
             let mode = if *v3 { RxRing::Blocks } else { RxRing::Frames };
             AfPacketPort::open(iface, mac, mode).map(|p| Box::new(p) as _)
         }
+        NicSpec::AfXdp { iface, queue } => {
+            switchyard_nic::afxdp::AfXdpPort::open(iface, *queue, mac).map(|p| Box::new(p) as _)
+        }
         NicSpec::Sim | NicSpec::Pcap { .. } => {
             Err(switchyard_nic::NicError::UnknownBackend(nic_label(nic)))
         }
@@ -423,6 +426,7 @@ fn nic_label(nic: &NicSpec) -> String {
         NicSpec::AfPacket { iface, v3 } => {
             format!("af_packet:{iface}{}", if *v3 { ",v3" } else { "" })
         }
+        NicSpec::AfXdp { iface, queue } => format!("af_xdp:{iface}/{queue}"),
     }
 }
 
@@ -460,6 +464,8 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
     }
     let limit = opts.seconds.map(|s| std::time::Duration::from_secs(u64::from(s)));
     let n = ports.len();
+    // How the backend runs, where it chose when it opened: "(native, copy)".
+    let mode = ports.first().and_then(|p| p.mode()).map(|m| format!(" ({m})")).unwrap_or_default();
     let wall = std::time::Instant::now();
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(n);
     let mut commands = Vec::new();
@@ -494,7 +500,7 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
             stop.store(true, Ordering::Relaxed);
         } else {
             println!(
-                "switchyard: running on {} ({} listeners, {n} worker{}){}",
+                "switchyard: running on {}{mode} ({} listeners, {n} worker{}){}",
                 nic_label(&cfg.device.nic),
                 cfg.listeners.len(),
                 if n == 1 { "" } else { "s" },
@@ -615,5 +621,10 @@ fn run_worker(
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    Some((counters(cfg, &dp, port.stats(), elapsed), port.stats()))
+    let mut text = counters(cfg, &dp, port.stats(), elapsed);
+    if let Some(line) = port.counters() {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Some((text, port.stats()))
 }

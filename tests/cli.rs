@@ -67,6 +67,35 @@ fn check_names_file_line_key_and_suggestion_and_exits_2() {
     assert!(text(&missing).contains("/nonexistent/switchyard.toml"));
 }
 
+/// A kernel device that does not exist is an error at start naming it,
+/// exit code 2, for each live backend (no privileges needed: the name is
+/// looked up first).
+#[test]
+fn run_on_a_missing_interface_is_a_clear_error_at_start() {
+    let dir = Scratch::new("nodev");
+    let path = dir.file("nodev.toml");
+    for (nic, device) in [
+        ("af_xdp:nonexistent0", "af_xdp:nonexistent0/0"),
+        ("af_packet:nonexistent0", "af_packet:nonexistent0"),
+    ] {
+        let src =
+            switchyard::config::DEMO_CONFIG
+                .lines()
+                .map(|l| {
+                    if l.starts_with("nic = ") { format!("nic = \"{nic}\"") } else { l.to_string() }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+        std::fs::write(&path, &src).unwrap();
+        let out = bin().args(["run", "--seconds", "5", "--config"]).arg(&path).output().unwrap();
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{nic}: {msg}");
+        assert!(msg.contains(&format!("error: {}: {device}: interface:", path.display())), "{msg}");
+        assert!(msg.contains("no such interface"), "{msg}");
+        assert!(!msg.contains("panicked"), "{msg}");
+    }
+}
+
 fn tshark(args: &[&str]) -> Option<String> {
     let out = Command::new("tshark").args(args).output().ok()?;
     assert!(out.status.success(), "tshark {args:?}: {}", text(&out));

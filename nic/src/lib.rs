@@ -1,5 +1,5 @@
 //! The polling NIC layer: packet buffers from per-worker pools, and the [`Port`]
-//! trait through which every backend (sim, pcap, and later TAP, AF_PACKET, AF_XDP,
+//! trait through which every backend (sim, pcap, TAP, AF_PACKET, AF_XDP, and later
 //! DPDK) receives and transmits bursts of Ethernet frames.
 //!
 //! All `unsafe` code of Switchyard belongs in this crate, each use in a small
@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod afpacket;
+pub mod afxdp;
 pub mod mbuf;
 pub mod mem;
 pub mod pcap;
@@ -16,6 +17,7 @@ pub mod sim;
 pub mod steer;
 mod sys;
 pub mod tap;
+mod xdp_sys;
 
 pub use mbuf::{Mbuf, Pool, PoolStats, RxCsum};
 
@@ -79,6 +81,17 @@ pub trait Port {
         false
     }
 
+    /// How the backend runs, when it chose at open (AF_XDP: `native, copy`).
+    fn mode(&self) -> Option<String> {
+        None
+    }
+
+    /// The device's own counters as one line, where it keeps any beyond
+    /// [`PortStats`] (AF_XDP: the kernel's drops).
+    fn counters(&self) -> Option<String> {
+        None
+    }
+
     /// Blocks until a frame may be waiting or `timeout` passes: lets a worker
     /// with nothing to do sleep instead of spinning. Backends without a
     /// descriptor to wait on return at once.
@@ -93,7 +106,7 @@ pub trait Port {
 pub enum NicError {
     /// The `nic = "..."` string names no backend we know.
     #[error(
-        "unknown NIC backend `{0}` (expected `sim`, `pcap:IN[,OUT]`, `tap:NAME` or `af_packet:IFACE`)"
+        "unknown NIC backend `{0}` (expected `sim`, `pcap:IN[,OUT]`, `tap:NAME`, `af_packet:IFACE` or `af_xdp:IFACE[/QUEUE]`)"
     )]
     UnknownBackend(String),
     /// A kernel device could not be opened or set up.

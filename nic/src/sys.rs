@@ -77,7 +77,15 @@ pub struct Ring {
 impl Ring {
     /// Maps `len` bytes of the ring configured on `fd`.
     pub fn map(fd: &OwnedFd, len: usize) -> io::Result<Ring> {
-        // SAFETY: maps the socket's ring; the kernel checks `len` against it.
+        Ring::map_at(fd, len, 0)
+    }
+
+    /// Maps `len` bytes of the socket's memory at `offset`: an AF_XDP socket
+    /// tells its rings apart by the offset (`XDP_PGOFF_RX_RING` and so on).
+    pub fn map_at(fd: &OwnedFd, len: usize, offset: u64) -> io::Result<Ring> {
+        let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: maps the socket's ring; the kernel checks `len` and
+        // `offset` against it and the mapping is ours until `Drop`.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -85,6 +93,26 @@ impl Ring {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
+                offset,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Ring { base: p.cast(), len })
+    }
+
+    /// `len` bytes of fresh zeroed memory, page aligned and private to this
+    /// process (an AF_XDP UMEM, which the kernel then pins and shares).
+    pub fn anonymous(len: usize) -> io::Result<Ring> {
+        // SAFETY: a new anonymous mapping overlaps nothing of ours.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
                 0,
             )
         };
@@ -92,6 +120,16 @@ impl Ring {
             return Err(io::Error::last_os_error());
         }
         Ok(Ring { base: p.cast(), len })
+    }
+
+    /// The start of the mapping (to register it with the kernel).
+    pub fn addr(&self) -> u64 {
+        self.base as u64
+    }
+
+    /// The mapping's length.
+    pub fn len(&self) -> usize {
+        self.len
     }
 
     /// The status word at `off`, shared with the kernel, read with acquire
@@ -124,6 +162,17 @@ impl Ring {
     pub fn u16_at(&self, off: usize) -> u16 {
         let b = self.bytes(off, 2);
         u16::from_ne_bytes([b[0], b[1]])
+    }
+
+    /// A plain 64-bit field.
+    pub fn u64_at(&self, off: usize) -> u64 {
+        let b = self.bytes(off, 8);
+        u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
+    /// Writes a plain 64-bit field.
+    pub fn set_u64(&mut self, off: usize, v: u64) {
+        self.bytes_mut(off, 8).copy_from_slice(&v.to_ne_bytes());
     }
 
     /// Writes a plain 32-bit field.
