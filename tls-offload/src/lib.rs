@@ -30,10 +30,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
-pub use rustls::ServerConfig;
 use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+pub use rustls::{ClientConfig, ServerConfig};
 use rustls::{ClientConnection, Connection, ServerConnection};
 use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpError, TcpEvent};
 use switchyard_stack::{Instant, ListenerId};
@@ -351,6 +351,17 @@ pub fn client_config(opts: &ClientOptions) -> Result<Arc<rustls::ClientConfig>, 
     Ok(Arc::new(cfg))
 }
 
+/// Whether `s` is a DNS name (the default server name of a backend).
+pub fn is_dns_name(s: &str) -> bool {
+    matches!(ServerName::try_from(s), Ok(ServerName::DnsName(_)))
+}
+
+/// Whether `s` can be sent and verified as a server name: a DNS name or an
+/// IP address.
+pub fn is_server_name(s: &str) -> bool {
+    ServerName::try_from(s).is_ok()
+}
+
 /// The CA certificates of a PEM file (at least one).
 fn ca_roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
     let file_err = |reason: String| TlsError::File { path: ca.display().to_string(), reason };
@@ -537,6 +548,28 @@ impl TlsStats {
             _ => "handshake-error",
         };
         *u.failed.entry(reason.into()).or_default() += 1;
+    }
+}
+
+impl UpstreamTlsStats {
+    /// One line for the exit report, or `None` before any handshake.
+    pub fn summary(&self) -> Option<String> {
+        if self.handshakes.is_empty() && self.failed.is_empty() {
+            return None;
+        }
+        let list = |m: &std::collections::BTreeMap<String, u64>| {
+            m.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+        };
+        let hs: Vec<String> =
+            self.handshakes.iter().map(|((v, g), n)| format!("{v} {g}: {n}")).collect();
+        Some(format!(
+            "tls to backends: handshakes [{}], resumed {}, failed [{}], alerts sent [{}], received [{}]",
+            hs.join(", "),
+            self.resumed,
+            list(&self.failed),
+            list(&self.alerts_sent),
+            list(&self.alerts_received)
+        ))
     }
 }
 
