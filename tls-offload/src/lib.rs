@@ -1109,7 +1109,7 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
     }
 
     fn recv(&mut self, conn: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
-        let Tls { conns, scratch, stats, .. } = &mut *self.tls;
+        let Tls { conns, scratch, stats, events, .. } = &mut *self.tls;
         let Some(c) = conns.get_mut(&conn) else { return self.tcp.recv(conn, buf) };
         let State::Ready(sc) = &mut c.state else { return Ok(0) };
         loop {
@@ -1132,7 +1132,11 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                 if let Err(e) = res {
                     // A bad record: rustls queued its alert; send it and reset.
                     if c.upstream {
+                        // L7 hears of it at the next poll, as a reset (a
+                        // backend refusing our certificate under TLS 1.3
+                        // says so only after our side's handshake is done).
                         stats.upstream_failed(&e);
+                        events.push(TcpEvent::Closed { conn, reset: true });
                     } else {
                         stats.failed += 1;
                         stats.alert(&e);

@@ -781,6 +781,12 @@ fn a_client_certificate_is_shown_to_a_backend_that_requires_one() {
     assert_eq!(err, Some(rustls::Error::NoCertificatesPresented));
     assert!(t.l7_read(c).is_empty());
     assert!(t.tcp.c(c).aborted);
+    t.settle();
+    assert!(
+        matches!(t.l7.last(), Some(TcpEvent::Closed { conn, reset: true }) if *conn == c),
+        "{:?}",
+        t.l7
+    );
     let up = &t.tls.stats().upstream;
     assert_eq!(up.failed.get("alert"), Some(&1), "{up:?}");
     assert_eq!(up.alerts_received.get("CertificateRequired"), Some(&1), "{up:?}");
