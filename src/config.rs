@@ -188,6 +188,17 @@ struct RawPool {
     outlier: Option<RawOutlier>,
     scheduler: Option<Spanned<String>>,
     protocol: Option<Spanned<String>>,
+    tls: Option<Spanned<RawPoolTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoolTls {
+    ca: Option<String>,
+    verify: Option<bool>,
+    sni: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -384,8 +395,19 @@ pub struct Pool {
     /// How L7 routes to it pick a backend.
     pub balance: switchyard_l7::Balance,
     /// L7 speaks HTTP/2 with prior knowledge to its backends (`protocol =
-    /// "h2c"`), e.g. gRPC servers; otherwise HTTP/1.1.
+    /// "h2c"`, or `"h2"` over TLS), e.g. gRPC servers; otherwise HTTP/1.1.
     pub h2c: bool,
+    /// TLS towards its backends (`tls = { ca, sni, cert, key }`).
+    pub tls: Option<PoolTls>,
+}
+
+/// TLS from L7 to a pool's backends.
+#[derive(Debug, Clone)]
+pub struct PoolTls {
+    /// The client configuration: roots, client certificate, ALPN.
+    pub config: std::sync::Arc<switchyard_tls::ClientConfig>,
+    /// The server name sent and verified, per backend in order.
+    pub sni: Vec<String>,
 }
 
 /// What a listener does.
@@ -727,13 +749,14 @@ impl Cx<'_> {
             };
             let h2c = match p.protocol.as_ref().map(|v| (v, v.get_ref().as_str())) {
                 None | Some((_, "http1")) => false,
-                Some((_, "h2c")) => true,
+                Some((_, "h2c" | "h2")) => true,
                 Some((v, other)) => {
                     return Err(
-                        self.at(v, format!("protocol `{other}`: expected `http1` or `h2c`"))
+                        self.at(v, format!("protocol `{other}`: expected `http1`, `h2c` or `h2`"))
                     );
                 }
             };
+            let tls = self.pool_tls(p, &backends, &pools)?;
             pools.push(Pool {
                 name: p.name.get_ref().clone(),
                 backends,
@@ -742,6 +765,7 @@ impl Cx<'_> {
                 outlier,
                 balance,
                 h2c,
+                tls,
             });
         }
         let pool_index = |name: &Spanned<String>| -> Result<usize, ConfigError> {
@@ -1597,6 +1621,110 @@ impl Cx<'_> {
         self.socket_addr(v)
     }
 
+    /// A pool's `tls`: files loaded and checked, a server name for every
+    /// backend, ALPN by protocol (`h2` needs TLS, `h2c` refuses it), and an
+    /// address with TLS in no other pool (TLS is set per backend address).
+    fn pool_tls(
+        &self,
+        p: &RawPool,
+        backends: &[Backend],
+        earlier: &[Pool],
+    ) -> Result<Option<PoolTls>, ConfigError> {
+        let protocol = p.protocol.as_ref().map(|v| v.get_ref().as_str());
+        let Some(t) = &p.tls else {
+            if protocol == Some("h2") {
+                return Err(self.at(
+                    p.protocol.as_ref().unwrap_or(&p.name),
+                    "protocol `h2` is HTTP/2 over TLS: give the pool `tls = { ca = \"...\" }` (or use `h2c`)",
+                ));
+            }
+            for b in backends {
+                if let Some(q) = earlier
+                    .iter()
+                    .find(|q| q.tls.is_some() && q.backends.iter().any(|o| o.addr == b.addr))
+                {
+                    return Err(self.at(
+                        &p.name,
+                        format!("backend {} is reached over TLS in pool `{}`; TLS is set per backend address, so give this pool the same `tls` or use another address", b.addr, q.name),
+                    ));
+                }
+            }
+            return Ok(None);
+        };
+        let raw = t.get_ref();
+        if p.health.as_ref().is_some_and(|h| h.http_path.is_some()) {
+            return Err(self.at(
+                t,
+                "HTTP health checks do not speak TLS: give a pool with `tls` a TCP check (no `http_path`)",
+            ));
+        }
+        if protocol == Some("h2c") {
+            return Err(self.at(t, "`h2c` is cleartext HTTP/2: with `tls` use protocol = \"h2\""));
+        }
+        let dir = Path::new(self.file).parent().unwrap_or(Path::new("."));
+        let no_verify = match (raw.verify, &raw.ca) {
+            (Some(false), None) => true,
+            (Some(false), Some(_)) => {
+                return Err(self.at(t, "`verify = false` and a `ca` contradict each other"));
+            }
+            (_, Some(_)) => false,
+            (_, None) => {
+                return Err(self.at(
+                    t,
+                    "give `ca = \"backend-ca.pem\"` to verify backends, or `verify = false` (insecure: any certificate is taken)",
+                ));
+            }
+        };
+        let cert_key = match (&raw.cert, &raw.key) {
+            (Some(c), Some(k)) => Some((dir.join(c), dir.join(k))),
+            (None, None) => None,
+            _ => return Err(self.at(t, "a client certificate needs both `cert` and `key`")),
+        };
+        let alpn: &[u8] = if protocol == Some("h2") { b"h2" } else { b"http/1.1" };
+        let opts = switchyard_tls::ClientOptions {
+            ca: raw.ca.as_ref().map(|c| dir.join(c)),
+            no_verify,
+            cert_key,
+            alpn: vec![alpn.to_vec()],
+        };
+        let config = switchyard_tls::client_config(&opts).map_err(|e| {
+            let what = match &e {
+                switchyard_tls::TlsError::File { path, .. }
+                    if opts.ca.as_ref().is_some_and(|c| c.display().to_string() == *path) =>
+                {
+                    "ca"
+                }
+                switchyard_tls::TlsError::File { .. } => "cert/key",
+                switchyard_tls::TlsError::Mismatch { .. } => "cert and key",
+            };
+            self.at(t, format!("{what}: {e}"))
+        })?;
+        let mut sni = Vec::new();
+        for b in backends {
+            let name = match &raw.sni {
+                Some(n) => n.clone(),
+                None if switchyard_tls::is_dns_name(&b.name) => b.name.clone(),
+                None => {
+                    return Err(self.at(
+                        t,
+                        format!("backend `{}`: its name is not a DNS name to verify; give `sni = \"...\"`", b.name),
+                    ));
+                }
+            };
+            if !switchyard_tls::is_server_name(&name) {
+                return Err(self.at(t, format!("sni `{name}` is not a DNS name or an IP address")));
+            }
+            if let Some(q) = earlier.iter().find(|q| q.backends.iter().any(|o| o.addr == b.addr)) {
+                return Err(self.at(
+                    t,
+                    format!("backend {} is in pool `{}` too; TLS is set per backend address, so it may be in only one pool with `tls`", b.addr, q.name),
+                ));
+            }
+            sni.push(name);
+        }
+        Ok(Some(PoolTls { config, sni }))
+    }
+
     fn socket_addr(&self, v: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
         let a: SocketAddr = v.get_ref().parse().map_err(|_| {
             self.at(v, format!("`{}` is not an address:port like 198.18.0.10:80", v.get_ref()))
@@ -1889,6 +2017,54 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
     }
 
     #[test]
+    fn pool_tls_is_checked_and_named() {
+        let with = |pool: &str| {
+            BASE.replace("name = \"db\"\nbackends", &format!("name = \"db\"\n{pool}\nbackends"))
+        };
+        // Neither a CA nor an explicit verify = false.
+        let e = err(&with("tls = { sni = \"db.internal\" }"));
+        assert_eq!(e.key, "pool[0].tls", "{e}");
+        assert!(e.message.contains("verify = false"), "{e}");
+        let e = err(&with("tls = { ca = \"ca.pem\", verify = false }"));
+        assert!(e.message.contains("contradict"), "{e}");
+        // The backend `a` is a DNS name; `198.18.0.21` would not be.
+        let ok = Config::parse("t.toml", &with("tls = { verify = false }")).unwrap();
+        assert_eq!(ok.pools[0].tls.as_ref().unwrap().sni, ["a"]);
+        let ip_named =
+            with("tls = { verify = false }").replace("name = \"a\"", "name = \"198.18.0.21\"");
+        let e = err(&ip_named);
+        assert!(e.message.contains("give `sni"), "{e}");
+        let ok = Config::parse("t.toml", &with("tls = { verify = false, sni = \"db.internal\" }"))
+            .unwrap();
+        assert_eq!(ok.pools[0].tls.as_ref().unwrap().sni, ["db.internal"]);
+        let e = err(&with("tls = { verify = false, sni = \"not a name\" }"));
+        assert!(e.message.contains("not a DNS name"), "{e}");
+        let e = err(&with("tls = { verify = false, cert = \"c.pem\" }"));
+        assert!(e.message.contains("both `cert` and `key`"), "{e}");
+        // A missing CA file is named.
+        let e = err(&with("tls = { ca = \"nope-ca.pem\" }"));
+        assert!(e.message.contains("ca: ") && e.message.contains("nope-ca.pem"), "{e}");
+        // h2 needs TLS, h2c refuses it.
+        let e = err(&with("protocol = \"h2\""));
+        assert!(e.message.contains("HTTP/2 over TLS"), "{e}");
+        let e = err(&with("protocol = \"h2c\"\ntls = { verify = false }"));
+        assert!(e.message.contains("protocol = \"h2\""), "{e}");
+        assert!(
+            Config::parse("t.toml", &with("protocol = \"h2\"\ntls = { verify = false }"))
+                .unwrap()
+                .pools[0]
+                .h2c
+        );
+        // TLS is per address: the same backend in another pool is refused.
+        let twice = format!(
+            "{}\n[[pool]]\nname = \"db2\"\nbackends = [{{ name = \"b\", address = \"198.18.0.21:5432\" }}]\n",
+            with("tls = { verify = false }")
+        );
+        let e = err(&twice);
+        assert!(e.message.contains("TLS is set per backend address"), "{e}");
+    }
+
+    #[test]
     fn tls_passthrough_listeners_route_by_sni_only() {
         let pt = BASE.replace(
             "mode = \"l7\"\naddress = \"198.18.0.10:80\"\n  [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"db\"",
@@ -2108,7 +2284,7 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
             BASE.replace("name = \"db\"\nbackends", "name = \"db\"\nprotocol = \"h2c\"\nbackends");
         assert!(Config::parse("t.toml", &h2c).unwrap().pools[0].h2c);
         let e = err(&h2c.replace("\"h2c\"", "\"h3\""));
-        assert!(e.message.contains("expected `http1` or `h2c`"), "{e}");
+        assert!(e.message.contains("expected `http1`, `h2c` or `h2`"), "{e}");
         let e = err(&with("hash-header:"));
         assert_eq!(e.key, "pool[0].scheduler", "{e}");
         assert!(e.message.contains("hash-cookie:NAME"), "{e}");

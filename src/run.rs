@@ -283,6 +283,9 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
             );
         }
     }
+    if let Some(line) = t.upstream.summary() {
+        let _ = writeln!(out, "{line}");
+    }
     for p in dp.l7.pool_stats() {
         for b in p.backends.iter().filter(|b| b.requests > 0) {
             let _ = writeln!(

@@ -219,9 +219,17 @@ impl Dataplane {
             limits: cfg.http.clone(),
         })?;
         // Handshakes run on engine threads (one unless several listeners
-        // terminate TLS); none are started without a TLS listener.
-        let engine_threads = if tls_listeners.is_empty() { 0 } else { 1 };
-        let tls = Tls::new(tls_listeners, SoftwareEngine::new(engine_threads, 1024));
+        // terminate TLS); none are started without a TLS listener or pool.
+        let tls_pools = cfg.pools.iter().filter_map(|p| p.tls.as_ref().map(|t| (p, t)));
+        let engine_threads =
+            if tls_listeners.is_empty() && tls_pools.clone().next().is_none() { 0 } else { 1 };
+        let mut tls = Tls::new(tls_listeners, SoftwareEngine::new(engine_threads, 1024));
+        for (p, t) in tls_pools {
+            for (b, sni) in p.backends.iter().zip(&t.sni) {
+                // Names were checked at load.
+                let _ = tls.add_upstream(b.addr, t.config.clone(), sni);
+            }
+        }
         let mut dp = Dataplane {
             stack,
             l4,

@@ -766,7 +766,9 @@ fn https_terminated_with_curl_and_openssl() {
     assert!(text(&o).to_ascii_lowercase().contains("x-backend: b"), "{}", text(&o));
     let out = lb.stop();
     let line = out.lines().find(|l| l.starts_with("tls: ")).unwrap_or_else(|| panic!("{out}"));
-    assert!(line.contains("TLSv1_3"), "{line}");
+    // One connection each (kept alive, and one HTTP/2 connection): TLS 1.3
+    // to the first nginx, 1.2 to the second.
+    assert!(line.contains("handshakes [TLSv1_2 X25519: 1, TLSv1_3 "), "{line}");
     assert!(line.contains("TLSv1_2"), "{line}");
     assert!(number_after(line, "failed").unwrap() >= 1, "{line}");
     assert_eq!(number_after(line, "resumed"), Some(1), "{line}");
@@ -1063,4 +1065,109 @@ fn websocket_echo_with_a_real_client_and_server() {
     let out = lb.stop();
     // The handshake counts as a request answered 1xx by its route.
     assert!(out.contains("route 0: requests 1, 2xx 0"), "{out}");
+}
+
+/// TLS towards backends: curl speaks plain HTTP to Switchyard, which opens
+/// TLS with its client certificate to nginx (`ssl_verify_client on`),
+/// verifying nginx against the backend CA; HTTP/1.1 and HTTP/2 (`protocol =
+/// "h2"`) pools. A backend whose certificate comes from another CA fails
+/// verification: 502, counted.
+#[test]
+fn tls_and_mtls_to_nginx_backends() {
+    if !can_run("upstream tls", &[NGINX_BIN, "openssl"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("syu-");
+    let d = t.dir.display().to_string();
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    // The backend CA; nginx's certificate and Switchyard's client certificate
+    // signed by it (X.509 v3: an extension each); a stranger's certificate for
+    // the same name from another CA.
+    sh(&format!(
+        "cd {d} && openssl req -x509 {ec} -keyout ca.key -out ca.pem -subj /CN=backend-ca -days 2 2>/dev/null \
+         && printf 'subjectAltName=DNS:api.internal\\n' > san.ext \
+         && printf 'extendedKeyUsage=clientAuth\\n' > client.ext \
+         && openssl req {ec} -keyout api.key -out api.csr -subj /CN=api.internal 2>/dev/null \
+         && openssl x509 -req -in api.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out api.pem -days 2 -extfile san.ext 2>/dev/null \
+         && openssl req {ec} -keyout lb.key -out lb.csr -subj /O=Switchyard/CN=switchyard-lb 2>/dev/null \
+         && openssl x509 -req -in lb.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out lb.pem -days 2 -extfile client.ext 2>/dev/null \
+         && openssl req -x509 {ec} -keyout other-ca.key -out other-ca.pem -subj /CN=other-ca -days 2 2>/dev/null \
+         && openssl req {ec} -keyout bad.key -out bad.csr -subj /CN=api.internal 2>/dev/null \
+         && openssl x509 -req -in bad.csr -CA other-ca.pem -CAkey other-ca.key -CAcreateserial -out bad.pem -days 2 -extfile san.ext 2>/dev/null"
+    ));
+    std::fs::create_dir_all(t.dir.join("www")).unwrap();
+    std::fs::write(t.dir.join("www/who"), "tls backend\n").unwrap();
+    let mtls = "ssl_certificate {d}/api.pem; ssl_certificate_key {d}/api.key; \
+                ssl_client_certificate {d}/ca.pem; ssl_verify_client on; root {d}/www; \
+                add_header X-Client-Verify $ssl_client_verify; add_header X-Client-DN $ssl_client_s_dn; \
+                add_header X-Proto $server_protocol;";
+    let conf = format!(
+        "daemon on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\n\
+         events {{ worker_connections 256; }}\nhttp {{\n access_log off;\n\
+         client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;\n\
+         uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+         server {{ listen 198.18.0.21:8443 ssl; ssl_protocols TLSv1.3; {m} add_header X-Backend mtls; }}\n\
+         server {{ listen 198.18.0.23:8444 ssl http2; ssl_protocols TLSv1.2; {m} add_header X-Backend h2tls; }}\n\
+         server {{ listen 198.18.0.22:8443 ssl; ssl_certificate {d}/bad.pem; ssl_certificate_key {d}/bad.key; root {d}/www; add_header X-Backend bad; }}\n}}\n",
+        m = mtls.replace("{d}", &d),
+    );
+    std::fs::write(t.dir.join("nginx.conf"), conf).unwrap();
+    t.exec("be", &format!("{NGINX_BIN} -c {d}/nginx.conf"));
+    let tls =
+        format!("tls = {{ ca = \"{d}/ca.pem\", cert = \"{d}/lb.pem\", key = \"{d}/lb.key\" }}");
+    let tls_sni = format!(
+        "tls = {{ ca = \"{d}/ca.pem\", sni = \"api.internal\", cert = \"{d}/lb.pem\", key = \"{d}/lb.key\" }}"
+    );
+    // The first pool's SNI is its backend's name.
+    let pools = format!(
+        "[[pool]]\nname = \"up\"\n{tls}\nbackends = [{{ name = \"api.internal\", address = \"198.18.0.21:8443\" }}]\n\n\
+         [[pool]]\nname = \"uph2\"\nprotocol = \"h2\"\n{tls_sni}\nbackends = [{{ name = \"h2t\", address = \"198.18.0.23:8444\" }}]\n\n\
+         [[pool]]\nname = \"upbad\"\n{tls_sni}\nbackends = [{{ name = \"bad1\", address = \"198.18.0.22:8443\" }}]\n\n"
+    );
+    let routes = "  [[listener.route]]\n  path_prefix = \"/mtls/\"\n  rewrite_prefix = \"/\"\n  pool = \"up\"\n\
+                  [[listener.route]]\n  path_prefix = \"/h2tls/\"\n  rewrite_prefix = \"/\"\n  pool = \"uph2\"\n\
+                  [[listener.route]]\n  path_prefix = \"/bad/\"\n  rewrite_prefix = \"/\"\n  pool = \"upbad\"\n\
+                  [[listener.route]]\n  path_prefix = \"/api/\"";
+    let cfg = config("af_packet:lb0", "round-robin", "a")
+        .replace("[[pool]]\nname = \"a\"", &format!("{pools}[[pool]]\nname = \"a\""))
+        .replace("  [[listener.route]]\n  path_prefix = \"/api/\"", routes);
+    let mut lb = t.switchyard(&cfg);
+    if lb.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some()) {
+        panic!("switchyard did not start:\n{}", lb.stop());
+    }
+    for (path, backend, proto) in
+        [("/mtls/who", "mtls", "http/1.1"), ("/h2tls/who", "h2tls", "http/2.0")]
+    {
+        for i in 0..2 {
+            let o = t.exec("cl", &format!("curl -sS -m 10 -D - http://198.18.0.10{path}"));
+            let out = text(&o).to_ascii_lowercase();
+            assert!(out.starts_with("http/1.1 200"), "{path} #{i}: {out}");
+            assert!(out.contains(&format!("x-backend: {backend}\r\n")), "{path} #{i}: {out}");
+            assert!(out.contains(&format!("x-proto: {proto}\r\n")), "{path} #{i}: {out}");
+            // nginx verified Switchyard's client certificate.
+            assert!(out.contains("x-client-verify: success"), "{path} #{i}: {out}");
+            assert!(out.contains("cn=switchyard-lb"), "{path} #{i}: {out}");
+            assert!(out.ends_with("tls backend\n"), "{path} #{i}: {out}");
+        }
+    }
+    let o =
+        t.exec("cl", "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://198.18.0.10/bad/who");
+    assert_eq!(text(&o).trim(), "502", "a backend from another CA");
+    let out = lb.stop();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("tls to backends: "))
+        .unwrap_or_else(|| panic!("no upstream TLS counters:\n{out}"));
+    eprintln!("{line}");
+    // One connection each (kept alive, and one HTTP/2 connection): TLS 1.3
+    // to the first nginx, 1.2 to the second.
+    assert!(line.contains("handshakes [TLSv1_2 X25519: 1, TLSv1_3 "), "{line}");
+    assert!(line.contains("unknown-issuer 1"), "{line}");
+    assert!(line.contains("UnknownCA 1"), "{line}");
+    assert!(
+        out.contains("pool upbad backend bad1 (l7): requests 1")
+            && out.contains("connect failures 1"),
+        "{out}"
+    );
 }

@@ -540,3 +540,278 @@ fn an_ocsp_response_from_a_file_is_stapled() {
     let e = server_config_with(&pairs, &opts).unwrap_err().to_string();
     assert!(e.contains("bad.der") && e.contains("not a DER OCSP response"), "{e}");
 }
+
+// ---------------------------------------------------------------------------
+// TLS towards backends: the layer is the client, a rustls server the backend.
+
+const BACKEND: &str = "198.18.0.21:8443";
+
+/// A backend: a rustls server for `cert`, asking for a client certificate
+/// from `client_ca` if given.
+fn backend(cert: &Issued, client_ca: Option<&Pki>) -> rustls::ServerConnection {
+    rustls::ServerConnection::new(backend_config(cert, client_ca)).unwrap()
+}
+
+fn backend_config(cert: &Issued, client_ca: Option<&Pki>) -> Arc<rustls::ServerConfig> {
+    let b = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .unwrap();
+    let b = match client_ca {
+        None => b.with_no_client_auth(),
+        Some(p) => b.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(p.roots()),
+                provider(),
+            )
+            .build()
+            .unwrap(),
+        ),
+    };
+    let mut cfg = b.with_single_cert(vec![cert.der.clone()], cert.key.clone_key()).unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+impl T {
+    /// The layer with no listeners, speaking TLS to `BACKEND`.
+    fn upstream(opts: &switchyard_tls::ClientOptions, sni: &str) -> T {
+        let mut tls = Tls::new(Vec::new(), SoftwareEngine::new(1, 64));
+        let cfg = switchyard_tls::client_config(opts).unwrap();
+        tls.add_upstream(BACKEND.parse().unwrap(), cfg, sni).unwrap();
+        T {
+            tls,
+            tcp: FakeTcp::default(),
+            now: Instant::from_secs(1),
+            l7: Vec::new(),
+            received: Default::default(),
+        }
+    }
+
+    /// L7 opens a connection to the backend and TCP completes it: the layer
+    /// keeps `Connected` for after the handshake.
+    fn dial(&mut self) -> ConnId {
+        let c = self.tls.wrap(&mut self.tcp).connect(self.now, BACKEND.parse().unwrap()).unwrap();
+        assert_eq!(self.tls.wrap(&mut self.tcp).state(c), ConnState::Connecting);
+        self.tcp.c(c).state = Some(ConnState::Established);
+        assert!(self.tls.on_event(TcpEvent::Connected { conn: c }, &mut self.tcp).is_none());
+        assert_eq!(self.tls.wrap(&mut self.tcp).state(c), ConnState::Connecting);
+        c
+    }
+
+    /// Moves bytes between connection `c` and the backend `server` until
+    /// neither has more; the backend's plaintext lands in `received`.
+    /// Returns the backend's error, if it failed.
+    fn pump_backend(
+        &mut self,
+        c: ConnId,
+        server: &mut rustls::ServerConnection,
+    ) -> Option<rustls::Error> {
+        for _ in 0..64 {
+            let mut moved = false;
+            self.settle();
+            let from_lb = self.tcp.take(c);
+            if !from_lb.is_empty() {
+                moved = true;
+                let mut rd = &from_lb[..];
+                while !rd.is_empty() {
+                    server.read_tls(&mut rd).expect("backend takes the records");
+                    if let Err(e) = server.process_new_packets() {
+                        let mut alert = Vec::new();
+                        let _ = server.write_tls(&mut alert);
+                        self.tcp.peer_sends(c, &alert);
+                        self.event(TcpEvent::Readable { conn: c });
+                        self.settle();
+                        return Some(e);
+                    }
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = server.reader().read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        self.received.entry(c).or_default().extend_from_slice(&buf[..n]);
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut out).unwrap();
+            }
+            if !out.is_empty() && !self.tcp.c(c).aborted {
+                self.tcp.peer_sends(c, &out);
+                self.event(TcpEvent::Readable { conn: c });
+                moved = true;
+            }
+            if !moved {
+                return None;
+            }
+        }
+        panic!("no quiescence");
+    }
+}
+
+fn verify_with(pki: &Pki) -> switchyard_tls::ClientOptions {
+    switchyard_tls::ClientOptions {
+        ca: Some(pki.ca_path()),
+        alpn: vec![b"http/1.1".to_vec()],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn upstream_tls_verifies_the_backend_and_carries_a_mebibyte_each_way_byte_exact() {
+    let pki = Pki::new("up-ok");
+    let cert = pki.issue("backend", "api", &["api.internal"], false);
+    let mut t = T::upstream(&verify_with(&pki), "api.internal");
+    let c = t.dial();
+    let server_cfg = backend_config(&cert, None);
+    let mut server = rustls::ServerConnection::new(server_cfg.clone()).unwrap();
+    let err = t.pump_backend(c, &mut server);
+    assert!(err.is_none(), "{err:?}");
+    assert!(!server.is_handshaking());
+    // The backend saw the name and the protocol L7 asked for.
+    assert_eq!(server.server_name(), Some("api.internal"));
+    assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert!(matches!(t.l7.first(), Some(TcpEvent::Connected { conn }) if *conn == c), "{:?}", t.l7);
+    assert_eq!(t.tls.wrap(&mut t.tcp).state(c), ConnState::Established);
+    let up = t.tls.stats().upstream.clone();
+    assert_eq!(up.handshakes.values().sum::<u64>(), 1, "{up:?}");
+    assert!(up.handshakes.keys().any(|(v, _)| v == "TLSv1_3"), "{up:?}");
+    assert!(up.failed.is_empty(), "{up:?}");
+    // The server side's counters stay untouched.
+    assert!(t.tls.stats().handshakes.is_empty());
+    // L7 to the backend.
+    let req = pattern(1 << 20, 3);
+    let mut sent = 0;
+    while sent < req.len() {
+        sent += t.tls.wrap(&mut t.tcp).send(c, &req[sent..]).unwrap();
+        assert!(t.pump_backend(c, &mut server).is_none());
+    }
+    let got = t.received.remove(&c).unwrap_or_default();
+    assert!(got == req, "request differs ({} of {} bytes)", got.len(), req.len());
+    // The backend to L7.
+    let resp = pattern(1 << 20, 9);
+    let mut back = Vec::new();
+    for chunk in resp.chunks(16_384) {
+        server.writer().write_all(chunk).unwrap();
+        assert!(t.pump_backend(c, &mut server).is_none());
+        back.extend(t.l7_read(c));
+    }
+    assert!(back == resp, "response differs ({} of {} bytes)", back.len(), resp.len());
+    // A second connection resumes the session.
+    let c2 = t.dial();
+    let mut server2 = rustls::ServerConnection::new(server_cfg).unwrap();
+    assert!(t.pump_backend(c2, &mut server2).is_none());
+    assert_eq!(t.tls.stats().upstream.resumed, 1, "{:?}", t.tls.stats().upstream);
+}
+
+/// L7 sees the connection close, never connect.
+fn refused(t: &T, c: ConnId) -> bool {
+    !t.l7.iter().any(|e| matches!(e, TcpEvent::Connected { .. }))
+        && t.l7.iter().any(|e| matches!(e, TcpEvent::Closed { conn, reset: true } if *conn == c))
+}
+
+#[test]
+fn a_backend_from_another_ca_or_for_another_name_is_refused_and_counted() {
+    let pki = Pki::new("up-bad");
+    let other = Pki::new("up-bad-other");
+    // Another CA.
+    let stranger = other.issue("stranger", "api", &["api.internal"], false);
+    let mut t = T::upstream(&verify_with(&pki), "api.internal");
+    let c = t.dial();
+    let mut server = backend(&stranger, None);
+    let err = t.pump_backend(c, &mut server);
+    assert_eq!(err, Some(rustls::Error::AlertReceived(AlertDescription::UnknownCA)));
+    assert!(refused(&t, c), "{:?}", t.l7);
+    let up = &t.tls.stats().upstream;
+    assert_eq!(up.failed.get("unknown-issuer"), Some(&1), "{up:?}");
+    assert_eq!(up.alerts_sent.get("UnknownCA"), Some(&1), "{up:?}");
+    assert!(up.handshakes.is_empty());
+    // The right CA, the wrong name.
+    let elsewhere = pki.issue("elsewhere", "db", &["db.internal"], false);
+    let mut t = T::upstream(&verify_with(&pki), "api.internal");
+    let c = t.dial();
+    let mut server = backend(&elsewhere, None);
+    let err = t.pump_backend(c, &mut server);
+    assert_eq!(err, Some(rustls::Error::AlertReceived(AlertDescription::BadCertificate)));
+    assert!(refused(&t, c), "{:?}", t.l7);
+    assert_eq!(t.tls.stats().upstream.failed.get("name-mismatch"), Some(&1));
+    // An expired certificate.
+    let old = pki.issue("old", "api", &["api.internal"], true);
+    let mut t = T::upstream(&verify_with(&pki), "api.internal");
+    let c = t.dial();
+    let mut server = backend(&old, None);
+    assert!(t.pump_backend(c, &mut server).is_some());
+    assert!(refused(&t, c), "{:?}", t.l7);
+    assert_eq!(t.tls.stats().upstream.failed.get("expired"), Some(&1));
+    // verify = false takes the stranger (insecure, explicit).
+    let opts = switchyard_tls::ClientOptions { no_verify: true, ..Default::default() };
+    let mut t = T::upstream(&opts, "api.internal");
+    let c = t.dial();
+    let mut server = backend(&stranger, None);
+    assert!(t.pump_backend(c, &mut server).is_none());
+    assert!(matches!(t.l7.first(), Some(TcpEvent::Connected { .. })), "{:?}", t.l7);
+}
+
+#[test]
+fn a_client_certificate_is_shown_to_a_backend_that_requires_one() {
+    let pki = Pki::new("up-mtls");
+    let cert = pki.issue("backend", "api", &["api.internal"], false);
+    let lb = pki.issue("lb", "switchyard-lb", &[], false);
+    let mut opts = verify_with(&pki);
+    opts.cert_key = Some((lb.cert_path.clone(), lb.key_path.clone()));
+    let mut t = T::upstream(&opts, "api.internal");
+    let c = t.dial();
+    let mut server = backend(&cert, Some(&pki));
+    let err = t.pump_backend(c, &mut server);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(server.peer_certificates().map(|c| c[0].clone()), Some(lb.der.clone()));
+    assert!(matches!(t.l7.first(), Some(TcpEvent::Connected { .. })), "{:?}", t.l7);
+    // Bytes flow after the mutual handshake.
+    t.tls.wrap(&mut t.tcp).send(c, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(t.pump_backend(c, &mut server).is_none());
+    assert_eq!(t.received.get(&c).map(Vec::as_slice), Some(&b"GET / HTTP/1.1\r\n\r\n"[..]));
+    // Without a certificate the backend refuses it. Under TLS 1.3 the
+    // client's side of the handshake is over by then, so L7 sees the
+    // connection up and its first read fails: the connection is reset and
+    // the backend's alert counted.
+    let mut t = T::upstream(&verify_with(&pki), "api.internal");
+    let c = t.dial();
+    let mut server = backend(&cert, Some(&pki));
+    let err = t.pump_backend(c, &mut server);
+    assert_eq!(err, Some(rustls::Error::NoCertificatesPresented));
+    assert!(t.l7_read(c).is_empty());
+    assert!(t.tcp.c(c).aborted);
+    t.settle();
+    assert!(
+        matches!(t.l7.last(), Some(TcpEvent::Closed { conn, reset: true }) if *conn == c),
+        "{:?}",
+        t.l7
+    );
+    let up = &t.tls.stats().upstream;
+    assert_eq!(up.failed.get("alert"), Some(&1), "{up:?}");
+    assert_eq!(up.alerts_received.get("CertificateRequired"), Some(&1), "{up:?}");
+    assert_eq!(t.tls.stats().failed, 0, "the server side's counter stays");
+}
+
+#[test]
+fn client_configuration_errors_name_the_file() {
+    let pki = Pki::new("up-files");
+    let lb = pki.issue("lb", "lb", &[], false);
+    let other = pki.issue("other", "other", &[], false);
+    let e = switchyard_tls::client_config(&Default::default()).unwrap_err().to_string();
+    assert!(e.contains("verify = false"), "{e}");
+    let missing = pki.dir.join("nope.pem");
+    let opts = switchyard_tls::ClientOptions { ca: Some(missing.clone()), ..Default::default() };
+    let e = switchyard_tls::client_config(&opts).unwrap_err().to_string();
+    assert!(e.contains(&missing.display().to_string()), "{e}");
+    // A CA file holding only a key.
+    let opts =
+        switchyard_tls::ClientOptions { ca: Some(lb.key_path.clone()), ..Default::default() };
+    let e = switchyard_tls::client_config(&opts).unwrap_err().to_string();
+    assert!(e.contains("lb.key"), "{e}");
+    // A certificate with another certificate's key.
+    let mut opts = verify_with(&pki);
+    opts.cert_key = Some((lb.cert_path.clone(), other.key_path.clone()));
+    let e = switchyard_tls::client_config(&opts).unwrap_err().to_string();
+    assert!(e.contains("lb.pem") && e.contains("other.key"), "{e}");
+}
