@@ -67,35 +67,6 @@ fn check_names_file_line_key_and_suggestion_and_exits_2() {
     assert!(text(&missing).contains("/nonexistent/switchyard.toml"));
 }
 
-/// A kernel device that does not exist is an error at start naming it,
-/// exit code 2, for each live backend (no privileges needed: the name is
-/// looked up first).
-#[test]
-fn run_on_a_missing_interface_is_a_clear_error_at_start() {
-    let dir = Scratch::new("nodev");
-    let path = dir.file("nodev.toml");
-    for (nic, device) in [
-        ("af_xdp:nonexistent0", "af_xdp:nonexistent0/0"),
-        ("af_packet:nonexistent0", "af_packet:nonexistent0"),
-    ] {
-        let src =
-            switchyard::config::DEMO_CONFIG
-                .lines()
-                .map(|l| {
-                    if l.starts_with("nic = ") { format!("nic = \"{nic}\"") } else { l.to_string() }
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-        std::fs::write(&path, &src).unwrap();
-        let out = bin().args(["run", "--seconds", "5", "--config"]).arg(&path).output().unwrap();
-        let msg = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{nic}: {msg}");
-        assert!(msg.contains(&format!("error: {}: {device}: interface:", path.display())), "{msg}");
-        assert!(msg.contains("no such interface"), "{msg}");
-        assert!(!msg.contains("panicked"), "{msg}");
-    }
-}
-
 fn tshark(args: &[&str]) -> Option<String> {
     let out = Command::new("tshark").args(args).output().ok()?;
     assert!(out.status.success(), "tshark {args:?}: {}", text(&out));
@@ -223,8 +194,9 @@ fn is_root() -> bool {
 }
 
 /// Devices that cannot be opened stop `run` at start with exit code 2 and a
-/// message naming the device and the cause: an interface that does not exist,
-/// and (run as an unprivileged user) the rights a backend needs.
+/// message naming the configuration, the device and the cause: an interface
+/// that does not exist, and (run as an unprivileged user) the rights each
+/// backend needs.
 #[test]
 fn live_devices_that_cannot_be_opened_are_clear_errors_at_start() {
     let dir = Scratch::new("devices");
@@ -245,10 +217,17 @@ fn live_devices_that_cannot_be_opened_are_clear_errors_at_start() {
         let out = cmd.args(["run", "--seconds", "1", "--config"]).arg(&path).output().unwrap();
         (out.status.code(), text(&out))
     };
-    let (code, msg) = run("af_packet:sy-absent0", None);
-    assert_eq!(code, Some(2), "{msg}");
-    assert!(msg.contains("af_packet:sy-absent0") && msg.contains("no such interface"), "{msg}");
-    assert!(!msg.contains("panicked"), "{msg}");
+    // The name is looked up first: no privileges needed for this one.
+    for (nic, device) in [
+        ("af_packet:sy-absent0", "af_packet:sy-absent0"),
+        ("af_xdp:sy-absent0", "af_xdp:sy-absent0/0"),
+    ] {
+        let (code, msg) = run(nic, None);
+        assert_eq!(code, Some(2), "{nic}: {msg}");
+        let path = dir.file(&format!("{}.toml", nic.replace(':', "-")));
+        assert!(msg.contains(&format!("error: {}: {device}: interface:", path.display())), "{msg}");
+        assert!(msg.contains("no such interface") && !msg.contains("panicked"), "{msg}");
+    }
     if !is_root() {
         eprintln!(
             "SKIPPED the privilege cases: they run the binary as `nobody` through runuser, which needs root"
@@ -258,6 +237,9 @@ fn live_devices_that_cannot_be_opened_are_clear_errors_at_start() {
     let (code, msg) = run("af_packet:lo", Some("nobody"));
     assert_eq!(code, Some(2), "{msg}");
     assert!(msg.contains("af_packet:lo") && msg.contains("needs root or CAP_NET_RAW"), "{msg}");
+    let (code, msg) = run("af_xdp:lo", Some("nobody"));
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("af_xdp:lo") && msg.contains("needs root or CAP_NET_ADMIN"), "{msg}");
     let (code, msg) = run("tap:sy-notap0", Some("nobody"));
     assert_eq!(code, Some(2), "{msg}");
     assert!(msg.contains("tap:sy-notap0") && msg.contains("needs root or CAP_NET_ADMIN"), "{msg}");
