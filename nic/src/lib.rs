@@ -1,6 +1,6 @@
 //! The polling NIC layer: packet buffers from per-worker pools, and the [`Port`]
-//! trait through which every backend (sim, pcap, and later TAP, AF_PACKET, AF_XDP,
-//! DPDK) receives and transmits bursts of Ethernet frames.
+//! trait through which every backend (sim, pcap, TAP, AF_PACKET, DPDK with the
+//! `dpdk` feature, later AF_XDP) receives and transmits bursts of Ethernet frames.
 //!
 //! All `unsafe` code of Switchyard belongs in this crate, each use in a small
 //! module that says why it is sound (`mem`: prefetch hints and huge pages).
@@ -9,6 +9,8 @@
 #![warn(missing_docs)]
 
 pub mod afpacket;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod mbuf;
 pub mod mem;
 pub mod pcap;
@@ -93,7 +95,7 @@ pub trait Port {
 pub enum NicError {
     /// The `nic = "..."` string names no backend we know.
     #[error(
-        "unknown NIC backend `{0}` (expected `sim`, `pcap:IN[,OUT]`, `tap:NAME` or `af_packet:IFACE`)"
+        "unknown NIC backend `{0}` (expected `sim`, `pcap:IN[,OUT]`, `tap:NAME`, `af_packet:IFACE` or `dpdk:EAL ARGS`)"
     )]
     UnknownBackend(String),
     /// A kernel device could not be opened or set up.
