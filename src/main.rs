@@ -113,7 +113,8 @@ fn main() -> ExitCode {
                 ),
                 switchyard::config::NicSpec::Pcap { .. } => run::pcap(&cfg),
                 switchyard::config::NicSpec::Tap { .. }
-                | switchyard::config::NicSpec::AfPacket { .. } => {
+                | switchyard::config::NicSpec::AfPacket { .. }
+                | switchyard::config::NicSpec::Dpdk { .. } => {
                     run::live(&cfg, &run::LiveOptions { seconds, admin })
                 }
             }

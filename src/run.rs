@@ -405,6 +405,17 @@ fn open_live_port(nic: &NicSpec, mac: [u8; 6]) -> Result<Box<dyn Port + Send>, N
             let mode = if *v3 { RxRing::Blocks } else { RxRing::Frames };
             AfPacketPort::open(iface, mac, mode).map(|p| Box::new(p) as _)
         }
+        #[cfg(feature = "dpdk")]
+        NicSpec::Dpdk { eal, port } => {
+            switchyard_nic::dpdk::DpdkPort::open(eal, *port, mac).map(|p| Box::new(p) as _)
+        }
+        #[cfg(not(feature = "dpdk"))]
+        NicSpec::Dpdk { .. } => Err(NicError::Device {
+            device: nic_label(nic),
+            reason:
+                "this switchyard was built without DPDK: rebuild with `cargo build --features dpdk`"
+                    .into(),
+        }),
         NicSpec::Sim | NicSpec::Pcap { .. } => {
             Err(switchyard_nic::NicError::UnknownBackend(nic_label(nic)))
         }
@@ -421,6 +432,8 @@ fn nic_label(nic: &NicSpec) -> String {
         NicSpec::AfPacket { iface, v3 } => {
             format!("af_packet:{iface}{}", if *v3 { ",v3" } else { "" })
         }
+        NicSpec::Dpdk { eal, port: 0 } => format!("dpdk:{eal}"),
+        NicSpec::Dpdk { eal, port } => format!("dpdk:{eal} -- port={port}"),
     }
 }
 
