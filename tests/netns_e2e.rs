@@ -953,3 +953,27 @@ fn websocket_echo_with_a_real_client_and_server() {
     // The handshake counts as a request answered 1xx by its route.
     assert!(out.contains("route 0: requests 1, 2xx 0"), "{out}");
 }
+
+/// The same routes and downloads as through AF_PACKET, with Switchyard on
+/// DPDK: EAL without huge pages or PCI, and DPDK's own AF_PACKET driver
+/// (`net_af_packet`) as the port on lb0.
+#[cfg(feature = "dpdk")]
+#[test]
+fn l7_and_l4_through_dpdk_net_af_packet_to_nginx() {
+    if !can_run("dpdk", &[NGINX_BIN]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("syd-");
+    let sum = t.nginx();
+    let nic = "dpdk:--no-huge --no-pci --no-shconf -m 256 -l 0 --no-telemetry --vdev=net_af_packet0,iface=lb0";
+    let mut lb = t.switchyard(&config(nic, "round-robin", "a"));
+    // EAL takes a moment longer to start than a packet socket.
+    std::thread::sleep(Duration::from_millis(700));
+    routes_and_downloads(&t, &sum);
+    let out = lb.stop();
+    assert!(out.contains(&format!("running on {nic}")), "{out}");
+    assert_eq!(number_after(&out, "listener tcp (l4): new flows"), Some(2), "{out}");
+    // Two 4 MiB downloads came in through the port.
+    assert!(number_after(&out, "frames out").unwrap() > 2 * (4 << 20) / 1514, "{out}");
+}
