@@ -96,7 +96,7 @@ fn packet(src: SocketAddr, dst: SocketAddr, proto: Proto, flags: u8, payload: &[
 fn meta(f: &[u8]) -> PacketMeta {
     let et = get16(f, 12);
     let ip = parse_ip(f, et).expect("IP header and checksum");
-    parse_transport(f, &ip).expect("transport header and checksum")
+    parse_transport(f, &ip, true).expect("transport header and checksum")
 }
 
 struct T {
@@ -448,7 +448,7 @@ fn dsr_gue_puts_the_packet_after_a_udp_header_to_port_6080() {
         assert_eq!(v, Verdict::Forward);
         let ip = parse_ip(&out, get16(&out, 12)).expect("outer header valid");
         // The outer UDP datagram checks out like any other (checksum 0 over IPv4).
-        let m = parse_transport(&out, &ip).expect("outer UDP valid");
+        let m = parse_transport(&out, &ip, true).expect("outer UDP valid");
         assert_eq!(m.proto, Proto::Udp);
         assert_eq!(m.dst.port(), GUE_PORT);
         assert!(m.src.port() >= 0xc000, "entropy port {}", m.src.port());
@@ -457,7 +457,7 @@ fn dsr_gue_puts_the_packet_after_a_udp_header_to_port_6080() {
         // The same flow always uses the same outer source port.
         let (_, again) = t.client(&packet(sa(client), sa(vip), Proto::Tcp, tcp_flags::ACK, b""), 0);
         let ip2 = parse_ip(&again, get16(&again, 12)).unwrap();
-        assert_eq!(parse_transport(&again, &ip2).unwrap().src.port(), m.src.port());
+        assert_eq!(parse_transport(&again, &ip2, true).unwrap().src.port(), m.src.port());
     }
 }
 
