@@ -141,7 +141,7 @@ fn fragmentation_needed_from_the_backend_side_reaches_the_client() {
     let vip = sa("198.18.0.10:5432");
     let fwd = lb.input(&tcp(client, vip, 0x02)).expect("SYN forwarded");
     let ip = parse_ip(&fwd, ETHERTYPE_IPV4).unwrap();
-    let m = parse_transport(&fwd, &ip).unwrap();
+    let m = parse_transport(&fwd, &ip, true).unwrap();
     assert_eq!(m.src, sa("198.18.0.2:40960"));
     // A router on the way to the backend cannot forward 1500 bytes: MTU 1400.
     let err =
@@ -205,7 +205,7 @@ fn packet_too_big_over_ipv6_is_relayed_both_ways() {
     let vip = sa("[2001:2::10]:5432");
     let fwd = lb.input(&tcp(client, vip, 0x02)).expect("SYN forwarded");
     let ip = parse_ip(&fwd, ETHERTYPE_IPV6).unwrap();
-    let m = parse_transport(&fwd, &ip).unwrap();
+    let m = parse_transport(&fwd, &ip, true).unwrap();
     assert_eq!(m.src.ip(), "2001:2::2".parse::<IpAddr>().unwrap());
     // Packet too big (type 2) from a router towards the backend: MTU 1280.
     let router: IpAddr = "2001:2::1".parse().unwrap();
@@ -251,7 +251,7 @@ fn mutated_packets_through_classifier_and_l4_never_panic() {
     let vip = sa("198.18.0.10:5432");
     let fwd = lb.input(&tcp(client, vip, 0x02)).expect("SYN forwarded");
     let ip = parse_ip(&fwd, ETHERTYPE_IPV4).unwrap();
-    let m = parse_transport(&fwd, &ip).unwrap();
+    let m = parse_transport(&fwd, &ip, true).unwrap();
     let seeds: Vec<Vec<u8>> = vec![
         icmp_error("198.18.0.1".parse().unwrap(), m.src.ip(), [3, 4], [0, 0, 5, 0x78], &fwd),
         icmp_error(client.ip(), vip.ip(), [3, 3], [0; 4], &tcp(vip, client, 0x12)),

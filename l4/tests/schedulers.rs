@@ -94,7 +94,7 @@ fn round_robin_is_exact_through_the_table() {
         t[13] = 0x02;
         fix_l4_checksum(t, src.ip(), vip.ip(), IPPROTO_TCP, 16);
         let ip = parse_ip(&f, ETHERTYPE_IPV4).unwrap();
-        let meta = parse_transport(&f, &ip).unwrap();
+        let meta = parse_transport(&f, &ip, true).unwrap();
         let mut m = pool.alloc();
         m.fill(&f);
         let v = l4.from_client(now, &mut m, &meta, 0);
@@ -285,14 +285,14 @@ fn established_flows_never_move_when_maglev_changes() {
         t[13] = flags;
         fix_l4_checksum(t, src.ip(), vip.ip(), IPPROTO_TCP, 16);
         let ip = parse_ip(&f, ETHERTYPE_IPV4).unwrap();
-        let meta = parse_transport(&f, &ip).unwrap();
+        let meta = parse_transport(&f, &ip, true).unwrap();
         let mut m = pool.alloc();
         m.fill(&f);
         assert_eq!(l4.from_client(now, &mut m, &meta, 0), Verdict::Forward);
         let out = m.data().to_vec();
         pool.free(m);
         let ip = parse_ip(&out, ETHERTYPE_IPV4).unwrap();
-        parse_transport(&out, &ip).unwrap().dst
+        parse_transport(&out, &ip, true).unwrap().dst
     };
     let flows: Vec<SocketAddr> = clients(7).into_iter().take(2000).collect();
     let before: Vec<SocketAddr> = flows.iter().map(|c| send(&mut l4, *c, 0x02)).collect();
