@@ -421,7 +421,7 @@ fn resets_tcp_and_refuses_udp_without_a_listener() {
     let out = b.tx();
     assert_eq!(out.len(), 1);
     let ip = parse_ip(&out[0], ETHERTYPE_IPV4).unwrap();
-    let m = parse_transport(&out[0], &ip).unwrap();
+    let m = parse_transport(&out[0], &ip, true).unwrap();
     assert_eq!(m.src, "198.18.0.10:81".parse().unwrap());
     assert_eq!(m.dst, "198.18.0.101:1234".parse().unwrap());
     assert_eq!(m.tcp_flags, 0x14, "RST|ACK");
