@@ -71,6 +71,9 @@ fn net_ring_loops_frames_back_byte_exact_and_eal_errors_are_clear() {
     assert!(line.contains(&format!("dpdk:{BOGUS}: EAL did not start")), "{line}");
     assert!(line.contains("No such device (rte_errno 19"), "{line}");
 
+    // EAL pins its caller to lcore 0 (`-l 0`); the port gives the thread its
+    // CPUs back, or every worker started later would share one.
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut port = match DpdkPort::open(EAL, 0, MAC) {
         Ok(p) => p,
         Err(e) => panic!(
@@ -79,6 +82,7 @@ fn net_ring_loops_frames_back_byte_exact_and_eal_errors_are_clear() {
         ),
     };
     assert_eq!(port.driver(), "net_ring");
+    assert_eq!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), cpus);
     assert_eq!(port.mac(), MAC);
     // net_ring verifies no checksums: the stack must.
     assert!(!port.rx_csum_offload());
