@@ -407,7 +407,13 @@ fn open_live_port(nic: &NicSpec, mac: [u8; 6]) -> Result<Box<dyn Port + Send>, N
         }
         #[cfg(feature = "dpdk")]
         NicSpec::Dpdk { eal, port } => {
-            switchyard_nic::dpdk::DpdkPort::open(eal, *port, mac).map(|p| Box::new(p) as _)
+            let p = switchyard_nic::dpdk::DpdkPort::open(eal, *port, mac)?;
+            println!(
+                "dpdk: port {port} on {}, receive checksum offload {}",
+                p.driver(),
+                if p.rx_csum_offload() { "on" } else { "off (checked in software)" }
+            );
+            Ok(Box::new(p))
         }
         #[cfg(not(feature = "dpdk"))]
         NicSpec::Dpdk { .. } => Err(NicError::Device {
