@@ -19,6 +19,13 @@ command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx-light)
 [[ -x /usr/lib/postgresql/15/bin/initdb ]] || need_apt+=(postgresql)
 command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
+# The DPDK backend (`cargo build --features dpdk`): headers and libraries
+# found by pkg-config, clang for bindgen, and the drivers (net_ring,
+# net_af_packet, net_tap, mempool_ring) that EAL loads from its driver directory.
+pkg-config --exists libdpdk 2>/dev/null || need_apt+=(libdpdk-dev)
+dpkg -s dpdk >/dev/null 2>&1 || need_apt+=(dpdk)
+command -v clang >/dev/null 2>&1 || need_apt+=(clang)
+compgen -G "/usr/lib/llvm-*/lib/libclang.so" >/dev/null || need_apt+=(libclang-dev)
 
 if ((${#need_apt[@]})); then
     sudo_cmd=()

@@ -345,6 +345,13 @@ pub enum NicSpec {
         /// Receive queue (`/QUEUE`, default 0).
         queue: u32,
     },
+    /// A DPDK port (`dpdk:EAL ARGS [-- port=N]`); needs the `dpdk` feature.
+    Dpdk {
+        /// The arguments EAL starts with, as written.
+        eal: String,
+        /// The ethdev port id (0 unless `-- port=N` follows the EAL arguments).
+        port: u16,
+    },
 }
 
 /// The device section.
@@ -1323,11 +1330,39 @@ impl Cx<'_> {
                 }
                 NicSpec::AfXdp { iface: name.to_string(), queue }
             }
+            s if s.starts_with("dpdk:") => {
+                if !cfg!(feature = "dpdk") {
+                    return Err(self.at(
+                        &d.nic,
+                        "this switchyard was built without DPDK: rebuild with `cargo build --features dpdk` (needs libdpdk-dev, see scripts/setup.sh)",
+                    ));
+                }
+                // DPDK's convention: the application's own options follow `--`.
+                let rest = &s["dpdk:".len()..];
+                let (eal, ours) = match rest.split_once(" -- ") {
+                    Some((e, o)) => (e, o),
+                    None => (rest.strip_suffix(" --").unwrap_or(rest), ""),
+                };
+                let mut port = 0u16;
+                for opt in ours.split_whitespace() {
+                    port = opt.strip_prefix("port=").and_then(|n| n.parse().ok()).ok_or_else(
+                        || {
+                            self.at(
+                                &d.nic,
+                                format!(
+                                    "`dpdk:` option `{opt}` after `--`: the only option is `port=N` (an ethdev port id)"
+                                ),
+                            )
+                        },
+                    )?;
+                }
+                NicSpec::Dpdk { eal: eal.trim().to_string(), port }
+            }
             other => {
                 return Err(self.at(
                     &d.nic,
                     format!(
-                        "unknown NIC backend `{other}`: expected `sim`, `pcap:IN[,OUT]`, `tap:NAME`, `af_packet:IFACE` or `af_xdp:IFACE[/QUEUE]`"
+                        "unknown NIC backend `{other}`: expected `sim`, `pcap:IN[,OUT]`, `tap:NAME`, `af_packet:IFACE`, `af_xdp:IFACE[/QUEUE]` or `dpdk:EAL ARGS`"
                     ),
                 ));
             }
@@ -1390,7 +1425,10 @@ impl Cx<'_> {
         // interface each start gets its own (initial sequence numbers and
         // ephemeral ports must not repeat across restarts).
         let seed = d.seed.unwrap_or_else(|| match nic {
-            NicSpec::Tap { .. } | NicSpec::AfPacket { .. } | NicSpec::AfXdp { .. } => random_seed(),
+            NicSpec::Tap { .. }
+            | NicSpec::AfPacket { .. }
+            | NicSpec::AfXdp { .. }
+            | NicSpec::Dpdk { .. } => random_seed(),
             _ => 0x5717_c4a2d,
         });
         Ok(Device { nic, mac, addresses, gateway, workers, seed })
@@ -1917,6 +1955,31 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         let e =
             err(&BASE.replace("nic = \"pcap:in.pcap\"", "nic = \"af_packet:lb0\"\nworkers = 0"));
         assert!(e.message.contains("between 1 and 64"), "{e}");
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn dpdk_takes_eal_arguments_and_a_port_after_a_double_dash() {
+        let with = |nic: &str| BASE.replace("nic = \"pcap:in.pcap\"", &format!("nic = \"{nic}\""));
+        let c = Config::parse("t.toml", &with("dpdk:--no-huge --vdev=net_ring0")).unwrap();
+        assert_eq!(
+            c.device.nic,
+            NicSpec::Dpdk { eal: "--no-huge --vdev=net_ring0".into(), port: 0 }
+        );
+        let c = Config::parse("t.toml", &with("dpdk:-a 0000:01:00.0 -- port=1")).unwrap();
+        assert_eq!(c.device.nic, NicSpec::Dpdk { eal: "-a 0000:01:00.0".into(), port: 1 });
+        let e = err(&with("dpdk:--no-huge -- queue=2"));
+        assert_eq!((e.line, e.key.as_str()), (3, "device.nic"), "{e}");
+        assert!(e.message.contains("the only option is `port=N`"), "{e}");
+    }
+
+    #[cfg(not(feature = "dpdk"))]
+    #[test]
+    fn dpdk_without_the_feature_says_how_to_build_it() {
+        let e = err(&BASE.replace("nic = \"pcap:in.pcap\"", "nic = \"dpdk:--no-huge\""));
+        assert_eq!((e.line, e.key.as_str()), (3, "device.nic"), "{e}");
+        assert!(e.message.contains("built without DPDK"), "{e}");
+        assert!(e.message.contains("cargo build --features dpdk"), "{e}");
     }
 
     #[test]

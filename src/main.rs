@@ -114,7 +114,8 @@ fn main() -> ExitCode {
                 switchyard::config::NicSpec::Pcap { .. } => run::pcap(&cfg),
                 switchyard::config::NicSpec::Tap { .. }
                 | switchyard::config::NicSpec::AfPacket { .. }
-                | switchyard::config::NicSpec::AfXdp { .. } => {
+                | switchyard::config::NicSpec::AfXdp { .. }
+                | switchyard::config::NicSpec::Dpdk { .. } => {
                     run::live(&cfg, &run::LiveOptions { seconds, admin })
                 }
             }

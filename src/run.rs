@@ -413,6 +413,23 @@ fn open_live_port(nic: &NicSpec, mac: [u8; 6]) -> Result<Box<dyn Port + Send>, N
         NicSpec::AfXdp { iface, queue } => {
             switchyard_nic::afxdp::AfXdpPort::open(iface, *queue, mac).map(|p| Box::new(p) as _)
         }
+        #[cfg(feature = "dpdk")]
+        NicSpec::Dpdk { eal, port } => {
+            let p = switchyard_nic::dpdk::DpdkPort::open(eal, *port, mac)?;
+            println!(
+                "dpdk: port {port} on {}, receive checksum offload {}",
+                p.driver(),
+                if p.rx_csum_offload() { "on" } else { "off (checked in software)" }
+            );
+            Ok(Box::new(p))
+        }
+        #[cfg(not(feature = "dpdk"))]
+        NicSpec::Dpdk { .. } => Err(NicError::Device {
+            device: nic_label(nic),
+            reason:
+                "this switchyard was built without DPDK: rebuild with `cargo build --features dpdk`"
+                    .into(),
+        }),
         NicSpec::Sim | NicSpec::Pcap { .. } => {
             Err(switchyard_nic::NicError::UnknownBackend(nic_label(nic)))
         }
@@ -430,6 +447,8 @@ fn nic_label(nic: &NicSpec) -> String {
             format!("af_packet:{iface}{}", if *v3 { ",v3" } else { "" })
         }
         NicSpec::AfXdp { iface, queue } => format!("af_xdp:{iface}/{queue}"),
+        NicSpec::Dpdk { eal, port: 0 } => format!("dpdk:{eal}"),
+        NicSpec::Dpdk { eal, port } => format!("dpdk:{eal} -- port={port}"),
     }
 }
 

@@ -244,3 +244,50 @@ fn live_devices_that_cannot_be_opened_are_clear_errors_at_start() {
     assert_eq!(code, Some(2), "{msg}");
     assert!(msg.contains("tap:sy-notap0") && msg.contains("needs root or CAP_NET_ADMIN"), "{msg}");
 }
+
+/// A live run on DPDK without hardware or root: a `net_ring` virtual device
+/// (what is sent comes back), and an EAL failure at start.
+#[cfg(feature = "dpdk")]
+mod dpdk {
+    use super::*;
+
+    const EAL: &str = "--no-huge --no-pci --no-shconf -m 256 -l 0 --no-telemetry";
+
+    #[test]
+    fn run_on_a_net_ring_port_starts_announces_and_stops() {
+        let dir = Scratch::new("dpdk-ring");
+        let path = dir.file("ring.toml");
+        std::fs::write(&path, live_config(&format!("dpdk:{EAL} --vdev=net_ring0"))).unwrap();
+        let out = bin().args(["run", "--seconds", "1", "--config"]).arg(&path).output().unwrap();
+        let msg = text(&out);
+        assert!(out.status.success(), "{msg}");
+        assert!(msg.contains(&format!("running on dpdk:{EAL} --vdev=net_ring0")), "{msg}");
+        // Its announcements of 198.18.0.2 and the VIP went out and, the
+        // ring being a loop, came back in.
+        let after = |key: &str| {
+            let rest = &msg[msg.find(key).unwrap_or_else(|| panic!("{key}: {msg}")) + key.len()..];
+            rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse::<u64>()
+        };
+        assert_eq!(after("announcements").unwrap(), 2, "{msg}");
+        let (rx, tx) = (after("frames in").unwrap(), after("frames out").unwrap());
+        assert!(tx >= 2 && rx == tx, "frames in {rx}, out {tx}: {msg}");
+    }
+
+    #[test]
+    fn an_eal_failure_is_a_clear_error_at_start_not_a_panic() {
+        let dir = Scratch::new("dpdk-bad");
+        let path = dir.file("bad.toml");
+        std::fs::write(&path, live_config(&format!("dpdk:{EAL} --vdev=net_nonexistent0"))).unwrap();
+        let out = bin().args(["run", "--seconds", "1", "--config"]).arg(&path).output().unwrap();
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "error: {}: dpdk:{EAL} --vdev=net_nonexistent0: EAL did not start: No such device",
+                path.display()
+            )),
+            "{msg}"
+        );
+        assert!(!msg.contains("panicked"), "{msg}");
+    }
+}

@@ -1,6 +1,6 @@
 //! The polling NIC layer: packet buffers from per-worker pools, and the [`Port`]
-//! trait through which every backend (sim, pcap, TAP, AF_PACKET, AF_XDP, and later
-//! DPDK) receives and transmits bursts of Ethernet frames.
+//! trait through which every backend (sim, pcap, TAP, AF_PACKET, AF_XDP, and DPDK
+//! with the `dpdk` feature) receives and transmits bursts of Ethernet frames.
 //!
 //! All `unsafe` code of Switchyard belongs in this crate, each use in a small
 //! module that says why it is sound (`mem`: prefetch hints and huge pages).
@@ -10,6 +10,8 @@
 
 pub mod afpacket;
 pub mod afxdp;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod mbuf;
 pub mod mem;
 pub mod pcap;
@@ -106,7 +108,7 @@ pub trait Port {
 pub enum NicError {
     /// The `nic = "..."` string names no backend we know.
     #[error(
-        "unknown NIC backend `{0}` (expected `sim`, `pcap:IN[,OUT]`, `tap:NAME`, `af_packet:IFACE` or `af_xdp:IFACE[/QUEUE]`)"
+        "unknown NIC backend `{0}` (expected `sim`, `pcap:IN[,OUT]`, `tap:NAME`, `af_packet:IFACE`, `af_xdp:IFACE[/QUEUE]` or `dpdk:EAL ARGS`)"
     )]
     UnknownBackend(String),
     /// A kernel device could not be opened or set up.

@@ -1,0 +1,540 @@
+//! The `dpdk:EAL ARGS` backend: a DPDK ethdev port (a NIC bound to a DPDK
+//! driver, or a virtual device such as `net_ring`, `net_tap` or
+//! `net_af_packet`) with one receive and one transmit queue, through our
+//! bindings crate `switchyard-dpdk-sys`.
+//!
+//! EAL, DPDK's runtime, starts once per process, from the first port's
+//! argument string; it cannot be restarted. Each port gets its own mempool of
+//! DPDK mbufs, which [`DpdkMbuf`] owns one at a time.
+//!
+//! Frames are copied between DPDK's mbufs and the caller's [`Mbuf`]s: the
+//! dataplane's `Mbuf` is our own type (a boxed buffer from a per-worker
+//! [`Pool`]), used by every backend and the stack. Zero copy would need
+//! `Mbuf` to be able to wrap an `rte_mbuf` (its data pointer, length and
+//! headroom, freed back to its mempool); that is left for later. One copy of
+//! a frame per direction is what the AF_PACKET backend pays too.
+//!
+//! Offloads: when the device reports TCP and UDP receive checksum offload it
+//! is enabled, and frames whose mbuf says the L4 checksum is good are marked
+//! [`RxCsum::Verified`]; otherwise (and for frames it says are bad or did not
+//! check) the stack verifies in software. Transmit checksums are always
+//! computed by the stack. With one queue there is no RSS to ask for.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::ptr::NonNull;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use switchyard_dpdk_sys as ffi;
+
+use crate::{BURST, Mbuf, NicError, Pool, Port, PortStats, RxCsum};
+
+/// Mbufs in a port's mempool: enough for the receive and transmit rings
+/// (the drivers' default sizes are at most a few thousand) and a burst in
+/// flight. 2^n - 1 is the size a ring-backed mempool uses best.
+const POOL_MBUFS: u32 = 8191;
+/// Per-lcore cache of the mempool (EAL threads only; our workers are not
+/// EAL threads and go to the shared ring).
+const POOL_CACHE: u32 = 256;
+/// How long an idle port sleeps in [`Port::wait`]: DPDK polls, it has no
+/// descriptor to wait on, and a worker that spins on a shared core starves
+/// its neighbours. Up to this much latency is added to the first frame after
+/// an idle spell.
+const IDLE_NAP: Duration = Duration::from_micros(100);
+
+/// What became of EAL in this process: the arguments it started with, or
+/// why it failed (it is never retried: a failed start may leave DPDK half
+/// initialised).
+static EAL: Mutex<Option<Result<String, String>>> = Mutex::new(None);
+
+/// Distinguishes the mempools of ports opened one after another.
+static POOLS: AtomicU32 = AtomicU32::new(0);
+
+/// The text DPDK gives for error number `errno`.
+fn strerror(errno: c_int) -> String {
+    // SAFETY: rte_strerror accepts any number and returns a NUL-terminated
+    // string (static, or in a per-thread buffer), copied at once.
+    let s = unsafe { CStr::from_ptr(ffi::rte_strerror(errno)) };
+    s.to_string_lossy().into_owned()
+}
+
+/// The calling thread's rte_errno.
+fn errno() -> c_int {
+    // SAFETY: reads a thread-local integer.
+    unsafe { ffi::sy_errno() }
+}
+
+/// Starts EAL with `args` (split on whitespace, after a program name), once
+/// per process. A second call with the same arguments is fine; with
+/// others, or after a failure, it is an error saying so.
+pub fn eal_init(args: &str) -> Result<(), String> {
+    let mut eal = EAL.lock().unwrap_or_else(|e| e.into_inner());
+    match &*eal {
+        Some(Ok(started)) if started == args => return Ok(()),
+        Some(Ok(started)) => {
+            return Err(format!(
+                "EAL already runs in this process with `{started}`; it starts only once, so every DPDK port must use the same EAL arguments"
+            ));
+        }
+        Some(Err(e)) => return Err(format!("EAL failed to start earlier: {e}")),
+        None => {}
+    }
+    let r = start_eal(args);
+    *eal = Some(r.clone().map(|()| args.to_string()));
+    r
+}
+
+fn start_eal(args: &str) -> Result<(), String> {
+    let mut words = vec!["switchyard"];
+    words.extend(args.split_whitespace());
+    let mut argv: Vec<*mut c_char> = Vec::with_capacity(words.len() + 1);
+    for w in &words {
+        let c = CString::new(*w).map_err(|_| format!("EAL argument `{w}` contains a NUL byte"))?;
+        // EAL may keep pointers into argv for the life of the process, so the
+        // strings are never freed (once per process, a few bytes).
+        argv.push(c.into_raw());
+    }
+    argv.push(std::ptr::null_mut());
+    let argv = argv.leak();
+    // EAL pins the calling thread to its main lcore; the threads we start
+    // later inherit the caller's affinity, so it is restored afterwards
+    // (workers pin themselves where the configuration says).
+    let affinity = get_affinity();
+    // SAFETY: argc counts the non-NULL entries of argv, which is
+    // NULL-terminated, and every entry is a valid C string that lives for
+    // the rest of the process (leaked above). EAL is started at most once
+    // per process: callers hold the EAL mutex and record the outcome.
+    let r = unsafe { ffi::rte_eal_init((argv.len() - 1) as c_int, argv.as_mut_ptr()) };
+    if let Some(set) = affinity {
+        set_affinity(&set);
+    }
+    if r < 0 {
+        let e = errno();
+        return Err(format!(
+            "EAL did not start: {} (rte_errno {e}; EAL's log above names the argument or resource)",
+            strerror(e)
+        ));
+    }
+    Ok(())
+}
+
+fn get_affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data; all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a writable cpu_set_t of the size passed.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    (r == 0).then_some(set)
+}
+
+fn set_affinity(set: &libc::cpu_set_t) {
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; only the
+    // calling thread's affinity changes. A failure leaves EAL's pinning.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+}
+
+/// One DPDK packet buffer, owned: dropping it frees it back to its mempool;
+/// [`DpdkMbuf::into_raw`] hands it over (to the device, for transmit).
+pub struct DpdkMbuf(NonNull<ffi::rte_mbuf>);
+
+impl DpdkMbuf {
+    /// An empty mbuf from `pool`, or `None` when the pool is exhausted.
+    fn alloc(pool: NonNull<ffi::rte_mempool>) -> Option<DpdkMbuf> {
+        // SAFETY: `pool` is a live mempool of pktmbufs (owned by the port
+        // that passes it, which outlives the call).
+        NonNull::new(unsafe { ffi::sy_pktmbuf_alloc(pool.as_ptr()) }).map(DpdkMbuf)
+    }
+
+    /// Takes ownership of `raw`.
+    ///
+    /// # Safety
+    /// `raw` must be a valid mbuf that nothing else will use or free (as
+    /// those rte_eth_rx_burst returns are).
+    unsafe fn from_raw(raw: *mut ffi::rte_mbuf) -> Option<DpdkMbuf> {
+        NonNull::new(raw).map(DpdkMbuf)
+    }
+
+    /// Gives up ownership: the pointer is now the receiver's to free.
+    pub fn into_raw(self) -> *mut ffi::rte_mbuf {
+        let p = self.0.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+
+    /// The bytes of the first segment (all of a frame unless it is chained).
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: we own the mbuf; its first segment holds data_len
+        // initialised bytes from mtod, which live as long as it does and
+        // nothing else writes while we hold `&self`.
+        unsafe {
+            let m = self.0.as_ptr();
+            std::slice::from_raw_parts(ffi::sy_mbuf_data(m), usize::from(ffi::sy_mbuf_data_len(m)))
+        }
+    }
+
+    /// The number of chained segments.
+    pub fn segments(&self) -> u16 {
+        // SAFETY: reads a field of an mbuf we own.
+        unsafe { ffi::sy_mbuf_nb_segs(self.0.as_ptr()) }
+    }
+
+    /// The offload flags the receiving device set (`RTE_MBUF_F_RX_*`).
+    pub fn ol_flags(&self) -> u64 {
+        // SAFETY: reads a field of an mbuf we own.
+        unsafe { ffi::sy_mbuf_ol_flags(self.0.as_ptr()) }
+    }
+
+    /// Appends `bytes` to the (empty) mbuf's data; false when they do not
+    /// fit its tailroom.
+    fn append(&mut self, bytes: &[u8]) -> bool {
+        let Ok(len) = u16::try_from(bytes.len()) else { return false };
+        // SAFETY: we own the mbuf; append returns NULL or a pointer to `len`
+        // writable bytes inside its buffer, which `bytes` (our own memory)
+        // cannot overlap.
+        unsafe {
+            let p = ffi::sy_pktmbuf_append(self.0.as_ptr(), len);
+            if p.is_null() {
+                return false;
+            }
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.cast::<u8>(), bytes.len());
+        }
+        true
+    }
+}
+
+impl Drop for DpdkMbuf {
+    fn drop(&mut self) {
+        // SAFETY: we own the mbuf and nobody uses it after this.
+        unsafe { ffi::sy_pktmbuf_free(self.0.as_ptr()) }
+    }
+}
+
+/// The counters DPDK's driver keeps for a port (`rte_eth_stats_get`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Frames received.
+    pub ipackets: u64,
+    /// Frames transmitted.
+    pub opackets: u64,
+    /// Bytes received.
+    pub ibytes: u64,
+    /// Bytes transmitted.
+    pub obytes: u64,
+    /// Frames the device dropped because its receive ring was full.
+    pub imissed: u64,
+    /// Receive errors.
+    pub ierrors: u64,
+    /// Transmit errors.
+    pub oerrors: u64,
+    /// Receive buffer allocation failures.
+    pub rx_nombuf: u64,
+}
+
+/// A DPDK ethdev port with one receive and one transmit queue.
+pub struct DpdkPort {
+    label: String,
+    port: u16,
+    pool: NonNull<ffi::rte_mempool>,
+    mac: [u8; 6],
+    device_mac: [u8; 6],
+    driver: String,
+    rx_csum_offload: bool,
+    stats: PortStats,
+    /// Mbufs being filled for one transmit burst (capacity BURST, reused).
+    staged: Vec<DpdkMbuf>,
+    /// The last receive burst was empty.
+    idle: bool,
+}
+
+// SAFETY: a DpdkPort is the only user of its port's queue 0 and of its
+// mempool pointer, and whoever owns it (one thread at a time) makes every
+// call; DPDK's queue functions need exactly that (one thread per queue),
+// not a particular thread, and the default mempool (a multi-producer,
+// multi-consumer ring) may be used from any thread.
+unsafe impl Send for DpdkPort {}
+
+impl DpdkPort {
+    /// Starts EAL with `eal_args` (if this process has not yet) and opens
+    /// DPDK port `port` for the dataplane, which uses `mac` on it (the port
+    /// is put in promiscuous mode so frames to `mac` arrive).
+    pub fn open(eal_args: &str, port: u16, mac: [u8; 6]) -> Result<DpdkPort, NicError> {
+        let label = format!("dpdk:{eal_args}");
+        let fail = |reason: String| NicError::Device { device: label.clone(), reason };
+        let ethdev = |what: &str, rc: c_int| {
+            fail(format!("{what} of port {port} failed: {} ({rc})", strerror(-rc)))
+        };
+        eal_init(eal_args).map_err(fail)?;
+        // SAFETY: EAL runs; these calls take a port id and check it.
+        if unsafe { ffi::rte_eth_dev_is_valid_port(port) } == 0 {
+            // SAFETY: as above.
+            let n = unsafe { ffi::rte_eth_dev_count_avail() };
+            return Err(fail(format!(
+                "no DPDK port {port}: {n} port(s) found (a `--vdev=net_...` or a NIC bound to a DPDK driver makes one)"
+            )));
+        }
+        // SAFETY: rte_eth_dev_info is plain data; all-zero is valid.
+        let mut info: ffi::rte_eth_dev_info = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is writable for the call; the port id is valid.
+        let rc = unsafe { ffi::rte_eth_dev_info_get(port, &mut info) };
+        if rc != 0 {
+            return Err(ethdev("rte_eth_dev_info_get", rc));
+        }
+        let driver = if info.driver_name.is_null() {
+            String::from("?")
+        } else {
+            // SAFETY: the driver's name, a static NUL-terminated string.
+            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
+        };
+        let l4 = u64::from(ffi::SY_RX_OFFLOAD_TCP_CKSUM | ffi::SY_RX_OFFLOAD_UDP_CKSUM);
+        let rx_csum_offload = info.rx_offload_capa & l4 == l4;
+        // SAFETY: rte_eth_conf is plain data; all-zero is the default
+        // configuration (no multi-queue mode, no offloads, default MTU).
+        let mut conf: ffi::rte_eth_conf = unsafe { std::mem::zeroed() };
+        if rx_csum_offload {
+            conf.rxmode.offloads = l4;
+        }
+        // SAFETY: `conf` is a valid configuration read during the call.
+        let rc = unsafe { ffi::rte_eth_dev_configure(port, 1, 1, &conf) };
+        if rc != 0 {
+            return Err(ethdev("rte_eth_dev_configure", rc));
+        }
+        // SAFETY: plain query of a valid port (-1: any NUMA node).
+        let socket = unsafe { ffi::rte_eth_dev_socket_id(port) };
+        let name = format!("sy_pool_{port}_{}", POOLS.fetch_add(1, Ordering::Relaxed));
+        let cname = CString::new(name).map_err(|_| fail("pool name".into()))?;
+        // SAFETY: `cname` is a valid C string for the call; the pool's
+        // parameters are within DPDK's limits (cache <= 512, data room
+        // the default mbuf size).
+        let pool = unsafe {
+            ffi::rte_pktmbuf_pool_create(
+                cname.as_ptr(),
+                POOL_MBUFS,
+                POOL_CACHE,
+                0,
+                ffi::SY_MBUF_DEFAULT_BUF_SIZE as u16,
+                socket,
+            )
+        };
+        let Some(pool) = NonNull::new(pool) else {
+            let e = errno();
+            return Err(fail(format!(
+                "mempool of {POOL_MBUFS} mbufs: {} (rte_errno {e}; EAL's `-m` may be too small)",
+                strerror(e)
+            )));
+        };
+        // From here the port owns the pool: an error below drops it, which
+        // stops and closes the device and frees the pool.
+        let mut p = DpdkPort {
+            label: label.clone(),
+            port,
+            pool,
+            mac,
+            device_mac: [0; 6],
+            driver,
+            rx_csum_offload,
+            stats: PortStats::default(),
+            staged: Vec::with_capacity(BURST),
+            idle: false,
+        };
+        // SAFETY: valid port and pool; NULL configurations select the
+        // driver's defaults, 0 descriptors its default ring size.
+        let rc = unsafe {
+            ffi::rte_eth_rx_queue_setup(port, 0, 0, socket as u32, std::ptr::null(), pool.as_ptr())
+        };
+        if rc != 0 {
+            return Err(ethdev("rte_eth_rx_queue_setup", rc));
+        }
+        // SAFETY: as above.
+        let rc =
+            unsafe { ffi::rte_eth_tx_queue_setup(port, 0, 0, socket as u32, std::ptr::null()) };
+        if rc != 0 {
+            return Err(ethdev("rte_eth_tx_queue_setup", rc));
+        }
+        // SAFETY: plain call on a configured port. Drivers that cannot
+        // (net_ring) receive everything anyway.
+        let _ = unsafe { ffi::rte_eth_promiscuous_enable(port) };
+        // SAFETY: the port is configured with its queues set up.
+        let rc = unsafe { ffi::rte_eth_dev_start(port) };
+        if rc != 0 {
+            return Err(ethdev("rte_eth_dev_start", rc));
+        }
+        let mut addr = ffi::rte_ether_addr::default();
+        // SAFETY: `addr` is writable for the call.
+        if unsafe { ffi::rte_eth_macaddr_get(port, &mut addr) } == 0 {
+            p.device_mac = addr.addr_bytes;
+        }
+        Ok(p)
+    }
+
+    /// The port as the configuration names it (`dpdk:EAL ARGS`).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The DPDK driver behind the port (`net_ring`, `net_tap`, ...).
+    pub fn driver(&self) -> &str {
+        &self.driver
+    }
+
+    /// The device's own Ethernet address (the dataplane uses its configured one).
+    pub fn device_mac(&self) -> [u8; 6] {
+        self.device_mac
+    }
+
+    /// True when the device verifies TCP and UDP checksums on receive.
+    pub fn rx_csum_offload(&self) -> bool {
+        self.rx_csum_offload
+    }
+
+    /// The driver's counters.
+    pub fn device_stats(&self) -> DeviceStats {
+        let mut s = ffi::rte_eth_stats::default();
+        // SAFETY: `s` is writable for the call; the port is valid while we own it.
+        if unsafe { ffi::rte_eth_stats_get(self.port, &mut s) } != 0 {
+            return DeviceStats::default();
+        }
+        DeviceStats {
+            ipackets: s.ipackets,
+            opackets: s.opackets,
+            ibytes: s.ibytes,
+            obytes: s.obytes,
+            imissed: s.imissed,
+            ierrors: s.ierrors,
+            oerrors: s.oerrors,
+            rx_nombuf: s.rx_nombuf,
+        }
+    }
+
+    /// Mbufs free in the port's mempool (a leak shows as a number that
+    /// does not come back once the rings are empty).
+    pub fn pool_free(&self) -> u32 {
+        // SAFETY: plain read of a live mempool we own.
+        unsafe { ffi::rte_mempool_avail_count(self.pool.as_ptr()) }
+    }
+
+    /// Mbufs the port's mempool holds in all.
+    pub fn pool_size(&self) -> u32 {
+        POOL_MBUFS
+    }
+
+    fn rx_csum(&self, m: &DpdkMbuf) -> RxCsum {
+        let mask = u64::from(ffi::SY_MBUF_F_RX_L4_CKSUM_MASK);
+        let good = u64::from(ffi::SY_MBUF_F_RX_L4_CKSUM_GOOD);
+        if self.rx_csum_offload && m.ol_flags() & mask == good {
+            RxCsum::Verified
+        } else {
+            RxCsum::Unchecked
+        }
+    }
+}
+
+impl Drop for DpdkPort {
+    fn drop(&mut self) {
+        self.staged.clear();
+        // SAFETY: we own the port: stopping and closing it releases the
+        // mbufs its rings hold; after that nothing refers to the pool, which
+        // is freed last. Failures (a port never started) are harmless.
+        unsafe {
+            ffi::rte_eth_dev_stop(self.port);
+            ffi::rte_eth_dev_close(self.port);
+            ffi::rte_mempool_free(self.pool.as_ptr());
+        }
+    }
+}
+
+impl Port for DpdkPort {
+    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        let mut got = 0;
+        while got < max {
+            let want = (max - got).min(BURST);
+            let mut raw = [std::ptr::null_mut::<ffi::rte_mbuf>(); BURST];
+            // SAFETY: `raw` has room for `want` pointers; queue 0 of our
+            // port is used by no one else.
+            let n = unsafe { ffi::sy_rx_burst(self.port, 0, raw.as_mut_ptr(), want as u16) };
+            for &r in &raw[..usize::from(n)] {
+                // SAFETY: the driver handed us these mbufs; we are their only owner.
+                let Some(m) = (unsafe { DpdkMbuf::from_raw(r) }) else { continue };
+                if m.segments() != 1 {
+                    // Scatter is not enabled, so a chain is unexpected.
+                    self.stats.rx_oversize += 1;
+                    continue;
+                }
+                let mut b = pool.alloc();
+                if !b.fill(m.data()) {
+                    self.stats.rx_oversize += 1;
+                    pool.free(b);
+                    continue;
+                }
+                b.set_rx_csum(self.rx_csum(&m));
+                self.stats.rx_frames += 1;
+                self.stats.rx_bytes += b.len() as u64;
+                out.push(b);
+                got += 1;
+            }
+            if usize::from(n) < want {
+                break;
+            }
+        }
+        self.idle = got == 0;
+        got
+    }
+
+    fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>, pool: &mut Pool) -> usize {
+        let mut sent = 0;
+        while sent < pkts.len() {
+            self.staged.clear();
+            for m in pkts[sent..].iter().take(BURST) {
+                let Some(mut d) = DpdkMbuf::alloc(self.pool) else { break };
+                if !d.append(m.data()) {
+                    break; // larger than an mbuf: stays for the caller to drop
+                }
+                self.staged.push(d);
+            }
+            let k = self.staged.len();
+            if k == 0 {
+                break;
+            }
+            let mut raw = [std::ptr::null_mut::<ffi::rte_mbuf>(); BURST];
+            for (r, d) in raw.iter_mut().zip(&self.staged) {
+                *r = d.0.as_ptr();
+            }
+            // SAFETY: `raw` holds `k` valid mbufs we own; queue 0 of our
+            // port is used by no one else. The driver takes ownership of the
+            // first `s` it returns; the rest stay ours.
+            let s =
+                usize::from(unsafe { ffi::sy_tx_burst(self.port, 0, raw.as_mut_ptr(), k as u16) });
+            for d in self.staged.drain(..s) {
+                let _ = d.into_raw(); // the driver frees it once sent
+            }
+            self.staged.clear(); // not taken: freed
+            for m in &pkts[sent..sent + s] {
+                self.stats.tx_frames += 1;
+                self.stats.tx_bytes += m.len() as u64;
+            }
+            sent += s;
+            if s < k {
+                break;
+            }
+        }
+        for m in pkts.drain(..sent) {
+            pool.free(m);
+        }
+        self.stats.tx_full += pkts.len() as u64;
+        sent
+    }
+
+    fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    fn stats(&self) -> PortStats {
+        self.stats
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        if self.idle {
+            std::thread::sleep(timeout.min(IDLE_NAP));
+        }
+    }
+}
