@@ -321,7 +321,7 @@ pub struct ClientOptions {
 
 /// A client configuration for connections to backends: TLS 1.3 and 1.2,
 /// the same key exchange preference as the server side, session resumption
-/// (an in-memory cache of 256 sessions), and the backend verified against
+/// (each worker keeps its own cache, see [`Tls::add_upstream`]), and the backend verified against
 /// `opts.ca` unless `opts.no_verify`.
 pub fn client_config(opts: &ClientOptions) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -632,7 +632,18 @@ struct Conn {
     identity: Option<String>,
     /// A connection to a backend (we are the TLS client).
     upstream: bool,
+    /// Ciphertext received (right behind the handshake) but not yet given to
+    /// rustls, which holds at most 16 KiB of unread plaintext.
+    unread: Vec<u8>,
 }
+
+/// Ciphertext handed to rustls per step of `recv`: rustls refuses more once
+/// 16 KiB of plaintext waits, so it is fed only when none waits, a bounded
+/// amount at a time (rustls's own read size).
+const READ_STEP: usize = 4096;
+
+/// TLS sessions kept per backend for resumption.
+const UPSTREAM_SESSIONS: usize = 64;
 
 /// TLS termination for the listeners that have certificates.
 pub struct Tls {
@@ -706,7 +717,11 @@ impl Tls {
     ) -> Result<(), String> {
         let name = ServerName::try_from(sni.to_string())
             .map_err(|_| format!("`{sni}` is not a DNS name or an IP address"))?;
-        self.upstreams.insert(addr, (config, name));
+        // A session cache of this worker's own: the configuration is shared
+        // by every worker, and its cache sits behind a lock.
+        let mut own = (*config).clone();
+        own.resumption = rustls::client::Resumption::in_memory_sessions(UPSTREAM_SESSIONS);
+        self.upstreams.insert(addr, (Arc::new(own), name));
         Ok(())
     }
 
@@ -746,6 +761,7 @@ impl Tls {
                         closing: false,
                         peer_closed: false,
                         identity: None,
+                        unread: Vec::new(),
                         upstream: false,
                     },
                 );
@@ -827,6 +843,13 @@ impl Tls {
     /// refused), and what alert rustls wrote goes out before the FIN.
     fn fail_upstream<T: TcpApi>(&mut self, id: ConnId, reason: &str, tcp: &mut T) {
         let Some(c) = self.conns.get_mut(&id) else { return };
+        if c.closing {
+            // Failed before and its alert never left: given up quietly (L7
+            // has heard of it once).
+            self.conns.remove(&id);
+            tcp.abort(id);
+            return;
+        }
         if !reason.is_empty() {
             *self.stats.upstream.failed.entry(reason.into()).or_default() += 1;
         }
@@ -965,6 +988,17 @@ impl Tls {
                 .map(|g| format!("{:?}", g.name()))
                 .unwrap_or_default();
             let resumed = sc.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            // A backend offered only `h2` (an HTTP/2 pool) that did not
+            // agree to it may not speak HTTP/2 at all: refused here rather
+            // than by a failed preface later.
+            let h2_only = |cfg: &rustls::ClientConfig| cfg.alpn_protocols == [b"h2".to_vec()];
+            if upstream
+                && sc.alpn_protocol() != Some(b"h2")
+                && self.upstreams.get(&c.peer).is_some_and(|(cfg, _)| h2_only(cfg))
+            {
+                self.fail_upstream(id, "no-application-protocol", tcp);
+                continue;
+            }
             if upstream {
                 let u = &mut self.stats.upstream;
                 *u.handshakes.entry((version, group)).or_default() += 1;
@@ -988,17 +1022,9 @@ impl Tls {
                 State::Ready(_) => Vec::new(),
             };
             let (listener, peer, local, peer_closed) = (c.listener, c.peer, c.local, c.peer_closed);
-            // Application data that came right behind the client's Finished.
-            if !leftover.is_empty()
-                && let State::Ready(sc) = &mut c.state
-            {
-                let mut rd = &leftover[..];
-                while !rd.is_empty() {
-                    if sc.read_tls(&mut rd).is_err() || sc.process_new_packets().is_err() {
-                        break;
-                    }
-                }
-            }
+            // Records that came right behind the peer's Finished: read by
+            // `recv` before anything more from TCP.
+            c.unread = leftover;
             self.flush_one(id, tcp);
             if upstream {
                 out.push(TcpEvent::Connected { conn: id });
@@ -1101,6 +1127,7 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                     closing: false,
                     peer_closed: false,
                     identity: None,
+                    unread: Vec::new(),
                     upstream: true,
                 },
             );
@@ -1119,7 +1146,16 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Ok(0),
             }
-            let n = self.tcp.recv(conn, scratch)?;
+            // No plaintext waits: one step of ciphertext, first what came
+            // behind the handshake, then from TCP.
+            let n = if c.unread.is_empty() {
+                self.tcp.recv(conn, &mut scratch[..READ_STEP])?
+            } else {
+                let n = c.unread.len().min(READ_STEP);
+                scratch[..n].copy_from_slice(&c.unread[..n]);
+                c.unread.drain(..n);
+                n
+            };
             if n == 0 {
                 return Ok(0);
             }

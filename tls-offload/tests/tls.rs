@@ -697,6 +697,21 @@ fn upstream_tls_verifies_the_backend_and_carries_a_mebibyte_each_way_byte_exact(
         back.extend(t.l7_read(c));
     }
     assert!(back == resp, "response differs ({} of {} bytes)", back.len(), resp.len());
+    // Small records, many at once in TCP (rustls holds at most 16 KiB of
+    // unread plaintext: fed all at once, they overflowed it and reset the
+    // connection).
+    server.set_buffer_limit(None);
+    for record in [1000, 4150, 5500, 8300, 12_000] {
+        let resp = pattern(256 << 10, record as u8);
+        for chunk in resp.chunks(record) {
+            server.writer().write_all(chunk).unwrap();
+        }
+        assert!(t.pump_backend(c, &mut server).is_none());
+        assert!(t.tcp.c(c).to_l7.len() > 64 << 10, "the records wait in TCP together");
+        let back = t.l7_read(c);
+        assert!(back == resp, "{record}-byte records: {} of {} bytes", back.len(), resp.len());
+    }
+    assert!(t.tls.stats().upstream.failed.is_empty(), "{:?}", t.tls.stats().upstream);
     // A second connection resumes the session.
     let c2 = t.dial();
     let mut server2 = rustls::ServerConnection::new(server_cfg).unwrap();
@@ -708,6 +723,30 @@ fn upstream_tls_verifies_the_backend_and_carries_a_mebibyte_each_way_byte_exact(
 fn refused(t: &T, c: ConnId) -> bool {
     !t.l7.iter().any(|e| matches!(e, TcpEvent::Connected { .. }))
         && t.l7.iter().any(|e| matches!(e, TcpEvent::Closed { conn, reset: true } if *conn == c))
+}
+
+/// An HTTP/2 pool offers only `h2`: a backend that agrees is connected, one
+/// that ignores ALPN (it may not speak HTTP/2) is refused and counted.
+#[test]
+fn an_h2_backend_must_agree_to_h2() {
+    let pki = Pki::new("up-alpn");
+    let cert = pki.issue("backend", "api", &["api.internal"], false);
+    let opts = switchyard_tls::ClientOptions { alpn: vec![b"h2".to_vec()], ..verify_with(&pki) };
+    let mut t = T::upstream(&opts, "api.internal");
+    let c = t.dial();
+    let mut server = backend(&cert, None);
+    assert!(t.pump_backend(c, &mut server).is_none());
+    assert_eq!(server.alpn_protocol(), Some(&b"h2"[..]));
+    assert!(matches!(t.l7.first(), Some(TcpEvent::Connected { .. })), "{:?}", t.l7);
+    let mut t = T::upstream(&opts, "api.internal");
+    let c = t.dial();
+    let mut no_alpn = (*backend_config(&cert, None)).clone();
+    no_alpn.alpn_protocols.clear();
+    let mut server = rustls::ServerConnection::new(Arc::new(no_alpn)).unwrap();
+    let _ = t.pump_backend(c, &mut server);
+    assert!(refused(&t, c), "{:?}", t.l7);
+    let up = &t.tls.stats().upstream;
+    assert_eq!(up.failed.get("no-application-protocol"), Some(&1), "{up:?}");
 }
 
 #[test]
