@@ -96,7 +96,7 @@ impl XdpRing {
 
     /// Producer side: entries free for us to write.
     fn free(&self) -> u32 {
-        RING - self.local.wrapping_sub(self.map.status(self.consumer))
+        RING.saturating_sub(self.local.wrapping_sub(self.map.status(self.consumer)))
     }
 
     /// Producer side: publishes `n` written entries.
@@ -242,6 +242,11 @@ fn err(label: &str, what: &str, e: io::Error) -> NicError {
         Some(libc::ENODEV) => " (no such interface)",
         Some(libc::EAFNOSUPPORT) => " (this kernel has no AF_XDP sockets: CONFIG_XDP_SOCKETS)",
         Some(libc::ENOSYS) => " (this kernel has no bpf(2): CONFIG_BPF_SYSCALL)",
+        // The UMEM is locked memory, charged to RLIMIT_MEMLOCK without
+        // CAP_IPC_LOCK.
+        Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+            " (the 8 MiB UMEM exceeds the locked-memory limit: raise RLIMIT_MEMLOCK, `ulimit -l`, or grant CAP_IPC_LOCK)"
+        }
         Some(libc::EBUSY) | Some(libc::EEXIST) => {
             " (another XDP program or socket holds the interface or queue)"
         }
@@ -323,10 +328,14 @@ impl AfXdpPort {
     /// Takes transmit frames the kernel has finished with back.
     fn reclaim(&mut self) {
         let comp = &mut self.xsk.comp;
-        let n = comp.available();
+        let n = comp.available().min(RING);
+        let tx_half = (RX_FRAMES * FRAME) as u64..(FRAMES * FRAME) as u64;
         for i in 0..n {
-            let addr = comp.map.u64_at(comp.slot(i, 8));
-            self.tx_free.push(addr & !(FRAME as u64 - 1));
+            let addr = comp.map.u64_at(comp.slot(i, 8)) & !(FRAME as u64 - 1);
+            // Only our own transmit frames come back, each once.
+            if tx_half.contains(&addr) && self.tx_free.len() < FRAMES - RX_FRAMES {
+                self.tx_free.push(addr);
+            }
         }
         comp.release(n);
     }
