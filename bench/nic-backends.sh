@@ -15,28 +15,12 @@
 # Gbit/s per LB CPU-second.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-secs=5
-rounds=2
-while [ $# -gt 0 ]; do
-    case "$1" in
-    --seconds) secs=$2; shift 2 ;;
-    --rounds) rounds=$2; shift 2 ;;
-    *) echo "usage: $0 [--seconds N] [--rounds R]" >&2; exit 2 ;;
-    esac
-done
-[ "$(id -u)" = 0 ] || { echo "nic-backends: needs root (network namespaces)" >&2; exit 2; }
+# shellcheck source=bench/common.sh
+. "$root/bench/common.sh"
+bench_init nic-backends nb- 5 2 "$@"
 for c in haproxy wrk iperf3 taskset curl bc; do
     command -v "$c" >/dev/null || { echo "nic-backends: $c is not installed" >&2; exit 2; }
 done
-
-P=nb-
-work=$(mktemp -d /tmp/switchyard-nb.XXXXXX)
-chmod 755 "$work"
-cleanup() {
-    bash "$root/scripts/netns.sh" down "$P" || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
 features=()
 if pkg-config --exists libdpdk 2>/dev/null && grep -q '^dpdk' "$root/Cargo.toml"; then
@@ -45,24 +29,9 @@ fi
 echo "nic-backends: building switchyard (release ${features[*]})"
 (cd "$root" && cargo build --release -q --bin switchyard "${features[@]}")
 sy=$root/target/release/switchyard
-bash "$root/scripts/netns.sh" up "$P"
-n() { ip netns exec "$P$1" "${@:2}"; }
+bench_topology
 n lb ip addr add 198.18.0.11/24 dev br0
-n lb sysctl -qw net.ipv4.conf.lb0.arp_ignore=1 net.ipv4.conf.tap0.arp_ignore=1
-
-mkdir -p "$work/www"
-head -c 1024 /dev/zero | tr '\0' 'x' > "$work/www/1k"
-cat > "$work/backend.conf" <<EOF
-daemon on; worker_processes 1; pid $work/backend.pid; error_log $work/backend.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f;
-  uwsgi_temp_path $work/u; scgi_temp_path $work/s;
-  server { listen 198.18.0.21:8080 backlog=4096; root $work/www; }
-  server { listen 198.18.0.22:8080 backlog=4096; root $work/www; } }
-EOF
-n be taskset -c 0 /usr/sbin/nginx -c "$work/backend.conf"
-n be taskset -c 0 iperf3 -s -B 198.18.0.21 -p 5201 -D
+bench_backends 5201
 
 cat > "$work/haproxy.cfg" <<EOF
 global
@@ -129,7 +98,6 @@ for nic in "${nics[@]}"; do
 done
 candidates+=(haproxy)
 
-cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
 results="$work/results.tsv"
 : > "$results"
 

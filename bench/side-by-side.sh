@@ -24,16 +24,9 @@
 # cores a load balancer happened to use.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-secs=5
-rounds=2
-while [ $# -gt 0 ]; do
-    case "$1" in
-    --seconds) secs=$2; shift 2 ;;
-    --rounds) rounds=$2; shift 2 ;;
-    *) echo "usage: $0 [--seconds N] [--rounds R]" >&2; exit 2 ;;
-    esac
-done
-[ "$(id -u)" = 0 ] || { echo "side-by-side: needs root (network namespaces)" >&2; exit 2; }
+# shellcheck source=bench/common.sh
+. "$root/bench/common.sh"
+bench_init side-by-side sbs- 5 2 "$@"
 for c in haproxy nginx wrk iperf3 h2load taskset; do
     command -v "$c" >/dev/null || [ -x "/usr/sbin/$c" ] || {
         echo "side-by-side: $c is not installed (apt-get install haproxy nginx-light libnginx-mod-stream wrk iperf3 nghttp2-client)" >&2
@@ -45,20 +38,11 @@ done
     exit 2
 }
 
-P=sbs-
-work=$(mktemp -d /tmp/switchyard-sbs.XXXXXX)
-chmod 755 "$work"   # nginx workers (www-data) read the files
-cleanup() {
-    bash "$root/scripts/netns.sh" down "$P" || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 [ -n "${SBS_KEEP:-}" ] && trap - EXIT
 
 echo "side-by-side: building switchyard (release)"
 (cd "$root" && cargo build --release -q --bin switchyard)
-bash "$root/scripts/netns.sh" up "$P"
-n() { ip netns exec "$P$1" "${@:2}"; }
+bench_topology
 
 # The kernel proxies need kernel addresses in the load balancer's namespace:
 # HAProxy answers on 198.18.0.11, nginx on 198.18.0.12 (on the bridge);
@@ -66,8 +50,6 @@ n() { ip netns exec "$P$1" "${@:2}"; }
 n lb ip addr add 198.18.0.3/24 dev br0
 n lb ip addr add 198.18.0.11/24 dev br0
 n lb ip addr add 198.18.0.12/24 dev br0
-n lb sysctl -qw net.ipv4.conf.lb0.arp_ignore=1 net.ipv4.conf.tap0.arp_ignore=1
-n lb ip link set lo up
 
 # One ECDSA P-256 certificate for the three TLS listeners.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
@@ -75,21 +57,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$w
 cat "$work/cert.pem" "$work/key.pem" > "$work/bundle.pem"
 
 # Backends: nginx serving a 1 KiB body on two addresses, iperf3 servers.
-mkdir -p "$work/www"
-head -c 1024 /dev/zero | tr '\0' 'x' > "$work/www/1k"
-cat > "$work/backend.conf" <<EOF
-daemon on; worker_processes 1; pid $work/backend.pid; error_log $work/backend.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f;
-  uwsgi_temp_path $work/u; scgi_temp_path $work/s;
-  server { listen 198.18.0.21:8080 backlog=4096; root $work/www; }
-  server { listen 198.18.0.22:8080 backlog=4096; root $work/www; } }
-EOF
-n be taskset -c 0 /usr/sbin/nginx -c "$work/backend.conf"
-n be taskset -c 0 iperf3 -s -B 198.18.0.21 -p 5201 -D
-n be taskset -c 0 iperf3 -s -B 198.18.0.21 -p 5202 -D
-n be taskset -c 0 iperf3 -s -B 198.18.0.21 -p 5203 -D
+bench_backends 5201 5202 5203
 
 # The three load balancers, each pinned to CPU 1.
 cat > "$work/switchyard.toml" <<EOF
@@ -188,9 +156,6 @@ sleep 1
 for p in $sy_pid $ha_pid $ng_pid; do
     kill -0 "$p" 2>/dev/null || { echo "side-by-side: a load balancer did not start:" >&2; cat "$work"/*.out >&2; exit 1; }
 done
-
-# CPU seconds (user + system) of a process so far.
-cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
 
 declare -A vip=([switchyard]=198.18.0.10 [haproxy]=198.18.0.11 [nginx]=198.18.0.12)
 declare -A pid=([switchyard]=$sy_pid [haproxy]=$ha_pid [nginx]=$ng_pid)

@@ -1,0 +1,65 @@
+# Shared by the benchmark scripts in bench/ (sourced, not run): arguments,
+# the namespaces of scripts/netns.sh with a scratch folder removed on exit,
+# the nginx and iperf3 backends, and the CPU time of a process.
+#
+# Sets: root, secs, rounds (from --seconds / --rounds), P, work, and n().
+
+# bench_init NAME PREFIX DEFAULT_SECONDS DEFAULT_ROUNDS "$@"
+bench_init() {
+    local name=$1
+    P=$2
+    secs=$3
+    rounds=$4
+    shift 4
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --seconds) secs=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        *) echo "usage: $0 [--seconds N] [--rounds R]" >&2; exit 2 ;;
+        esac
+    done
+    [ "$(id -u)" = 0 ] || { echo "$name: needs root (network namespaces)" >&2; exit 2; }
+    work=$(mktemp -d "/tmp/switchyard-$P.XXXXXX")
+    chmod 755 "$work"   # nginx workers (www-data) read the files
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    bash "$root/scripts/netns.sh" down "$P" || true
+    rm -rf "$work"
+}
+
+# A command in namespace $P$1.
+n() { ip netns exec "$P$1" "${@:2}"; }
+
+# The topology, with the kernel in the load balancer's namespace quiet towards
+# Switchyard's ports (the kernel proxies get addresses on br0).
+bench_topology() {
+    bash "$root/scripts/netns.sh" up "$P"
+    n lb sysctl -qw net.ipv4.conf.lb0.arp_ignore=1 net.ipv4.conf.tap0.arp_ignore=1
+    n lb ip link set lo up
+}
+
+# nginx serving a 1 KiB body on 198.18.0.21:8080 and 198.18.0.22:8080, and an
+# iperf3 server on 198.18.0.21 for each port given, all on CPU 0.
+bench_backends() {
+    mkdir -p "$work/www"
+    head -c 1024 /dev/zero | tr '\0' 'x' > "$work/www/1k"
+    cat > "$work/backend.conf" <<CONF
+daemon on; worker_processes 1; pid $work/backend.pid; error_log $work/backend.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f;
+  uwsgi_temp_path $work/u; scgi_temp_path $work/s;
+  server { listen 198.18.0.21:8080 backlog=4096; root $work/www; }
+  server { listen 198.18.0.22:8080 backlog=4096; root $work/www; } }
+CONF
+    n be taskset -c 0 /usr/sbin/nginx -c "$work/backend.conf"
+    local port
+    for port in "$@"; do
+        n be taskset -c 0 iperf3 -s -B 198.18.0.21 -p "$port" -D
+    done
+}
+
+# CPU seconds (user + system) of process $1 so far.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
