@@ -418,7 +418,10 @@ impl Port for AfPacketPort {
         for m in pkts.drain(..sent) {
             pool.free(m);
         }
-        if sent > 0 && sys::kick(&self.tx_fd).is_err() {
+        if sent > 0
+            && let Err(e) = sys::send_empty(&self.tx_fd)
+            && e.kind() != io::ErrorKind::WouldBlock
+        {
             self.stats.tx_full += 1;
         }
         self.stats.tx_full += pkts.len() as u64;

@@ -229,18 +229,13 @@ pub fn write(fd: &OwnedFd, buf: &[u8]) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Kicks a packet socket's transmit ring: the kernel sends every slot marked
-/// for sending.
-pub fn kick(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: a zero-length send with no buffer is how a TX ring is flushed.
+/// A zero-length send on `fd`: how a packet socket's or an AF_XDP socket's
+/// transmit ring is flushed. The error is the kernel's, `WouldBlock`
+/// included; each backend knows what its own errors mean.
+pub fn send_empty(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: a zero-length send with no buffer reads no memory.
     let r = unsafe { libc::send(fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::WouldBlock {
-            return Err(e);
-        }
-    }
-    Ok(())
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Opens `/dev/net/tun` and attaches to (or creates) TAP interface `name`,

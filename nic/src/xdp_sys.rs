@@ -282,14 +282,7 @@ pub fn wake_rx(fd: &OwnedFd) {
 /// produced. Ok(true) when it sent everything, Ok(false) when it stopped
 /// early and wants another kick (EAGAIN, EBUSY: completion ring full).
 pub fn kick_tx(fd: &OwnedFd) -> io::Result<bool> {
-    // SAFETY: a zero-length send with no buffer is how AF_XDP transmits.
-    let r = unsafe {
-        libc::sendto(fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
-    };
-    if r >= 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
+    let Err(e) = crate::sys::send_empty(fd) else { return Ok(true) };
     match e.raw_os_error() {
         Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS) => Ok(false),
         // The device went away or down: frames are lost, not the port.
