@@ -61,5 +61,31 @@ CONF
     done
 }
 
+# HAProxy's configuration, one thread, on 198.18.0.11: HTTP on :80 to the
+# nginx backends (pool `web`, connections reused), then the sections given
+# on standard input.
+haproxy_config() {
+    cat <<CONF
+global
+  maxconn 8192
+  nbthread 1
+defaults
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend http
+  mode http
+  bind 198.18.0.11:80
+  option http-keep-alive
+  default_backend web
+backend web
+  mode http
+  http-reuse always
+  server w1 198.18.0.21:8080
+  server w2 198.18.0.22:8080
+CONF
+    cat
+}
+
 # CPU seconds (user + system) of process $1 so far.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }

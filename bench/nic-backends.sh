@@ -33,24 +33,7 @@ bench_topology
 n lb ip addr add 198.18.0.11/24 dev br0
 bench_backends 5201
 
-cat > "$work/haproxy.cfg" <<EOF
-global
-  maxconn 8192
-  nbthread 1
-defaults
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-frontend http
-  mode http
-  bind 198.18.0.11:80
-  option http-keep-alive
-  default_backend web
-backend web
-  mode http
-  http-reuse always
-  server w1 198.18.0.21:8080
-  server w2 198.18.0.22:8080
+haproxy_config > "$work/haproxy.cfg" <<EOF
 listen tcp
   mode tcp
   bind 198.18.0.11:5201

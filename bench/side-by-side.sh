@@ -98,28 +98,11 @@ EOF
 ip netns exec "${P}lb" taskset -c 1 "$root/target/release/switchyard" run --config "$work/switchyard.toml" > "$work/switchyard.out" 2>&1 &
 sy_pid=$!
 
-cat > "$work/haproxy.cfg" <<EOF
-global
-  maxconn 8192
-  nbthread 1
-defaults
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-frontend http
-  mode http
-  bind 198.18.0.11:80
-  option http-keep-alive
-  default_backend web
+haproxy_config > "$work/haproxy.cfg" <<EOF
 frontend https
   mode http
   bind 198.18.0.11:443 ssl crt $work/bundle.pem alpn h2,http/1.1
   default_backend web
-backend web
-  mode http
-  http-reuse always
-  server w1 198.18.0.21:8080
-  server w2 198.18.0.22:8080
 listen tcp
   mode tcp
   bind 198.18.0.11:5201
