@@ -271,6 +271,12 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
             t.client_certificates,
             t.engine_steps
         );
+        let r = &t.records;
+        let _ = writeln!(
+            out,
+            "tls records (from extracted secrets): sealed {}, opened {}, refused {}, key updates received {}, sent {}",
+            r.sealed, r.opened, r.refused, r.key_updates_received, r.key_updates_sent
+        );
         let alerts = |m: &std::collections::BTreeMap<String, u64>| {
             m.iter().map(|(a, n)| format!("{a} {n}")).collect::<Vec<_>>().join(", ")
         };

@@ -413,6 +413,8 @@ impl Dataplane {
         h2.poll(now, &mut tls.wrap(stack.tcp()));
         l7.poll(now, &mut h2.wrap(&mut tls.wrap(stack.tcp())));
         relay(l7, h2, tls, stack, h2_events);
+        // What L7 wrote on TLS connections this turn, sealed as one batch.
+        tls.seal(stack.tcp());
         health.poll(now, stack.tcp());
         health.drain_changes(changes);
         for c in changes.drain(..) {

@@ -756,6 +756,17 @@ fn https_terminated_with_curl_and_openssl() {
     let o =
         t.exec("cl", &format!("sh -c '{s_client} -sess_in {} </dev/null 2>&1'", sess.display()));
     assert!(text(&o).contains("Reused, TLSv1.3"), "second connection not resumed:\n{}", text(&o));
+    // A TLS 1.3 key update asked for by the client (s_client's `K`: update
+    // requested), then a request under the new keys both ways.
+    let o = t.exec(
+        "cl",
+        &format!(
+            "sh -c '(printf \"K\\n\"; sleep 0.5; printf \"GET /api/users HTTP/1.1\\r\\nHost: switchyard.test\\r\\nConnection: close\\r\\n\\r\\n\"; sleep 1) \
+             | {s_client} -tls1_3 2>&1'"
+        ),
+    );
+    let s = text(&o);
+    assert!(s.contains("KEYUPDATE") && s.to_ascii_lowercase().contains("x-backend: a"), "{s}");
     // Plain HTTP to the TLS port: refused with an alert, counted; HTTPS goes on.
     let bad = Command::new("ip")
         .args(["netns", "exec", &t.ns("cl"), "curl", "-sS", "-m", "5", "http://198.18.0.10:443/"])
@@ -772,8 +783,14 @@ fn https_terminated_with_curl_and_openssl() {
     assert!(line.contains("TLSv1_2"), "{line}");
     assert!(number_after(line, "failed").unwrap() >= 1, "{line}");
     assert_eq!(number_after(line, "resumed"), Some(1), "{line}");
-    // Three curls and seven s_clients reach L7; the plain-HTTP client never does.
-    assert_eq!(number_after(&out, "listener https (l7): connections"), Some(10), "{out}");
+    // Records after the handshakes are ours, from the extracted secrets.
+    let records =
+        out.lines().find(|l| l.starts_with("tls records")).unwrap_or_else(|| panic!("{out}"));
+    assert!(number_after(records, "sealed").unwrap() > 100, "{records}");
+    assert_eq!(number_after(records, "key updates received"), Some(1), "{records}");
+    assert_eq!(number_after(records, "sent"), Some(1), "{records}");
+    // Three curls and eight s_clients reach L7; the plain-HTTP client never does.
+    assert_eq!(number_after(&out, "listener https (l7): connections"), Some(11), "{out}");
 }
 
 /// HTTP/2 towards clients: cleartext with prior knowledge and over TLS with

@@ -5,10 +5,13 @@
 //! behind a queue ([`CryptoEngine`]; [`SoftwareEngine`] runs worker threads):
 //! the rustls connection itself moves to the engine, which runs the handshake
 //! step and hands the connection back with the bytes to send. The worker only
-//! moves bytes meanwhile. Once the handshake is complete, records are sealed
-//! and opened in line by rustls (symmetric crypto, a few hundred nanoseconds a
-//! record); moving that to batches from extracted traffic secrets is the next
-//! step of the offload design.
+//! moves bytes meanwhile. Once the handshake is complete rustls gives up the
+//! traffic secrets (`session`), and the worker seals and opens records itself
+//! from them ([`record`]), the way kTLS and NIC inline TLS do: what L7 wrote
+//! during a turn is sealed in one batch at its end ([`Tls::seal`]), and what
+//! a connection received is opened a batch of whole records at a time.
+//! rustls keeps only what remains of the protocol: new secrets on a TLS 1.3
+//! key update. Connections to backends keep rustls in line.
 //!
 //! [`Tls`] sits between the stack's TCP and the L7 proxy: it takes the stack's
 //! TCP events first, keeps TLS connections from L7 until their handshake is
@@ -24,6 +27,9 @@
 //! connect would.
 #![forbid(unsafe_code)]
 
+pub mod record;
+mod session;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -34,7 +40,9 @@ use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub use rustls::{ClientConfig, ServerConfig};
-use rustls::{ClientConnection, Connection, ServerConnection};
+use rustls::{ClientConnection, Connection};
+pub use session::RecordStats;
+use session::{Failure, ServerHs, ServerStep, Session};
 use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpError, TcpEvent};
 use switchyard_stack::{Instant, ListenerId};
 
@@ -64,6 +72,9 @@ pub trait CryptoEngine<In, Out> {
 // client side; the rare `Start` does not merit a box for the common case.
 #[allow(clippy::large_enum_variant)]
 enum Pending {
+    /// A server handshake: rustls's unbuffered connection, so that its
+    /// secrets can be taken over by the record layer.
+    Server(Box<ServerHs>),
     Conn(Connection),
     Start(Arc<rustls::ClientConfig>, ServerName<'static>),
 }
@@ -74,21 +85,35 @@ pub struct HandshakeIn {
     input: Vec<u8>,
 }
 
-/// Handshake result: the connection (none if it could not be made), the
-/// bytes to send, and the error that ended it, if one did.
+/// Handshake result: how far it got, and the bytes to send.
 pub struct HandshakeOut {
-    conn: Option<Connection>,
+    result: Stepped,
     output: Vec<u8>,
-    error: Option<rustls::Error>,
+}
+
+enum Stepped {
+    /// A server handshake: going on, done (with the record layer's keys),
+    /// or failed.
+    Server(ServerStep),
+    /// A client handshake: the connection (none if it could not be made),
+    /// and the error that ended it, if one did.
+    Client(Option<Box<Connection>>, Option<rustls::Error>),
 }
 
 /// Runs one handshake step: the peer's bytes in, ours out.
 fn handshake_step(job: HandshakeIn) -> HandshakeOut {
     let mut conn = match job.conn {
+        Pending::Server(hs) => {
+            let mut output = Vec::new();
+            let step = session::server_step(*hs, &job.input, &mut output);
+            return HandshakeOut { result: Stepped::Server(step), output };
+        }
         Pending::Conn(c) => c,
         Pending::Start(cfg, name) => match ClientConnection::new(cfg, name) {
             Ok(c) => Connection::Client(c),
-            Err(e) => return HandshakeOut { conn: None, output: Vec::new(), error: Some(e) },
+            Err(e) => {
+                return HandshakeOut { result: Stepped::Client(None, Some(e)), output: Vec::new() };
+            }
         },
     };
     let mut rd = &job.input[..];
@@ -113,7 +138,7 @@ fn handshake_step(job: HandshakeIn) -> HandshakeOut {
             break;
         }
     }
-    HandshakeOut { conn: Some(conn), output, error }
+    HandshakeOut { result: Stepped::Client(Some(Box::new(conn)), error), output }
 }
 
 /// The software engine: threads that run handshake steps.
@@ -132,7 +157,19 @@ impl SoftwareEngine {
             let tx: Sender<Job<HandshakeOut>> = tx.clone();
             let _ = std::thread::Builder::new().name(format!("tls-engine-{i}")).spawn(move || {
                 for job in rx.iter() {
-                    let out = handshake_step(job.work);
+                    // A bug in a handshake (ours or rustls's) fails that
+                    // connection, not the engine and everyone queued on it.
+                    let server = matches!(job.work.conn, Pending::Server(_));
+                    let step = std::panic::AssertUnwindSafe(|| handshake_step(job.work));
+                    let out = std::panic::catch_unwind(step).unwrap_or_else(|_| {
+                        let e = rustls::Error::General("handshake step panicked".into());
+                        let result = if server {
+                            Stepped::Server(ServerStep::Failed(e))
+                        } else {
+                            Stepped::Client(None, Some(e))
+                        };
+                        HandshakeOut { result, output: Vec::new() }
+                    });
                     if tx.send(Job { tag: job.tag, work: out }).is_err() {
                         return;
                     }
@@ -255,6 +292,8 @@ pub fn server_config_with(
     // Resumption: TLS 1.3 tickets (two per handshake) and TLS 1.2 session
     // IDs, both backed by a server-side cache of 8,192 sessions.
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);
+    // After the handshake the worker seals and opens records itself.
+    cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
 
@@ -500,6 +539,8 @@ pub struct TlsStats {
     pub client_certificates: u64,
     /// TLS towards backends.
     pub upstream: UpstreamTlsStats,
+    /// The record layer of terminated connections.
+    pub records: RecordStats,
 }
 
 /// Counters of TLS towards backends.
@@ -613,8 +654,10 @@ const MAX_PENDING_OUT: usize = 64 * 1024;
 enum State {
     /// In the handshake; `conn` is `None` while the engine has it.
     Handshake { conn: Option<Pending>, input: Vec<u8> },
-    /// Records flow.
+    /// Records flow through rustls (connections to backends).
     Ready(Connection),
+    /// Records flow through our record layer (terminated connections).
+    Records(Box<Session>),
 }
 
 struct Conn {
@@ -635,6 +678,8 @@ struct Conn {
     /// Ciphertext received (right behind the handshake) but not yet given to
     /// rustls, which holds at most 16 KiB of unread plaintext.
     unread: Vec<u8>,
+    /// In `Tls::sealing`.
+    sealing: bool,
 }
 
 /// Ciphertext handed to rustls per step of `recv`: rustls refuses more once
@@ -669,6 +714,8 @@ pub struct Tls {
     accepted: Vec<ConnId>,
     /// Handshake deadlines in order.
     deadlines: std::collections::VecDeque<(Instant, ConnId)>,
+    /// Connections with plaintext to seal at the end of the turn.
+    sealing: Vec<ConnId>,
 }
 
 fn tag(c: ConnId) -> u64 {
@@ -698,6 +745,7 @@ impl Tls {
             in_engine: 0,
             accepted: Vec::new(),
             deadlines: std::collections::VecDeque::new(),
+            sealing: Vec::new(),
         }
     }
 
@@ -741,13 +789,13 @@ impl Tls {
         match ev {
             TcpEvent::Accepted { conn, listener, peer, local } => {
                 let Some(cfg) = self.listeners.get(&listener).cloned() else { return Some(ev) };
-                let Ok(sc) = ServerConnection::new(cfg) else {
+                let Ok(hs) = ServerHs::new(cfg) else {
                     tcp.abort(conn);
                     self.stats.failed += 1;
                     return None;
                 };
                 let state = State::Handshake {
-                    conn: Some(Pending::Conn(Connection::Server(sc))),
+                    conn: Some(Pending::Server(Box::new(hs))),
                     input: Vec::new(),
                 };
                 self.conns.insert(
@@ -763,6 +811,7 @@ impl Tls {
                         identity: None,
                         unread: Vec::new(),
                         upstream: false,
+                        sealing: false,
                     },
                 );
                 self.accepted.push(conn);
@@ -781,7 +830,7 @@ impl Tls {
                     self.flush_one(conn, tcp);
                     None
                 }
-                Some(State::Ready(_)) => {
+                Some(State::Ready(_) | State::Records(_)) => {
                     self.flush_one(conn, tcp);
                     Some(ev)
                 }
@@ -943,99 +992,14 @@ impl Tls {
             let id = untag(t);
             let Some(c) = self.conns.get_mut(&id) else { continue };
             c.out.extend_from_slice(&work.output);
-            let upstream = c.upstream;
-            let sc = match (work.error, work.conn) {
-                (None, Some(sc)) => sc,
-                (e, _) => {
-                    // The alert rustls wrote goes out, then the connection
-                    // closes.
-                    let e = e.unwrap_or(rustls::Error::General("no connection".into()));
-                    if upstream {
-                        self.stats.upstream_failed(&e);
-                        self.fail_upstream(id, "", tcp);
-                        continue;
-                    }
-                    self.stats.failed += 1;
-                    self.stats.alert(&e);
-                    c.closing = true;
-                    c.state = State::Handshake { conn: None, input: Vec::new() };
-                    self.flush_one(id, tcp);
-                    continue;
+            match work.result {
+                Stepped::Server(step) => self.server_stepped(id, step, tcp, out),
+                Stepped::Client(conn, error) => {
+                    self.client_stepped(id, conn.map(|c| *c), error, tcp, out)
                 }
-            };
-            if sc.is_handshaking() && c.peer_closed {
-                if upstream {
-                    self.fail_upstream(id, "closed", tcp);
-                    continue;
-                }
-                self.stats.abandoned += 1;
-                c.closing = true;
-                self.flush_one(id, tcp);
-                continue;
-            }
-            if sc.is_handshaking() {
-                if let State::Handshake { conn, .. } = &mut c.state {
-                    *conn = Some(Pending::Conn(sc));
-                }
-                self.flush_one(id, tcp);
-                // Bytes that arrived meanwhile go to the engine now.
-                self.read_handshake(id, tcp);
-                continue;
-            }
-            let version = sc.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
-            let group = sc
-                .negotiated_key_exchange_group()
-                .map(|g| format!("{:?}", g.name()))
-                .unwrap_or_default();
-            let resumed = sc.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-            // A backend offered only `h2` (an HTTP/2 pool) that did not
-            // agree to it may not speak HTTP/2 at all: refused here rather
-            // than by a failed preface later.
-            let h2_only = |cfg: &rustls::ClientConfig| cfg.alpn_protocols == [b"h2".to_vec()];
-            if upstream
-                && sc.alpn_protocol() != Some(b"h2")
-                && self.upstreams.get(&c.peer).is_some_and(|(cfg, _)| h2_only(cfg))
-            {
-                self.fail_upstream(id, "no-application-protocol", tcp);
-                continue;
-            }
-            if upstream {
-                let u = &mut self.stats.upstream;
-                *u.handshakes.entry((version, group)).or_default() += 1;
-                u.resumed += u64::from(resumed);
-            } else {
-                *self.stats.groups_by_listener.entry((c.listener, group.clone())).or_default() += 1;
-                *self.stats.handshakes.entry((version, group)).or_default() += 1;
-                self.stats.resumed += u64::from(resumed);
-            }
-            // Mutual TLS: the verified client certificate's subject, for
-            // routing and for the backends.
-            if let Some(der) = sc.peer_certificates().and_then(|c| c.first()).filter(|_| !upstream)
-            {
-                self.stats.client_certificates += 1;
-                c.identity = x509_parser::parse_x509_certificate(der)
-                    .ok()
-                    .map(|(_, cert)| cert.subject().to_string());
-            }
-            let leftover = match std::mem::replace(&mut c.state, State::Ready(sc)) {
-                State::Handshake { input, .. } => input,
-                State::Ready(_) => Vec::new(),
-            };
-            let (listener, peer, local, peer_closed) = (c.listener, c.peer, c.local, c.peer_closed);
-            // Records that came right behind the peer's Finished: read by
-            // `recv` before anything more from TCP.
-            c.unread = leftover;
-            self.flush_one(id, tcp);
-            if upstream {
-                out.push(TcpEvent::Connected { conn: id });
-            } else {
-                out.push(TcpEvent::Accepted { conn: id, listener, peer, local });
-            }
-            out.push(TcpEvent::Readable { conn: id });
-            if peer_closed {
-                out.push(TcpEvent::PeerClosed { conn: id });
             }
         }
+        self.seal(tcp);
         // Ciphertext that did not fit TCP's buffer before.
         let pending = std::mem::take(&mut self.flush);
         for id in pending {
@@ -1049,10 +1013,184 @@ impl Tls {
         out.append(&mut self.events);
     }
 
+    /// A client handshake step came back from the engine.
+    fn client_stepped<T: TcpApi>(
+        &mut self,
+        id: ConnId,
+        conn: Option<Connection>,
+        error: Option<rustls::Error>,
+        tcp: &mut T,
+        out: &mut Vec<TcpEvent>,
+    ) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let upstream = c.upstream;
+        let sc = match (error, conn) {
+            (None, Some(sc)) => sc,
+            (e, _) => {
+                // The alert rustls wrote goes out, then the connection
+                // closes.
+                let e = e.unwrap_or(rustls::Error::General("no connection".into()));
+                if upstream {
+                    self.stats.upstream_failed(&e);
+                    self.fail_upstream(id, "", tcp);
+                    return;
+                }
+                self.stats.failed += 1;
+                self.stats.alert(&e);
+                c.closing = true;
+                c.state = State::Handshake { conn: None, input: Vec::new() };
+                self.flush_one(id, tcp);
+                return;
+            }
+        };
+        if sc.is_handshaking() && c.peer_closed {
+            if upstream {
+                self.fail_upstream(id, "closed", tcp);
+                return;
+            }
+            self.stats.abandoned += 1;
+            c.closing = true;
+            self.flush_one(id, tcp);
+            return;
+        }
+        if sc.is_handshaking() {
+            if let State::Handshake { conn, .. } = &mut c.state {
+                *conn = Some(Pending::Conn(sc));
+            }
+            self.flush_one(id, tcp);
+            // Bytes that arrived meanwhile go to the engine now.
+            self.read_handshake(id, tcp);
+            return;
+        }
+        let version = sc.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
+        let group = sc
+            .negotiated_key_exchange_group()
+            .map(|g| format!("{:?}", g.name()))
+            .unwrap_or_default();
+        let resumed = sc.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        // A backend offered only `h2` (an HTTP/2 pool) that did not
+        // agree to it may not speak HTTP/2 at all: refused here rather
+        // than by a failed preface later.
+        let h2_only = |cfg: &rustls::ClientConfig| cfg.alpn_protocols == [b"h2".to_vec()];
+        if upstream
+            && sc.alpn_protocol() != Some(b"h2")
+            && self.upstreams.get(&c.peer).is_some_and(|(cfg, _)| h2_only(cfg))
+        {
+            self.fail_upstream(id, "no-application-protocol", tcp);
+            return;
+        }
+        if upstream {
+            let u = &mut self.stats.upstream;
+            *u.handshakes.entry((version, group)).or_default() += 1;
+            u.resumed += u64::from(resumed);
+        } else {
+            *self.stats.groups_by_listener.entry((c.listener, group.clone())).or_default() += 1;
+            *self.stats.handshakes.entry((version, group)).or_default() += 1;
+            self.stats.resumed += u64::from(resumed);
+        }
+        // Mutual TLS: the verified client certificate's subject, for
+        // routing and for the backends.
+        if let Some(der) = sc.peer_certificates().and_then(|c| c.first()).filter(|_| !upstream) {
+            self.stats.client_certificates += 1;
+            c.identity = x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, cert)| cert.subject().to_string());
+        }
+        let leftover = match std::mem::replace(&mut c.state, State::Ready(sc)) {
+            State::Handshake { input, .. } => input,
+            _ => Vec::new(),
+        };
+        let (listener, peer, local, peer_closed) = (c.listener, c.peer, c.local, c.peer_closed);
+        // Records that came right behind the peer's Finished: read by
+        // `recv` before anything more from TCP.
+        c.unread = leftover;
+        self.flush_one(id, tcp);
+        if upstream {
+            out.push(TcpEvent::Connected { conn: id });
+        } else {
+            out.push(TcpEvent::Accepted { conn: id, listener, peer, local });
+        }
+        out.push(TcpEvent::Readable { conn: id });
+        if peer_closed {
+            out.push(TcpEvent::PeerClosed { conn: id });
+        }
+    }
+
+    /// A server handshake step came back from the engine.
+    fn server_stepped<T: TcpApi>(
+        &mut self,
+        id: ConnId,
+        step: ServerStep,
+        tcp: &mut T,
+        out: &mut Vec<TcpEvent>,
+    ) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        match step {
+            // Going on, or the client closed right behind bytes that the
+            // engine has not seen yet (its Finished, say).
+            ServerStep::More(hs)
+                if !c.peer_closed
+                    || matches!(&c.state, State::Handshake { input, .. } if !input.is_empty()) =>
+            {
+                if let State::Handshake { conn, .. } = &mut c.state {
+                    *conn = Some(Pending::Server(hs));
+                }
+                self.flush_one(id, tcp);
+                // Bytes that arrived meanwhile go to the engine now.
+                self.read_handshake(id, tcp);
+            }
+            ServerStep::More(_) | ServerStep::PeerClosed => {
+                self.stats.abandoned += 1;
+                c.closing = true;
+                c.state = State::Handshake { conn: None, input: Vec::new() };
+                self.flush_one(id, tcp);
+            }
+            ServerStep::Failed(e) => {
+                // The alert rustls wrote goes out, then the connection closes.
+                self.stats.failed += 1;
+                self.stats.alert(&e);
+                c.closing = true;
+                c.state = State::Handshake { conn: None, input: Vec::new() };
+                self.flush_one(id, tcp);
+            }
+            ServerStep::Done(mut session, info) => {
+                *self
+                    .stats
+                    .groups_by_listener
+                    .entry((c.listener, info.group.clone()))
+                    .or_default() += 1;
+                *self.stats.handshakes.entry((info.version, info.group)).or_default() += 1;
+                self.stats.resumed += u64::from(info.resumed);
+                // Mutual TLS: the verified client certificate's subject, for
+                // routing and for the backends.
+                if let Some(der) = info.client_cert {
+                    self.stats.client_certificates += 1;
+                    c.identity = x509_parser::parse_x509_certificate(&der)
+                        .ok()
+                        .map(|(_, cert)| cert.subject().to_string());
+                }
+                // What arrived while the engine had the handshake is records.
+                if let State::Handshake { input, .. } = &c.state {
+                    session.received(input);
+                }
+                c.state = State::Records(session);
+                let (listener, peer, local, peer_closed) =
+                    (c.listener, c.peer, c.local, c.peer_closed);
+                self.flush_one(id, tcp);
+                out.push(TcpEvent::Accepted { conn: id, listener, peer, local });
+                out.push(TcpEvent::Readable { conn: id });
+                if peer_closed {
+                    out.push(TcpEvent::PeerClosed { conn: id });
+                }
+            }
+        }
+    }
+
     /// When `poll` next has work: at once while handshakes are in the engine
     /// or waiting for room in it, or ciphertext waits for TCP room.
     pub fn poll_at(&self, now: Instant) -> Option<Instant> {
         let busy = self.in_engine > 0
+            || !self.sealing.is_empty()
             || !self.refused.is_empty()
             || !self.flush.is_empty()
             || !self.accepted.is_empty()
@@ -1061,6 +1199,34 @@ impl Tls {
             return Some(now);
         }
         self.deadlines.front().map(|(at, _)| *at)
+    }
+
+    /// Seals, as one batch, the plaintext every terminated connection was
+    /// given since the last call, and hands the records to TCP. The worker
+    /// calls it once a turn, after L7 has written (and `poll` does too):
+    /// what L7 wrote in several pieces goes out in as few records as fit.
+    pub fn seal<T: TcpApi>(&mut self, tcp: &mut T) {
+        while let Some(id) = self.sealing.pop() {
+            let Some(c) = self.conns.get_mut(&id) else { continue };
+            c.sealing = false;
+            if let State::Records(s) = &mut c.state
+                && s.seal(&mut c.out, &mut self.stats.records).is_err()
+            {
+                // 2^64 records: the connection cannot go on.
+                self.conns.remove(&id);
+                tcp.abort(id);
+                continue;
+            }
+            self.flush_one(id, tcp);
+        }
+    }
+
+    /// Queues `id` for the next [`Tls::seal`].
+    fn queue_seal(sealing: &mut Vec<ConnId>, queued: &mut bool, id: ConnId) {
+        if !*queued {
+            *queued = true;
+            sealing.push(id);
+        }
     }
 
     /// Sends what ciphertext TCP takes; closes a closing connection once all
@@ -1129,6 +1295,7 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                     identity: None,
                     unread: Vec::new(),
                     upstream: true,
+                    sealing: false,
                 },
             );
         }
@@ -1136,8 +1303,57 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
     }
 
     fn recv(&mut self, conn: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
-        let Tls { conns, scratch, stats, events, .. } = &mut *self.tls;
+        let Tls { conns, scratch, stats, events, sealing, .. } = &mut *self.tls;
         let Some(c) = conns.get_mut(&conn) else { return self.tcp.recv(conn, buf) };
+        if let State::Records(s) = &mut c.state {
+            loop {
+                let n = s.read(buf);
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                if s.peer_closed {
+                    return Ok(0); // close_notify: the TCP FIN follows
+                }
+                match s.open(buf, &mut c.out, &mut stats.records) {
+                    Ok(n) => {
+                        // A key update to answer, a renegotiation declined.
+                        if s.wants_seal() || !c.out.is_empty() {
+                            Tls::queue_seal(sealing, &mut c.sealing, conn);
+                        }
+                        if n > 0 {
+                            return Ok(n);
+                        }
+                        if s.peer_closed {
+                            return Ok(0);
+                        }
+                    }
+                    Err(f) => {
+                        // A bad record or a fatal alert: ours goes out, then
+                        // a reset.
+                        match f {
+                            Failure::Send(d) => {
+                                *stats.alerts_sent.entry(format!("{d:?}")).or_default() += 1;
+                                let _ = s.seal_alert(2, d, &mut c.out);
+                            }
+                            Failure::Received(d) => {
+                                *stats.alerts_received.entry(format!("{d:?}")).or_default() += 1;
+                            }
+                        }
+                        let _ = self.tcp.send(conn, &c.out);
+                        self.tcp.abort(conn);
+                        return Err(TcpError::NoSuchConnection);
+                    }
+                }
+                // Every whole record is open: more ciphertext, at most what
+                // completes the largest record.
+                let room = s.rx_room().min(scratch.len());
+                let n = self.tcp.recv(conn, &mut scratch[..room])?;
+                if n == 0 {
+                    return Ok(0);
+                }
+                s.received(&scratch[..n]);
+            }
+        }
         let State::Ready(sc) = &mut c.state else { return Ok(0) };
         loop {
             match sc.reader().read(buf) {
@@ -1189,6 +1405,18 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
 
     fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, TcpError> {
         let Some(c) = self.tls.conns.get_mut(&conn) else { return self.tcp.send(conn, data) };
+        if let State::Records(s) = &mut c.state {
+            // Sealed at the end of the turn, with whatever else L7 writes.
+            if c.out.len() + s.tx_plain.len() >= MAX_PENDING_OUT {
+                self.tls.flush_one(conn, self.tcp);
+                return Ok(0);
+            }
+            let room = self.tcp.send_capacity(conn).max(4096).saturating_sub(s.tx_plain.len());
+            let take = data.len().min(room);
+            s.tx_plain.extend_from_slice(&data[..take]);
+            Tls::queue_seal(&mut self.tls.sealing, &mut c.sealing, conn);
+            return Ok(take);
+        }
         if c.out.len() >= MAX_PENDING_OUT {
             self.tls.flush_one(conn, self.tcp);
             return Ok(0);
@@ -1203,6 +1431,9 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
 
     fn send_capacity(&self, conn: ConnId) -> usize {
         match self.tls.conns.get(&conn) {
+            Some(Conn { state: State::Records(s), out, .. }) => {
+                self.tcp.send_capacity(conn).saturating_sub(out.len() + s.tx_plain.len())
+            }
             Some(c) if matches!(c.state, State::Ready(_)) => {
                 self.tcp.send_capacity(conn).saturating_sub(c.out.len())
             }
@@ -1212,13 +1443,23 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
     }
 
     fn send_queue(&self, conn: ConnId) -> usize {
-        self.tcp.send_queue(conn) + self.tls.conns.get(&conn).map_or(0, |c| c.out.len())
+        let pending = |c: &Conn| match &c.state {
+            State::Records(s) => c.out.len() + s.tx_plain.len(),
+            _ => c.out.len(),
+        };
+        self.tcp.send_queue(conn) + self.tls.conns.get(&conn).map_or(0, pending)
     }
 
     fn close(&mut self, conn: ConnId) {
         let Some(c) = self.tls.conns.get_mut(&conn) else { return self.tcp.close(conn) };
-        if let State::Ready(sc) = &mut c.state {
-            sc.send_close_notify();
+        match &mut c.state {
+            State::Ready(sc) => sc.send_close_notify(),
+            State::Records(s) => {
+                // What L7 wrote first, then close_notify.
+                let _ = s.seal(&mut c.out, &mut self.tls.stats.records);
+                let _ = s.seal_alert(1, rustls::AlertDescription::CloseNotify, &mut c.out);
+            }
+            State::Handshake { .. } => {}
         }
         c.closing = true;
         self.tls.flush_one(conn, self.tcp);

@@ -277,7 +277,94 @@ fn tls13_and_tls12_carry_a_mebibyte_each_way_byte_exact() {
         }
         let back = t.received.remove(&c).unwrap_or_default();
         assert!(back == down, "{name}: download differs ({} of {} bytes)", back.len(), down.len());
+        // Both directions went through our record layer, not rustls's.
+        let r = &t.tls.stats().records;
+        assert!(r.opened >= 64 && r.sealed >= 64 && r.refused == 0, "{name}: {r:?}");
     }
+}
+
+#[test]
+fn a_key_update_from_the_client_renews_the_keys_both_ways() {
+    let pki = Pki::new("keyupdate");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let mut t = T::new(&[&server], TlsOptions::default());
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    let (c, mut client, err) = t.connect(&cfg, "switchyard.test");
+    assert!(err.is_none(), "{err:?}");
+    for round in 1..=3u64 {
+        // The client asks for new keys (update_requested): it sends under
+        // new keys at once and expects ours to change too.
+        client.refresh_traffic_keys().unwrap();
+        let up = pattern(40_000, round as u8);
+        client.writer().write_all(&up).unwrap();
+        assert!(t.pump(c, &mut client).is_none());
+        assert!(t.l7_read(c) == up, "round {round}: upload differs");
+        let down = pattern(40_000, 100 + round as u8);
+        let mut sent = 0;
+        while sent < down.len() {
+            sent += t.tls.wrap(&mut t.tcp).send(c, &down[sent..]).unwrap();
+            let err = t.pump(c, &mut client);
+            assert!(err.is_none(), "round {round}: {err:?}");
+        }
+        assert!(t.received.remove(&c).unwrap_or_default() == down, "round {round}: download");
+        let r = &t.tls.stats().records;
+        assert_eq!((r.key_updates_received, r.key_updates_sent), (round, round), "{r:?}");
+    }
+}
+
+#[test]
+fn a_key_update_right_behind_the_clients_finished_is_answered() {
+    let pki = Pki::new("keyupdate-early");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let mut t = T::new(&[&server], TlsOptions::default());
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    let c = t.accept();
+    let mut client =
+        ClientConnection::new(cfg, ServerName::try_from("switchyard.test").unwrap()).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    t.tcp.peer_sends(c, &hello);
+    t.event(TcpEvent::Readable { conn: c });
+    t.settle();
+    let flight = t.tcp.take(c);
+    let mut rd = &flight[..];
+    while !rd.is_empty() {
+        client.read_tls(&mut rd).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    // The client's Finished, a KeyUpdate asking for ours, and data: all in
+    // one segment, so the engine sees them together.
+    client.refresh_traffic_keys().unwrap();
+    client.writer().write_all(b"under new keys").unwrap();
+    assert!(t.pump(c, &mut client).is_none());
+    assert_eq!(t.l7_read(c), b"under new keys");
+    t.tls.wrap(&mut t.tcp).send(c, b"so are we").unwrap();
+    assert!(t.pump(c, &mut client).is_none(), "the client reads our records");
+    assert_eq!(t.received.get(&c).map(Vec::as_slice), Some(&b"so are we"[..]));
+    let r = &t.tls.stats().records;
+    assert_eq!((r.key_updates_received, r.key_updates_sent), (1, 1), "{r:?}");
+}
+
+#[test]
+fn what_l7_writes_in_one_turn_is_sealed_as_one_batch_of_records() {
+    let pki = Pki::new("batch");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let mut t = T::new(&[&server], TlsOptions::default());
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    let (c, mut client, _) = t.connect(&cfg, "switchyard.test");
+    let before = t.tls.stats().records.sealed;
+    // A response written as 50 pieces (headers, then body pieces) in one
+    // turn: sealed at the end of the turn into one record.
+    let mut want = Vec::new();
+    for i in 0..50u8 {
+        let piece = pattern(100, i);
+        assert_eq!(t.tls.wrap(&mut t.tcp).send(c, &piece).unwrap(), 100);
+        want.extend(piece);
+    }
+    t.tls.seal(&mut t.tcp);
+    assert_eq!(t.tls.stats().records.sealed - before, 1);
+    assert!(t.pump(c, &mut client).is_none());
+    assert!(t.received.remove(&c).unwrap_or_default() == want);
 }
 
 #[test]

@@ -1,0 +1,406 @@
+//! A terminated TLS connection in its two lives. The handshake runs on the
+//! crypto engine through rustls's unbuffered API ([`server_step`]); once it
+//! is done rustls hands over the traffic secrets, and the worker seals and
+//! opens records itself ([`Session`], with [`crate::record`]). rustls's
+//! kernel connection stays for what remains of the protocol: new keys on a
+//! TLS 1.3 `KeyUpdate` (RFC 8446 4.6.3).
+//!
+//! This is the only module that knows rustls's unbuffered and kernel APIs,
+//! which change between releases.
+
+use rustls::AlertDescription;
+use rustls::kernel::KernelConnection;
+use rustls::pki_types::CertificateDer;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+
+use crate::record::{Keys, MAX_PLAIN, MAX_RECORD, RecordError, Version, content};
+
+/// A server handshake between engine steps.
+pub(crate) struct ServerHs {
+    conn: UnbufferedServerConnection,
+    /// Bytes from the client that rustls has not consumed yet (part of a
+    /// record, or of a handshake message spread over records).
+    rest: Vec<u8>,
+}
+
+impl ServerHs {
+    /// A handshake for a connection just accepted.
+    pub(crate) fn new(
+        cfg: std::sync::Arc<rustls::ServerConfig>,
+    ) -> Result<ServerHs, rustls::Error> {
+        Ok(ServerHs { conn: UnbufferedServerConnection::new(cfg)?, rest: Vec::new() })
+    }
+}
+
+/// What a finished handshake agreed, for the counters and for routing.
+pub(crate) struct HandshakeInfo {
+    /// `TLSv1_3`, `TLSv1_2`.
+    pub version: String,
+    /// The key exchange group (`X25519MLKEM768`, ...).
+    pub group: String,
+    /// Whether an earlier session was resumed.
+    pub resumed: bool,
+    /// The client's certificate, verified (mutual TLS).
+    pub client_cert: Option<CertificateDer<'static>>,
+}
+
+/// Where one engine step left a server handshake.
+pub(crate) enum ServerStep {
+    /// Waiting for more from the client.
+    More(Box<ServerHs>),
+    /// Complete: the record layer takes over.
+    Done(Box<Session>, HandshakeInfo),
+    /// Failed; the alert rustls wrote, if any, is in the output.
+    Failed(rustls::Error),
+    /// The client closed before the handshake was done.
+    PeerClosed,
+}
+
+/// Runs the handshake on what the client sent (`input` behind what was left
+/// from before) as far as it goes; the records to send go to `out`.
+pub(crate) fn server_step(mut hs: ServerHs, input: &[u8], out: &mut Vec<u8>) -> ServerStep {
+    hs.rest.extend_from_slice(input);
+    // Application data that came right behind the client's Finished, which
+    // rustls opens before it says the handshake is done.
+    let mut early_plain = Vec::new();
+    let mut peer_closed = false;
+    enum Next {
+        Again,
+        Wait,
+        Writable,
+        Done,
+        Fail(rustls::Error),
+    }
+    loop {
+        // Done, and all rustls wrote is out: stop before rustls reads a
+        // record more. What follows the client's Finished (a KeyUpdate,
+        // data, close_notify) is the record layer's: were rustls to act on
+        // a KeyUpdate here, the answer it queues would be lost with it.
+        if !hs.conn.is_handshaking() && !hs.conn.wants_write() {
+            return established(hs, early_plain, peer_closed);
+        }
+        let UnbufferedStatus { discard, state } = hs.conn.process_tls_records(&mut hs.rest);
+        let next = match state {
+            Ok(ConnectionState::EncodeTlsData(mut e)) => match encode(out, |b| e.encode(b)) {
+                Ok(()) => Next::Again,
+                Err(err) => Next::Fail(err),
+            },
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                Next::Again
+            }
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                let mut next = Next::Again;
+                while let Some(rec) = r.next_record() {
+                    match rec {
+                        Ok(rec) => early_plain.extend_from_slice(rec.payload),
+                        Err(e) => {
+                            next = Next::Fail(e);
+                            break;
+                        }
+                    }
+                }
+                next
+            }
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                // A client may finish its handshake and close at once.
+                peer_closed = true;
+                Next::Writable
+            }
+            Ok(ConnectionState::WriteTraffic(_)) => Next::Writable,
+            Ok(_) => Next::Wait,
+            Err(e) => Next::Fail(e),
+        };
+        hs.rest.drain(..discard);
+        // A TLS 1.3 server may write once its Finished is out, but the
+        // handshake is done only with the client's.
+        let next = match next {
+            Next::Writable if hs.conn.is_handshaking() => Next::Wait,
+            Next::Writable => Next::Done,
+            n => n,
+        };
+        match next {
+            Next::Again => continue,
+            Next::Writable => unreachable!("resolved above"),
+            Next::Wait if peer_closed => return ServerStep::PeerClosed,
+            Next::Wait => return ServerStep::More(Box::new(hs)),
+            Next::Fail(e) => {
+                // The fatal alert rustls queued for it: the next call hands
+                // out what is queued before it reads any input again (and a
+                // second read would queue a second alert).
+                let UnbufferedStatus { state, .. } = hs.conn.process_tls_records(&mut hs.rest);
+                if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
+                    let _ = encode(out, |b| e.encode(b));
+                }
+                return ServerStep::Failed(e);
+            }
+            Next::Done => return established(hs, early_plain, peer_closed),
+        }
+    }
+}
+
+/// Appends a record rustls encodes to `out`, growing it as rustls asks.
+fn encode(
+    out: &mut Vec<u8>,
+    mut enc: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), rustls::Error> {
+    let at = out.len();
+    let mut want = 2048;
+    loop {
+        out.resize(at + want, 0);
+        match enc(&mut out[at..]) {
+            Ok(n) => {
+                out.truncate(at + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(s)) => want = s.required_size,
+            Err(e) => {
+                out.truncate(at);
+                return Err(rustls::Error::General(e.to_string()));
+            }
+        }
+    }
+}
+
+/// The handshake is done: rustls gives up the secrets.
+fn established(hs: ServerHs, early_plain: Vec<u8>, peer_closed: bool) -> ServerStep {
+    let ServerHs { conn, rest } = hs;
+    let info = HandshakeInfo {
+        version: conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
+        group: conn
+            .negotiated_key_exchange_group()
+            .map(|g| format!("{:?}", g.name()))
+            .unwrap_or_default(),
+        resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        client_cert: conn.peer_certificates().and_then(|c| c.first()).cloned(),
+    };
+    let (secrets, kernel) = match conn.dangerous_into_kernel_connection() {
+        Ok(s) => s,
+        Err(e) => return ServerStep::Failed(e),
+    };
+    let version = match kernel.protocol_version() {
+        rustls::ProtocolVersion::TLSv1_3 => Version::Tls13,
+        _ => Version::Tls12,
+    };
+    let unsupported = || rustls::Error::General("cipher suite without extractable keys".into());
+    let (Ok(tx), Ok(rx)) = (
+        Keys::new(version, secrets.tx.0, secrets.tx.1),
+        Keys::new(version, secrets.rx.0, secrets.rx.1),
+    ) else {
+        return ServerStep::Failed(unsupported());
+    };
+    let session = Session {
+        version,
+        tx,
+        rx,
+        kernel,
+        rx_buf: rest,
+        plain: early_plain,
+        plain_at: 0,
+        tx_plain: Vec::new(),
+        peer_closed,
+        key_update_due: false,
+    };
+    ServerStep::Done(Box::new(session), info)
+}
+
+/// TLS 1.3 keys are renewed after this many records sent, well inside the
+/// AES-GCM limit of 2^24.5 full-size records (RFC 8446 5.5).
+const KEY_UPDATE_AFTER: u64 = 1 << 24;
+
+/// `KeyUpdate` handshake message type (RFC 8446 4).
+const KEY_UPDATE: u8 = 24;
+
+/// How a record-layer connection failed: the alert to send or the one
+/// received.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// We refuse the peer's record with this alert.
+    Send(AlertDescription),
+    /// The peer sent a fatal alert.
+    Received(AlertDescription),
+}
+
+impl From<RecordError> for Failure {
+    fn from(e: RecordError) -> Failure {
+        Failure::Send(e.alert())
+    }
+}
+
+/// Counters of the record layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordStats {
+    /// Records sealed from extracted secrets.
+    pub sealed: u64,
+    /// Records opened.
+    pub opened: u64,
+    /// Records refused (bad MAC, overflow, unexpected content).
+    pub refused: u64,
+    /// TLS 1.3 key updates from peers.
+    pub key_updates_received: u64,
+    /// Key updates we sent (answering a peer, or after many records).
+    pub key_updates_sent: u64,
+}
+
+/// A connection after its handshake: the record layer from extracted
+/// secrets.
+pub(crate) struct Session {
+    version: Version,
+    tx: Keys,
+    rx: Keys,
+    kernel: KernelConnection<ServerConnectionData>,
+    /// Ciphertext received and not yet opened: at most one partial record
+    /// after [`Session::open`].
+    rx_buf: Vec<u8>,
+    /// Plaintext opened and not yet read: `plain[plain_at..]`.
+    plain: Vec<u8>,
+    plain_at: usize,
+    /// Plaintext written this turn, sealed by [`Session::seal`].
+    pub tx_plain: Vec<u8>,
+    /// The peer sent `close_notify`.
+    pub peer_closed: bool,
+    /// The peer asked for our keys to be renewed too.
+    key_update_due: bool,
+}
+
+impl Session {
+    /// Copies opened plaintext into `buf`; returns how much.
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> usize {
+        let waiting = &self.plain[self.plain_at..];
+        let n = waiting.len().min(buf.len());
+        buf[..n].copy_from_slice(&waiting[..n]);
+        self.plain_at += n;
+        if self.plain_at == self.plain.len() {
+            self.plain.clear();
+            self.plain_at = 0;
+        }
+        n
+    }
+
+    /// Bytes of ciphertext the receive buffer takes before the next
+    /// [`Session::open`]: room for one whole record of the largest size.
+    pub(crate) fn rx_room(&self) -> usize {
+        MAX_RECORD.saturating_sub(self.rx_buf.len())
+    }
+
+    /// Ciphertext from TCP.
+    pub(crate) fn received(&mut self, bytes: &[u8]) {
+        self.rx_buf.extend_from_slice(bytes);
+    }
+
+    /// Whether records are waiting to be sealed (plaintext, or a key update
+    /// the peer asked for).
+    pub(crate) fn wants_seal(&self) -> bool {
+        !self.tx_plain.is_empty() || self.key_update_due
+    }
+
+    /// Opens every whole record received, as one batch: application data
+    /// goes to `buf` and what does not fit waits for [`Session::read`];
+    /// alerts, key updates and renegotiation attempts are handled, with
+    /// what they need sent appended to `out`. Returns the bytes put in
+    /// `buf`.
+    pub(crate) fn open(
+        &mut self,
+        buf: &mut [u8],
+        out: &mut Vec<u8>,
+        stats: &mut RecordStats,
+    ) -> Result<usize, Failure> {
+        let mut at = 0;
+        let mut filled = 0;
+        let result = loop {
+            if self.peer_closed {
+                break Ok(());
+            }
+            let opened = match self.rx.open(&mut self.rx_buf[at..]) {
+                Ok(Some(o)) => o,
+                Ok(None) => break Ok(()),
+                Err(e) => {
+                    stats.refused += 1;
+                    break Err(Failure::from(e));
+                }
+            };
+            stats.opened += 1;
+            let data = at + opened.start..at + opened.start + opened.len;
+            at += opened.consumed;
+            match opened.typ {
+                content::APPLICATION_DATA => {
+                    let d = &self.rx_buf[data];
+                    let n = d.len().min(buf.len() - filled);
+                    buf[filled..filled + n].copy_from_slice(&d[..n]);
+                    filled += n;
+                    self.plain.extend_from_slice(&d[n..]);
+                }
+                content::ALERT => match self.rx_buf[data] {
+                    [_, 0] => self.peer_closed = true,
+                    // user_canceled, and any TLS 1.2 warning, are not fatal.
+                    [_, 90] => {}
+                    [1, _] if self.version == Version::Tls12 => {}
+                    [_, d] => break Err(Failure::Received(AlertDescription::from(d))),
+                    _ => break Err(Failure::Send(AlertDescription::DecodeError)),
+                },
+                content::HANDSHAKE if self.version == Version::Tls12 => {
+                    // A renegotiation attempt: declined, the connection goes
+                    // on (RFC 5746 4.4 leaves that to the server).
+                    self.seal_alert(1, AlertDescription::NoRenegotiation, out)?;
+                }
+                content::HANDSHAKE => {
+                    // After the handshake a client sends only KeyUpdate, a
+                    // record of its own (it must end at a record boundary).
+                    let requested = match self.rx_buf[data] {
+                        [KEY_UPDATE, 0, 0, 1, r @ (0 | 1)] => r == 1,
+                        _ => break Err(Failure::Send(AlertDescription::UnexpectedMessage)),
+                    };
+                    let Ok((seq, secrets)) = self.kernel.update_rx_secret() else {
+                        break Err(Failure::Send(AlertDescription::InternalError));
+                    };
+                    let Ok(keys) = Keys::new(self.version, seq, secrets) else {
+                        break Err(Failure::Send(AlertDescription::InternalError));
+                    };
+                    self.rx = keys;
+                    stats.key_updates_received += 1;
+                    self.key_update_due |= requested;
+                }
+                _ => break Err(Failure::Send(AlertDescription::UnexpectedMessage)),
+            }
+        };
+        self.rx_buf.drain(..at);
+        result.map(|()| filled)
+    }
+
+    /// Seals what was written this turn, as records of at most 16 KiB, to
+    /// `out`; a key update goes first when one is due.
+    pub(crate) fn seal(
+        &mut self,
+        out: &mut Vec<u8>,
+        stats: &mut RecordStats,
+    ) -> Result<(), RecordError> {
+        let renew = self.key_update_due || self.tx.seq() >= KEY_UPDATE_AFTER;
+        if self.version == Version::Tls13 && renew {
+            // Sent under the old keys; everything after under the new.
+            self.tx.seal(content::HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], out)?;
+            let (seq, secrets) =
+                self.kernel.update_tx_secret().map_err(|_| RecordError::Exhausted)?;
+            self.tx = Keys::new(self.version, seq, secrets).map_err(|_| RecordError::Exhausted)?;
+            self.key_update_due = false;
+            stats.key_updates_sent += 1;
+            stats.sealed += 1;
+        }
+        for chunk in self.tx_plain.chunks(MAX_PLAIN) {
+            self.tx.seal(content::APPLICATION_DATA, chunk, out)?;
+            stats.sealed += 1;
+        }
+        self.tx_plain.clear();
+        Ok(())
+    }
+
+    /// Seals an alert (`level` 1 warning, 2 fatal) to `out`.
+    pub(crate) fn seal_alert(
+        &mut self,
+        level: u8,
+        desc: AlertDescription,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
+        self.tx.seal(content::ALERT, &[level, u8::from(desc)], out)
+    }
+}
