@@ -308,5 +308,46 @@ fn tls_records(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, maglev, conntrack, http_parse, tls_records, tls_handshakes);
+/// The record path of terminated connections: our record layer sealing and
+/// opening from the secrets rustls extracted after a real handshake, next to
+/// rustls doing the same in line (`tls13_record` above). Same sizes, same
+/// run: compare the two as a ratio.
+fn tls_record_layer(c: &mut Criterion) {
+    use switchyard_tls::record::{Keys, Version, content};
+    let (server_cfg, roots) = tls_configs();
+    let mut client_cfg = (*client_config(&roots, &[])).clone();
+    client_cfg.enable_secret_extraction = true;
+    let (client, server, _) = handshake(&Arc::new(client_cfg), &server_cfg);
+    let (s, c_) =
+        (server.dangerous_extract_secrets().unwrap(), client.dangerous_extract_secrets().unwrap());
+    let mut tx = Keys::new(Version::Tls13, s.tx.0, s.tx.1).unwrap();
+    let mut rx = Keys::new(Version::Tls13, c_.rx.0, c_.rx.1).unwrap();
+    let mut g = c.benchmark_group("tls13_record_layer");
+    for size in [1024usize, 16 * 1024] {
+        let data = vec![0x5au8; size];
+        let mut wire = Vec::with_capacity(size + 64);
+        let mut plain = vec![0u8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("seal_open_{size}B"), |b| {
+            b.iter(|| {
+                wire.clear();
+                tx.seal(content::APPLICATION_DATA, &data, &mut wire).unwrap();
+                let o = rx.open(&mut wire).unwrap().unwrap();
+                plain.copy_from_slice(&wire[o.start..o.start + o.len]);
+                black_box(&plain);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    maglev,
+    conntrack,
+    http_parse,
+    tls_records,
+    tls_record_layer,
+    tls_handshakes
+);
 criterion_main!(benches);
