@@ -441,6 +441,17 @@ impl Dataplane {
     /// When the worker next has work without new frames: now if a burst was
     /// full, else the earliest timer of any layer.
     pub fn poll_at(&self, now: Instant) -> Option<Instant> {
+        self.next_due(now, self.tls.poll_at(now))
+    }
+
+    /// Like [`Dataplane::poll_at`], leaving out the TLS handshakes in the
+    /// engine: for a loop that sleeps on the engine's doorbell instead
+    /// (`Tls::engine_wait`).
+    pub fn poll_at_besides_engine(&self, now: Instant) -> Option<Instant> {
+        self.next_due(now, self.tls.poll_at_besides_engine(now))
+    }
+
+    fn next_due(&self, now: Instant, tls: Option<Instant>) -> Option<Instant> {
         if self.more_rx {
             return Some(now);
         }
@@ -449,7 +460,7 @@ impl Dataplane {
             self.l7.poll_at(),
             self.l4.next_expiry(),
             self.health.poll_at(),
-            self.tls.poll_at(now),
+            tls,
             self.h2.poll_at(),
             self.h2.has_events().then_some(now),
         ]

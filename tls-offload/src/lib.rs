@@ -64,6 +64,12 @@ pub trait CryptoEngine<In, Out> {
     fn submit(&self, job: Job<In>) -> Result<(), Job<In>>;
     /// Takes one finished job, if any.
     fn poll(&self) -> Option<Job<Out>>;
+    /// Before the worker sleeps: a descriptor that becomes readable when a
+    /// job finishes, or `None` if results wait already (then it should not
+    /// sleep). [`CryptoEngine::disarm`] after waking.
+    fn arm(&self) -> Option<std::os::fd::RawFd>;
+    /// After the worker woke: no more signals until armed again.
+    fn disarm(&self);
 }
 
 /// A handshake between steps: a connection, or a client connection still
@@ -141,10 +147,52 @@ fn handshake_step(job: HandshakeIn) -> HandshakeOut {
     HandshakeOut { result: Stepped::Client(Some(Box::new(conn)), error), output }
 }
 
+/// What a worker about to sleep should do about the crypto engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineWait {
+    /// Nothing is in the engine.
+    Nothing,
+    /// Results are waiting: do not sleep.
+    Ready,
+    /// Handshakes are in the engine: sleep on this descriptor too (it
+    /// becomes readable when one finishes; a parked thread is unparked).
+    Bell(std::os::fd::RawFd),
+}
+
 /// The software engine: threads that run handshake steps.
 pub struct SoftwareEngine {
     jobs: Sender<Job<HandshakeIn>>,
     done: Receiver<Job<HandshakeOut>>,
+    bell: Arc<Doorbell>,
+    /// The worker's end of the doorbell.
+    ring: Option<std::os::unix::net::UnixDatagram>,
+}
+
+/// How engine threads wake a worker that sleeps while they work: a datagram
+/// on a socket pair, sent only when the worker armed it, so a busy worker
+/// pays nothing.
+struct Doorbell {
+    armed: std::sync::atomic::AtomicBool,
+    tx: Option<std::os::unix::net::UnixDatagram>,
+    /// The worker's thread, unparked too: for a worker that sleeps parked
+    /// (on a dispatcher's port) rather than on descriptors.
+    worker: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Doorbell {
+    /// A job finished: wakes the worker if it sleeps on it.
+    fn ring(&self) {
+        use std::sync::atomic::{Ordering, fence};
+        fence(Ordering::SeqCst);
+        if self.armed.swap(false, Ordering::SeqCst)
+            && let Some(tx) = &self.tx
+        {
+            let _ = tx.send(&[1]);
+            if let Some(t) = self.worker.get() {
+                t.unpark();
+            }
+        }
+    }
 }
 
 impl SoftwareEngine {
@@ -152,8 +200,19 @@ impl SoftwareEngine {
     pub fn new(threads: usize, queue: usize) -> SoftwareEngine {
         let (jobs, rx) = crossbeam_channel::bounded::<Job<HandshakeIn>>(queue);
         let (tx, done) = crossbeam_channel::unbounded();
+        // Without a socket pair (descriptors exhausted) the worker polls.
+        let pair = std::os::unix::net::UnixDatagram::pair().ok().filter(|(a, b)| {
+            a.set_nonblocking(true).is_ok() && b.set_nonblocking(true).is_ok()
+        });
+        let (ring, bell_tx) = match pair {
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (None, None),
+        };
+        let bell =
+            Arc::new(Doorbell { armed: false.into(), tx: bell_tx, worker: Default::default() });
         for i in 0..threads.max(1) {
             let rx = rx.clone();
+            let bell = bell.clone();
             let tx: Sender<Job<HandshakeOut>> = tx.clone();
             let _ = std::thread::Builder::new().name(format!("tls-engine-{i}")).spawn(move || {
                 for job in rx.iter() {
@@ -173,10 +232,11 @@ impl SoftwareEngine {
                     if tx.send(Job { tag: job.tag, work: out }).is_err() {
                         return;
                     }
+                    bell.ring();
                 }
             });
         }
-        SoftwareEngine { jobs, done }
+        SoftwareEngine { jobs, done, bell, ring }
     }
 }
 
@@ -187,6 +247,27 @@ impl CryptoEngine<HandshakeIn, HandshakeOut> for SoftwareEngine {
 
     fn poll(&self) -> Option<Job<HandshakeOut>> {
         self.done.try_recv().ok()
+    }
+
+    fn arm(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::{Ordering, fence};
+        let ring = self.ring.as_ref()?;
+        self.bell.worker.get_or_init(std::thread::current);
+        self.bell.armed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        // A job that finished before the store rang no bell: seen here.
+        if !self.done.is_empty() {
+            self.disarm();
+            return None;
+        }
+        Some(ring.as_raw_fd())
+    }
+
+    fn disarm(&self) {
+        self.bell.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut b = [0u8; 16];
+        while self.ring.as_ref().is_some_and(|r| r.recv(&mut b).is_ok()) {}
     }
 }
 
@@ -1189,8 +1270,17 @@ impl Tls {
     /// When `poll` next has work: at once while handshakes are in the engine
     /// or waiting for room in it, or ciphertext waits for TCP room.
     pub fn poll_at(&self, now: Instant) -> Option<Instant> {
-        let busy = self.in_engine > 0
-            || !self.sealing.is_empty()
+        if self.in_engine > 0 {
+            return Some(now);
+        }
+        self.poll_at_besides_engine(now)
+    }
+
+    /// Like [`Tls::poll_at`] but leaving out the handshakes in the engine:
+    /// for a loop that sleeps on the engine's doorbell ([`Tls::engine_wait`])
+    /// instead of polling for them.
+    pub fn poll_at_besides_engine(&self, now: Instant) -> Option<Instant> {
+        let busy = !self.sealing.is_empty()
             || !self.refused.is_empty()
             || !self.flush.is_empty()
             || !self.accepted.is_empty()
@@ -1227,6 +1317,23 @@ impl Tls {
             *queued = true;
             sealing.push(id);
         }
+    }
+
+    /// Before the worker sleeps: whether it must wait for the engine, and on
+    /// what. [`Tls::engine_woke`] after the sleep.
+    pub fn engine_wait(&self) -> EngineWait {
+        if self.in_engine == 0 {
+            return EngineWait::Nothing;
+        }
+        match self.engine.arm() {
+            Some(fd) => EngineWait::Bell(fd),
+            None => EngineWait::Ready,
+        }
+    }
+
+    /// The worker woke (for whatever reason) after [`EngineWait::Bell`].
+    pub fn engine_woke(&self) {
+        self.engine.disarm();
     }
 
     /// Sends what ciphertext TCP takes; closes a closing connection once all
