@@ -1690,12 +1690,6 @@ impl Cx<'_> {
             return Ok(None);
         };
         let raw = t.get_ref();
-        if p.health.as_ref().is_some_and(|h| h.http_path.is_some()) {
-            return Err(self.at(
-                t,
-                "HTTP health checks do not speak TLS: give a pool with `tls` a TCP check (no `http_path`)",
-            ));
-        }
         if protocol == Some("h2c") {
             return Err(self.at(t, "`h2c` is cleartext HTTP/2: with `tls` use protocol = \"h2\""));
         }

@@ -309,6 +309,25 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
             );
         }
     }
+    // Active checks of L7 pools' backends.
+    for (pi, p) in cfg.pools.iter().enumerate() {
+        for (bi, b) in p.backends.iter().enumerate() {
+            let tag = (crate::worker::L7_POOL_TAG | pi as u16, bi as u16);
+            if let Some(h) = dp.health.stats(tag) {
+                let _ = writeln!(
+                    out,
+                    "health pool {} backend {}: {}, checks passed {}, failed {}, downs {}, ups {}",
+                    p.name,
+                    b.name,
+                    if dp.health.is_up(tag) { "up" } else { "down" },
+                    h.successes,
+                    h.failures,
+                    h.downs,
+                    h.ups
+                );
+            }
+        }
+    }
     if dp.l7.peak_pair_bytes() > 0 {
         let _ = writeln!(
             out,

@@ -375,20 +375,23 @@ impl Dataplane {
         // wrote goes out in the same turn.
         stack.poll(now, pool);
         stack.drain_tcp_events(events);
+        // TLS sees every event first: health probes of backends reached over
+        // TLS speak it too.
         for ev in events.drain(..) {
+            let Some(ev) = tls.on_event(ev, stack.tcp()) else { continue };
             if health.owns(event_conn(&ev)) {
-                health.on_event(ev, stack.tcp());
-            } else if let Some(ev) = tls
-                .on_event(ev, stack.tcp())
-                .and_then(|ev| h2.on_event(now, ev, &mut tls.wrap(stack.tcp())))
-            {
+                health.on_event(ev, &mut tls.wrap(stack.tcp()));
+            } else if let Some(ev) = h2.on_event(now, ev, &mut tls.wrap(stack.tcp())) {
                 l7.on_event(now, ev, &mut h2.wrap(&mut tls.wrap(stack.tcp())));
             }
         }
-        // Handshakes the engine finished: their connections reach L7 now.
+        // Handshakes the engine finished: their connections reach L7 (or a
+        // health probe) now.
         tls.poll(now, stack.tcp(), tls_events);
         for ev in tls_events.drain(..) {
-            if let Some(ev) = h2.on_event(now, ev, &mut tls.wrap(stack.tcp())) {
+            if health.owns(event_conn(&ev)) {
+                health.on_event(ev, &mut tls.wrap(stack.tcp()));
+            } else if let Some(ev) = h2.on_event(now, ev, &mut tls.wrap(stack.tcp())) {
                 l7.on_event(now, ev, &mut h2.wrap(&mut tls.wrap(stack.tcp())));
             }
         }
@@ -415,7 +418,7 @@ impl Dataplane {
         relay(l7, h2, tls, stack, h2_events);
         // What L7 wrote on TLS connections this turn, sealed as one batch.
         tls.seal(stack.tcp());
-        health.poll(now, stack.tcp());
+        health.poll(now, &mut tls.wrap(stack.tcp()));
         health.drain_changes(changes);
         for c in changes.drain(..) {
             if c.tag.0 & L7_POOL_TAG != 0 {

@@ -1138,7 +1138,8 @@ fn tls_and_mtls_to_nginx_backends() {
     );
     // The first pool's SNI is its backend's name.
     let pools = format!(
-        "[[pool]]\nname = \"up\"\n{tls}\nbackends = [{{ name = \"api.internal\", address = \"198.18.0.21:8443\" }}]\n\n\
+        "[[pool]]\nname = \"up\"\n{tls}\nhealth = {{ interval_ms = 200, http_path = \"/who\", body_contains = \"tls backend\" }}\n\
+         backends = [{{ name = \"api.internal\", address = \"198.18.0.21:8443\" }}]\n\n\
          [[pool]]\nname = \"uph2\"\nprotocol = \"h2\"\n{tls_sni}\nbackends = [{{ name = \"h2t\", address = \"198.18.0.23:8444\" }}]\n\n\
          [[pool]]\nname = \"upbad\"\n{tls_sni}\nbackends = [{{ name = \"bad1\", address = \"198.18.0.22:8443\" }}]\n\n"
     );
@@ -1182,6 +1183,17 @@ fn tls_and_mtls_to_nginx_backends() {
     assert!(line.contains("handshakes [TLSv1_2 X25519: 1, TLSv1_3 "), "{line}");
     assert!(line.contains("unknown-issuer 1"), "{line}");
     assert!(line.contains("UnknownCA 1"), "{line}");
+    // The HTTP health check of the mTLS backend speaks TLS with our client
+    // certificate too, and finds the body it expects.
+    let health = out
+        .lines()
+        .find(|l| l.starts_with("health pool up backend api.internal:"))
+        .unwrap_or_else(|| panic!("no health line:\n{out}"));
+    assert!(
+        health.contains(": up,") && number_after(health, "checks passed").unwrap() >= 2,
+        "{health}"
+    );
+    assert_eq!(number_after(health, "failed"), Some(0), "{health}");
     assert!(
         out.contains("pool upbad backend bad1 (l7): requests 1")
             && out.contains("connect failures 1"),
