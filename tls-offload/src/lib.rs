@@ -370,9 +370,13 @@ pub fn server_config_with(
     // HTTP/2 first when the client offers both (RFC 7301: the server picks).
     cfg.alpn_protocols =
         opts.alpn.clone().unwrap_or_else(|| vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
-    // Resumption: TLS 1.3 tickets (two per handshake) and TLS 1.2 session
-    // IDs, both backed by a server-side cache of 8,192 sessions.
-    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);
+    // Resumption: stateless tickets (two per TLS 1.3 handshake; RFC 5077
+    // tickets for TLS 1.2), sealed with a key every worker shares, so a
+    // client resumes on whichever worker its next connection reaches; TLS
+    // 1.2 session IDs from a cache each worker keeps ([`Tls::new`]).
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| TlsError::File { path: String::new(), reason: e.to_string() })?;
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_SESSIONS);
     // After the handshake the worker seals and opens records itself.
     cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
@@ -771,6 +775,9 @@ const READ_STEP: usize = 4096;
 /// TLS sessions kept per backend for resumption.
 const UPSTREAM_SESSIONS: usize = 64;
 
+/// TLS 1.2 session IDs a worker keeps for resumption (tickets need none).
+const SERVER_SESSIONS: usize = 8192;
+
 /// TLS termination for the listeners that have certificates.
 pub struct Tls {
     listeners: HashMap<ListenerId, Arc<rustls::ServerConfig>>,
@@ -813,8 +820,15 @@ impl Tls {
         listeners: Vec<(ListenerId, Arc<rustls::ServerConfig>)>,
         engine: SoftwareEngine,
     ) -> Tls {
+        // A session cache of this worker's own: the configuration is shared
+        // by every worker, and its cache sits behind a lock.
+        let own = |cfg: Arc<rustls::ServerConfig>| {
+            let mut c = (*cfg).clone();
+            c.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_SESSIONS);
+            Arc::new(c)
+        };
         Tls {
-            listeners: listeners.into_iter().collect(),
+            listeners: listeners.into_iter().map(|(l, c)| (l, own(c))).collect(),
             upstreams: HashMap::new(),
             events: Vec::new(),
             conns: HashMap::new(),

@@ -400,6 +400,29 @@ fn the_second_connection_resumes() {
 }
 
 #[test]
+fn a_session_from_one_worker_resumes_on_another() {
+    let pki = Pki::new("resume-workers");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let pairs = vec![(server.cert_path.clone(), server.key_path.clone())];
+    // One listener configuration, two workers' TLS layers (each with its own
+    // session-ID cache), as `workers = 2` builds them.
+    let shared = server_config_with(&pairs, &TlsOptions::default()).unwrap();
+    let mut a = T::new(&[&server], TlsOptions::default());
+    let mut b = T::new(&[&server], TlsOptions::default());
+    a.tls = Tls::new(vec![(LISTENER, shared.clone())], SoftwareEngine::new(1, 64));
+    b.tls = Tls::new(vec![(LISTENER, shared)], SoftwareEngine::new(1, 64));
+    for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let cfg = client_config(&pki, &[v], None, &[b"http/1.1"]);
+        let (_, first, _) = a.connect(&cfg, "switchyard.test");
+        assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        let (_, second, err) = b.connect(&cfg, "switchyard.test");
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(second.handshake_kind(), Some(rustls::HandshakeKind::Resumed), "{v:?}");
+    }
+    assert_eq!(b.tls.stats().resumed, 2);
+}
+
+#[test]
 fn mutual_tls_accepts_a_good_certificate_and_refuses_the_rest_with_their_alerts() {
     let pki = Pki::new("mtls");
     let other = Pki::new("mtls-other");
