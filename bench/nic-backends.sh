@@ -13,6 +13,11 @@
 # an L4 full-NAT listener (iperf3), each with the load balancer's CPU time
 # (utime + stime from /proc) during the run: requests per LB CPU-second and
 # Gbit/s per LB CPU-second.
+#
+# A candidate `NIC xN` runs N workers (`workers = N`: AF_PACKET's fanout, or
+# the software dispatcher on the other devices), all on the LB's one CPU.
+# NICS="af_xdp:lb0;af_xdp:lb0 x2" measures only those (and HAProxy) and
+# prints the table instead of writing bench/NICS.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/common.sh
@@ -40,13 +45,18 @@ listen tcp
   server i1 198.18.0.21:5201
 EOF
 
-# Switchyard's configuration on device $1.
+# Switchyard's configuration for candidate $1: a device, and ` xN` for N workers.
 sy_config() {
+    local nic=$1 workers=1
+    if [[ $1 =~ ^(.*)\ x([0-9]+)$ ]]; then
+        nic=${BASH_REMATCH[1]} workers=${BASH_REMATCH[2]}
+    fi
     cat <<EOF
 [device]
-nic = "$1"
+nic = "$nic"
 mac = "02:53:59:00:00:02"
 addresses = ["198.18.0.2/24"]
+workers = $workers
 [[listener]]
 name = "http"
 mode = "l7"
@@ -69,7 +79,13 @@ EOF
 
 # The candidates: every backend this binary and machine can open.
 nics=("af_packet:lb0" "af_packet:lb0,v3" "tap:tap0" "af_xdp:lb0"
-    "dpdk:--no-huge --no-pci -m 512 --vdev=net_af_packet0,iface=lb0")
+    "dpdk:--no-huge --no-pci -m 512 --vdev=net_af_packet0,iface=lb0"
+    "af_packet:lb0 x2" "tap:tap0 x2" "af_xdp:lb0 x2")
+out_md=$root/bench/NICS.md
+if [ -n "${NICS:-}" ]; then
+    IFS=';' read -r -a nics <<<"$NICS"
+    out_md=$work/NICS.md
+fi
 candidates=()
 for nic in "${nics[@]}"; do
     sy_config "$nic" > "$work/check.toml"
@@ -132,7 +148,7 @@ for r in $(seq 1 "$rounds"); do
     done
 done
 
-python3 - "$results" "$secs" "$rounds" > "$root/bench/NICS.md" <<'PY'
+python3 - "$results" "$secs" "$rounds" > "$out_md" <<'PY'
 import sys, datetime, platform
 path, secs, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
@@ -166,5 +182,5 @@ for c in order:
 print("\nSwitchyard busy-polls its device while traffic flows, so its CPU time is close to the "
       "run's length whatever the load; HAProxy sleeps in epoll between events.")
 PY
-echo "nic-backends: wrote bench/NICS.md"
-cat "$root/bench/NICS.md"
+[ "$out_md" = "$root/bench/NICS.md" ] && echo "nic-backends: wrote bench/NICS.md"
+cat "$out_md"

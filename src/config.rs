@@ -1412,12 +1412,13 @@ impl Cx<'_> {
             );
         }
         // Flows reach their worker through the kernel's fanout of packet
-        // sockets; the other devices have one queue and run one worker.
-        if workers > 1 && !matches!(nic, NicSpec::AfPacket { .. }) {
+        // sockets (AF_PACKET) or a software dispatcher (TAP, AF_XDP, DPDK);
+        // a simulation or a replay runs one worker.
+        if workers > 1 && matches!(nic, NicSpec::Sim | NicSpec::Pcap { .. }) {
             return Err(self.at(
                 &d.workers,
                 format!(
-                    "`workers = {workers}` needs `nic = \"af_packet:IFACE\"` (flows are steered to workers by a packet-socket fanout); other devices run one worker"
+                    "`workers = {workers}` needs a live device (`tap:`, `af_packet:`, `af_xdp:` or `dpdk:`); `sim` and `pcap:` run one worker"
                 ),
             ));
         }
@@ -1937,15 +1938,19 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
     }
 
     #[test]
-    fn workers_need_af_packet_and_a_sane_count() {
+    fn workers_need_a_live_device_and_a_sane_count() {
         let two = |nic: &str| {
             BASE.replace("nic = \"pcap:in.pcap\"", &format!("nic = \"{nic}\"\nworkers = 2"))
         };
-        let c = Config::parse("t.toml", &two("af_packet:lb0")).unwrap();
-        assert_eq!(c.device.workers, 2);
-        let e = err(&two("tap:tap0"));
+        for nic in ["af_packet:lb0", "tap:tap0", "af_xdp:lb0/1"] {
+            let c = Config::parse("t.toml", &two(nic)).unwrap();
+            assert_eq!(c.device.workers, 2, "{nic}");
+        }
+        // A replay (and a simulation) runs one worker.
+        let e = err(&two("pcap:in.pcap"));
         assert_eq!((e.line, e.key.as_str()), (4, "device.workers"), "{e}");
-        assert!(e.message.contains("needs `nic = \"af_packet:IFACE\"`"), "{e}");
+        assert!(e.message.contains("needs a live device"), "{e}");
+        assert!(e.to_string().starts_with("t.toml:4:"), "{e}");
         let e =
             err(&BASE.replace("nic = \"pcap:in.pcap\"", "nic = \"af_packet:lb0\"\nworkers = 0"));
         assert!(e.message.contains("between 1 and 64"), "{e}");
@@ -1998,9 +2003,13 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
             assert_eq!((e.line, e.key.as_str()), (3, "device.nic"), "{bad}: {e}");
             assert!(e.message.contains(says), "{bad}: {e}");
         }
-        // One worker only: the fanout that splits flows is AF_PACKET's.
-        let e = err(&with("af_xdp:lb0").replace("addresses =", "workers = 2\naddresses ="));
-        assert!(e.message.contains("needs `nic = \"af_packet:IFACE\"`"), "{e}");
+        // Several workers share the queue through the software dispatcher.
+        let c = Config::parse(
+            "t.toml",
+            &with("af_xdp:lb0").replace("addresses =", "workers = 2\naddresses ="),
+        )
+        .unwrap();
+        assert_eq!(c.device.workers, 2);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use switchyard_nic::dispatch::Dispatcher;
 use switchyard_nic::pcap::PcapPort;
 use switchyard_nic::steer::Steering;
 use switchyard_nic::{NicError, Port, PortStats};
@@ -230,6 +231,13 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
     );
     if ps.rx_misdirected > 0 {
         let _ = writeln!(out, "port: frames steered to the wrong worker {}", ps.rx_misdirected);
+    }
+    if dp.pool_stats().misses > 0 {
+        let _ = writeln!(
+            out,
+            "pool: buffers allocated for want of free ones {}",
+            dp.pool_stats().misses
+        );
     }
     if ps.tx_full + ps.rx_oversize + dp.tx_dropped > 0 {
         let _ = writeln!(
@@ -487,11 +495,14 @@ pub struct LiveOptions {
 
 /// Runs the dataplane on a kernel device until a signal or `--seconds`, then
 /// prints the counters. With `workers = N` each worker is a thread with its
-/// own socket and dataplane; the kernel's fanout steers every flow to the
-/// worker that owns it (see `switchyard_nic::steer`), and nothing is shared
-/// between them but the stop flag and the operator's commands.
+/// own port and dataplane, and every flow reaches the worker that owns it
+/// (see `switchyard_nic::steer`): on AF_PACKET each worker has its own
+/// socket in a kernel fanout group; on the other devices a software
+/// dispatcher on a thread of its own (`dispatch`) shares the one queue (see
+/// `switchyard_nic::dispatch`). Nothing is shared between workers but the
+/// stop flag and the operator's commands.
 pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
-    let ports = match open_worker_ports(cfg) {
+    let (ports, dispatcher) = match open_worker_ports(cfg) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {}: {e}", cfg.file);
@@ -516,7 +527,27 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
     let wall = std::time::Instant::now();
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(n);
     let mut commands = Vec::new();
+    let dispatched = dispatcher.is_some();
     let reports = std::thread::scope(|scope| {
+        let mut dispatch = None;
+        if let Some(mut d) = dispatcher {
+            let flag = &*stop;
+            let spawned = std::thread::Builder::new().name("dispatch".into()).spawn_scoped(
+                scope,
+                move || {
+                    let start = std::time::Instant::now();
+                    d.run(flag);
+                    dispatch_counters(&d, start.elapsed().as_secs_f64())
+                },
+            );
+            match spawned {
+                Ok(h) => dispatch = Some(h),
+                Err(e) => {
+                    eprintln!("error: dispatch thread: {e}");
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
         let mut handles = Vec::new();
         for (i, port) in ports.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded::<AdminRequest>(16);
@@ -543,14 +574,15 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
                 failed = true;
             }
         }
-        if failed || handles.len() < n {
+        if failed || handles.len() < n || (dispatched && dispatch.is_none()) {
             stop.store(true, Ordering::Relaxed);
         } else {
             println!(
-                "switchyard: running on {}{mode} ({} listeners, {n} worker{}){}",
+                "switchyard: running on {}{mode} ({} listeners, {n} worker{}{}){}",
                 nic_label(&cfg.device.nic),
                 cfg.listeners.len(),
                 if n == 1 { "" } else { "s" },
+                if dispatched { ", software dispatch" } else { "" },
                 limit.map(|l| format!(", for {} s", l.as_secs())).unwrap_or_default()
             );
             let _ = std::io::stdout().flush();
@@ -564,9 +596,10 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
         stop.store(true, Ordering::Relaxed);
         let reports: Vec<Option<(String, PortStats)>> =
             handles.into_iter().map(|h| h.join().ok().flatten()).collect();
-        if failed { None } else { Some(reports) }
+        let dispatch = dispatch.map(|h| h.join().ok());
+        if failed { None } else { Some((reports, dispatch)) }
     });
-    let Some(reports) = reports else { return ExitCode::from(2) };
+    let Some((reports, dispatch)) = reports else { return ExitCode::from(2) };
     let elapsed = wall.elapsed().as_secs_f64();
     let mut total = PortStats::default();
     for (i, r) in reports.iter().enumerate() {
@@ -596,20 +629,67 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
             total.rx_misdirected
         );
     }
+    match dispatch {
+        Some(Some(text)) => print!("{text}"),
+        Some(None) => {
+            eprintln!("error: the dispatch thread stopped abnormally");
+            return ExitCode::from(1);
+        }
+        None => {}
+    }
     ExitCode::SUCCESS
 }
 
-/// The ports of the workers, opened in worker order: one port, or with
-/// `workers = N` one AF_PACKET socket per worker in one fanout group.
-fn open_worker_ports(cfg: &Config) -> Result<Vec<Box<dyn Port + Send>>, NicError> {
+/// The software dispatcher's counters, and the device's, as text.
+fn dispatch_counters(d: &Dispatcher, elapsed: f64) -> String {
+    use std::fmt::Write as _;
+    let s = d.stats();
+    let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "dispatch: device frames in {} ({} bytes), frames out {} ({} bytes), {elapsed:.3} s; to workers [{}] (neighbor copies {}), from workers [{}]",
+        s.device.rx_frames,
+        s.device.rx_bytes,
+        s.device.tx_frames,
+        s.device.tx_bytes,
+        list(&s.to_worker),
+        s.neighbor_copies,
+        list(&s.from_worker)
+    );
+    let _ = writeln!(
+        out,
+        "dispatch: receive queue full [{}], transmit retries {}, dropped {}, device ring full {}, oversize frames {}, pool misses {}, sleeps {}",
+        list(&s.queue_full),
+        s.tx_retries,
+        s.tx_dropped,
+        s.device.tx_full,
+        s.device.rx_oversize,
+        s.pool.misses,
+        s.sleeps
+    );
+    if let Some(line) = d.device_counters() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The workers' ports and the device's owner when they share it. The
+/// ports are opened in worker order: one port; or with `workers = N` one
+/// AF_PACKET socket per worker in one fanout group, or (every other device)
+/// the ports of a software dispatcher that owns the device.
+type WorkerPorts = (Vec<Box<dyn Port + Send>>, Option<Dispatcher>);
+
+fn open_worker_ports(cfg: &Config) -> Result<WorkerPorts, NicError> {
     let n = cfg.device.workers as u16;
+    let steering = Steering {
+        workers: n,
+        local_ports: vec![cfg.tcp.ephemeral_ports.clone(), cfg.snat_ports.clone()],
+    };
     match &cfg.device.nic {
         NicSpec::AfPacket { iface, v3 } if n > 1 => {
             use switchyard_nic::afpacket::{AfPacketPort, RxRing};
-            let steering = Steering {
-                workers: n,
-                local_ports: vec![cfg.tcp.ephemeral_ports.clone(), cfg.snat_ports.clone()],
-            };
             let mode = if *v3 { RxRing::Blocks } else { RxRing::Frames };
             let mut ports: Vec<Box<dyn Port + Send>> = Vec::new();
             let mut group = None;
@@ -619,9 +699,14 @@ fn open_worker_ports(cfg: &Config) -> Result<Vec<Box<dyn Port + Send>>, NicError
                 group = p.fanout_group();
                 ports.push(Box::new(p));
             }
-            Ok(ports)
+            Ok((ports, None))
         }
-        nic => Ok(vec![open_live_port(nic, cfg.device.mac)?]),
+        nic if n > 1 => {
+            let device = open_live_port(nic, cfg.device.mac)?;
+            let (d, ports) = Dispatcher::new(device, steering)?;
+            Ok((ports.into_iter().map(|p| Box::new(p) as _).collect(), Some(d)))
+        }
+        nic => Ok((vec![open_live_port(nic, cfg.device.mac)?], None)),
     }
 }
 

@@ -200,6 +200,20 @@ impl Switchyard {
 }
 
 impl Switchyard {
+    /// CPU time (user and system) the process has used so far, in seconds
+    /// (`ip netns exec` runs it in its own process: the child's pid).
+    fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        // After the command name in parentheses: fields 3.., utime and
+        // stime are the 14th and 15th, in clock ticks.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        let hz = sh("getconf CLK_TCK");
+        ticks as f64 / text(&hz).trim().parse::<f64>().unwrap()
+    }
+
     /// If the process has already ended (it could not start), its exit
     /// status and what it printed.
     fn exited(&mut self) -> Option<(std::process::ExitStatus, String)> {
@@ -357,11 +371,30 @@ fn two_workers_split_the_flows_of_one_interface_by_fanout() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t = Topology::up("mw-");
     let sum = t.nginx();
-    let cfg = config("af_packet:lb0", "round-robin", "ab")
-        .replace("addresses = [\"198.18.0.2/24\"]", "addresses = [\"198.18.0.2/24\"]\nworkers = 2");
-    let mut lb = t.switchyard(&cfg);
-    routes_and_downloads(&t, &sum);
-    // New connections, each from its own source port, over L7 and L4.
+    let mut lb = t.switchyard(&two_workers("af_packet:lb0"));
+    let out = two_workers_carry_the_flows(&t, &mut lb, &sum, 0.1);
+    assert!(!out.contains("software dispatch"), "{out}");
+    println!("{out}");
+}
+
+/// `config` with two workers and an L4 pool of both nginx servers.
+fn two_workers(nic: &str) -> String {
+    config(nic, "round-robin", "ab")
+        .replace("addresses = [\"198.18.0.2/24\"]", "addresses = [\"198.18.0.2/24\"]\nworkers = 2")
+}
+
+/// Routes and downloads, then new connections (each from its own source
+/// port) and wrk over L7 and L4: every request answered, both workers carry
+/// L7 and L4 connections, no 5xx, no bad frames, none steered to the wrong
+/// worker; then an idle second costs at most `idle_cpu` seconds of CPU.
+/// Returns what Switchyard printed.
+fn two_workers_carry_the_flows(
+    t: &Topology,
+    lb: &mut Switchyard,
+    sum: &str,
+    idle_cpu: f64,
+) -> String {
+    routes_and_downloads(t, sum);
     let o = t.exec(
         "cl",
         "sh -c 'for i in $(seq 1 24); do curl -sS -m 5 -o /dev/null -w \"%{http_code} \" http://198.18.0.10/api/users http://198.18.0.10:8080/index.html; done'",
@@ -374,6 +407,13 @@ fn two_workers_split_the_flows_of_one_interface_by_fanout() {
         assert!(w.contains("requests in"), "wrk output:\n{w}");
         assert!(!w.contains("Non-2xx") && !w.contains("Socket errors"), "wrk saw errors:\n{w}");
     }
+    // Idle: every thread sleeps until a frame or a timer (at most 10 ms).
+    std::thread::sleep(Duration::from_millis(200));
+    let before = lb.cpu_seconds();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = lb.cpu_seconds() - before;
+    eprintln!("idle for 1 s with two workers: {idle:.2} s of CPU");
+    assert!(idle < idle_cpu, "an idle second cost {idle:.2} s of CPU");
     let out = lb.stop();
     assert!(out.contains("2 workers"), "{out}");
     let (w0, w1) =
@@ -385,6 +425,80 @@ fn two_workers_split_the_flows_of_one_interface_by_fanout() {
         assert!(!w.contains("5xx 1") && !w.contains("drop bad_"), "worker {i}:\n{out}");
     }
     assert_eq!(number_after(&out, "steered to the wrong worker"), Some(0), "{out}");
+    out
+}
+
+/// The counters of a software-dispatched run: both workers were given and
+/// sent frames, none lost for want of queue room or device room, and no
+/// buffer allocated on the packet path.
+fn dispatched_cleanly(out: &str) {
+    assert!(out.contains("2 workers, software dispatch)"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("dispatch: device frames in"))
+        .unwrap_or_else(|| panic!("dispatcher counters:\n{out}"));
+    let list = |key: &str| -> Vec<u64> {
+        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key}: {line}")) + key.len()..];
+        let inside = &rest[..rest.find(']').unwrap()];
+        inside.split(", ").map(|n| n.parse().unwrap()).collect()
+    };
+    for key in ["to workers [", "from workers ["] {
+        let v = list(key);
+        assert!(v.len() == 2 && v.iter().all(|n| *n > 500), "{key}{v:?}:\n{out}");
+    }
+    // Frames the device refused for a moment are retried, never dropped.
+    assert!(out.contains("dispatch: receive queue full [0, 0], transmit retries"), "{out}");
+    assert_eq!(
+        number_after(out, "transmit retries").and(number_after(out, ", dropped")),
+        Some(0),
+        "{out}"
+    );
+    assert_eq!(number_after(out, "pool misses"), Some(0), "{out}");
+    assert!(!out.contains("buffers allocated for want of free ones"), "{out}");
+}
+
+/// Two workers on one AF_XDP socket: the software dispatcher owns the
+/// socket and steers each frame to the worker that owns its flow by the
+/// same rule as the AF_PACKET fanout. Skips as the AF_XDP test does where
+/// XDP is not permitted.
+#[test]
+fn two_workers_share_one_af_xdp_queue_by_software_dispatch() {
+    if !can_run("workers_af_xdp", &[NGINX_BIN, "wrk"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("swd-");
+    let sum = t.nginx();
+    let mut lb = t.switchyard(&two_workers("af_xdp:lb0"));
+    if let Some((status, out)) = lb.exited() {
+        match xdp_not_permitted(&out) {
+            Some(why) => {
+                eprintln!("SKIPPED workers_af_xdp: {why}; switchyard said ({status}):\n{out}");
+                return;
+            }
+            None => panic!("switchyard on af_xdp:lb0 did not start ({status}):\n{out}"),
+        }
+    }
+    let out = two_workers_carry_the_flows(&t, &mut lb, &sum, 0.1);
+    dispatched_cleanly(&out);
+    assert!(out.contains("running on af_xdp:lb0/0 ("), "{out}");
+    assert_eq!(number_after(&out, "af_xdp: dropped by the kernel"), Some(0), "{out}");
+    println!("{out}");
+}
+
+/// Two workers on one TAP interface through the software dispatcher.
+#[test]
+fn two_workers_share_one_tap_by_software_dispatch() {
+    if !can_run("workers_tap", &[NGINX_BIN, "wrk"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("swt-");
+    let sum = t.nginx();
+    let mut lb = t.switchyard(&two_workers("tap:tap0"));
+    let out = two_workers_carry_the_flows(&t, &mut lb, &sum, 0.1);
+    dispatched_cleanly(&out);
+    assert!(out.contains("running on tap:tap0 (2 listeners"), "{out}");
     println!("{out}");
 }
 
@@ -1224,6 +1338,30 @@ fn l7_and_l4_through_dpdk_net_af_packet_to_nginx() {
     assert_eq!(number_after(&out, "listener tcp (l4): new flows"), Some(2), "{out}");
     // Two 4 MiB downloads came in through the port.
     assert!(number_after(&out, "frames out").unwrap() > 2 * (4 << 20) / 1514, "{out}");
+}
+
+/// Two workers on one DPDK port (`net_af_packet` on lb0, one queue) through
+/// the software dispatcher, which naps between polls: DPDK has no
+/// descriptor to sleep on.
+#[cfg(feature = "dpdk")]
+#[test]
+fn two_workers_share_one_dpdk_port_by_software_dispatch() {
+    if !can_run("workers_dpdk", &[NGINX_BIN, "wrk"]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("swdp-");
+    let sum = t.nginx();
+    let nic = "dpdk:--no-huge --no-pci --no-shconf -m 256 -l 0 --no-telemetry --vdev=net_af_packet0,iface=lb0";
+    let mut lb = t.switchyard(&two_workers(nic));
+    // EAL takes a moment longer to start than a packet socket.
+    std::thread::sleep(Duration::from_millis(700));
+    // Idle, the dispatcher polls DPDK every 100 µs as one worker does (about
+    // 0.2 s of CPU per second here either way).
+    let out = two_workers_carry_the_flows(&t, &mut lb, &sum, 0.5);
+    dispatched_cleanly(&out);
+    assert!(out.contains(&format!("running on {nic} (2 listeners")), "{out}");
+    println!("{out}");
 }
 
 /// The same through DPDK's TAP driver, which verifies checksums of what it

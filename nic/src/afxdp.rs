@@ -456,6 +456,11 @@ impl Port for AfXdpPort {
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         sys::wait_readable(self.xsk.fd.as_raw_fd(), ms);
     }
+
+    /// The socket: readable while its receive ring holds frames.
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.xsk.fd.as_raw_fd())
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The polling NIC layer: packet buffers from per-worker pools, and the [`Port`]
 //! trait through which every backend (sim, pcap, TAP, AF_PACKET, AF_XDP, and DPDK
-//! with the `dpdk` feature) receives and transmits bursts of Ethernet frames.
+//! with the `dpdk` feature) receives and transmits bursts of Ethernet frames; and
+//! the software [`dispatch`]er that shares one such port among several workers.
 //!
 //! All `unsafe` code of Switchyard belongs in this crate, each use in a small
 //! module that says why it is sound (`mem`: prefetch hints and huge pages).
@@ -10,6 +11,7 @@
 
 pub mod afpacket;
 pub mod afxdp;
+pub mod dispatch;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod mbuf;
@@ -99,6 +101,14 @@ pub trait Port {
     /// descriptor to wait on return at once.
     fn wait(&mut self, timeout: std::time::Duration) {
         let _ = timeout;
+    }
+
+    /// A descriptor that becomes readable when frames wait to be received,
+    /// for a caller that sleeps on the port and on something else at once
+    /// (the [`dispatch::Dispatcher`]: the device and its workers). `None`
+    /// where the port has none (DPDK polls): such a caller naps instead.
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
     }
 }
 

@@ -206,6 +206,26 @@ impl Pool {
         }
     }
 
+    /// Takes a free buffer as it is, if the pool has one: no allocation and
+    /// no miss. For handing spare buffers on to another pool.
+    #[inline]
+    pub fn take(&mut self) -> Option<Mbuf> {
+        self.free.pop()
+    }
+
+    /// Buffers in the pool now.
+    #[inline]
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Buffers the pool was created with: the level it returns to when
+    /// buffers move between pools (see [`crate::dispatch`]).
+    #[inline]
+    pub fn size(&self) -> usize {
+        self.prealloc as usize
+    }
+
     /// Size of each buffer in bytes, headroom included.
     pub fn buf_size(&self) -> usize {
         self.buf_size

@@ -186,6 +186,20 @@ pub fn neighbor_filter() -> Vec<Insn> {
     a.assemble()
 }
 
+/// True for the frames [`neighbor_filter`] keeps: ARP, and IPv6 neighbor
+/// solicitations and advertisements right after the fixed header. A software
+/// dispatcher gives worker 0 these frames and every other worker a copy.
+pub fn is_neighbor(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x06]) => true,
+        Some([0x86, 0xdd]) => {
+            frame.get(ETH_LEN + 6) == Some(&58)
+                && frame.get(ETH_LEN + 40).is_some_and(|t| matches!(t, 135 | 136))
+        }
+        _ => false,
+    }
+}
+
 /// One classic BPF instruction, laid out as the kernel's `struct sock_filter`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
@@ -446,6 +460,7 @@ mod tests {
         assert_ne!(run(&prog, &arp), 0);
         assert_ne!(run(&prog, &icmp6(135)), 0);
         assert_ne!(run(&prog, &icmp6(136)), 0);
+        assert!(is_neighbor(&arp) && is_neighbor(&icmp6(135)) && is_neighbor(&icmp6(136)));
         for other in [
             icmp6(128),
             icmp6(134),
@@ -455,6 +470,7 @@ mod tests {
             frame(true, IPPROTO_UDP, 0, 0, 53, 40000),
         ] {
             assert_eq!(run(&prog, &other), 0, "{other:02x?}");
+            assert!(!is_neighbor(&other), "{other:02x?}");
         }
     }
 

@@ -68,6 +68,61 @@ pub fn wait_readable(fd: RawFd, timeout_ms: i32) {
     unsafe { libc::poll(&mut p, 1, timeout_ms) };
 }
 
+/// Waits until one of `fds` is readable or `timeout` passes, to the
+/// microsecond (`ppoll`; `poll` counts in milliseconds). Returns true when a
+/// descriptor is ready. An empty `fds` just sleeps.
+pub fn wait_readable_for(fds: &[RawFd], timeout: std::time::Duration) -> bool {
+    let mut p = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; 4];
+    let n = fds.len().min(p.len());
+    for (slot, fd) in p.iter_mut().zip(fds) {
+        slot.fd = *fd;
+    }
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    // SAFETY: `n` valid pollfds and one timespec for the call's duration; no
+    // signal mask is passed.
+    let r = unsafe { libc::ppoll(p.as_mut_ptr(), n as libc::nfds_t, &ts, std::ptr::null()) };
+    r > 0
+}
+
+/// An eventfd: a counter in the kernel that one thread bumps to wake another
+/// sleeping in `poll` on it (here: a worker waking the dispatcher).
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    /// A new non-blocking eventfd, at 0.
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: plain system call; the descriptor returned is ours alone.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a freshly opened descriptor nobody else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the descriptor readable (adds 1 to the counter). Never blocks:
+    /// a counter at its maximum is readable already.
+    pub fn signal(&self) {
+        let one = 1u64.to_ne_bytes();
+        let _ = write(&self.0, &one);
+    }
+
+    /// Resets the counter, so the descriptor is no longer readable.
+    pub fn clear(&self) {
+        let mut v = [0u8; 8];
+        let _ = read(&self.0, &mut v);
+    }
+
+    /// The descriptor, to wait on.
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// A ring shared with the kernel through `mmap` of a packet socket.
 pub struct Ring {
     base: *mut u8,

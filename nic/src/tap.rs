@@ -96,4 +96,8 @@ impl Port for TapPort {
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         sys::wait_readable(self.fd.as_raw_fd(), ms);
     }
+
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
 }
