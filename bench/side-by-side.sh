@@ -7,6 +7,8 @@
 #
 #   bash bench/side-by-side.sh [--seconds N] [--rounds R]     (root; default 5 s, 2 rounds)
 #   SBS_NIC="af_packet:lb0,v3" bash bench/side-by-side.sh ...   (Switchyard on another port kind)
+#   SBS_ONLY="https-new-conn h2-tls" bash bench/side-by-side.sh ...   (only these scenarios;
+#                   prints their table and leaves bench/RESULTS.md alone)
 #
 # Scenarios:
 #   http-keepalive  wrk, keep-alive connections, GET of a 1 KiB body via L7, at
@@ -204,22 +206,26 @@ h2_run() {
     echo "round $r $scenario $lb: $rps req/s, mean $mean, LB CPU $cpu_s s ${errs:-}"
 }
 
+# Whether scenario $1 is to run (SBS_ONLY unset: all of them).
+want() { [ -z "${SBS_ONLY:-}" ] || [[ " $SBS_ONLY " == *" $1 "* ]]; }
+
 for r in $(seq 1 "$rounds"); do
     for c in 10 100 1000; do
+        want "http-keepalive-c$c" || continue
         for lb in "${lbs[@]}"; do
             wrk_run "http-keepalive-c$c" "$lb" "$r" -c"$c" "http://${vip[$lb]}/1k"
         done
     done
-    for lb in "${lbs[@]}"; do
+    want l4-http && for lb in "${lbs[@]}"; do
         wrk_run l4-http "$lb" "$r" -c100 "http://${vip[$lb]}:8080/1k"
     done
-    for lb in "${lbs[@]}"; do
+    want h2-tls && for lb in "${lbs[@]}"; do
         h2_run h2-tls "$lb" "$r"
     done
-    for lb in "${lbs[@]}"; do
+    want https-new-conn && for lb in "${lbs[@]}"; do
         wrk_run https-new-conn "$lb" "$r" -c16 -H "Connection: close" "https://${vip[$lb]}/1k"
     done
-    for lb in "${lbs[@]}"; do
+    want tcp-bulk && for lb in "${lbs[@]}"; do
         c0=$(cpu "${pid[$lb]}")
         j=$(n cl taskset -c 0 iperf3 -c "${vip[$lb]}" -p 5201 -t "$secs" -J)
         c1=$(cpu "${pid[$lb]}")
@@ -229,6 +235,15 @@ for r in $(seq 1 "$rounds"); do
         echo "round $r tcp-bulk $lb: $gbps Gbit/s, LB CPU $(echo "$c1 - $c0" | bc) s"
     done
 done
+
+# Only some scenarios: their rows as one table (rate per LB CPU-second,
+# summed over rounds), and no results page.
+if [ -n "${SBS_ONLY:-}" ]; then
+    echo "side-by-side: scenario, load balancer, rate, LB CPU s, rate per LB CPU-second (over all rounds)"
+    awk -F'\t' '{ k = $1 " " $2; n[k] += $5; c[k] += $8; r[k] += $4; m[k]++ }
+        END { for (k in n) printf "%s\t%.0f\t%.2f\t%.0f\n", k, r[k] / m[k], c[k], (n[k] > 0 ? n[k] : r[k] * m[k]) / (c[k] > 0 ? c[k] : 1) }' "$results" | sort
+    exit 0
+fi
 
 # The results page.
 python3 - "$results" "$secs" "$rounds" "$cdfs" "$root/bench" > "$root/bench/RESULTS.md" <<'PY'

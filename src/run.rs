@@ -14,6 +14,7 @@ use switchyard_nic::steer::Steering;
 use switchyard_nic::{NicError, Port, PortStats};
 use switchyard_stack::WorkerSlot;
 use switchyard_stack::{Duration, Instant};
+use switchyard_tls::EngineWait;
 
 use crate::admin::{AdminRequest, AdminSocket};
 use crate::config::{Config, NicSpec};
@@ -747,9 +748,22 @@ fn run_worker(
         }
         // Idle: sleep on the device until a frame comes or a timer is due
         // (at most 10 ms, so the stop flag and commands are seen).
-        let due = dp.poll_at(now).map(|t| (t - now).total_micros()).unwrap_or(10_000);
-        if due > 0 {
-            port.wait(std::time::Duration::from_micros(due.min(10_000)));
+        // Handshakes in the TLS engine do not keep the worker spinning (on
+        // a core it may share with the engine): it sleeps on the engine's
+        // doorbell too, which rings when a step is done.
+        let due =
+            dp.poll_at_besides_engine(now).map(|t| (t - now).total_micros()).unwrap_or(10_000);
+        if due == 0 {
+            continue;
+        }
+        let timeout = std::time::Duration::from_micros(due.min(10_000));
+        match dp.tls.engine_wait() {
+            EngineWait::Nothing => port.wait(timeout),
+            EngineWait::Ready => {}
+            EngineWait::Bell(fd) => {
+                port.wait_also(timeout, fd);
+                dp.tls.engine_woke();
+            }
         }
     }
     let elapsed = start.elapsed().as_secs_f64();

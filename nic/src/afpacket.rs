@@ -448,4 +448,15 @@ impl Port for AfPacketPort {
             None => sys::wait_readable(self.rx_fd.as_raw_fd(), ms),
         }
     }
+
+    fn wait_also(&mut self, timeout: std::time::Duration, also: std::os::fd::RawFd) {
+        if self.in_block && self.pkts_left > 0 {
+            return;
+        }
+        let rx = self.rx_fd.as_raw_fd();
+        match self.worker.as_ref().and_then(|w| w.neighbors.as_ref()) {
+            Some((fd, _, _)) => sys::wait_readable_for(&[rx, fd.as_raw_fd(), also], timeout),
+            None => sys::wait_readable_for(&[rx, also], timeout),
+        };
+    }
 }

@@ -110,6 +110,19 @@ pub trait Port {
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+
+    /// Like [`Port::wait`], and wakes too when `also` becomes readable (the
+    /// TLS engine's doorbell). A port without a descriptor waits as it
+    /// always does (a dispatcher's worker port parks, and is unparked by
+    /// whoever rings).
+    fn wait_also(&mut self, timeout: std::time::Duration, also: std::os::fd::RawFd) {
+        match self.wait_fd() {
+            Some(fd) => {
+                sys::wait_readable_for(&[fd, also], timeout);
+            }
+            None => self.wait(timeout),
+        }
+    }
 }
 
 /// Errors opening a port.

@@ -265,7 +265,10 @@ impl CryptoEngine<HandshakeIn, HandshakeOut> for SoftwareEngine {
     }
 
     fn disarm(&self) {
-        self.bell.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        // Still armed: no engine thread rang, nothing to take off the socket.
+        if self.bell.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let mut b = [0u8; 16];
         while self.ring.as_ref().is_some_and(|r| r.recv(&mut b).is_ok()) {}
     }
