@@ -365,7 +365,7 @@ pub struct Device {
     pub addresses: Vec<(IpAddr, u8)>,
     /// Next hop for off-link destinations.
     pub gateway: Option<IpAddr>,
-    /// Worker threads, each with its own socket, stack, tables and pools.
+    /// Worker threads, each with its own port, stack, tables and pools.
     pub workers: u32,
     /// Seed for everything random in the dataplane (ISNs, ports).
     pub seed: u64,

@@ -26,7 +26,6 @@
 //! frame to send. A device without a descriptor (DPDK) is polled after
 //! naps of [`NAP`].
 
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
@@ -354,16 +353,6 @@ impl Dispatcher {
     pub fn device_counters(&self) -> Option<String> {
         self.device.counters()
     }
-
-    /// How the device runs, when it chose at open (see [`Port::mode`]).
-    pub fn device_mode(&self) -> Option<String> {
-        self.device.mode()
-    }
-
-    /// The descriptor the dispatcher sleeps on besides the device's.
-    pub fn wait_fd(&self) -> RawFd {
-        self.waker.event.fd()
-    }
 }
 
 /// Queues `m` for worker `w`, or drops and counts it when the queue is full.
@@ -531,6 +520,7 @@ impl Port for WorkerPort {
 mod tests {
     use super::*;
     use crate::sim;
+    use std::os::fd::RawFd;
     use std::sync::atomic::AtomicU64;
     use std::time::Instant;
 
