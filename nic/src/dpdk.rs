@@ -7,12 +7,12 @@
 //! argument string; it cannot be restarted. Each port gets its own mempool of
 //! DPDK mbufs, which [`DpdkMbuf`] owns one at a time.
 //!
-//! Frames are copied between DPDK's mbufs and the caller's [`Mbuf`]s: the
-//! dataplane's `Mbuf` is our own type (a boxed buffer from a per-worker
-//! [`Pool`]), used by every backend and the stack. Zero copy would need
-//! `Mbuf` to be able to wrap an `rte_mbuf` (its data pointer, length and
-//! headroom, freed back to its mempool); that is left for later. One copy of
-//! a frame per direction is what the AF_PACKET backend pays too.
+//! Zero copy: a received frame stays in its DPDK mbuf, which the
+//! dataplane's [`Mbuf`] wraps (the same view of headroom and data over
+//! DPDK's buffer); a frame forwarded as received (L4) goes back to the
+//! device in that mbuf, and one dropped or consumed (by the TCP stack) is
+//! freed to the port's mempool. Frames the dataplane builds itself live in
+//! its own [`Pool`]'s buffers and are copied into an mbuf on transmit.
 //!
 //! Offloads: when the device reports TCP and UDP receive checksum offload it
 //! is enabled, and frames whose mbuf says the L4 checksum is good are marked
@@ -202,6 +202,65 @@ impl DpdkMbuf {
         true
     }
 }
+
+impl DpdkMbuf {
+    /// The whole buffer, headroom and tailroom included.
+    pub fn buffer(&self) -> &[u8] {
+        // SAFETY: we own the mbuf; buf_addr points at buf_len bytes of its
+        // buffer (initialised: DPDK zeroes nothing, but every byte of a
+        // mempool object is mapped memory it wrote at creation), which live
+        // as long as the mbuf and nothing else touches while we hold it.
+        unsafe {
+            let m = self.0.as_ptr();
+            std::slice::from_raw_parts(ffi::sy_mbuf_buf(m), usize::from(ffi::sy_mbuf_buf_len(m)))
+        }
+    }
+
+    /// The whole buffer, writable.
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `buffer`, and `&mut self` makes the access unique.
+        unsafe {
+            let m = self.0.as_ptr();
+            std::slice::from_raw_parts_mut(
+                ffi::sy_mbuf_buf(m),
+                usize::from(ffi::sy_mbuf_buf_len(m)),
+            )
+        }
+    }
+
+    /// Where the data lies in the buffer: its offset and length.
+    pub fn data_span(&self) -> (usize, usize) {
+        // SAFETY: reads fields of an mbuf we own.
+        unsafe {
+            let m = self.0.as_ptr();
+            (usize::from(ffi::sy_mbuf_data_off(m)), usize::from(ffi::sy_mbuf_data_len(m)))
+        }
+    }
+
+    /// Makes `len` bytes at `off` the data (for transmit; clears the
+    /// receive offload flags).
+    pub fn set_data_span(&mut self, off: usize, len: usize) {
+        let (Ok(off), Ok(len)) = (u16::try_from(off), u16::try_from(len)) else { return };
+        // SAFETY: writes fields of an mbuf we own; `off + len` lies inside
+        // its buffer, as the caller's frame view of it does.
+        unsafe { ffi::sy_mbuf_set_data(self.0.as_ptr(), off, len) }
+    }
+
+    fn as_ptr(&self) -> *mut ffi::rte_mbuf {
+        self.0.as_ptr()
+    }
+}
+
+impl std::fmt::Debug for DpdkMbuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DpdkMbuf").field("span", &self.data_span()).finish()
+    }
+}
+
+// SAFETY: a DpdkMbuf is the only owner of its mbuf; DPDK's default mempool
+// (a multi-producer ring) takes frees from any thread, so the owner may move
+// between threads (a dispatcher hands received frames to workers).
+unsafe impl Send for DpdkMbuf {}
 
 impl Drop for DpdkMbuf {
     fn drop(&mut self) {
@@ -444,7 +503,7 @@ impl Drop for DpdkPort {
 }
 
 impl Port for DpdkPort {
-    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
+    fn rx_burst(&mut self, _pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
         let mut got = 0;
         while got < max {
             let want = (max - got).min(BURST);
@@ -460,13 +519,9 @@ impl Port for DpdkPort {
                     self.stats.rx_oversize += 1;
                     continue;
                 }
-                let mut b = pool.alloc();
-                if !b.fill(m.data()) {
-                    self.stats.rx_oversize += 1;
-                    pool.free(b);
-                    continue;
-                }
-                b.set_rx_csum(self.rx_csum(&m));
+                // Zero copy: the dataplane's buffer is DPDK's.
+                let csum = self.rx_csum(&m);
+                let b = Mbuf::from_dpdk(m, csum);
                 self.stats.rx_frames += 1;
                 self.stats.rx_bytes += b.len() as u64;
                 out.push(b);
@@ -482,43 +537,57 @@ impl Port for DpdkPort {
 
     fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>, pool: &mut Pool) -> usize {
         let mut sent = 0;
-        while sent < pkts.len() {
+        while !pkts.is_empty() {
+            // A frame in a DPDK mbuf goes as it is (zero copy); one in our
+            // own memory is copied into an mbuf of the port's pool.
             self.staged.clear();
-            for m in pkts[sent..].iter().take(BURST) {
-                let Some(mut d) = DpdkMbuf::alloc(self.pool) else { break };
-                if !d.append(m.data()) {
-                    break; // larger than an mbuf: stays for the caller to drop
-                }
-                self.staged.push(d);
+            let mut raw = [std::ptr::null_mut::<ffi::rte_mbuf>(); BURST];
+            let mut k = 0;
+            for m in pkts.iter_mut().take(BURST) {
+                raw[k] = match m.dpdk_mut() {
+                    Some(d) => d.as_ptr(),
+                    None => {
+                        let Some(mut d) = DpdkMbuf::alloc(self.pool) else { break };
+                        if !d.append(m.data()) {
+                            break; // larger than an mbuf: stays for the caller to drop
+                        }
+                        let p = d.as_ptr();
+                        self.staged.push(d);
+                        p
+                    }
+                };
+                k += 1;
             }
-            let k = self.staged.len();
             if k == 0 {
                 break;
             }
-            let mut raw = [std::ptr::null_mut::<ffi::rte_mbuf>(); BURST];
-            for (r, d) in raw.iter_mut().zip(&self.staged) {
-                *r = d.0.as_ptr();
-            }
-            // SAFETY: `raw` holds `k` valid mbufs we own; queue 0 of our
-            // port is used by no one else. The driver takes ownership of the
-            // first `s` it returns; the rest stay ours.
+            // SAFETY: `raw` holds `k` valid mbufs we own (in `pkts` or
+            // `staged`); queue 0 of our port is used by no one else. The
+            // driver takes ownership of the first `s` it returns; the rest
+            // stay ours.
             let s =
                 usize::from(unsafe { ffi::sy_tx_burst(self.port, 0, raw.as_mut_ptr(), k as u16) });
-            for d in self.staged.drain(..s) {
-                let _ = d.into_raw(); // the driver frees it once sent
+            let taken = &raw[..s];
+            for d in self.staged.drain(..) {
+                if taken.contains(&d.as_ptr()) {
+                    let _ = d.into_raw(); // the driver frees it once sent
+                }
+                // Copies the driver did not take are freed here.
             }
-            self.staged.clear(); // not taken: freed
-            for m in &pkts[sent..sent + s] {
+            for m in pkts.drain(..s) {
                 self.stats.tx_frames += 1;
                 self.stats.tx_bytes += m.len() as u64;
+                match m.into_dpdk() {
+                    Ok(d) => {
+                        let _ = d.into_raw(); // the driver's now
+                    }
+                    Err(ours) => pool.free(ours),
+                }
             }
             sent += s;
             if s < k {
                 break;
             }
-        }
-        for m in pkts.drain(..sent) {
-            pool.free(m);
         }
         self.stats.tx_full += pkts.len() as u64;
         sent

@@ -5,16 +5,55 @@
 //! worker in steady state allocates nothing per packet. A pool is owned by one
 //! worker and never shared, so it needs no lock. A buffer that is dropped instead of
 //! returned is simply freed; the pool allocates a replacement and counts it as a miss.
+//!
+//! With the `dpdk` feature an `Mbuf` can also wrap a DPDK mbuf as received
+//! (zero copy): the same frame view over DPDK's buffer, handed back to the
+//! device on transmit without a copy, and freed to its mempool otherwise.
 
 use crate::{BUF_SIZE, HEADROOM};
 
 /// One packet buffer.
 #[derive(Debug)]
 pub struct Mbuf {
-    buf: Box<[u8]>,
+    buf: Storage,
     head: usize,
     len: usize,
     rx_csum: RxCsum,
+}
+
+/// Where a buffer's bytes live.
+#[derive(Debug)]
+enum Storage {
+    /// Our own memory, from a [`Pool`].
+    Heap(Box<[u8]>),
+    /// A DPDK mbuf, as a device received it.
+    #[cfg(feature = "dpdk")]
+    Dpdk(crate::dpdk::DpdkMbuf),
+}
+
+impl Storage {
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Heap(b) => b,
+            #[cfg(feature = "dpdk")]
+            Storage::Dpdk(m) => m.buffer(),
+        }
+    }
+
+    #[inline]
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Storage::Heap(b) => b,
+            #[cfg(feature = "dpdk")]
+            Storage::Dpdk(m) => m.buffer_mut(),
+        }
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
 }
 
 /// What the device said about a received frame's TCP/UDP checksum (its
@@ -36,7 +75,7 @@ pub enum RxCsum {
 impl Mbuf {
     fn with_capacity(size: usize) -> Mbuf {
         Mbuf {
-            buf: vec![0u8; size].into_boxed_slice(),
+            buf: Storage::Heap(vec![0u8; size].into_boxed_slice()),
             head: HEADROOM.min(size),
             len: 0,
             rx_csum: RxCsum::Unchecked,
@@ -46,13 +85,13 @@ impl Mbuf {
     /// The frame's bytes.
     #[inline]
     pub fn data(&self) -> &[u8] {
-        &self.buf[self.head..self.head + self.len]
+        &self.buf.bytes()[self.head..self.head + self.len]
     }
 
     /// The frame's bytes, writable.
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.head..self.head + self.len]
+        &mut self.buf.bytes_mut()[self.head..self.head + self.len]
     }
 
     /// Length of the frame.
@@ -106,7 +145,7 @@ impl Mbuf {
         if bytes.len() > self.tailroom() {
             return false;
         }
-        self.buf[self.head..self.head + bytes.len()].copy_from_slice(bytes);
+        self.buf.bytes_mut()[self.head..self.head + bytes.len()].copy_from_slice(bytes);
         self.len = bytes.len();
         true
     }
@@ -130,7 +169,7 @@ impl Mbuf {
         }
         self.head -= n;
         self.len += n;
-        Some(&mut self.buf[self.head..self.head + n])
+        Some(&mut self.buf.bytes_mut()[self.head..self.head + n])
     }
 
     /// Removes `n` bytes from the front of the frame (they become headroom).
@@ -147,6 +186,42 @@ impl Mbuf {
     /// Shortens the frame to `len` bytes if it is longer.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+    }
+
+    /// Whether the frame lives in a device's own buffer (zero copy), not
+    /// in one of a pool's.
+    pub fn is_device_buffer(&self) -> bool {
+        !matches!(self.buf, Storage::Heap(_))
+    }
+
+    /// A frame in a DPDK mbuf the device received, without copying it.
+    #[cfg(feature = "dpdk")]
+    pub(crate) fn from_dpdk(m: crate::dpdk::DpdkMbuf, rx_csum: RxCsum) -> Mbuf {
+        let (head, len) = m.data_span();
+        Mbuf { buf: Storage::Dpdk(m), head, len, rx_csum }
+    }
+
+    /// For transmit: the DPDK mbuf holding the frame (its data set to the
+    /// frame as it is now), if the frame lives in one.
+    #[cfg(feature = "dpdk")]
+    pub(crate) fn dpdk_mut(&mut self) -> Option<&mut crate::dpdk::DpdkMbuf> {
+        let (head, len) = (self.head, self.len);
+        match &mut self.buf {
+            Storage::Dpdk(m) => {
+                m.set_data_span(head, len);
+                Some(m)
+            }
+            Storage::Heap(_) => None,
+        }
+    }
+
+    /// The DPDK mbuf the frame lives in, or the buffer back if it is ours.
+    #[cfg(feature = "dpdk")]
+    pub(crate) fn into_dpdk(self) -> Result<crate::dpdk::DpdkMbuf, Mbuf> {
+        match self.buf {
+            Storage::Dpdk(m) => Ok(m),
+            buf @ Storage::Heap(_) => Err(Mbuf { buf, ..self }),
+        }
     }
 }
 
@@ -198,10 +273,11 @@ impl Pool {
         }
     }
 
-    /// Returns a buffer to the pool.
+    /// Returns a buffer to the pool (a device's buffer goes back to the
+    /// device's own pool).
     #[inline]
     pub fn free(&mut self, m: Mbuf) {
-        if m.buf.len() == self.buf_size {
+        if matches!(&m.buf, Storage::Heap(b) if b.len() == self.buf_size) {
             self.free.push(m);
         }
     }

@@ -26,3 +26,16 @@ uint32_t sy_mbuf_pkt_len(const struct rte_mbuf *m) { return m->pkt_len; }
 uint16_t sy_mbuf_nb_segs(const struct rte_mbuf *m) { return m->nb_segs; }
 
 uint64_t sy_mbuf_ol_flags(const struct rte_mbuf *m) { return m->ol_flags; }
+
+uint8_t *sy_mbuf_buf(struct rte_mbuf *m) { return (uint8_t *)m->buf_addr; }
+
+uint16_t sy_mbuf_buf_len(const struct rte_mbuf *m) { return m->buf_len; }
+
+uint16_t sy_mbuf_data_off(const struct rte_mbuf *m) { return m->data_off; }
+
+void sy_mbuf_set_data(struct rte_mbuf *m, uint16_t off, uint16_t len) {
+    m->data_off = off;
+    m->data_len = len;
+    m->pkt_len = len;
+    m->ol_flags = 0;
+}

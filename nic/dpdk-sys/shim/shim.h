@@ -44,4 +44,13 @@ uint32_t sy_mbuf_pkt_len(const struct rte_mbuf *m);
 uint16_t sy_mbuf_nb_segs(const struct rte_mbuf *m);
 uint64_t sy_mbuf_ol_flags(const struct rte_mbuf *m);
 
+/* The whole buffer of a (single-segment) mbuf, headroom included, and where
+ * its data starts in it: what the dataplane's own buffer type wraps. */
+uint8_t *sy_mbuf_buf(struct rte_mbuf *m);
+uint16_t sy_mbuf_buf_len(const struct rte_mbuf *m);
+uint16_t sy_mbuf_data_off(const struct rte_mbuf *m);
+/* Sets a single-segment mbuf's data to `len` bytes at `off` in its buffer,
+ * and clears its offload flags, before it goes to transmit. */
+void sy_mbuf_set_data(struct rte_mbuf *m, uint16_t off, uint16_t len);
+
 #endif
