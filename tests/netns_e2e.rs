@@ -610,6 +610,8 @@ fn l7_and_l4_through_af_xdp_to_nginx() {
     assert!(["native, copy", "native, zero-copy", "generic, copy"].contains(&mode), "{out}");
     assert_eq!(number_after(&out, "listener tcp (l4): new flows"), Some(2), "{out}");
     assert_eq!(number_after(&out, "af_xdp: dropped by the kernel"), Some(0), "{out}");
+    // L4 forwards what it received in the UMEM frame it came in (zero copy).
+    assert!(number_after(&out, "sent in the frame they came in").unwrap() > 1000, "{out}");
     assert!(!out.contains("drop bad_"), "no checksum or header drops:\n{out}");
     // The link went with the process: the kernel's stack has lb0 back.
     let o = t.exec("lb", "ip link show lb0");

@@ -17,14 +17,22 @@
 //!   native XDP), in copy mode otherwise.
 //!
 //! [`AfXdpPort::mode`] says which of these was used, e.g. `native, copy`.
-//! Receive copies each frame out of the UMEM into a pool buffer and hands
-//! the UMEM frame straight back to the fill ring; transmit copies each frame
-//! into a free UMEM frame, and one `sendto` per burst kicks the kernel when
-//! the ring asks for it. AF_XDP carries no checksum metadata, so frames are
-//! left `RxCsum::Unchecked` and the stack verifies them.
+//! Receive is zero copy in user space: the dataplane's [`Mbuf`] wraps the
+//! UMEM frame the kernel wrote ([`UmemFrame`]), which goes back to the fill
+//! ring when the buffer is freed, or is transmitted as it is when the frame
+//! is forwarded (and comes back through the completion ring). Frames the
+//! dataplane builds in its own buffers are copied into a free transmit
+//! frame. One `sendto` per burst kicks the kernel when the ring asks for
+//! it. AF_XDP carries no checksum metadata, so frames are left
+//! `RxCsum::Unchecked` and the stack verifies them.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+pub(crate) use crate::umem::{Umem, UmemFrame};
 
 use crate::sys::{self, Ring};
 use crate::xdp_sys::{self, BpfInsn};
@@ -33,7 +41,7 @@ use crate::{Mbuf, NicError, Pool, Port, PortStats};
 /// One UMEM frame. Frames in aligned mode are a power of two between 2 KiB
 /// and a page; the kernel writes a received frame 256 bytes
 /// (XDP_PACKET_HEADROOM) in, which leaves 1,792 bytes: a 1,500-byte MTU.
-const FRAME: usize = 2048;
+const FRAME: usize = crate::umem::FRAME;
 /// UMEM frames (8 MiB): half for receive, half for transmit.
 const FRAMES: usize = 4096;
 const RX_FRAMES: usize = FRAMES / 2;
@@ -129,7 +137,7 @@ struct Xsk {
     tx: XdpRing,
     fill: XdpRing,
     comp: XdpRing,
-    umem: Ring,
+    umem: Arc<Umem>,
 }
 
 impl Xsk {
@@ -170,6 +178,7 @@ impl Xsk {
         fill.submit(RX_FRAMES as u32);
         xdp_sys::bind_xdp(&fd, ifindex, queue, bind_flags | libc::XDP_USE_NEED_WAKEUP)
             .map_err(|e| ("bind", e))?;
+        let umem = Arc::new(Umem::new(umem, ArrayQueue::new(RX_FRAMES)));
         Ok(Xsk { fd, rx, tx, fill, comp, umem })
     }
 }
@@ -230,6 +239,8 @@ pub struct AfXdpPort {
     xsk: Xsk,
     /// Transmit frames not in the kernel's hands (UMEM addresses).
     tx_free: Vec<u64>,
+    /// Frames sent from the receive frame they came in (no copy).
+    tx_in_place: u64,
     label: String,
     mode: XdpMode,
     mac: [u8; 6],
@@ -308,6 +319,7 @@ impl AfXdpPort {
             _map: map,
             xsk,
             tx_free,
+            tx_in_place: 0,
             label,
             mode: XdpMode { native, zero_copy },
             mac,
@@ -332,9 +344,12 @@ impl AfXdpPort {
         let tx_half = (RX_FRAMES * FRAME) as u64..(FRAMES * FRAME) as u64;
         for i in 0..n {
             let addr = comp.map.u64_at(comp.slot(i, 8)) & !(FRAME as u64 - 1);
-            // Only our own transmit frames come back, each once.
+            // Only our own frames come back, each once: transmit frames to
+            // their list, receive frames sent as they came to the fill ring.
             if tx_half.contains(&addr) && self.tx_free.len() < FRAMES - RX_FRAMES {
                 self.tx_free.push(addr);
+            } else if addr < tx_half.start {
+                self.xsk.umem.give_back(addr);
             }
         }
         comp.release(n);
@@ -360,35 +375,45 @@ impl AfXdpPort {
 }
 
 impl Port for AfXdpPort {
-    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
+    fn rx_burst(&mut self, _pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
         let xsk = &mut self.xsk;
+        // Frames the dataplane is done with go back to the kernel first.
+        let room = xsk.fill.free();
+        let mut k = 0;
+        while k < room {
+            let Some(base) = xsk.umem.take_back() else { break };
+            let f = xsk.fill.slot(k, 8);
+            xsk.fill.map.set_u64(f, base);
+            k += 1;
+        }
+        if k > 0 {
+            xsk.fill.submit(k);
+        }
         let n = xsk.rx.available().min(max as u32);
-        let umem_len = xsk.umem.len() as u64;
+        let rx_end = (RX_FRAMES * FRAME) as u64;
         for i in 0..n {
             let at = xsk.rx.slot(i, DESC);
             let addr = xsk.rx.map.u64_at(at);
-            let len = xsk.rx.map.u32_at(at + 8) as u64;
-            if addr.checked_add(len).is_some_and(|end| end <= umem_len) {
-                let mut m = pool.alloc();
-                if m.fill(xsk.umem.bytes(addr as usize, len as usize)) {
-                    self.stats.rx_frames += 1;
-                    self.stats.rx_bytes += len;
-                    out.push(m);
-                } else {
-                    self.stats.rx_oversize += 1;
-                    pool.free(m);
-                }
+            let len = xsk.rx.map.u32_at(at + 8) as usize;
+            let base = addr & !(FRAME as u64 - 1);
+            if base >= rx_end {
+                continue; // not one of our receive frames: the kernel's bug
             }
-            // The frame goes straight back to the kernel. The fill ring holds
-            // all receive frames, so it has room.
-            let f = xsk.fill.slot(i, 8);
-            xsk.fill.map.set_u64(f, addr & !(FRAME as u64 - 1));
+            // Zero copy: the buffer is the UMEM frame.
+            let frame = UmemFrame::lend(&xsk.umem, base);
+            let head = (addr - base) as usize;
+            if head + len <= FRAME {
+                self.stats.rx_frames += 1;
+                self.stats.rx_bytes += len as u64;
+                out.push(Mbuf::from_umem(frame, head, len));
+            } else {
+                self.stats.rx_oversize += 1; // dropped: back to the kernel
+            }
         }
         if n > 0 {
             xsk.rx.release(n);
-            xsk.fill.submit(n);
         }
-        if xsk.fill.needs_wakeup() && n > 0 {
+        if xsk.fill.needs_wakeup() && (n > 0 || k > 0) {
             xdp_sys::wake_rx(&xsk.fd);
         }
         // Frames a kick could not send last time.
@@ -400,12 +425,24 @@ impl Port for AfXdpPort {
 
     fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>, pool: &mut Pool) -> usize {
         self.reclaim();
-        let room = (self.xsk.tx.free() as usize).min(self.tx_free.len());
+        let room = self.xsk.tx.free() as usize;
         let mut sent = 0;
         for m in pkts.iter().take(room) {
-            let Some(addr) = self.tx_free.pop() else { break };
-            let len = m.len().min(FRAME);
-            self.xsk.umem.bytes_mut(addr as usize, len).copy_from_slice(&m.data()[..len]);
+            // A frame in one of our UMEM frames goes as it is; one in our
+            // own memory is copied into a free transmit frame.
+            let (addr, len) = match m.umem() {
+                Some((f, head, len)) if f.is_of(&self.xsk.umem) => {
+                    self.tx_in_place += 1;
+                    (f.base() + head as u64, len)
+                }
+                _ => {
+                    let Some(addr) = self.tx_free.pop() else { break };
+                    let len = m.len().min(FRAME);
+                    // A free transmit frame: no buffer and no ring has it.
+                    self.xsk.umem.write(addr, &m.data()[..len]);
+                    (addr, len)
+                }
+            };
             let at = self.xsk.tx.slot(sent as u32, DESC);
             self.xsk.tx.map.set_u64(at, addr);
             self.xsk.tx.map.set_u32(at + 8, len as u32);
@@ -419,7 +456,12 @@ impl Port for AfXdpPort {
             self.flush();
         }
         for m in pkts.drain(..sent) {
-            pool.free(m);
+            match m.into_umem() {
+                // The kernel has it now; the completion ring gives it back.
+                Ok(f) if f.is_of(&self.xsk.umem) => f.hand_over(),
+                Ok(_) => {} // another port's frame (copied): back to it
+                Err(ours) => pool.free(ours),
+            }
         }
         self.stats.tx_full += pkts.len() as u64;
         sent
@@ -440,12 +482,13 @@ impl Port for AfXdpPort {
     fn counters(&self) -> Option<String> {
         let s = xdp_sys::statistics(&self.xsk.fd).ok()?;
         Some(format!(
-            "af_xdp: dropped by the kernel {} (receive ring full {}, fill ring empty {}), invalid descriptors rx {} tx {}",
+            "af_xdp: dropped by the kernel {} (receive ring full {}, fill ring empty {}), invalid descriptors rx {} tx {}, sent in the frame they came in {}",
             s.rx_dropped,
             s.rx_ring_full,
             s.rx_fill_ring_empty_descs,
             s.rx_invalid_descs,
-            s.tx_invalid_descs
+            s.tx_invalid_descs,
+            self.tx_in_place
         ))
     }
 

@@ -21,6 +21,7 @@ pub mod sim;
 pub mod steer;
 mod sys;
 pub mod tap;
+mod umem;
 mod xdp_sys;
 
 pub use mbuf::{Mbuf, Pool, PoolStats, RxCsum};

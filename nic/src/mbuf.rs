@@ -29,6 +29,8 @@ enum Storage {
     /// A DPDK mbuf, as a device received it.
     #[cfg(feature = "dpdk")]
     Dpdk(crate::dpdk::DpdkMbuf),
+    /// A frame of an AF_XDP socket's UMEM, as the kernel filled it.
+    Umem(crate::afxdp::UmemFrame),
 }
 
 impl Storage {
@@ -38,6 +40,7 @@ impl Storage {
             Storage::Heap(b) => b,
             #[cfg(feature = "dpdk")]
             Storage::Dpdk(m) => m.buffer(),
+            Storage::Umem(f) => f.buffer(),
         }
     }
 
@@ -47,6 +50,7 @@ impl Storage {
             Storage::Heap(b) => b,
             #[cfg(feature = "dpdk")]
             Storage::Dpdk(m) => m.buffer_mut(),
+            Storage::Umem(f) => f.buffer_mut(),
         }
     }
 
@@ -194,6 +198,28 @@ impl Mbuf {
         !matches!(self.buf, Storage::Heap(_))
     }
 
+    /// A frame the kernel wrote into a UMEM frame: `len` bytes at `head`.
+    pub(crate) fn from_umem(f: crate::afxdp::UmemFrame, head: usize, len: usize) -> Mbuf {
+        Mbuf { buf: Storage::Umem(f), head, len, rx_csum: RxCsum::Unchecked }
+    }
+
+    /// For transmit on AF_XDP: the UMEM frame holding the frame, if it lives
+    /// in one, with where the frame starts in it and its length.
+    pub(crate) fn umem(&self) -> Option<(&crate::afxdp::UmemFrame, usize, usize)> {
+        match &self.buf {
+            Storage::Umem(f) => Some((f, self.head, self.len)),
+            _ => None,
+        }
+    }
+
+    /// Gives the UMEM frame up without returning it (the kernel took it).
+    pub(crate) fn into_umem(self) -> Result<crate::afxdp::UmemFrame, Mbuf> {
+        match self.buf {
+            Storage::Umem(f) => Ok(f),
+            buf => Err(Mbuf { buf, ..self }),
+        }
+    }
+
     /// A frame in a DPDK mbuf the device received, without copying it.
     #[cfg(feature = "dpdk")]
     pub(crate) fn from_dpdk(m: crate::dpdk::DpdkMbuf, rx_csum: RxCsum) -> Mbuf {
@@ -211,7 +237,7 @@ impl Mbuf {
                 m.set_data_span(head, len);
                 Some(m)
             }
-            Storage::Heap(_) => None,
+            _ => None,
         }
     }
 
@@ -220,7 +246,7 @@ impl Mbuf {
     pub(crate) fn into_dpdk(self) -> Result<crate::dpdk::DpdkMbuf, Mbuf> {
         match self.buf {
             Storage::Dpdk(m) => Ok(m),
-            buf @ Storage::Heap(_) => Err(Mbuf { buf, ..self }),
+            buf => Err(Mbuf { buf, ..self }),
         }
     }
 }

@@ -251,6 +251,17 @@ impl Ring {
     }
 }
 
+impl Ring {
+    /// A raw pointer to byte `off` of the mapping, for a caller that owns
+    /// that part of it by a protocol of its own (an AF_XDP frame handed to
+    /// one buffer at a time) and so may write through a shared `Ring`.
+    pub fn ptr_at(&self, off: usize, len: usize) -> *mut u8 {
+        assert!(off.checked_add(len).is_some_and(|e| e <= self.len), "ring access out of bounds");
+        // SAFETY: in bounds of the mapping (checked above).
+        unsafe { self.base.add(off) }
+    }
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly what `map` mapped; no slice outlives `self`.
