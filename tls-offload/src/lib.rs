@@ -265,10 +265,9 @@ impl CryptoEngine<HandshakeIn, HandshakeOut> for SoftwareEngine {
     }
 
     fn disarm(&self) {
-        // Still armed: no engine thread rang, nothing to take off the socket.
-        if self.bell.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
+        // Drained every time: a ring sent just after an earlier drain would
+        // otherwise wake every later sleep at once.
+        self.bell.armed.store(false, std::sync::atomic::Ordering::SeqCst);
         let mut b = [0u8; 16];
         while self.ring.as_ref().is_some_and(|r| r.recv(&mut b).is_ok()) {}
     }
@@ -736,6 +735,10 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// What a client sent before its handshake is at most this long.
 const MAX_HANDSHAKE_INPUT: usize = 64 * 1024;
+/// While the engine has a handshake, at most this much more is read from
+/// TCP; the rest waits there (a client may send data right behind its
+/// Finished).
+const HELD_INPUT: usize = 16 * 1024;
 /// Ciphertext waiting for TCP room, per connection, before `send` refuses more.
 const MAX_PENDING_OUT: usize = 64 * 1024;
 
@@ -768,6 +771,9 @@ struct Conn {
     unread: Vec<u8>,
     /// In `Tls::sealing`.
     sealing: bool,
+    /// `send` refused L7 (too much ciphertext waiting): a `Writable` is
+    /// owed once it drains.
+    owe_writable: bool,
 }
 
 /// Ciphertext handed to rustls per step of `recv`: rustls refuses more once
@@ -910,6 +916,7 @@ impl Tls {
                         unread: Vec::new(),
                         upstream: false,
                         sealing: false,
+                        owe_writable: false,
                     },
                 );
                 self.accepted.push(conn);
@@ -1010,8 +1017,12 @@ impl Tls {
     /// (unless the engine already has the connection: then it waits).
     fn read_handshake<T: TcpApi>(&mut self, id: ConnId, tcp: &mut T) {
         let Some(c) = self.conns.get_mut(&id) else { return };
-        let State::Handshake { input, .. } = &mut c.state else { return };
+        let State::Handshake { input, conn } = &mut c.state else { return };
+        let held = conn.is_none();
         loop {
+            if held && input.len() >= HELD_INPUT {
+                break;
+            }
             match tcp.recv(id, &mut self.scratch) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => input.extend_from_slice(&self.scratch[..n]),
@@ -1372,6 +1383,12 @@ impl Tls {
                 }
             }
         }
+        if c.owe_writable && c.out.len() < MAX_PENDING_OUT / 2 && !c.closing {
+            // L7 was refused for want of room and TCP may never say it has
+            // some (it took everything): this layer says so.
+            c.owe_writable = false;
+            self.events.push(TcpEvent::Writable { conn: id });
+        }
         if !c.out.is_empty() {
             if !self.flush.contains(&id) {
                 self.flush.push(id);
@@ -1420,6 +1437,7 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                     unread: Vec::new(),
                     upstream: true,
                     sealing: false,
+                    owe_writable: false,
                 },
             );
         }
@@ -1532,21 +1550,25 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
         if let State::Records(s) = &mut c.state {
             // Sealed at the end of the turn, with whatever else L7 writes.
             if c.out.len() + s.tx_plain.len() >= MAX_PENDING_OUT {
+                c.owe_writable = true;
                 self.tls.flush_one(conn, self.tcp);
                 return Ok(0);
             }
-            let room = self.tcp.send_capacity(conn).max(4096).saturating_sub(s.tx_plain.len());
+            let pending = c.out.len() + s.tx_plain.len();
+            let room =
+                self.tcp.send_capacity(conn).clamp(4096, MAX_PENDING_OUT).saturating_sub(pending);
             let take = data.len().min(room);
             s.tx_plain.extend_from_slice(&data[..take]);
             Tls::queue_seal(&mut self.tls.sealing, &mut c.sealing, conn);
             return Ok(take);
         }
         if c.out.len() >= MAX_PENDING_OUT {
+            c.owe_writable = true;
             self.tls.flush_one(conn, self.tcp);
             return Ok(0);
         }
         let State::Ready(sc) = &mut c.state else { return Ok(0) };
-        let room = self.tcp.send_capacity(conn).max(4096);
+        let room = self.tcp.send_capacity(conn).clamp(4096, MAX_PENDING_OUT);
         let take = data.len().min(room);
         let n = sc.writer().write(&data[..take]).unwrap_or(0);
         self.tls.flush_one(conn, self.tcp);
@@ -1556,10 +1578,11 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
     fn send_capacity(&self, conn: ConnId) -> usize {
         match self.tls.conns.get(&conn) {
             Some(Conn { state: State::Records(s), out, .. }) => {
-                self.tcp.send_capacity(conn).saturating_sub(out.len() + s.tx_plain.len())
+                let pending = out.len() + s.tx_plain.len();
+                self.tcp.send_capacity(conn).min(MAX_PENDING_OUT).saturating_sub(pending)
             }
             Some(c) if matches!(c.state, State::Ready(_)) => {
-                self.tcp.send_capacity(conn).saturating_sub(c.out.len())
+                self.tcp.send_capacity(conn).min(MAX_PENDING_OUT).saturating_sub(c.out.len())
             }
             Some(_) => 0,
             None => self.tcp.send_capacity(conn),

@@ -244,7 +244,11 @@ impl Keys {
                     .key
                     .open_in_place(nonce, Aad::from(h), &mut buf[HEADER..consumed])
                     .map_err(|_| RecordError::BadMac)?;
-                // TLSInnerPlaintext: content, type, zero padding.
+                // TLSInnerPlaintext: content, type, zero padding; at most
+                // 2^14 + 1 bytes (RFC 8446 5.4).
+                if plain.len() > MAX_PLAIN + 1 {
+                    return Err(RecordError::Overflow);
+                }
                 let Some(end) = plain.iter().rposition(|&b| b != 0) else {
                     return Err(RecordError::Unexpected);
                 };

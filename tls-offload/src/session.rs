@@ -20,8 +20,18 @@ use crate::record::{Keys, MAX_PLAIN, MAX_RECORD, RecordError, Version, content};
 pub(crate) struct ServerHs {
     conn: UnbufferedServerConnection,
     /// Bytes from the client that rustls has not consumed yet (part of a
-    /// record, or of a handshake message spread over records).
+    /// record, or of a handshake message spread over records), and behind
+    /// them records not yet shown to rustls.
     rest: Vec<u8>,
+    /// rustls sees `rest[..given]`: up to the end of the record it is
+    /// reading, never a record beyond. Whatever the client sent behind its
+    /// Finished (a KeyUpdate, data, close_notify) is then the record
+    /// layer's: rustls reads no record past the handshake, so nothing it
+    /// would queue in answer (a KeyUpdate of its own) can be lost when its
+    /// secrets are taken over.
+    given: usize,
+    /// Where the record rustls is reading ends in `rest`.
+    record_end: usize,
 }
 
 impl ServerHs {
@@ -29,7 +39,34 @@ impl ServerHs {
     pub(crate) fn new(
         cfg: std::sync::Arc<rustls::ServerConfig>,
     ) -> Result<ServerHs, rustls::Error> {
-        Ok(ServerHs { conn: UnbufferedServerConnection::new(cfg)?, rest: Vec::new() })
+        Ok(ServerHs {
+            conn: UnbufferedServerConnection::new(cfg)?,
+            rest: Vec::new(),
+            given: 0,
+            record_end: 0,
+        })
+    }
+
+    /// Shows rustls more: the rest of the record it reads, or the next
+    /// whole record once its header is here. False when nothing more is.
+    fn advance(&mut self) -> bool {
+        if self.given < self.record_end {
+            let g = self.record_end.min(self.rest.len());
+            let moved = g > self.given;
+            self.given = g;
+            return moved;
+        }
+        let Some(h) = self.rest.get(self.record_end..self.record_end + 5) else { return false };
+        self.record_end += 5 + usize::from(u16::from_be_bytes([h[3], h[4]]));
+        self.given = self.record_end.min(self.rest.len());
+        true
+    }
+
+    /// Drops the first `n` bytes, which rustls has consumed.
+    fn discard(&mut self, n: usize) {
+        self.rest.drain(..n);
+        self.given -= n;
+        self.record_end -= n;
     }
 }
 
@@ -73,14 +110,13 @@ pub(crate) fn server_step(mut hs: ServerHs, input: &[u8], out: &mut Vec<u8>) -> 
         Fail(rustls::Error),
     }
     loop {
-        // Done, and all rustls wrote is out: stop before rustls reads a
-        // record more. What follows the client's Finished (a KeyUpdate,
-        // data, close_notify) is the record layer's: were rustls to act on
-        // a KeyUpdate here, the answer it queues would be lost with it.
+        // Done, and all rustls wrote is out: the record layer takes over.
         if !hs.conn.is_handshaking() && !hs.conn.wants_write() {
             return established(hs, early_plain, peer_closed);
         }
-        let UnbufferedStatus { discard, state } = hs.conn.process_tls_records(&mut hs.rest);
+        let given = hs.given;
+        let UnbufferedStatus { discard, state } =
+            hs.conn.process_tls_records(&mut hs.rest[..given]);
         let next = match state {
             Ok(ConnectionState::EncodeTlsData(mut e)) => match encode(out, |b| e.encode(b)) {
                 Ok(()) => Next::Again,
@@ -112,7 +148,7 @@ pub(crate) fn server_step(mut hs: ServerHs, input: &[u8], out: &mut Vec<u8>) -> 
             Ok(_) => Next::Wait,
             Err(e) => Next::Fail(e),
         };
-        hs.rest.drain(..discard);
+        hs.discard(discard);
         // A TLS 1.3 server may write once its Finished is out, but the
         // handshake is done only with the client's.
         let next = match next {
@@ -123,13 +159,16 @@ pub(crate) fn server_step(mut hs: ServerHs, input: &[u8], out: &mut Vec<u8>) -> 
         match next {
             Next::Again => continue,
             Next::Writable => unreachable!("resolved above"),
+            Next::Wait if hs.advance() => continue,
             Next::Wait if peer_closed => return ServerStep::PeerClosed,
             Next::Wait => return ServerStep::More(Box::new(hs)),
             Next::Fail(e) => {
                 // The fatal alert rustls queued for it: the next call hands
                 // out what is queued before it reads any input again (and a
                 // second read would queue a second alert).
-                let UnbufferedStatus { state, .. } = hs.conn.process_tls_records(&mut hs.rest);
+                let given = hs.given;
+                let UnbufferedStatus { state, .. } =
+                    hs.conn.process_tls_records(&mut hs.rest[..given]);
                 if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
                     let _ = encode(out, |b| e.encode(b));
                 }
@@ -165,7 +204,10 @@ fn encode(
 
 /// The handshake is done: rustls gives up the secrets.
 fn established(hs: ServerHs, early_plain: Vec<u8>, peer_closed: bool) -> ServerStep {
-    let ServerHs { conn, rest } = hs;
+    // What rustls was shown it consumed (the Finished ends its record):
+    // the rest are records for the record layer.
+    let ServerHs { conn, mut rest, given, .. } = hs;
+    rest.drain(..given);
     let info = HandshakeInfo {
         version: conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
         group: conn
@@ -201,6 +243,8 @@ fn established(hs: ServerHs, early_plain: Vec<u8>, peer_closed: bool) -> ServerS
         tx_plain: Vec::new(),
         peer_closed,
         key_update_due: false,
+        renegotiations: 0,
+        closed: false,
     };
     ServerStep::Done(Box::new(session), info)
 }
@@ -262,6 +306,10 @@ pub(crate) struct Session {
     pub peer_closed: bool,
     /// The peer asked for our keys to be renewed too.
     key_update_due: bool,
+    /// TLS 1.2 renegotiation attempts declined.
+    renegotiations: u8,
+    /// Our close_notify is sealed: nothing more goes out.
+    closed: bool,
 }
 
 impl Session {
@@ -340,8 +388,13 @@ impl Session {
                     _ => break Err(Failure::Send(AlertDescription::DecodeError)),
                 },
                 content::HANDSHAKE if self.version == Version::Tls12 => {
-                    // A renegotiation attempt: declined, the connection goes
-                    // on (RFC 5746 4.4 leaves that to the server).
+                    // A renegotiation attempt: declined once with a warning,
+                    // the connection going on (RFC 5746 4.4 leaves that to
+                    // the server); a peer that insists is refused.
+                    if self.renegotiations > 0 {
+                        break Err(Failure::Send(AlertDescription::UnexpectedMessage));
+                    }
+                    self.renegotiations += 1;
                     self.seal_alert(1, AlertDescription::NoRenegotiation, out)?;
                 }
                 content::HANDSHAKE => {
@@ -349,6 +402,9 @@ impl Session {
                     // record of its own (it must end at a record boundary).
                     let requested = match self.rx_buf[data] {
                         [KEY_UPDATE, 0, 0, 1, r @ (0 | 1)] => r == 1,
+                        [KEY_UPDATE, 0, 0, 1, _] => {
+                            break Err(Failure::Send(AlertDescription::IllegalParameter));
+                        }
                         _ => break Err(Failure::Send(AlertDescription::UnexpectedMessage)),
                     };
                     let Ok((seq, secrets)) = self.kernel.update_rx_secret() else {
@@ -375,6 +431,10 @@ impl Session {
         out: &mut Vec<u8>,
         stats: &mut RecordStats,
     ) -> Result<(), RecordError> {
+        if self.closed {
+            self.tx_plain.clear();
+            return Ok(());
+        }
         let renew = self.key_update_due || self.tx.seq() >= KEY_UPDATE_AFTER;
         if self.version == Version::Tls13 && renew {
             // Sent under the old keys; everything after under the new.
@@ -394,13 +454,18 @@ impl Session {
         Ok(())
     }
 
-    /// Seals an alert (`level` 1 warning, 2 fatal) to `out`.
+    /// Seals an alert (`level` 1 warning, 2 fatal) to `out`; after
+    /// close_notify or a fatal alert nothing more is sealed.
     pub(crate) fn seal_alert(
         &mut self,
         level: u8,
         desc: AlertDescription,
         out: &mut Vec<u8>,
     ) -> Result<(), RecordError> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = level == 2 || desc == AlertDescription::CloseNotify;
         self.tx.seal(content::ALERT, &[level, u8::from(desc)], out)
     }
 }

@@ -316,8 +316,20 @@ fn a_key_update_from_the_client_renews_the_keys_both_ways() {
 fn a_key_update_right_behind_the_clients_finished_is_answered() {
     let pki = Pki::new("keyupdate-early");
     let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
-    let mut t = T::new(&[&server], TlsOptions::default());
-    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    // With tickets (sent right after the client's Finished) and without
+    // (then nothing stops rustls between the Finished and what follows).
+    for tickets in [2, 0] {
+        early_key_update(&pki, &server, tickets);
+    }
+}
+
+fn early_key_update(pki: &Pki, server: &Issued, tickets: usize) {
+    let mut t = T::new(&[server], TlsOptions::default());
+    let pairs = vec![(server.cert_path.clone(), server.key_path.clone())];
+    let mut sc = (*server_config_with(&pairs, &TlsOptions::default()).unwrap()).clone();
+    sc.send_tls13_tickets = tickets;
+    t.tls = Tls::new(vec![(LISTENER, Arc::new(sc))], SoftwareEngine::new(1, 64));
+    let cfg = client_config(pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
     let c = t.accept();
     let mut client =
         ClientConnection::new(cfg, ServerName::try_from("switchyard.test").unwrap()).unwrap();
@@ -342,7 +354,36 @@ fn a_key_update_right_behind_the_clients_finished_is_answered() {
     assert!(t.pump(c, &mut client).is_none(), "the client reads our records");
     assert_eq!(t.received.get(&c).map(Vec::as_slice), Some(&b"so are we"[..]));
     let r = &t.tls.stats().records;
-    assert_eq!((r.key_updates_received, r.key_updates_sent), (1, 1), "{r:?}");
+    assert_eq!((r.key_updates_received, r.key_updates_sent), (1, 1), "tickets {tickets}: {r:?}");
+}
+
+#[test]
+fn l7_refused_for_want_of_room_hears_writable_once_the_records_leave() {
+    let pki = Pki::new("owed-writable");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let mut t = T::new(&[&server], TlsOptions::default());
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    let (c, mut client, _) = t.connect(&cfg, "switchyard.test");
+    t.tcp.c(c).window = 1 << 20; // TCP takes everything: never a short send
+    t.l7.clear();
+    let data = pattern(200_000, 3);
+    let mut sent = 0;
+    loop {
+        let n = t.tls.wrap(&mut t.tcp).send(c, &data[sent..]).unwrap();
+        if n == 0 {
+            break;
+        }
+        sent += n;
+    }
+    assert!(sent >= 60_000 && sent < data.len(), "refused after {sent}");
+    t.settle();
+    assert!(
+        t.l7.iter().any(|e| matches!(e, TcpEvent::Writable { conn } if *conn == c)),
+        "no Writable for L7: {:?}",
+        t.l7
+    );
+    assert!(t.pump(c, &mut client).is_none());
+    assert!(t.received.remove(&c).unwrap_or_default() == data[..sent]);
 }
 
 #[test]
