@@ -23,8 +23,8 @@
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::ptr::NonNull;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchyard_dpdk_sys as ffi;
@@ -136,28 +136,50 @@ fn set_affinity(set: &libc::cpu_set_t) {
 
 /// One DPDK packet buffer, owned: dropping it frees it back to its mempool;
 /// [`DpdkMbuf::into_raw`] hands it over (to the device, for transmit).
-pub struct DpdkMbuf(NonNull<ffi::rte_mbuf>);
+pub struct DpdkMbuf(NonNull<ffi::rte_mbuf>, Option<Arc<Mempool>>);
+
+/// A port's mempool, freed when the port and the last of its mbufs are
+/// gone (a received mbuf may outlive its port: a dispatcher's rings, a
+/// worker's queues).
+struct Mempool(NonNull<ffi::rte_mempool>);
+
+// SAFETY: DPDK's default mempool ops (a multi-producer, multi-consumer
+// ring) take gets and puts from any thread; the pointer is only freed in
+// Drop, when no one else holds it.
+unsafe impl Send for Mempool {}
+// SAFETY: as above: every operation through `&Mempool` is thread-safe.
+unsafe impl Sync for Mempool {}
+
+impl Drop for Mempool {
+    fn drop(&mut self) {
+        // SAFETY: the last reference: no mbuf of the pool is alive, and the
+        // port (whose rings held some) is closed.
+        unsafe { ffi::rte_mempool_free(self.0.as_ptr()) }
+    }
+}
 
 impl DpdkMbuf {
     /// An empty mbuf from `pool`, or `None` when the pool is exhausted.
-    fn alloc(pool: NonNull<ffi::rte_mempool>) -> Option<DpdkMbuf> {
-        // SAFETY: `pool` is a live mempool of pktmbufs (owned by the port
-        // that passes it, which outlives the call).
-        NonNull::new(unsafe { ffi::sy_pktmbuf_alloc(pool.as_ptr()) }).map(DpdkMbuf)
+    fn alloc(pool: &Arc<Mempool>) -> Option<DpdkMbuf> {
+        // SAFETY: `pool` is a live mempool of pktmbufs (the Arc keeps it).
+        let m = NonNull::new(unsafe { ffi::sy_pktmbuf_alloc(pool.0.as_ptr()) })?;
+        Some(DpdkMbuf(m, Some(pool.clone())))
     }
 
-    /// Takes ownership of `raw`.
+    /// Takes ownership of `raw`, an mbuf of `pool`.
     ///
     /// # Safety
     /// `raw` must be a valid mbuf that nothing else will use or free (as
     /// those rte_eth_rx_burst returns are).
-    unsafe fn from_raw(raw: *mut ffi::rte_mbuf) -> Option<DpdkMbuf> {
-        NonNull::new(raw).map(DpdkMbuf)
+    unsafe fn from_raw(raw: *mut ffi::rte_mbuf, pool: &Arc<Mempool>) -> Option<DpdkMbuf> {
+        NonNull::new(raw).map(|m| DpdkMbuf(m, Some(pool.clone())))
     }
 
     /// Gives up ownership: the pointer is now the receiver's to free.
-    pub fn into_raw(self) -> *mut ffi::rte_mbuf {
+    pub fn into_raw(mut self) -> *mut ffi::rte_mbuf {
         let p = self.0.as_ptr();
+        // The device holds the mbuf now; its pool is kept by the port.
+        drop(self.1.take());
         std::mem::forget(self);
         p
     }
@@ -294,7 +316,7 @@ pub struct DeviceStats {
 pub struct DpdkPort {
     label: String,
     port: u16,
-    pool: NonNull<ffi::rte_mempool>,
+    pool: Arc<Mempool>,
     mac: [u8; 6],
     device_mac: [u8; 6],
     driver: String,
@@ -387,7 +409,7 @@ impl DpdkPort {
         let mut p = DpdkPort {
             label: label.clone(),
             port,
-            pool,
+            pool: Arc::new(Mempool(pool)),
             mac,
             device_mac: [0; 6],
             driver,
@@ -469,7 +491,7 @@ impl DpdkPort {
     /// does not come back once the rings are empty).
     pub fn pool_free(&self) -> u32 {
         // SAFETY: plain read of a live mempool we own.
-        unsafe { ffi::rte_mempool_avail_count(self.pool.as_ptr()) }
+        unsafe { ffi::rte_mempool_avail_count(self.pool.0.as_ptr()) }
     }
 
     /// Mbufs the port's mempool holds in all.
@@ -492,12 +514,11 @@ impl Drop for DpdkPort {
     fn drop(&mut self) {
         self.staged.clear();
         // SAFETY: we own the port: stopping and closing it releases the
-        // mbufs its rings hold; after that nothing refers to the pool, which
-        // is freed last. Failures (a port never started) are harmless.
+        // mbufs its rings hold. The pool is freed with the last of its
+        // mbufs (`Mempool`). Failures (a port never started) are harmless.
         unsafe {
             ffi::rte_eth_dev_stop(self.port);
             ffi::rte_eth_dev_close(self.port);
-            ffi::rte_mempool_free(self.pool.as_ptr());
         }
     }
 }
@@ -513,7 +534,7 @@ impl Port for DpdkPort {
             let n = unsafe { ffi::sy_rx_burst(self.port, 0, raw.as_mut_ptr(), want as u16) };
             for &r in &raw[..usize::from(n)] {
                 // SAFETY: the driver handed us these mbufs; we are their only owner.
-                let Some(m) = (unsafe { DpdkMbuf::from_raw(r) }) else { continue };
+                let Some(m) = (unsafe { DpdkMbuf::from_raw(r, &self.pool) }) else { continue };
                 if m.segments() != 1 {
                     // Scatter is not enabled, so a chain is unexpected.
                     self.stats.rx_oversize += 1;
@@ -547,7 +568,7 @@ impl Port for DpdkPort {
                 raw[k] = match m.dpdk_mut() {
                     Some(d) => d.as_ptr(),
                     None => {
-                        let Some(mut d) = DpdkMbuf::alloc(self.pool) else { break };
+                        let Some(mut d) = DpdkMbuf::alloc(&self.pool) else { break };
                         if !d.append(m.data()) {
                             break; // larger than an mbuf: stays for the caller to drop
                         }
