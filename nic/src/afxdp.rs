@@ -337,6 +337,24 @@ impl AfXdpPort {
         self.mode
     }
 
+    /// Gives the receive frames the dataplane is done with back to the
+    /// kernel's fill ring; how many.
+    fn refill(&mut self) -> u32 {
+        let xsk = &mut self.xsk;
+        let room = xsk.fill.free();
+        let mut k = 0;
+        while k < room {
+            let Some(base) = xsk.umem.take_back() else { break };
+            let f = xsk.fill.slot(k, 8);
+            xsk.fill.map.set_u64(f, base);
+            k += 1;
+        }
+        if k > 0 {
+            xsk.fill.submit(k);
+        }
+        k
+    }
+
     /// Takes transmit frames the kernel has finished with back.
     fn reclaim(&mut self) {
         let comp = &mut self.xsk.comp;
@@ -376,19 +394,9 @@ impl AfXdpPort {
 
 impl Port for AfXdpPort {
     fn rx_burst(&mut self, _pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
-        let xsk = &mut self.xsk;
         // Frames the dataplane is done with go back to the kernel first.
-        let room = xsk.fill.free();
-        let mut k = 0;
-        while k < room {
-            let Some(base) = xsk.umem.take_back() else { break };
-            let f = xsk.fill.slot(k, 8);
-            xsk.fill.map.set_u64(f, base);
-            k += 1;
-        }
-        if k > 0 {
-            xsk.fill.submit(k);
-        }
+        let k = self.refill();
+        let xsk = &mut self.xsk;
         let n = xsk.rx.available().min(max as u32);
         let rx_end = (RX_FRAMES * FRAME) as u64;
         for i in 0..n {
@@ -493,11 +501,18 @@ impl Port for AfXdpPort {
     }
 
     fn wait(&mut self, timeout: std::time::Duration) {
+        if self.refill() > 0 && self.xsk.fill.needs_wakeup() {
+            xdp_sys::wake_rx(&self.xsk.fd);
+        }
         if self.xsk.rx.available() > 0 {
             return;
         }
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         sys::wait_readable(self.xsk.fd.as_raw_fd(), ms);
+    }
+
+    fn starved(&self) -> bool {
+        self.xsk.fill.pending() < RING / 4 && self.xsk.umem.has_returned()
     }
 
     /// The socket: readable while its receive ring holds frames.

@@ -332,6 +332,9 @@ impl Dispatcher {
             return;
         }
         let ev = self.waker.event.fd();
+        // A device whose receive buffers are all out (with the workers) is
+        // not woken by the kernel until it has them back: a short nap.
+        let timeout = if self.device.starved() { timeout.min(NAP) } else { timeout };
         let ready = match self.device.wait_fd() {
             Some(fd) => sys::wait_readable_for(&[fd, ev], timeout),
             None => sys::wait_readable_for(&[ev], timeout.min(NAP)),

@@ -112,6 +112,13 @@ pub trait Port {
         None
     }
 
+    /// Whether the device runs short of receive buffers that only the next
+    /// `rx_burst` can give back to it (AF_XDP: the fill ring nearly empty
+    /// while freed frames wait): a caller should not sleep long on it.
+    fn starved(&self) -> bool {
+        false
+    }
+
     /// Like [`Port::wait`], and wakes too when `also` becomes readable (the
     /// TLS engine's doorbell). A port without a descriptor waits as it
     /// always does (a dispatcher's worker port parks, and is unparked by

@@ -40,6 +40,11 @@ impl Umem {
         let _ = self.returned.push(base);
     }
 
+    /// Whether receive frames wait to go back to the fill ring.
+    pub(crate) fn has_returned(&self) -> bool {
+        !self.returned.is_empty()
+    }
+
     /// A receive frame given back, if any.
     pub(crate) fn take_back(&self) -> Option<u64> {
         self.returned.pop()
