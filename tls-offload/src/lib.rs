@@ -1448,6 +1448,9 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
         let Tls { conns, scratch, stats, events, sealing, .. } = &mut *self.tls;
         let Some(c) = conns.get_mut(&conn) else { return self.tcp.recv(conn, buf) };
         if let State::Records(s) = &mut c.state {
+            if c.closing {
+                return Ok(0); // refused, or closed by L7: nothing more is read
+            }
             loop {
                 let n = s.read(buf);
                 if n > 0 || buf.is_empty() {
@@ -1470,8 +1473,8 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                         }
                     }
                     Err(f) => {
-                        // A bad record or a fatal alert: ours goes out, then
-                        // a reset.
+                        // A bad record or a fatal alert: ours goes out,
+                        // then a FIN (a reset if TCP cannot take the alert).
                         match f {
                             Failure::Send(d) => {
                                 *stats.alerts_sent.entry(format!("{d:?}")).or_default() += 1;
@@ -1481,8 +1484,15 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                                 *stats.alerts_received.entry(format!("{d:?}")).or_default() += 1;
                             }
                         }
-                        let _ = self.tcp.send(conn, &c.out);
-                        self.tcp.abort(conn);
+                        c.closing = true;
+                        let want = c.out.len();
+                        let sent = self.tcp.send(conn, &c.out).unwrap_or(0);
+                        c.out.clear();
+                        if sent == want {
+                            self.tcp.close(conn);
+                        } else {
+                            self.tcp.abort(conn);
+                        }
                         return Err(TcpError::NoSuchConnection);
                     }
                 }

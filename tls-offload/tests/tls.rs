@@ -588,7 +588,13 @@ fn bad_input_is_refused_counted_and_disturbs_no_one_else() {
     t.tcp.peer_sends(c, &rec);
     t.event(TcpEvent::Readable { conn: c });
     assert!(t.l7_read(c).is_empty(), "nothing of a forged record reaches L7");
-    assert!(t.tcp.c(c).aborted, "bad MAC: reset");
+    assert!(t.tcp.c(c).closed, "bad MAC: closed");
+    // The client hears why: our bad_record_mac alert, sealed, before the FIN.
+    let alert = t.tcp.take(c);
+    let mut rd = &alert[..];
+    client.read_tls(&mut rd).unwrap();
+    let e = client.process_new_packets().unwrap_err();
+    assert_eq!(e, rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac));
     assert_eq!(t.tls.stats().alerts_sent.get("BadRecordMac"), Some(&1), "{:?}", t.tls.stats());
 
     // A handshake that never finishes: reset after the timeout.
