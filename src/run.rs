@@ -529,6 +529,7 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(n);
     let mut commands = Vec::new();
     let dispatched = dispatcher.is_some();
+    let exit = WorkerExit::new();
     let reports = std::thread::scope(|scope| {
         let mut dispatch = None;
         if let Some(mut d) = dispatcher {
@@ -550,6 +551,7 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
             }
         }
         let mut handles = Vec::new();
+        let exit = &exit;
         for (i, port) in ports.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded::<AdminRequest>(16);
             commands.push(tx);
@@ -557,7 +559,9 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
             let (flag, ready) = (&*stop, ready_tx.clone());
             let worker = std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn_scoped(scope, move || run_worker(cfg, port, slot, flag, wall, &ready, &rx));
+                .spawn_scoped(scope, move || {
+                    run_worker(cfg, port, slot, flag, wall, &ready, &rx, exit)
+                });
             match worker {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -566,6 +570,7 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
                 }
             }
         }
+        exit.started.store(handles.len(), Ordering::SeqCst);
         drop(ready_tx);
         // Every worker built its dataplane, or one said why it could not.
         let mut failed = false;
@@ -713,6 +718,33 @@ fn open_worker_ports(cfg: &Config) -> Result<WorkerPorts, NicError> {
 
 /// One worker thread: builds its dataplane (and says so on `ready`), then
 /// polls until `stop`; its counters as text at the end.
+/// How workers leave together: each reads its counters, then waits (a
+/// little) for the others before its port closes. A fanout group that loses
+/// a member steers that member's flows to the others, which would count them
+/// as misdirected.
+struct WorkerExit {
+    started: std::sync::atomic::AtomicUsize,
+    finished: std::sync::atomic::AtomicUsize,
+}
+
+impl WorkerExit {
+    fn new() -> WorkerExit {
+        WorkerExit { started: usize::MAX.into(), finished: 0.into() }
+    }
+
+    /// This worker is done; returns once all are, or after 2 s.
+    fn leave(&self) {
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        let t0 = std::time::Instant::now();
+        while self.finished.load(Ordering::SeqCst) < self.started.load(Ordering::SeqCst)
+            && t0.elapsed() < std::time::Duration::from_secs(2)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_worker(
     cfg: &Config,
     mut port: Box<dyn Port + Send>,
@@ -721,6 +753,7 @@ fn run_worker(
     wall: std::time::Instant,
     ready: &crossbeam_channel::Sender<Result<(), String>>,
     admin: &crossbeam_channel::Receiver<AdminRequest>,
+    exit: &WorkerExit,
 ) -> Option<(String, PortStats)> {
     let mut dp = match Dataplane::for_worker(cfg, slot) {
         Ok(d) => {
@@ -729,6 +762,7 @@ fn run_worker(
         }
         Err(e) => {
             let _ = ready.send(Err(e.to_string()));
+            exit.leave();
             return None;
         }
     };
@@ -767,10 +801,12 @@ fn run_worker(
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let mut text = counters(cfg, &dp, port.stats(), elapsed);
+    let stats = port.stats();
+    let mut text = counters(cfg, &dp, stats, elapsed);
     if let Some(line) = port.counters() {
         text.push_str(&line);
         text.push('\n');
     }
-    Some((text, port.stats()))
+    exit.leave();
+    Some((text, stats))
 }
