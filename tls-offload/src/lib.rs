@@ -201,9 +201,9 @@ impl SoftwareEngine {
         let (jobs, rx) = crossbeam_channel::bounded::<Job<HandshakeIn>>(queue);
         let (tx, done) = crossbeam_channel::unbounded();
         // Without a socket pair (descriptors exhausted) the worker polls.
-        let pair = std::os::unix::net::UnixDatagram::pair().ok().filter(|(a, b)| {
-            a.set_nonblocking(true).is_ok() && b.set_nonblocking(true).is_ok()
-        });
+        let pair = std::os::unix::net::UnixDatagram::pair()
+            .ok()
+            .filter(|(a, b)| a.set_nonblocking(true).is_ok() && b.set_nonblocking(true).is_ok());
         let (ring, bell_tx) = match pair {
             Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
