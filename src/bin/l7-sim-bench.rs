@@ -221,7 +221,11 @@ fn main() {
         let per = busy.as_nanos() as f64 / requests.max(1) as f64;
         let base = *first.get_or_insert(per);
         let pairs = to.client_conns.max(1);
-        let heap = (to.heap - base_heap).max(0) as f64 / pairs as f64;
+        let heap_total = (to.heap - base_heap).max(0) as f64;
+        let heap = heap_total / pairs as f64;
+        // Every terminated connection alike, client or upstream: what a pair
+        // that has its upstream connection to itself holds is twice that.
+        let per_conn = heap_total / to.tcp_active.max(1) as f64;
         let upstreams = to.tcp_active.saturating_sub(to.client_conns);
         let tcp = &cfg.tcp;
         let l7 = w.lb.borrow().dp.l7.peak_pair_bytes();
@@ -235,13 +239,14 @@ fn main() {
             to.client_conns,
             upstreams,
             heap,
+            2.0 * per_conn,
             2 * (tcp.rx_buffer + tcp.tx_buffer),
             l7,
         ));
     }
     println!("sockets per shard: {per_shard}");
     println!(
-        "{:>11} {:>9} {:>10} {:>8} {:>8} {:>8} {:>9} {:>11} {:>11} {:>9}",
+        "{:>11} {:>9} {:>10} {:>8} {:>8} {:>8} {:>9} {:>11} {:>11} {:>11} {:>9}",
         "connections",
         "requests",
         "LB time ms",
@@ -250,18 +255,20 @@ fn main() {
         "clients",
         "upstreams",
         "heap B/pair",
+        "1:1 B/pair",
         "sock B/pair",
         "L7 peak B"
     );
-    for (n, requests, busy, per, ratio, conns, ups, heap, sock, l7) in rows {
+    for (n, requests, busy, per, ratio, conns, ups, heap, one, sock, l7) in rows {
         println!(
-            "{n:>11} {requests:>9} {:>10.1} {per:>8.0} {ratio:>7.2}× {conns:>8} {ups:>9} {heap:>11.0} {sock:>11} {l7:>9}",
+            "{n:>11} {requests:>9} {:>10.1} {per:>8.0} {ratio:>7.2}× {conns:>8} {ups:>9} {heap:>11.0} {one:>11.0} {sock:>11} {l7:>9}",
             busy.as_secs_f64() * 1e3,
         );
     }
     println!(
         "heap B/pair: the load balancer's measured heap per open client connection \
-         (with its share of pooled upstream connections); sock B/pair: configured \
+         (with its share of pooled upstream connections); 1:1 B/pair: twice the heap \
+         per terminated connection (a pair whose upstream is its own); sock B/pair: configured \
          socket buffers of one client and one upstream connection; L7 peak B: the \
          proxy's buffers' high-water mark for one pair"
     );
