@@ -16,7 +16,8 @@
 //! the end of steady state that heap, less the heap before the first client
 //! connected, divided by the client connections open, is the memory per
 //! proxied connection pair (a client connection and its share of upstream
-//! connections, which are pooled per backend).
+//! connections, which are pooled per backend); twice the heap per terminated
+//! connection is what a pair holds whose upstream connection is its own.
 //!
 //! Clients are spread over many simulated hosts (250 connections each, every
 //! host is one smoltcp interface that scans all of its sockets per segment)
