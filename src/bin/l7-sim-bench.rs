@@ -46,7 +46,8 @@ fn allocated() -> usize {
 const PER_HOST: usize = 250;
 /// New connections per virtual millisecond, all hosts together.
 const RAMP_PER_MS: usize = 10_000;
-/// Requests each connection makes (at least 40,000 in all).
+/// Requests each connection makes (at least 200,000 in all, so that the
+/// small levels run long enough to average out other work on the machine).
 const REQUESTS_PER_CONNECTION: u64 = 8;
 
 struct Shape {
@@ -56,7 +57,7 @@ struct Shape {
 
 fn shape(n: usize) -> Shape {
     let h = n.div_ceil(PER_HOST).max(1);
-    let total = (n as u64 * REQUESTS_PER_CONNECTION).max(40_000);
+    let total = (n as u64 * REQUESTS_PER_CONNECTION).max(200_000);
     let hosts = (0..h)
         .map(|i| {
             let c = n / h + usize::from(i < n % h);
