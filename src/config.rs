@@ -248,6 +248,8 @@ struct RawSim {
     seconds: Spanned<u32>,
     #[serde(default = "default_body")]
     body_size: u32,
+    host_buffer: Option<Spanned<u32>>,
+    origin_backlog: Option<Spanned<u32>>,
     #[serde(default)]
     client: Vec<RawSimClient>,
     #[serde(default)]
@@ -293,6 +295,8 @@ struct RawSimClient {
     latency_us: u32,
     #[serde(default)]
     start_ms: u32,
+    #[serde(default)]
+    connects_per_ms: u32,
 }
 
 fn hundred() -> u32 {
@@ -493,6 +497,9 @@ pub struct SimClient {
     pub latency_us: u32,
     /// Virtual milliseconds after the start before the client begins.
     pub start_ms: u32,
+    /// New connections opened per virtual millisecond at most (HTTP; 0: no
+    /// limit).
+    pub connects_per_ms: u32,
 }
 
 /// Kinds of simulated client.
@@ -515,6 +522,11 @@ pub struct Sim {
     pub seconds: u32,
     /// Body size the simulated HTTP origins serve.
     pub body_size: u32,
+    /// Receive and send buffer of each socket of the simulated HTTP clients
+    /// and origins, in bytes.
+    pub host_buffer: usize,
+    /// Listening sockets each simulated HTTP origin keeps ready (its backlog).
+    pub origin_backlog: usize,
     /// Client populations.
     pub clients: Vec<SimClient>,
     /// Operator commands (see [`crate::admin`]) run at a time after the start.
@@ -1494,6 +1506,7 @@ impl Cx<'_> {
                 reorder: c.reorder,
                 latency_us: c.latency_us,
                 start_ms: c.start_ms,
+                connects_per_ms: c.connects_per_ms,
             });
         }
         let mut admin = Vec::new();
@@ -1519,6 +1532,14 @@ impl Cx<'_> {
             seed: s.seed,
             seconds: self.range_u32(&s.seconds, 1, 86_400)?,
             body_size: s.body_size,
+            host_buffer: match &s.host_buffer {
+                Some(v) => self.range_u32(v, 1024, 16 << 20)? as usize,
+                None => 65536,
+            },
+            origin_backlog: match &s.origin_backlog {
+                Some(v) => self.range_u32(v, 1, 65536)? as usize,
+                None => 256,
+            },
             clients,
             admin,
         })

@@ -12,8 +12,8 @@ use std::rc::Rc;
 use switchyard_nic::sim::{RING, SimPort, pair};
 use switchyard_sim::hosts::{
     BulkClient, BulkConfig, BulkStats, ClientStats, EchoServer, EchoStats, HostConfig, HttpClient,
-    HttpClientConfig, HttpServer, ServerStats, UdpClient, UdpClientConfig, UdpClientStats,
-    UdpEchoServer, UdpEchoStats,
+    HttpClientConfig, HttpServer, OriginSize, ServerStats, UdpClient, UdpClientConfig,
+    UdpClientStats, UdpEchoServer, UdpEchoStats,
 };
 use switchyard_sim::{Duration, Instant, LinkConfig, LinkId, Network, Node};
 
@@ -81,8 +81,30 @@ impl ClientHost {
     }
 }
 
+/// Heap bytes the load balancer's turns allocated and did not free, as read
+/// by a probe a benchmark installs (see [`World::set_heap_probe`]).
+#[derive(Default)]
+pub struct HeapMeter {
+    probe: std::cell::Cell<Option<fn() -> usize>>,
+    net: std::cell::Cell<i64>,
+}
+
+impl HeapMeter {
+    /// Bytes allocated minus bytes freed during the load balancer's turns
+    /// since the probe was installed. Frames cross the turns' boundary (the
+    /// sim port frees the frames hosts allocated and allocates the frames
+    /// they free); [`World::lb_heap_bytes`] corrects for them.
+    pub fn turns_net(&self) -> i64 {
+        self.net.get()
+    }
+}
+
 /// The load balancer as a node of the simulated network.
-struct LbNode(Rc<RefCell<Worker<SimPort>>>, Rc<std::cell::Cell<std::time::Duration>>);
+struct LbNode(
+    Rc<RefCell<Worker<SimPort>>>,
+    Rc<std::cell::Cell<std::time::Duration>>,
+    Rc<HeapMeter>,
+);
 
 impl Node for LbNode {
     fn name(&self) -> &str {
@@ -90,6 +112,8 @@ impl Node for LbNode {
     }
 
     fn poll(&mut self, now: Instant) {
+        let probe = self.2.probe.get();
+        let heap = probe.map_or(0, |p| p());
         let t = std::time::Instant::now();
         let mut w = self.0.borrow_mut();
         // Drain what arrived in full bursts before yielding to the network.
@@ -99,6 +123,10 @@ impl Node for LbNode {
             }
         }
         self.1.set(self.1.get() + t.elapsed());
+        if let Some(p) = probe {
+            let d = p() as i64 - heap as i64;
+            self.2.net.set(self.2.net.get() + d);
+        }
     }
 
     fn poll_at(&self, now: Instant) -> Option<Instant> {
@@ -146,6 +174,10 @@ pub struct World {
     /// Wall time spent inside the load balancer's turns (its share of the
     /// simulation's CPU, the hosts excluded).
     pub lb_busy: Rc<std::cell::Cell<std::time::Duration>>,
+    /// The load balancer's heap, when a probe is installed.
+    pub lb_heap: Rc<HeapMeter>,
+    /// The port's received and sent bytes when the probe was installed.
+    heap_frames: (u64, u64),
     /// When clients stop starting new work (start + `sim.seconds`).
     pub end: Instant,
     /// `[[sim.admin]]` commands carried out: when, the line, the reply.
@@ -184,7 +216,8 @@ impl World {
         let dp = crate::worker::Dataplane::new(cfg)?;
         let lb = Rc::new(RefCell::new(Worker { port, dp }));
         let lb_busy = Rc::new(std::cell::Cell::new(std::time::Duration::ZERO));
-        net.add_node(Box::new(LbNode(lb.clone(), lb_busy.clone())));
+        let lb_heap = Rc::new(HeapMeter::default());
+        net.add_node(Box::new(LbNode(lb.clone(), lb_busy.clone(), lb_heap.clone())));
         let lb_link = net.attach("switchyard", wire, LinkConfig::ideal());
 
         // Which pools sit behind L7 routes (HTTP origins) and which behind L4;
@@ -224,8 +257,12 @@ impl World {
                     vips: pool_vips[pi].clone(),
                 };
                 if http_pool[pi] {
+                    let size = OriginSize {
+                        socket_buffer: sim.host_buffer,
+                        spare_listeners: sim.origin_backlog,
+                    };
                     let (node, wire, stats) =
-                        HttpServer::new(host, b.addr.port(), sim.body_size as usize);
+                        HttpServer::sized(host, b.addr.port(), sim.body_size as usize, size);
                     net.add_node(Box::new(node));
                     links.push(net.attach(&b.name, wire, LinkConfig::ideal()));
                     hosts.push(BackendHost::Http(stats));
@@ -281,6 +318,8 @@ impl World {
                             timeout: Duration::from_secs(10),
                             start_port: 10000,
                             start: Some(start + Duration::from_millis(u64::from(c.start_ms))),
+                            socket_buffer: sim.host_buffer,
+                            connects_per_ms: c.connects_per_ms as usize,
                         },
                     );
                     net.add_node(Box::new(node));
@@ -337,6 +376,8 @@ impl World {
             backend_links,
             start,
             lb_busy,
+            lb_heap,
+            heap_frames: (0, 0),
             end,
             admin_log: Vec::new(),
         })
@@ -345,6 +386,27 @@ impl World {
     /// Records every frame on the load balancer's link to a pcap file.
     pub fn tap_lb(&mut self, path: &Path) -> Result<(), WorldError> {
         self.net.tap(self.lb_link, path).map_err(|e| WorldError::Tap(path.display().to_string(), e))
+    }
+
+    /// Counts the load balancer's heap from now on with `probe`, a reading of
+    /// the process's allocated bytes (a counting global allocator's).
+    pub fn set_heap_probe(&mut self, probe: fn() -> usize) {
+        self.lb_heap.net.set(0);
+        self.lb_heap.probe.set(Some(probe));
+        let s = switchyard_nic::Port::stats(&self.lb.borrow().port);
+        self.heap_frames = (s.rx_bytes, s.tx_bytes);
+    }
+
+    /// Heap bytes the load balancer holds beyond what it held when the probe
+    /// was installed: what its turns allocated and kept, counting the frames
+    /// it received as freed by it (the hosts allocated them) and the frames it
+    /// sent as not its own (the network and the hosts free them). Exact when
+    /// every frame's allocation is its length, as the sim port's are.
+    pub fn lb_heap_bytes(&self) -> i64 {
+        let s = switchyard_nic::Port::stats(&self.lb.borrow().port);
+        let rx = (s.rx_bytes - self.heap_frames.0) as i64;
+        let tx = (s.tx_bytes - self.heap_frames.1) as i64;
+        self.lb_heap.net.get() + rx - tx
     }
 
     /// True when every client has finished what it started.

@@ -1114,15 +1114,25 @@ fn hundred_mebibytes_stream_both_ways_with_bounded_proxy_memory() {
     let mut lb = t.switchyard(&cfg);
     // Download, the client reading at 40 MB/s: the proxy must not buffer
     // what the client has not taken.
+    let t0 = std::time::Instant::now();
     let o = t.exec(
         "cl",
         "sh -c 'curl -sS -m 60 --limit-rate 40M http://198.18.0.10/big100.bin | sha256sum'",
     );
     assert_eq!(text(&o).split_whitespace().next(), Some(sum.as_str()), "download byte-exact");
-    // Upload.
+    let down = t0.elapsed();
+    // Upload, as fast as it goes.
+    let t0 = std::time::Instant::now();
     let o =
         t.exec("cl", &format!("curl -sS -m 60 -T {} http://198.18.0.10/upload/it", big.display()));
     assert_eq!(text(&o).trim(), format!("{sum} 104857600"), "upload byte-exact");
+    let up = t0.elapsed();
+    let mbs = |d: Duration| 104.857_6 / d.as_secs_f64().max(1e-6);
+    eprintln!(
+        "100 MiB download (client limited to 40 MB/s) {:.0} MB/s, upload {:.0} MB/s",
+        mbs(down),
+        mbs(up)
+    );
     let out = lb.stop();
     let _ = py.kill();
     let _ = py.wait();

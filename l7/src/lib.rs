@@ -918,7 +918,9 @@ pub struct L7 {
     by_id: HashMap<ListenerId, usize>,
     pools: Vec<Pool>,
     limits: Limits,
-    owners: HashMap<ConnId, Owner>,
+    /// Keys are our own connection handles, not chosen by peers: a fast
+    /// fixed hash will do (it is looked up for every TCP event).
+    owners: switchyard_stack::FlowMap<ConnId, Owner>,
     sessions: Vec<Option<Session>>,
     free_sessions: Vec<u32>,
     upstreams: Vec<Option<Upstream>>,
@@ -992,7 +994,7 @@ impl L7 {
             by_id,
             pools,
             limits: cfg.limits,
-            owners: HashMap::new(),
+            owners: switchyard_stack::flow_map(1024, 0x6f77_6e65_7273),
             sessions: Vec::new(),
             free_sessions: Vec::new(),
             upstreams: Vec::new(),

@@ -44,6 +44,8 @@ fn run(seed: u64, link: LinkConfig, tap: Option<&std::path::Path>) -> Outcome {
             timeout: Duration::from_secs(5),
             start_port: 20000,
             start: None,
+            socket_buffer: 65536,
+            connects_per_ms: 0,
         },
     );
     net.add_node(Box::new(client));

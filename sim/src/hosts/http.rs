@@ -68,10 +68,24 @@ pub struct HttpServer {
     bodies: HashMap<String, Vec<u8>>,
     stats: Rc<RefCell<ServerStats>>,
     scratch: Vec<SocketHandle>,
+    size: OriginSize,
 }
 
-const SERVER_BUF: usize = 65536;
-const SPARE_LISTENERS: usize = 256;
+/// How much an origin holds: socket buffers and spare listening sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginSize {
+    /// Receive and send buffer of each socket, in bytes.
+    pub socket_buffer: usize,
+    /// Listening sockets kept ready (smoltcp has no backlog: this many SYNs
+    /// between two polls are accepted, more are refused).
+    pub spare_listeners: usize,
+}
+
+impl Default for OriginSize {
+    fn default() -> Self {
+        OriginSize { socket_buffer: 65536, spare_listeners: 256 }
+    }
+}
 
 impl HttpServer {
     /// An origin on `host` port `port` whose bodies are `body_size` bytes.
@@ -79,6 +93,16 @@ impl HttpServer {
         host: HostConfig,
         port: u16,
         body_size: usize,
+    ) -> (HttpServer, SimWire, Rc<RefCell<ServerStats>>) {
+        HttpServer::sized(host, port, body_size, OriginSize::default())
+    }
+
+    /// An origin as [`HttpServer::new`], with its buffers and backlog given.
+    pub fn sized(
+        host: HostConfig,
+        port: u16,
+        body_size: usize,
+        size: OriginSize,
     ) -> (HttpServer, SimWire, Rc<RefCell<ServerStats>>) {
         let (host, wire) = Host::new(&host);
         let stats = Rc::new(RefCell::new(ServerStats::default()));
@@ -91,6 +115,10 @@ impl HttpServer {
             bodies: HashMap::new(),
             stats: stats.clone(),
             scratch: Vec::new(),
+            size: OriginSize {
+                socket_buffer: size.socket_buffer.max(1024),
+                spare_listeners: size.spare_listeners.max(1),
+            },
         };
         s.refill();
         (s, wire, stats)
@@ -103,8 +131,8 @@ impl HttpServer {
             self.port,
             &mut self.listening,
             &mut new,
-            SPARE_LISTENERS,
-            SERVER_BUF,
+            self.size.spare_listeners,
+            self.size.socket_buffer,
         );
         self.stats.borrow_mut().connections += n;
         for handle in new.drain(..) {
@@ -264,6 +292,12 @@ pub struct HttpClientConfig {
     pub start_port: u16,
     /// Start no work before this time (`None`: at once).
     pub start: Option<Instant>,
+    /// Receive and send buffer of each socket, in bytes.
+    pub socket_buffer: usize,
+    /// Open at most this many new connections per millisecond, evenly spaced
+    /// (0: no limit): a population ramps up instead of sending every SYN at
+    /// once.
+    pub connects_per_ms: usize,
 }
 
 /// What an HTTP client counted.
@@ -321,9 +355,16 @@ pub struct HttpClient {
     expected: Vec<Vec<u8>>,
     request_heads: Vec<Vec<u8>>,
     stats: Rc<RefCell<ClientStats>>,
+    /// When the next poll is due, worked out at the end of the last one
+    /// (`poll_at` is asked far more often than `poll` runs).
+    next: Option<Instant>,
+    /// When the ramp lets the next connection open.
+    ramp: Instant,
+    /// A connection has been established: the target's link-layer address
+    /// is known, so the ramp may go on (before, only one connection opens,
+    /// or every SYN of the ramp would wait for ARP and leave at once).
+    reached: bool,
 }
-
-const CLIENT_BUF: usize = 65536;
 
 impl HttpClient {
     /// A client population on `host`.
@@ -354,6 +395,9 @@ impl HttpClient {
             expected,
             request_heads,
             stats: stats.clone(),
+            next: Some(Instant::from_millis(0)),
+            ramp: Instant::from_millis(0),
+            reached: false,
             cfg,
         };
         (c, wire, stats)
@@ -444,11 +488,11 @@ impl Node for HttpClient {
         for slot in 0..self.conns.len() {
             // Open a connection where there is none and work remains.
             if self.conns[slot].is_none() {
-                if !self.may_start(now) {
+                if !self.may_start(now) || !self.ramp_allows(now) {
                     continue;
                 }
                 let port = self.port();
-                let h = self.host.new_socket(CLIENT_BUF);
+                let h = self.host.new_socket(self.cfg.socket_buffer.max(1024));
                 let remote = (IpAddress::from(self.cfg.target.ip()), self.cfg.target.port());
                 let cx = self.host.iface.context();
                 if self.host.sockets.get_mut::<tcp::Socket>(h).connect(cx, remote, port).is_err() {
@@ -482,6 +526,7 @@ impl Node for HttpClient {
                 keep = ok;
             }
             let state = self.host.socket(h).state();
+            self.reached |= state == State::Established;
             let Some(c) = self.conns[slot].as_mut() else { continue };
             let timed_out = match &c.inflight {
                 Some(f) => now >= f.sent_at + self.cfg.timeout,
@@ -537,9 +582,35 @@ impl Node for HttpClient {
         let waiting = self.cfg.start.is_some_and(|t| now < t);
         let finished = !waiting && !self.may_start(now) && self.conns.iter().all(Option::is_none);
         self.stats.borrow_mut().finished = finished;
+        self.next = self.next_poll(now);
     }
 
     fn poll_at(&self, now: Instant) -> Option<Instant> {
+        if self.host.dev.port.has_rx() {
+            return Some(now);
+        }
+        self.next
+    }
+}
+
+impl HttpClient {
+    /// True if the ramp lets one more connection open at `now` (and counts it).
+    fn ramp_allows(&mut self, now: Instant) -> bool {
+        let per = self.cfg.connects_per_ms as u64;
+        if per == 0 {
+            return true;
+        }
+        if now < self.ramp || (!self.reached && self.conns.iter().any(Option::is_some)) {
+            return false;
+        }
+        // One connection per 1000/per µs; a population that fell behind (it
+        // had no free slot) does not catch up in a burst.
+        self.ramp = now + Duration::from_micros((1000 / per).max(1));
+        true
+    }
+
+    /// When the client next has work without new frames, as of `now`.
+    fn next_poll(&self, now: Instant) -> Option<Instant> {
         let mut t = self.host.poll_at(now);
         for c in self.conns.iter().flatten() {
             let connecting =
@@ -557,7 +628,14 @@ impl Node for HttpClient {
             return Some(start);
         }
         if self.conns.iter().any(Option::is_none) && self.may_start(now) {
-            return Some(now);
+            // Held back by the ramp: when it lets the next one open (or on
+            // the frames that establish the first connection).
+            if self.cfg.connects_per_ms == 0 {
+                return Some(now);
+            }
+            if self.reached || self.conns.iter().all(Option::is_none) {
+                return Some(self.ramp.max(now));
+            }
         }
         if let Some(u) = self.cfg.until
             && now < u

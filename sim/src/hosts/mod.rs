@@ -16,7 +16,9 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 use switchyard_nic::sim::{SimPort, SimWire, pair};
 
 pub use bulk::{BulkClient, BulkConfig, BulkStats, EchoServer, EchoStats};
-pub use http::{ClientStats, HttpClient, HttpClientConfig, HttpServer, ServerStats, body_bytes};
+pub use http::{
+    ClientStats, HttpClient, HttpClientConfig, HttpServer, OriginSize, ServerStats, body_bytes,
+};
 pub use udp::{UdpClient, UdpClientConfig, UdpClientStats, UdpEchoServer, UdpEchoStats};
 
 use crate::{Duration, Instant};
