@@ -98,15 +98,15 @@ pub(crate) enum ServerStep {
 /// from before) as far as it goes; the records to send go to `out`.
 pub(crate) fn server_step(mut hs: ServerHs, input: &[u8], out: &mut Vec<u8>) -> ServerStep {
     hs.rest.extend_from_slice(input);
-    // Application data that came right behind the client's Finished, which
-    // rustls opens before it says the handshake is done.
+    // Application data rustls opened itself: none, as it is shown no
+    // record past the client's Finished, but kept for the record layer
+    // should a rustls release deliver some.
     let mut early_plain = Vec::new();
     let mut peer_closed = false;
     enum Next {
         Again,
         Wait,
         Writable,
-        Done,
         Fail(rustls::Error),
     }
     loop {
@@ -149,19 +149,15 @@ pub(crate) fn server_step(mut hs: ServerHs, input: &[u8], out: &mut Vec<u8>) -> 
             Err(e) => Next::Fail(e),
         };
         hs.discard(discard);
-        // A TLS 1.3 server may write once its Finished is out, but the
-        // handshake is done only with the client's.
-        let next = match next {
-            Next::Writable if hs.conn.is_handshaking() => Next::Wait,
-            Next::Writable => Next::Done,
-            n => n,
-        };
         match next {
+            // A TLS 1.3 server may write once its Finished is out, but the
+            // handshake is done only with the client's: the loop's first
+            // check takes a finished one to the record layer.
             Next::Again => continue,
-            Next::Writable => unreachable!("resolved above"),
-            Next::Wait if hs.advance() => continue,
-            Next::Wait if peer_closed => return ServerStep::PeerClosed,
-            Next::Wait => return ServerStep::More(Box::new(hs)),
+            Next::Writable if !hs.conn.is_handshaking() => continue,
+            Next::Wait | Next::Writable if hs.advance() => continue,
+            Next::Wait | Next::Writable if peer_closed => return ServerStep::PeerClosed,
+            Next::Wait | Next::Writable => return ServerStep::More(Box::new(hs)),
             Next::Fail(e) => {
                 // The fatal alert rustls queued for it: the next call hands
                 // out what is queued before it reads any input again (and a
@@ -174,7 +170,6 @@ pub(crate) fn server_step(mut hs: ServerHs, input: &[u8], out: &mut Vec<u8>) -> 
                 }
                 return ServerStep::Failed(e);
             }
-            Next::Done => return established(hs, early_plain, peer_closed),
         }
     }
 }
