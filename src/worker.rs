@@ -375,25 +375,32 @@ impl Dataplane {
         // wrote goes out in the same turn.
         stack.poll(now, pool);
         stack.drain_tcp_events(events);
-        // TLS sees every event first: health probes of backends reached over
-        // TLS speak it too.
-        for ev in events.drain(..) {
-            let Some(ev) = tls.on_event(ev, stack.tcp()) else { continue };
+        // An event TLS has passed on: to the health probe that owns its
+        // connection (probes of backends reached over TLS speak it too), or
+        // through HTTP/2 to L7.
+        let above_tls = |ev: TcpEvent,
+                         health: &mut HealthChecker,
+                         h2: &mut H2Front,
+                         l7: &mut L7,
+                         tls: &mut Tls,
+                         stack: &mut Stack| {
             if health.owns(event_conn(&ev)) {
                 health.on_event(ev, &mut tls.wrap(stack.tcp()));
             } else if let Some(ev) = h2.on_event(now, ev, &mut tls.wrap(stack.tcp())) {
                 l7.on_event(now, ev, &mut h2.wrap(&mut tls.wrap(stack.tcp())));
+            }
+        };
+        // TLS sees every event first.
+        for ev in events.drain(..) {
+            if let Some(ev) = tls.on_event(ev, stack.tcp()) {
+                above_tls(ev, health, h2, l7, tls, stack);
             }
         }
         // Handshakes the engine finished: their connections reach L7 (or a
         // health probe) now.
         tls.poll(now, stack.tcp(), tls_events);
         for ev in tls_events.drain(..) {
-            if health.owns(event_conn(&ev)) {
-                health.on_event(ev, &mut tls.wrap(stack.tcp()));
-            } else if let Some(ev) = h2.on_event(now, ev, &mut tls.wrap(stack.tcp())) {
-                l7.on_event(now, ev, &mut h2.wrap(&mut tls.wrap(stack.tcp())));
-            }
+            above_tls(ev, health, h2, l7, tls, stack);
         }
         // HTTP/2 streams (and sniffed HTTP/1.1 connections) for L7; what L7
         // does may wake more of them.
