@@ -87,5 +87,36 @@ CONF
     cat
 }
 
+# Switchyard's configuration on this topology: device NIC ($1) with $2
+# workers (default 1), an L7 listener `http` on 198.18.0.10:80 and the nginx
+# pool `web`, then the listeners and pools given on standard input.
+switchyard_config() {
+    cat <<CONF
+[device]
+nic = "$1"
+mac = "02:53:59:00:00:02"
+addresses = ["198.18.0.2/24"]
+workers = ${2:-1}
+[[listener]]
+name = "http"
+mode = "l7"
+address = "198.18.0.10:80"
+  [[listener.route]]
+  pool = "web"
+[[pool]]
+name = "web"
+backends = [{ name = "w1", address = "198.18.0.21:8080" }, { name = "w2", address = "198.18.0.22:8080" }]
+CONF
+    cat
+}
+
+# One ECDSA P-256 certificate for the TLS listeners: cert.pem and key.pem in
+# $work, and both in bundle.pem (HAProxy's form).
+bench_certificate() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
+        -out "$work/cert.pem" -subj /CN=switchyard.test -days 2 2>/dev/null
+    cat "$work/cert.pem" "$work/key.pem" > "$work/bundle.pem"
+}
+
 # CPU seconds (user + system) of process $1 so far.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }

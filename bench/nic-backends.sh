@@ -51,26 +51,12 @@ sy_config() {
     if [[ $1 =~ ^(.*)\ x([0-9]+)$ ]]; then
         nic=${BASH_REMATCH[1]} workers=${BASH_REMATCH[2]}
     fi
-    cat <<EOF
-[device]
-nic = "$nic"
-mac = "02:53:59:00:00:02"
-addresses = ["198.18.0.2/24"]
-workers = $workers
-[[listener]]
-name = "http"
-mode = "l7"
-address = "198.18.0.10:80"
-  [[listener.route]]
-  pool = "web"
+    switchyard_config "$nic" "$workers" <<EOF
 [[listener]]
 name = "tcp"
 mode = "l4"
 address = "198.18.0.10:5201"
 pool = "iperf"
-[[pool]]
-name = "web"
-backends = [{ name = "w1", address = "198.18.0.21:8080" }, { name = "w2", address = "198.18.0.22:8080" }]
 [[pool]]
 name = "iperf"
 backends = [{ name = "i1", address = "198.18.0.21:5201" }]

@@ -54,25 +54,13 @@ n lb ip addr add 198.18.0.11/24 dev br0
 n lb ip addr add 198.18.0.12/24 dev br0
 
 # One ECDSA P-256 certificate for the three TLS listeners.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
-    -out "$work/cert.pem" -subj /CN=switchyard.test -days 2 2>/dev/null
-cat "$work/cert.pem" "$work/key.pem" > "$work/bundle.pem"
+bench_certificate
 
 # Backends: nginx serving a 1 KiB body on two addresses, iperf3 servers.
 bench_backends 5201 5202 5203
 
 # The three load balancers, each pinned to CPU 1.
-cat > "$work/switchyard.toml" <<EOF
-[device]
-nic = "${SBS_NIC:-af_packet:lb0}"
-mac = "02:53:59:00:00:02"
-addresses = ["198.18.0.2/24"]
-[[listener]]
-name = "http"
-mode = "l7"
-address = "198.18.0.10:80"
-  [[listener.route]]
-  pool = "web"
+switchyard_config "${SBS_NIC:-af_packet:lb0}" > "$work/switchyard.toml" <<EOF
 [[listener]]
 name = "https"
 mode = "l7"
@@ -90,9 +78,6 @@ name = "l4-http"
 mode = "l4"
 address = "198.18.0.10:8080"
 pool = "web"
-[[pool]]
-name = "web"
-backends = [{ name = "w1", address = "198.18.0.21:8080" }, { name = "w2", address = "198.18.0.22:8080" }]
 [[pool]]
 name = "iperf"
 backends = [{ name = "i1", address = "198.18.0.21:5201" }]

@@ -25,22 +25,10 @@ echo "tls-interference: building switchyard (release)"
 bench_topology
 n lb ip addr add 198.18.0.3/24 dev br0
 n lb ip addr add 198.18.0.11/24 dev br0
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
-    -out "$work/cert.pem" -subj /CN=switchyard.test -days 2 2>/dev/null
-cat "$work/cert.pem" "$work/key.pem" > "$work/bundle.pem"
+bench_certificate
 bench_backends
 
-cat > "$work/switchyard.toml" <<EOF
-[device]
-nic = "${TLI_NIC:-af_packet:lb0}"
-mac = "02:53:59:00:00:02"
-addresses = ["198.18.0.2/24"]
-[[listener]]
-name = "http"
-mode = "l7"
-address = "198.18.0.10:80"
-  [[listener.route]]
-  pool = "web"
+switchyard_config "${TLI_NIC:-af_packet:lb0}" > "$work/switchyard.toml" <<EOF
 [[listener]]
 name = "https"
 mode = "l7"
@@ -48,9 +36,6 @@ address = "198.18.0.10:443"
 tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
   [[listener.route]]
   pool = "web"
-[[pool]]
-name = "web"
-backends = [{ name = "w1", address = "198.18.0.21:8080" }, { name = "w2", address = "198.18.0.22:8080" }]
 EOF
 ip netns exec "${P}lb" taskset -c 1 "$root/target/release/switchyard" run --config "$work/switchyard.toml" > "$work/switchyard.out" 2>&1 &
 sy_pid=$!
