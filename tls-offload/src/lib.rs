@@ -1122,7 +1122,8 @@ impl Tls {
         out.append(&mut self.events);
     }
 
-    /// A client handshake step came back from the engine.
+    /// A client handshake step (a connection to a backend) came back from
+    /// the engine. (Terminated connections step in `server_stepped`.)
     fn client_stepped<T: TcpApi>(
         &mut self,
         id: ConnId,
@@ -1132,34 +1133,19 @@ impl Tls {
         out: &mut Vec<TcpEvent>,
     ) {
         let Some(c) = self.conns.get_mut(&id) else { return };
-        let upstream = c.upstream;
         let sc = match (error, conn) {
             (None, Some(sc)) => sc,
             (e, _) => {
                 // The alert rustls wrote goes out, then the connection
                 // closes.
                 let e = e.unwrap_or(rustls::Error::General("no connection".into()));
-                if upstream {
-                    self.stats.upstream_failed(&e);
-                    self.fail_upstream(id, "", tcp);
-                    return;
-                }
-                self.stats.failed += 1;
-                self.stats.alert(&e);
-                c.closing = true;
-                c.state = State::Handshake { conn: None, input: Vec::new() };
-                self.flush_one(id, tcp);
+                self.stats.upstream_failed(&e);
+                self.fail_upstream(id, "", tcp);
                 return;
             }
         };
         if sc.is_handshaking() && c.peer_closed {
-            if upstream {
-                self.fail_upstream(id, "closed", tcp);
-                return;
-            }
-            self.stats.abandoned += 1;
-            c.closing = true;
-            self.flush_one(id, tcp);
+            self.fail_upstream(id, "closed", tcp);
             return;
         }
         if sc.is_handshaking() {
@@ -1181,44 +1167,25 @@ impl Tls {
         // agree to it may not speak HTTP/2 at all: refused here rather
         // than by a failed preface later.
         let h2_only = |cfg: &rustls::ClientConfig| cfg.alpn_protocols == [b"h2".to_vec()];
-        if upstream
-            && sc.alpn_protocol() != Some(b"h2")
+        if sc.alpn_protocol() != Some(b"h2")
             && self.upstreams.get(&c.peer).is_some_and(|(cfg, _)| h2_only(cfg))
         {
             self.fail_upstream(id, "no-application-protocol", tcp);
             return;
         }
-        if upstream {
-            let u = &mut self.stats.upstream;
-            *u.handshakes.entry((version, group)).or_default() += 1;
-            u.resumed += u64::from(resumed);
-        } else {
-            *self.stats.groups_by_listener.entry((c.listener, group.clone())).or_default() += 1;
-            *self.stats.handshakes.entry((version, group)).or_default() += 1;
-            self.stats.resumed += u64::from(resumed);
-        }
-        // Mutual TLS: the verified client certificate's subject, for
-        // routing and for the backends.
-        if let Some(der) = sc.peer_certificates().and_then(|c| c.first()).filter(|_| !upstream) {
-            self.stats.client_certificates += 1;
-            c.identity = x509_parser::parse_x509_certificate(der)
-                .ok()
-                .map(|(_, cert)| cert.subject().to_string());
-        }
+        let u = &mut self.stats.upstream;
+        *u.handshakes.entry((version, group)).or_default() += 1;
+        u.resumed += u64::from(resumed);
         let leftover = match std::mem::replace(&mut c.state, State::Ready(sc)) {
             State::Handshake { input, .. } => input,
             _ => Vec::new(),
         };
-        let (listener, peer, local, peer_closed) = (c.listener, c.peer, c.local, c.peer_closed);
+        let peer_closed = c.peer_closed;
         // Records that came right behind the peer's Finished: read by
         // `recv` before anything more from TCP.
         c.unread = leftover;
         self.flush_one(id, tcp);
-        if upstream {
-            out.push(TcpEvent::Connected { conn: id });
-        } else {
-            out.push(TcpEvent::Accepted { conn: id, listener, peer, local });
-        }
+        out.push(TcpEvent::Connected { conn: id });
         out.push(TcpEvent::Readable { conn: id });
         if peer_closed {
             out.push(TcpEvent::PeerClosed { conn: id });
@@ -1534,17 +1501,14 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                     Err(e) => Err(rustls::Error::General(e.to_string())),
                 };
                 if let Err(e) = res {
-                    // A bad record: rustls queued its alert; send it and reset.
-                    if c.upstream {
-                        // L7 hears of it at the next poll, as a reset (a
-                        // backend refusing our certificate under TLS 1.3
-                        // says so only after our side's handshake is done).
-                        stats.upstream_failed(&e);
-                        events.push(TcpEvent::Closed { conn, reset: true });
-                    } else {
-                        stats.failed += 1;
-                        stats.alert(&e);
-                    }
+                    // A bad record from a backend (only connections to
+                    // backends are in rustls's hands after the handshake):
+                    // rustls queued its alert; send it and reset. L7 hears
+                    // of it at the next poll, as a reset (a backend refusing
+                    // our certificate under TLS 1.3 says so only after our
+                    // side's handshake is done).
+                    stats.upstream_failed(&e);
+                    events.push(TcpEvent::Closed { conn, reset: true });
                     let mut alert = Vec::new();
                     let _ = sc.write_tls(&mut alert);
                     let _ = self.tcp.send(conn, &alert);
