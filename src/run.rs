@@ -260,6 +260,21 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
         c.rx_csum_offloaded,
         c.rx_csum_completed
     );
+    let t = dp.stack.tcp_stats();
+    if t.accepted + t.connected > 0 {
+        let _ = writeln!(
+            out,
+            "tcp: accepted {}, connected {}, closed in order {}, reset or timed out {}, duplicate syns {}, reopened from time-wait {}, refused for a full table {}, shard queue drops {}",
+            t.accepted,
+            t.connected,
+            t.closed,
+            t.resets,
+            t.duplicate_syns,
+            t.time_wait_reopened,
+            t.table_full,
+            t.shard_queue_drops
+        );
+    }
     for r in switchyard_stack::DropReason::ALL {
         if c.dropped(r) > 0 {
             let _ = writeln!(out, "drop {:<24} {}", r.name(), c.dropped(r));

@@ -161,6 +161,9 @@ struct Slot {
     peer_win: u16,
     /// Whether `holes` has an entry for this slot.
     hole: bool,
+    /// The sequence number just past the peer's FIN, once one arrived: a
+    /// SYN beyond it in TIME-WAIT opens a new connection (see `input`).
+    peer_fin_end: Option<u32>,
     /// When the slot was made (SYN), then the handshake's round-trip time.
     opened: Instant,
     rtt: Duration,
@@ -212,9 +215,12 @@ impl Hole {
 /// the previous one (checksum updated, RFC 1624), so smoltcp counts it. The
 /// window the peer offered only grew, so this is never more than it allows.
 /// Says what kind of ACK the segment was. `frame` is Ethernet + IP + TCP.
-fn normalize_dup_ack(last_ack: &mut u32, last_win: &mut u16, frame: &mut [u8]) -> AckKind {
-    use crate::wire::{get16, get32, put16};
-    let Some(&vihl) = frame.get(ETH_LEN) else { return AckKind::Other };
+/// Where the TCP header of `frame` (IP at offset 14, no IPv6 extension
+/// headers: the stack's parser has checked both) starts and where its IP
+/// packet ends; None if the frame is too short for them.
+fn tcp_offsets(frame: &[u8]) -> Option<(usize, usize)> {
+    use crate::wire::get16;
+    let &vihl = frame.get(ETH_LEN)?;
     let (tcp, ip_end) = match vihl >> 4 {
         4 => (
             ETH_LEN + usize::from(vihl & 0x0f) * 4,
@@ -223,11 +229,28 @@ fn normalize_dup_ack(last_ack: &mut u32, last_win: &mut u16, frame: &mut [u8]) -
         6 if frame.len() >= ETH_LEN + 40 => {
             (ETH_LEN + 40, ETH_LEN + 40 + usize::from(get16(frame, ETH_LEN + 4)))
         }
-        _ => return AckKind::Other,
+        _ => return None,
     };
-    if frame.len() < tcp + 20 || ip_end > frame.len() {
-        return AckKind::Other;
-    }
+    (frame.len() >= tcp + 20 && ip_end <= frame.len()).then_some((tcp, ip_end))
+}
+
+/// The sequence number of the TCP segment in `frame`, and the one just past
+/// it (its payload, SYN and FIN each counted).
+fn seq_span(frame: &[u8]) -> Option<(u32, u32)> {
+    use crate::wire::get32;
+    let (tcp, ip_end) = tcp_offsets(frame)?;
+    let hdr = usize::from(frame[tcp + 12] >> 4) * 4;
+    let flags = frame[tcp + 13];
+    let seq = get32(frame, tcp + 4);
+    let len = ip_end.saturating_sub(tcp + hdr) as u32
+        + u32::from(flags & crate::tcp_flags::SYN != 0)
+        + u32::from(flags & crate::tcp_flags::FIN != 0);
+    Some((seq, seq.wrapping_add(len)))
+}
+
+fn normalize_dup_ack(last_ack: &mut u32, last_win: &mut u16, frame: &mut [u8]) -> AckKind {
+    use crate::wire::{get16, get32, put16};
+    let Some((tcp, ip_end)) = tcp_offsets(frame) else { return AckKind::Other };
     let hdr = usize::from(frame[tcp + 12] >> 4) * 4;
     let flags = frame[tcp + 13];
     let (ack, win) = (get32(frame, tcp + 8), get16(frame, tcp + 14));
@@ -326,6 +349,9 @@ pub struct TcpStats {
     pub shard_queue_drops: u64,
     /// SYNs for connections already known (retransmissions), dropped.
     pub duplicate_syns: u64,
+    /// SYNs that reopened a connection in TIME-WAIT: the client reused its
+    /// port, with a sequence number beyond the old connection's.
+    pub time_wait_reopened: u64,
     /// SYNs refused because the connection table was full.
     pub table_full: u64,
     /// Connections open now (pending, open or lingering).
@@ -671,7 +697,27 @@ impl TcpTerminator {
         listener: Option<ListenerId>,
     ) -> Input {
         use crate::tcp_flags::{ACK, RST, SYN};
-        let slot = match self.demux.get(&(dst, src)) {
+        let mut known = self.demux.get(&(dst, src)).copied();
+        // A SYN for a connection in TIME-WAIT whose sequence number is past
+        // the old connection's FIN is a new connection from a client that
+        // reused its port (RFC 9293 section 3.10.7.4 allows it; Linux does
+        // it too): the old socket is let go at once and the SYN goes to the
+        // listener. Clients reuse ports this way when the server closes
+        // first, as after `Connection: close`. (Aborting the old socket sends
+        // a reset for the old connection; its acknowledgment number cannot be
+        // acceptable to the client's new SYN-SENT connection, which ignores it.)
+        if let Some(i) = known
+            && flags & (SYN | ACK | RST) == SYN
+            && self.slots[i as usize].phase == Phase::Lingering
+            && let (Some(fin_end), Some((seq, _))) =
+                (self.slots[i as usize].peer_fin_end, seq_span(pkt.data()))
+            && (seq.wrapping_sub(fin_end) as i32) > 0
+        {
+            self.free_slot(i);
+            self.stats.time_wait_reopened += 1;
+            known = None;
+        }
+        let slot = match known {
             // A SYN again for a connection we know: its SYN-ACK was lost. smoltcp
             // would hand it to the first listening socket of the shard rather than
             // to the half-open one, so drop it; the half-open socket retransmits
@@ -680,7 +726,14 @@ impl TcpTerminator {
                 self.stats.duplicate_syns += 1;
                 return Input::Duplicate(pkt);
             }
-            Some(&i) => i,
+            Some(i) => {
+                if flags & crate::tcp_flags::FIN != 0
+                    && let Some((_, end)) = seq_span(pkt.data())
+                {
+                    self.slots[i as usize].peer_fin_end = Some(end);
+                }
+                i
+            }
             None => {
                 let Some(l) = listener else { return Input::Unknown(pkt) };
                 if flags & (SYN | ACK | RST) != SYN {
@@ -764,6 +817,7 @@ impl TcpTerminator {
             peer_ack: 0,
             peer_win: 0,
             hole: false,
+            peer_fin_end: None,
             opened: now,
             rtt: Duration::from_millis(0),
         };
@@ -1042,6 +1096,7 @@ impl TcpApi for TcpTerminator {
             peer_ack: 0,
             peer_win: 0,
             hole: false,
+            peer_fin_end: None,
             opened: now,
             rtt: Duration::from_millis(0),
         };

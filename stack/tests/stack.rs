@@ -667,3 +667,108 @@ fn announces_its_addresses_and_vips() {
     garps.sort();
     assert_eq!(garps, vec![[198, 18, 0, 2], [198, 18, 0, 10]]);
 }
+
+/// A segment from the host to the L7 listener with an acknowledgment number.
+fn to_vip(sport: u16, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = tcp_segment(sport, 80, seq, flags, payload);
+    put32(&mut t, 8, ack);
+    ipv4_packet(HOST_IP, VIP_IP, IPPROTO_TCP, &t)
+}
+
+impl Bench {
+    /// Polls the stack, lets `app` act on its events, polls again; returns
+    /// the TCP segments it sent as (flags, seq, ack, payload length).
+    fn turn(
+        &mut self,
+        app: &mut dyn FnMut(TcpEvent, &mut TcpTerminator),
+    ) -> Vec<(u8, u32, u32, usize)> {
+        self.now += Duration::from_millis(1);
+        self.stack.poll(self.now, &mut self.pool);
+        self.stack.drain_tcp_events(&mut self.events);
+        for ev in std::mem::take(&mut self.events) {
+            app(ev, self.stack.tcp());
+        }
+        self.stack.poll(self.now, &mut self.pool);
+        self.tx()
+            .iter()
+            .filter_map(|f| {
+                let ip = parse_ip(f, ETHERTYPE_IPV4).ok()?;
+                let m = parse_transport(f, &ip, true).ok()?;
+                let t = ip.l4_offset;
+                let hdr = usize::from(f[t + 12] >> 4) * 4;
+                Some((m.tcp_flags, get32(f, t + 4), get32(f, t + 8), ip.end - t - hdr))
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_syn_past_the_old_fin_reopens_a_connection_in_time_wait() {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const FIN: u8 = 0x01;
+    let mut b = Bench::new();
+    let accepted = std::cell::RefCell::new(Vec::new());
+    let mut app = |ev: TcpEvent, tcp: &mut TcpTerminator| match ev {
+        TcpEvent::Accepted { conn, peer, .. } => accepted.borrow_mut().push((conn, peer)),
+        // The server answers and closes first, as after `Connection: close`.
+        TcpEvent::Readable { conn } => {
+            let mut buf = [0u8; 64];
+            while tcp.recv(conn, &mut buf).unwrap_or(0) > 0 {}
+            tcp.send(conn, b"bye").unwrap();
+            tcp.close(conn);
+        }
+        _ => {}
+    };
+    // The host asks for the VIP's address first, so the stack knows it.
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    arp.extend_from_slice(&HOST_MAC);
+    arp.extend_from_slice(&HOST_IP);
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&VIP_IP);
+    b.ingress(&eth([0xff; 6], ETHERTYPE_ARP, &arp));
+    b.tx();
+    let port = 41000;
+    b.ingress(&to_vip(port, 1000, 0, SYN, &[]));
+    let out = b.turn(&mut app);
+    let &(_, isn, _, _) = out.iter().find(|s| s.0 == SYN | ACK).expect("SYN-ACK");
+    b.ingress(&to_vip(port, 1001, isn + 1, ACK, b"hi"));
+    let out = b.turn(&mut app);
+    assert!(
+        out.iter().any(|s| s.3 == 3) && out.iter().any(|s| s.0 & FIN != 0),
+        "the server's answer and FIN: {out:?}"
+    );
+    // The client acknowledges both and sends its FIN: the server's socket is
+    // in TIME-WAIT, the connection reported closed.
+    b.ingress(&to_vip(port, 1003, isn + 5, FIN | ACK, &[]));
+    b.turn(&mut app);
+    b.turn(&mut app);
+    assert_eq!(accepted.borrow().len(), 1);
+    let before = b.stack.tcp_stats();
+    assert_eq!(before.closed, 1, "{before:?}");
+    assert_eq!(before.active, 1, "still lingering in TIME-WAIT: {before:?}");
+
+    // An old duplicate SYN (sequence before the FIN) is dropped.
+    b.ingress(&to_vip(port, 900, 0, SYN, &[]));
+    let out = b.turn(&mut app);
+    assert!(out.iter().all(|s| s.0 & SYN == 0), "no SYN-ACK to an old SYN: {out:?}");
+    assert_eq!(b.stack.tcp_stats().duplicate_syns, before.duplicate_syns + 1);
+
+    // The same port again with a sequence number past the FIN: a new
+    // connection, answered at once (not after TIME-WAIT).
+    b.ingress(&to_vip(port, 1004 + 100_000, 0, SYN, &[]));
+    let out = b.turn(&mut app);
+    let &(_, isn2, ack2, _) =
+        out.iter().find(|s| s.0 == SYN | ACK).expect("SYN-ACK to the new SYN");
+    assert_eq!(ack2, 1004 + 100_001);
+    b.ingress(&to_vip(port, 1004 + 100_001, isn2 + 1, ACK, b"hi"));
+    let out = b.turn(&mut app);
+    assert!(out.iter().any(|s| s.3 == 3), "the new connection is served: {out:?}");
+    let st = b.stack.tcp_stats();
+    assert_eq!(st.time_wait_reopened, 1, "{st:?}");
+    assert_eq!(st.accepted, 2, "{st:?}");
+    let accepted = accepted.borrow();
+    assert_eq!(accepted.len(), 2);
+    assert_ne!(accepted[0].0, accepted[1].0, "a new connection id");
+    assert_eq!(accepted[1].1.port(), port);
+}
