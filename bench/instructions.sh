@@ -1,17 +1,38 @@
 #!/usr/bin/env bash
-# Instructions per packet of each l4-replay phase, counted by callgrind (these
-# virtual machines expose no hardware counters to `perf stat`). Instruction
-# counts do not depend on the machine's load, unlike times.
+# Instruction counts, by callgrind (these virtual machines expose no hardware
+# counters to `perf stat`). Instruction counts do not depend on the machine's
+# load, unlike times.
 #
-#   bash bench/instructions.sh [l4-replay options]   (default: --flows 100000 --packets 1000000 --churn 200000)
+#   bash bench/instructions.sh [l4-replay options]   per packet of each l4-replay phase
+#                                                    (default: --flows 100000 --packets 1000000 --churn 200000)
+#   bash bench/instructions.sh tls [--handshakes N]  per TLS 1.3 handshake on the server, by kind
+#                                                    (tls-handshakes; default 200 of each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+if [ "${1:-}" = tls ]; then
+  shift
+  cargo build --release -q -p switchyard-bench --bin tls-handshakes
+  valgrind --tool=callgrind --callgrind-out-file="$out/cg" --toggle-collect='tls_handshakes::flight_*' \
+    target/release/tls-handshakes "$@" | tee "$out/stdout"
+  callgrind_annotate --inclusive=yes "$out/cg" 2>/dev/null > "$out/annotate"
+  n=$(awk '/^handshakes per kind:/ { print $4 }' "$out/stdout")
+  base=
+  for kind in full_x25519 full_x25519mlkem768 resumed_x25519 resumed_x25519mlkem768; do
+    i=$(grep -m1 "tls_handshakes::flight_$kind " "$out/annotate" | awk '{gsub(",","",$1); print $1}')
+    base=${base:-$i}
+    awk -v p="$kind" -v i="$i" -v k="$n" -v b="$base" \
+      'BEGIN { printf "instructions %-24s %12d / %5d handshakes = %9.0f per handshake (%.3f× full_x25519)\n", p, i, k, i / k, i / b }'
+  done
+  exit 0
+fi
+
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--flows 100000 --packets 1000000 --churn 200000)
 cargo build --release -q -p switchyard-bench --bin l4-replay
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
 valgrind --tool=callgrind --callgrind-out-file="$out/cg" --toggle-collect='l4_replay::phase_*' \
   target/release/l4-replay "${args[@]}" | tee "$out/stdout"
 callgrind_annotate --inclusive=yes "$out/cg" 2>/dev/null > "$out/annotate"

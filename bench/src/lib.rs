@@ -1,7 +1,8 @@
 //! Benchmarks for Switchyard live in `benches/` and `src/bin/`; this library
-//! holds what they share: the trace generator.
+//! holds what they share: the trace generator and the TLS fixtures.
 #![forbid(unsafe_code)]
 
+pub mod tls;
 pub mod trace;
 
 use std::net::SocketAddr;
