@@ -110,11 +110,13 @@ CONF
     cat
 }
 
-# One ECDSA P-256 certificate for the TLS listeners: cert.pem and key.pem in
-# $work, and both in bundle.pem (HAProxy's form).
+# One ECDSA P-256 certificate for the TLS listeners, for the name
+# switchyard.test (a client that verifies, such as tls-load, trusts cert.pem
+# itself): cert.pem and key.pem in $work, and both in bundle.pem (HAProxy's form).
 bench_certificate() {
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
-        -out "$work/cert.pem" -subj /CN=switchyard.test -days 2 2>/dev/null
+        -out "$work/cert.pem" -subj /CN=switchyard.test -addext subjectAltName=DNS:switchyard.test \
+        -addext basicConstraints=critical,CA:FALSE -days 2 2>/dev/null
     cat "$work/cert.pem" "$work/key.pem" > "$work/bundle.pem"
 }
 
