@@ -141,6 +141,7 @@ struct RawTls {
     min_version: Option<String>,
     client_ca: Option<String>,
     client_auth: Option<String>,
+    cipher_suites: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1130,6 +1131,21 @@ impl Cx<'_> {
                                     ));
                                 }
                             }
+                            if let Some(list) = &raw.cipher_suites {
+                                if let Some(bad) = list
+                                    .iter()
+                                    .find(|n| !switchyard_tls::CIPHER_SUITES.contains(&n.as_str()))
+                                {
+                                    return Err(self.at(
+                                        t,
+                                        format!(
+                                            "cipher_suites: `{bad}` is not one of {}",
+                                            switchyard_tls::CIPHER_SUITES.join(", ")
+                                        ),
+                                    ));
+                                }
+                                opts.cipher_suites = Some(list.clone());
+                            }
                             opts.client_ca = raw.client_ca.as_ref().map(|c| dir.join(c));
                             match &raw.certificates {
                                 Some(list) => {
@@ -1750,6 +1766,7 @@ impl Cx<'_> {
                 }
                 switchyard_tls::TlsError::File { .. } => "cert/key",
                 switchyard_tls::TlsError::Mismatch { .. } => "cert and key",
+                switchyard_tls::TlsError::Config(_) => "tls",
             };
             self.at(t, format!("{what}: {e}"))
         })?;
@@ -2087,6 +2104,8 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert!(e.message.contains("`client_auth` needs `client_ca`"), "{e}");
         let e = err(&with("client_auth = \"sometimes\", client_ca = \"ca.pem\""));
         assert!(e.message.contains("expected \"required\" or \"optional\""), "{e}");
+        let e = err(&with("cipher_suites = [\"TLS13_AES_128_GCM_SHA256\", \"RC4\"]"));
+        assert!(e.message.contains("`RC4` is not one of TLS13_AES_128_GCM_SHA256"), "{e}");
         let e = err(&BASE.replace(
             "address = \"198.18.0.10:80\"\n",
             "address = \"198.18.0.10:80\"\nclient_cert_header = \"X-Client-Subject\"\n",

@@ -529,6 +529,49 @@ fn tls12_can_be_switched_off() {
 }
 
 #[test]
+fn the_server_chooses_the_cipher_suite_in_its_own_order() {
+    use rustls::CipherSuite as S;
+    let pki = Pki::new("suites");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    // rustls's client lists AES-256-GCM first; the default order picks
+    // AES-128-GCM all the same, for TLS 1.3 and 1.2.
+    let mut t = T::new(&[&server], TlsOptions::default());
+    for (v, want) in [
+        (&rustls::version::TLS13, S::TLS13_AES_128_GCM_SHA256),
+        (&rustls::version::TLS12, S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+    ] {
+        let cfg = client_config(&pki, &[v], None, &[b"http/1.1"]);
+        let (_, client, err) = t.connect(&cfg, "switchyard.test");
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(client.negotiated_cipher_suite().map(|s| s.suite()), Some(want));
+    }
+    // A configured order is followed.
+    let only = |names: &[&str]| TlsOptions {
+        cipher_suites: Some(names.iter().map(|n| n.to_string()).collect()),
+        ..TlsOptions::default()
+    };
+    let mut t =
+        T::new(&[&server], only(&["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_256_GCM_SHA384"]));
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    let (_, client, err) = t.connect(&cfg, "switchyard.test");
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(
+        client.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(S::TLS13_CHACHA20_POLY1305_SHA256)
+    );
+    // Names it does not know, or no TLS 1.3 suite, are configuration errors.
+    let pair = [(server.cert_path.clone(), server.key_path.clone())];
+    let e = switchyard_tls::server_config_with(&pair, &only(&["TLS13_RC4"])).unwrap_err();
+    assert!(e.to_string().contains("unknown cipher suite `TLS13_RC4`"), "{e}");
+    let e = switchyard_tls::server_config_with(
+        &pair,
+        &only(&["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("no TLS 1.3 suite"), "{e}");
+}
+
+#[test]
 fn bad_input_is_refused_counted_and_disturbs_no_one_else() {
     let pki = Pki::new("bad");
     let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
