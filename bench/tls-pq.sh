@@ -21,7 +21,7 @@ for c in nginx taskset; do
     }
 done
 echo "tls-pq: building switchyard and tls-load (release)"
-(cd "$root" && cargo build --release -q --bin switchyard && cargo build --release -q -p switchyard-bench --bin tls-load)
+(cd "$root" && cargo build --release -q --bin switchyard --bin tls-load)
 bench_topology
 bench_certificate
 bench_backends

@@ -792,7 +792,8 @@ fn https_terminated_with_curl_and_openssl() {
     let (cert, key) = (t.dir.join("cert.pem"), t.dir.join("key.pem"));
     sh(&format!(
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {} -out {} \
-         -subj /CN=switchyard.test -addext subjectAltName=DNS:switchyard.test -days 2 2>/dev/null",
+         -subj /CN=switchyard.test -addext subjectAltName=DNS:switchyard.test \
+         -addext basicConstraints=critical,CA:FALSE -days 2 2>/dev/null",
         key.display(),
         cert.display()
     ));
@@ -891,6 +892,18 @@ fn https_terminated_with_curl_and_openssl() {
     assert!(!bad.status.success(), "plain HTTP on the TLS port must fail");
     let o = t.exec("cl", &format!("{curl} -D - -o /dev/null https://switchyard.test/index.html"));
     assert!(text(&o).to_ascii_lowercase().contains("x-backend: b"), "{}", text(&o));
+    // The post-quantum hybrid with a client that offers it (this OpenSSL
+    // does not): tls-load, rustls over the kernel's TCP, offering only
+    // X25519MLKEM768, four new connections.
+    let o = t.exec(
+        "cl",
+        &format!(
+            "{} --addr 198.18.0.10:443 --ca {} --group x25519mlkem768 --connections 2 --requests 4 --seconds 20 --path /api/users",
+            env!("CARGO_BIN_EXE_tls-load"),
+            cert.display()
+        ),
+    );
+    assert!(text(&o).starts_with("requests 4 errors 0 "), "{}", text(&o));
     let out = lb.stop();
     let line = out.lines().find(|l| l.starts_with("tls: ")).unwrap_or_else(|| panic!("{out}"));
     // One connection each (kept alive, and one HTTP/2 connection): TLS 1.3
@@ -905,8 +918,15 @@ fn https_terminated_with_curl_and_openssl() {
     assert!(number_after(records, "sealed").unwrap() > 100, "{records}");
     assert_eq!(number_after(records, "key updates received"), Some(1), "{records}");
     assert_eq!(number_after(records, "sent"), Some(1), "{records}");
-    // Three curls and eight s_clients reach L7; the plain-HTTP client never does.
-    assert_eq!(number_after(&out, "listener https (l7): connections"), Some(11), "{out}");
+    // The group each handshake used, per listener.
+    let groups = out
+        .lines()
+        .find(|l| l.starts_with("listener https (tls): key exchange"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(number_after(groups, "X25519MLKEM768"), Some(4), "{groups}");
+    // Three curls, eight s_clients and four tls-load connections reach L7;
+    // the plain-HTTP client never does.
+    assert_eq!(number_after(&out, "listener https (l7): connections"), Some(15), "{out}");
 }
 
 /// HTTP/2 towards clients: cleartext with prior knowledge and over TLS with

@@ -136,17 +136,21 @@ fn main() {
         format!("GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", a.path, a.name);
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let numbers = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(a.seconds);
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let threads: Vec<_> = (0..a.connections)
         .map(|_| {
             let (a, cfg, ok, errors) = (a.clone(), cfg.clone(), ok.clone(), errors.clone());
+            let taken = numbers.clone();
             let (request, first_error) = (request.clone(), first_error.clone());
             std::thread::spawn(move || {
                 let mut buf = Vec::with_capacity(4096);
+                // Each request takes a number first, so that no more than
+                // `--requests` are made in all.
                 while Instant::now() < deadline
-                    && ok.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) < a.requests
+                    && taken.fetch_add(1, Ordering::Relaxed) < a.requests
                 {
                     match one(&cfg, &a, request.as_bytes(), &mut buf) {
                         Ok(true) => ok.fetch_add(1, Ordering::Relaxed),
