@@ -1539,6 +1539,9 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
             }
         }
         let State::Ready(sc) = &mut c.state else { return Ok(0) };
+        if c.closing {
+            return Ok(0); // failed: nothing more is read
+        }
         loop {
             match sc.reader().read(buf) {
                 Ok(n) if n > 0 => return Ok(n),
@@ -1568,16 +1571,27 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                 if let Err(e) = res {
                     // A bad record from a backend (only connections to
                     // backends are in rustls's hands after the handshake):
-                    // rustls queued its alert; send it and reset. L7 hears
-                    // of it at the next poll, as a reset (a backend refusing
+                    // rustls queued its alert, which goes out, then a FIN
+                    // (a reset if TCP cannot take the alert). L7 hears of
+                    // it at the next poll, as a reset (a backend refusing
                     // our certificate under TLS 1.3 says so only after our
                     // side's handshake is done).
                     stats.upstream_failed(&e);
                     events.push(TcpEvent::Closed { conn, reset: true });
-                    let mut alert = Vec::new();
-                    let _ = sc.write_tls(&mut alert);
-                    let _ = self.tcp.send(conn, &alert);
-                    self.tcp.abort(conn);
+                    c.closing = true;
+                    while sc.wants_write() {
+                        if sc.write_tls(&mut c.out).is_err() {
+                            break;
+                        }
+                    }
+                    let want = c.out.len();
+                    let sent = self.tcp.send(conn, &c.out).unwrap_or(0);
+                    c.out.clear();
+                    if sent == want {
+                        self.tcp.close(conn);
+                    } else {
+                        self.tcp.abort(conn);
+                    }
                     return Err(TcpError::NoSuchConnection);
                 }
             }

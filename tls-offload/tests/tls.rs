@@ -919,6 +919,42 @@ fn upstream_tls_verifies_the_backend_and_carries_a_mebibyte_each_way_byte_exact(
     assert_eq!(t.tls.stats().upstream.resumed, 1, "{:?}", t.tls.stats().upstream);
 }
 
+/// A forged record from a backend: nothing of it reaches L7, which hears a
+/// reset; the backend hears our bad_record_mac alert before the FIN.
+#[test]
+fn a_forged_record_from_a_backend_gets_an_alert_before_the_fin() {
+    let pki = Pki::new("up-mac");
+    let cert = pki.issue("backend", "api", &["api.internal"], false);
+    let mut t = T::upstream(&verify_with(&pki), "api.internal");
+    let c = t.dial();
+    let mut server = backend(&cert, None);
+    assert!(t.pump_backend(c, &mut server).is_none());
+    server.writer().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").unwrap();
+    let mut rec = Vec::new();
+    while server.wants_write() {
+        server.write_tls(&mut rec).unwrap();
+    }
+    let last = rec.len() - 1;
+    rec[last] ^= 0x80; // the tag
+    t.tcp.peer_sends(c, &rec);
+    t.event(TcpEvent::Readable { conn: c });
+    assert!(t.l7_read(c).is_empty(), "nothing of a forged record reaches L7");
+    t.settle();
+    assert!(
+        t.l7.iter().any(|e| matches!(e, TcpEvent::Closed { conn, reset: true } if *conn == c)),
+        "{:?}",
+        t.l7
+    );
+    assert!(t.tcp.c(c).closed && !t.tcp.c(c).aborted, "a FIN after the alert, not a reset");
+    let alert = t.tcp.take(c);
+    let mut rd = &alert[..];
+    server.read_tls(&mut rd).unwrap();
+    let e = server.process_new_packets().unwrap_err();
+    assert_eq!(e, rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac));
+    let up = &t.tls.stats().upstream;
+    assert_eq!(up.alerts_sent.get("BadRecordMac"), Some(&1), "{up:?}");
+}
+
 /// L7 sees the connection close, never connect.
 fn refused(t: &T, c: ConnId) -> bool {
     !t.l7.iter().any(|e| matches!(e, TcpEvent::Connected { .. }))
@@ -1011,15 +1047,16 @@ fn a_client_certificate_is_shown_to_a_backend_that_requires_one() {
     assert_eq!(t.received.get(&c).map(Vec::as_slice), Some(&b"GET / HTTP/1.1\r\n\r\n"[..]));
     // Without a certificate the backend refuses it. Under TLS 1.3 the
     // client's side of the handshake is over by then, so L7 sees the
-    // connection up and its first read fails: the connection is reset and
-    // the backend's alert counted.
+    // connection up and its first read fails: L7 hears a reset, the
+    // connection ends with a FIN (the backend has said its last), and the
+    // backend's alert is counted.
     let mut t = T::upstream(&verify_with(&pki), "api.internal");
     let c = t.dial();
     let mut server = backend(&cert, Some(&pki));
     let err = t.pump_backend(c, &mut server);
     assert_eq!(err, Some(rustls::Error::NoCertificatesPresented));
     assert!(t.l7_read(c).is_empty());
-    assert!(t.tcp.c(c).aborted);
+    assert!(t.tcp.c(c).closed);
     t.settle();
     assert!(
         matches!(t.l7.last(), Some(TcpEvent::Closed { conn, reset: true }) if *conn == c),
