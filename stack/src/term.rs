@@ -27,6 +27,21 @@ const SHARD_SPARE: usize = 8;
 /// A connection that stops acknowledging for this long is aborted.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a connection's ACKs are delayed while it is young, and for how
+/// long it counts as young. smoltcp delays ACKs 10 ms by default. A peer
+/// that writes twice in a row with Nagle on (a TLS client's Finished, then
+/// its request) waits for the first write's ACK: a long delay early in a
+/// connection costs it that much per handshake.
+const QUICK_ACK_DELAY: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(1);
+const QUICK_ACKS_FOR: Duration = Duration::from_millis(200);
+/// The delay afterwards, as Linux leaves quick-ACK mode: long enough that in
+/// request/response traffic the ACK rides on the answer (our response to a
+/// client, or our next request to a backend) instead of going out alone,
+/// which cost a pure ACK per request in both directions. smoltcp still
+/// acknowledges every second full-sized segment at once (RFC 9293
+/// SHLD-19), so bulk transfers are not slowed.
+const ACK_DELAY: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(20);
+
 /// The smoltcp device of one shard: IP packets in, IP packets out, in pooled
 /// buffers that keep room for the Ethernet header in front.
 struct ShardDevice {
@@ -164,6 +179,8 @@ struct Slot {
     /// The sequence number just past the peer's FIN, once one arrived: a
     /// SYN beyond it in TIME-WAIT opens a new connection (see `input`).
     peer_fin_end: Option<u32>,
+    /// Past its quick-ACK period (see `ACK_DELAY`).
+    grown: bool,
     /// When the slot was made (SYN), then the handshake's round-trip time.
     opened: Instant,
     rtt: Duration,
@@ -535,6 +552,8 @@ impl TcpTerminator {
         let s = &mut self.shards[shard as usize];
         s.used += 1;
         if let Some(h) = s.free.pop() {
+            // Young again (see `report_open`).
+            s.sockets.get_mut::<tcp::Socket>(h).set_ack_delay(Some(QUICK_ACK_DELAY));
             return h;
         }
         let mut sock = tcp::Socket::new(
@@ -543,11 +562,7 @@ impl TcpTerminator {
         );
         sock.set_nagle_enabled(false);
         sock.set_timeout(Some(SOCKET_TIMEOUT));
-        // smoltcp delays ACKs 10 ms by default. A peer that writes twice in a
-        // row (a TLS client's Finished, then its request) with Nagle on waits
-        // for that ACK: 10 ms per handshake. One millisecond still lets an
-        // ACK ride on the response in request/response traffic.
-        sock.set_ack_delay(Some(smoltcp::time::Duration::from_millis(1)));
+        sock.set_ack_delay(Some(QUICK_ACK_DELAY));
         s.sockets.add(sock)
     }
 
@@ -818,6 +833,7 @@ impl TcpTerminator {
             peer_win: 0,
             hole: false,
             peer_fin_end: None,
+            grown: false,
             opened: now,
             rtt: Duration::from_millis(0),
         };
@@ -971,6 +987,11 @@ impl TcpTerminator {
         capacity: usize,
     ) -> bool {
         let s = &mut self.slots[i as usize];
+        if s.established && !s.grown && self.now - s.opened >= QUICK_ACKS_FOR {
+            s.grown = true;
+            let sock = self.shards[s.shard as usize].sockets.get_mut::<tcp::Socket>(s.handle);
+            sock.set_ack_delay(Some(ACK_DELAY));
+        }
         if !s.established {
             match state {
                 State::SynSent | State::SynReceived => return true,
@@ -1097,6 +1118,7 @@ impl TcpApi for TcpTerminator {
             peer_win: 0,
             hole: false,
             peer_fin_end: None,
+            grown: false,
             opened: now,
             rtt: Duration::from_millis(0),
         };

@@ -772,3 +772,68 @@ fn a_syn_past_the_old_fin_reopens_a_connection_in_time_wait() {
     assert_ne!(accepted[0].0, accepted[1].0, "a new connection id");
     assert_eq!(accepted[1].1.port(), port);
 }
+
+#[test]
+fn acks_are_quick_while_a_connection_is_young_then_ride_on_the_answer() {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const PSH: u8 = 0x08;
+    let mut b = Bench::new();
+    let answer = std::cell::Cell::new(false);
+    let conn = std::cell::Cell::new(None);
+    let mut app = |ev: TcpEvent, tcp: &mut TcpTerminator| match ev {
+        TcpEvent::Accepted { conn: c, .. } => conn.set(Some(c)),
+        TcpEvent::Readable { conn: c } if answer.get() => {
+            let mut buf = [0u8; 64];
+            while tcp.recv(c, &mut buf).unwrap_or(0) > 0 {}
+            tcp.send(c, b"ok").unwrap();
+        }
+        _ => {}
+    };
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    arp.extend_from_slice(&HOST_MAC);
+    arp.extend_from_slice(&HOST_IP);
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&VIP_IP);
+    b.ingress(&eth([0xff; 6], ETHERTYPE_ARP, &arp));
+    b.tx();
+    let port = 41001;
+    b.ingress(&to_vip(port, 1000, 0, SYN, &[]));
+    let out = b.turn(&mut app);
+    let &(_, isn, _, _) = out.iter().find(|s| s.0 == SYN | ACK).expect("SYN-ACK");
+    let mut seq = 1001;
+    b.ingress(&to_vip(port, seq, isn + 1, ACK, &[]));
+    b.turn(&mut app);
+    assert!(conn.get().is_some());
+    // Young: a request the application does not answer yet is acknowledged
+    // within a couple of milliseconds, alone.
+    b.ingress(&to_vip(port, seq, isn + 1, ACK | PSH, b"req1"));
+    seq += 4;
+    let mut pure = 0;
+    for _ in 0..3 {
+        pure += b.turn(&mut app).iter().filter(|s| s.0 == ACK && s.3 == 0).count();
+    }
+    assert_eq!(pure, 1, "a quick ACK while young");
+    // Grown (past 200 ms): the next request's ACK waits for the answer and
+    // rides on it.
+    b.now += Duration::from_millis(300);
+    b.ingress(&to_vip(port, seq, isn + 1, ACK | PSH, b"req2"));
+    seq += 4;
+    for _ in 0..30 {
+        b.turn(&mut app);
+    }
+    b.ingress(&to_vip(port, seq, isn + 1, ACK | PSH, b"req3"));
+    seq += 4;
+    let mut pure = 0;
+    for _ in 0..10 {
+        pure += b.turn(&mut app).iter().filter(|s| s.0 == ACK && s.3 == 0).count();
+    }
+    assert_eq!(pure, 0, "no ACK alone within 10 ms once grown");
+    answer.set(true);
+    b.ingress(&to_vip(port, seq, isn + 1, ACK | PSH, b"req4"));
+    seq += 4;
+    let out = b.turn(&mut app);
+    let reply = out.iter().find(|s| s.3 > 0).expect("the answer");
+    assert_eq!(reply.2, seq, "the answer acknowledges every request");
+    assert!(out.iter().all(|s| s.3 > 0), "and goes without a separate ACK: {out:?}");
+}
