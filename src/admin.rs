@@ -6,6 +6,7 @@
 //! drain POOL BACKEND     no new flows or requests; those under way finish
 //! undrain POOL BACKEND   back in rotation (if its health check passes)
 //! show backends          one line per backend: pool, name, state, flows
+//! show stats             every counter, as the exit report prints them, now
 //! help
 //! ```
 //!
@@ -34,13 +35,15 @@ pub enum Command {
     },
     /// List backends with their state.
     ShowBackends,
+    /// Every counter so far (the exit report, while running).
+    ShowStats,
     /// List the commands.
     Help,
 }
 
 /// The commands, for `help` and for errors.
 pub const USAGE: &str =
-    "commands: drain POOL BACKEND | undrain POOL BACKEND | show backends | help";
+    "commands: drain POOL BACKEND | undrain POOL BACKEND | show backends | show stats | help";
 
 impl Command {
     /// Parses one line.
@@ -54,6 +57,7 @@ impl Command {
             }),
             ["drain" | "undrain", ..] => Err(format!("usage: {} POOL BACKEND", words[0])),
             ["show", "backends"] => Ok(Command::ShowBackends),
+            ["show", "stats"] => Ok(Command::ShowStats),
             ["help"] => Ok(Command::Help),
             [] => Err(USAGE.to_string()),
             _ => Err(format!("unknown command `{}`; {USAGE}", line.trim())),
@@ -61,15 +65,29 @@ impl Command {
     }
 }
 
+/// The counters of a worker as text (the exit report's lines), for `show
+/// stats`: the caller knows the port and the configuration's names.
+pub type Stats<'a> = &'a dyn Fn(&Dataplane) -> String;
+
 /// Carries out one line on a worker's dataplane; the reply to send back
-/// (starting with `error:` when the command failed).
+/// (starting with `error:` when the command failed). Without `stats`, `show
+/// stats` is an error.
 pub fn execute(dp: &mut Dataplane, line: &str) -> String {
+    execute_with(dp, line, None)
+}
+
+/// [`execute`], with the worker's counters for `show stats`.
+pub fn execute_with(dp: &mut Dataplane, line: &str, stats: Option<Stats>) -> String {
     let result = Command::parse(line).and_then(|c| match c {
         Command::Drain { pool, backend, drain } => dp.set_drain(&pool, &backend, drain).map(|n| {
             let verb = if drain { "drained" } else { "undrained" };
             format!("{verb} {pool}/{backend} ({n} listeners)")
         }),
         Command::ShowBackends => Ok(dp.show_backends()),
+        Command::ShowStats => match stats {
+            Some(f) => Ok(f(dp).trim_end().to_string()),
+            None => Err("show stats: not available here".to_string()),
+        },
         Command::Help => Ok(USAGE.to_string()),
     });
     match result {
@@ -112,8 +130,8 @@ impl AdminSocket {
 
     /// Answers the commands that arrived since the last call; never blocks.
     /// The number answered.
-    pub fn serve(&self, dp: &mut Dataplane) -> usize {
-        serve(&self.requests, dp)
+    pub fn serve(&self, dp: &mut Dataplane, stats: Option<Stats>) -> usize {
+        serve(&self.requests, dp, stats)
     }
 
     /// With several workers: waits up to `timeout` for a command, hands it
@@ -132,6 +150,11 @@ impl AdminSocket {
         }
         let merged = if replies.len() < workers.len() {
             "error: a worker did not answer".to_string()
+        } else if Command::parse(&line) == Ok(Command::ShowStats) {
+            // Each worker's own counters, one section each.
+            let sections: Vec<String> =
+                replies.iter().enumerate().map(|(i, r)| format!("worker {i}:\n{r}")).collect();
+            sections.join("\n")
         } else {
             merge(&replies)
         };
@@ -141,12 +164,12 @@ impl AdminSocket {
 
 /// Answers the commands waiting on `requests`; never blocks. The number
 /// answered.
-pub fn serve(requests: &Receiver<Request>, dp: &mut Dataplane) -> usize {
+pub fn serve(requests: &Receiver<Request>, dp: &mut Dataplane, stats: Option<Stats>) -> usize {
     let mut n = 0;
     loop {
         match requests.try_recv() {
             Ok((line, reply)) => {
-                let _ = reply.send(execute(dp, &line));
+                let _ = reply.send(execute_with(dp, &line, stats));
                 n += 1;
             }
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => return n,

@@ -63,7 +63,10 @@ pub fn sim(cfg: &Config, opts: &SimOptions) -> ExitCode {
     let finished = world.run(step, Duration::from_secs(30), |w| {
         steps += 1;
         if let Some(a) = &admin {
-            a.serve(&mut w.lb.borrow_mut().dp);
+            let mut lb = w.lb.borrow_mut();
+            let lb = &mut *lb;
+            let (port, since) = (&lb.port, (w.net.now() - w.start).total_micros() as f64 / 1e6);
+            a.serve(&mut lb.dp, Some(&|dp: &Dataplane| counters(cfg, dp, port.stats(), since)));
         }
         if opts.pace {
             let virt = std::time::Duration::from_micros((w.net.now() - w.start).total_micros());
@@ -790,7 +793,15 @@ fn run_worker(
         let n = dp.poll(&mut *port, now);
         turns += 1;
         if n == 0 || turns.is_multiple_of(1024) {
-            crate::admin::serve(admin, &mut dp);
+            let port = &*port;
+            let stats = |d: &Dataplane| {
+                let mut text = counters(cfg, d, port.stats(), start.elapsed().as_secs_f64());
+                if let Some(line) = port.counters() {
+                    text.push_str(&line);
+                }
+                text
+            };
+            crate::admin::serve(admin, &mut dp, Some(&stats));
         }
         if n > 0 {
             continue;

@@ -175,6 +175,17 @@ fn admin_socket_drains_a_backend_of_a_running_dataplane() {
     assert_eq!(shown.lines().count(), 7, "{shown}");
     assert!(shown.lines().any(|l| l.starts_with("pg pg-2 drained flows=")), "{shown}");
     assert!(shown.lines().any(|l| l.starts_with("pg pg-1 up flows=")), "{shown}");
+    // `show stats`: the exit report's counters while running, and they move.
+    let frames = |s: &str| -> u64 {
+        let rest = s.split("frames in ").nth(1).unwrap_or_else(|| panic!("{s}"));
+        rest.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{s}"))
+    };
+    let first = ask("show stats");
+    assert!(first.lines().any(|l| l.starts_with("listener web (l7): connections")), "{first}");
+    assert!(first.lines().any(|l| l.starts_with("stack: ")), "{first}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = ask("show stats");
+    assert!(frames(&second) > frames(&first), "{first}\n---\n{second}");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(!sock.exists(), "the socket file is removed at exit");
