@@ -248,6 +248,11 @@ impl Session for Http2 {
         scratch: &mut [u8],
         expected: Option<&[u8]>,
     ) -> Exchange {
+        // Nothing came and nothing waits to go: `h2` has nothing to act on
+        // (the client sets no timers), so it is not polled.
+        if self.rx_spill.is_empty() && self.tx_spill.is_empty() && !sock.can_recv() {
+            return Exchange::Pending;
+        }
         let mut cx = Context::from_waker(Waker::noop());
         self.begin(&shared.pipe, sock, scratch);
         let mut out = if self.drive(&mut cx) { Exchange::Pending } else { Exchange::Broken };
