@@ -260,10 +260,6 @@ pub struct H2Front {
     streams: HashMap<ConnId, Stream>,
     next_virtual: u32,
     pub(crate) events: Vec<TcpEvent>,
-    /// Virtual connections L7 was told are readable (taken with
-    /// [`H2Front::take_events`]): the only ones `poll` may have to announce
-    /// again, so a turn does not visit every open stream.
-    unread: Vec<ConnId>,
     pub(crate) scratch: Vec<u8>,
     pub(crate) stats: H2Stats,
     /// Backends spoken to over HTTP/2 (`h2c` pools).
@@ -290,7 +286,6 @@ impl H2Front {
             streams: HashMap::new(),
             next_virtual: 0,
             events: Vec::new(),
-            unread: Vec::new(),
             scratch: vec![0; 16 * 1024],
             stats: H2Stats::default(),
             h2c_backends: HashSet::new(),
@@ -329,13 +324,6 @@ impl H2Front {
     /// Moves the events for L7 (of virtual connections, and of HTTP/1.1
     /// connections once sniffed) to `out`.
     pub fn take_events(&mut self, out: &mut Vec<TcpEvent>) {
-        for ev in &self.events {
-            if let TcpEvent::Readable { conn } = *ev
-                && virtual_id(conn)
-            {
-                self.unread.push(conn);
-            }
-        }
         out.append(&mut self.events);
     }
 
@@ -399,19 +387,16 @@ impl H2Front {
     /// has not read (level-triggered, as the stack does for TCP), and closes
     /// connections that never said what they speak.
     pub fn poll<T: TcpApi>(&mut self, now: Instant, tcp: &mut T) {
-        // Every byte put in a stream's buffer comes with a `Readable`, so
-        // the streams L7 has not emptied are among those it was told of.
-        let mut unread = std::mem::take(&mut self.unread);
-        unread.sort_unstable();
-        unread.dedup();
-        for v in unread.drain(..) {
-            let waiting = self.streams.get(&v).is_some_and(|st| !st.req.is_empty())
-                || self.ustreams.get(&v).is_some_and(|st| !st.resp.is_empty());
-            if waiting {
-                self.events.push(TcpEvent::Readable { conn: v });
+        for (v, st) in &self.ustreams {
+            if !st.resp.is_empty() {
+                self.events.push(TcpEvent::Readable { conn: *v });
             }
         }
-        self.unread = unread;
+        for (v, st) in &self.streams {
+            if !st.req.is_empty() {
+                self.events.push(TcpEvent::Readable { conn: *v });
+            }
+        }
         if self.sniffing.is_empty() {
             return;
         }
