@@ -508,6 +508,9 @@ pub struct SimClient {
 pub enum SimClientKind {
     /// HTTP/1.1 keep-alive requests, bodies verified.
     Http,
+    /// HTTP/2 requests with prior knowledge over cleartext (h2c), one in
+    /// flight per connection, bodies verified.
+    H2c,
     /// TCP streams echoed back and compared by digest.
     Bulk,
     /// UDP requests echoed back and compared byte for byte.
@@ -1468,11 +1471,14 @@ impl Cx<'_> {
         for c in &s.client {
             let kind = match c.kind.get_ref().as_str() {
                 "http" => SimClientKind::Http,
+                "h2c" => SimClientKind::H2c,
                 "bulk" => SimClientKind::Bulk,
                 "udp" => SimClientKind::Udp,
                 other => {
-                    return Err(self
-                        .at(&c.kind, format!("kind `{other}`: expected `http`, `bulk` or `udp`")));
+                    return Err(self.at(
+                        &c.kind,
+                        format!("kind `{other}`: expected `http`, `h2c`, `bulk` or `udp`"),
+                    ));
                 }
             };
             let listener = listeners
@@ -1490,17 +1496,42 @@ impl Cx<'_> {
                 })?;
             match (&listeners[listener].mode, kind) {
                 (Mode::L7 { .. }, SimClientKind::Http)
+                | (Mode::L7 { tls: None, http2: true, .. }, SimClientKind::H2c)
                 | (Mode::L4 { proto: Proto::Tcp, .. }, SimClientKind::Bulk)
                 | (Mode::L4 { proto: Proto::Udp, .. }, SimClientKind::Udp) => {}
+                (Mode::L7 { .. }, SimClientKind::H2c) => {
+                    return Err(self.at(
+                        &c.kind,
+                        format!(
+                            "`h2c` clients speak cleartext HTTP/2: listener `{}` needs `http2 = true` (the default) and no `tls`",
+                            listeners[listener].name
+                        ),
+                    ));
+                }
                 _ => {
                     return Err(self.at(
                         &c.kind,
-                        "`http` clients go to L7 listeners, `bulk` clients to TCP L4 listeners and `udp` clients to UDP L4 listeners",
+                        "`http` and `h2c` clients go to L7 listeners, `bulk` clients to TCP L4 listeners and `udp` clients to UDP L4 listeners",
                     ));
                 }
             }
-            if kind == SimClientKind::Http && c.paths.is_empty() {
-                return Err(self.at(&c.kind, "an `http` client needs `paths = [\"/...\"]`"));
+            if matches!(kind, SimClientKind::Http | SimClientKind::H2c) {
+                if c.paths.is_empty() {
+                    return Err(self.at(
+                        &c.kind,
+                        format!("an `{}` client needs `paths = [\"/...\"]`", c.kind.get_ref()),
+                    ));
+                }
+                if let Some(p) = c
+                    .paths
+                    .iter()
+                    .find(|p| !p.starts_with('/') || p.bytes().any(|b| !b.is_ascii_graphic()))
+                {
+                    return Err(self.at(
+                        &c.name,
+                        format!("path `{p}`: paths start with `/` and hold no spaces or control characters"),
+                    ));
+                }
             }
             let addr = c.address.get_ref().parse::<IpAddr>().map_err(|_| {
                 self.at(&c.address, format!("`{}` is not an IP address", c.address.get_ref()))
@@ -1951,6 +1982,36 @@ address = "198.18.0.10:80"
 name = "db"
 backends = [{ name = "a", address = "198.18.0.21:5432" }]
 "#;
+
+    #[test]
+    fn h2c_sim_clients_need_a_cleartext_http2_l7_listener() {
+        let sim = |listener: &str, paths: &str| {
+            format!(
+                "{BASE}\n[sim]\nseed = 1\nseconds = 1\nbody_size = 16\n\n[[sim.client]]\nname = \"c\"\nkind = \"h2c\"\nlistener = \"{listener}\"\naddress = \"198.18.0.101\"\npaths = {paths}\n"
+            )
+        };
+        let c = Config::parse("t.toml", &sim("web", "[\"/a\"]")).unwrap();
+        let s = c.sim.expect("sim section");
+        assert_eq!((s.clients[0].kind, s.clients[0].listener), (SimClientKind::H2c, 1));
+        // HTTP/2 off on the listener.
+        let off = sim("web", "[\"/a\"]")
+            .replace("address = \"198.18.0.10:80\"", "address = \"198.18.0.10:80\"\nhttp2 = false");
+        let e = err(&off);
+        assert_eq!((e.line, e.key.as_str()), (33, "sim.client[0].kind"), "{e}");
+        assert!(e.message.contains("`http2 = true`"), "{e}");
+        // An L4 listener.
+        let e = err(&sim("pg", "[\"/a\"]"));
+        assert_eq!(e.key, "sim.client[0].kind", "{e}");
+        assert!(e.message.contains("`h2c` clients go to L7 listeners"), "{e}");
+        // Paths.
+        let e = err(&sim("web", "[]"));
+        assert!(e.message.contains("an `h2c` client needs `paths"), "{e}");
+        let e = err(&sim("web", "[\"a b\"]"));
+        assert_eq!(e.key, "sim.client[0].name", "{e}");
+        assert!(e.message.contains("path `a b`"), "{e}");
+        let e = err(&sim("web", "[\"/a\"]").replace("\"h2c\"", "\"h3\""));
+        assert!(e.message.contains("expected `http`, `h2c`, `bulk` or `udp`"), "{e}");
+    }
 
     #[test]
     fn demo_config_is_valid() {

@@ -174,9 +174,9 @@ impl Snapshot {
                 ..Default::default()
             };
             match h {
-                ClientHost::Http(st) => {
+                ClientHost::Http(st) | ClientHost::H2c(st) => {
                     let st = st.borrow();
-                    row.kind = "http";
+                    row.kind = if matches!(h, ClientHost::H2c(_)) { "h2c" } else { "http" };
                     row.ok = st.responses_ok;
                     row.connections = st.connections;
                     row.bytes = st.bytes_in;

@@ -11,8 +11,8 @@ use std::rc::Rc;
 
 use switchyard_nic::sim::{RING, SimPort, pair};
 use switchyard_sim::hosts::{
-    BulkClient, BulkConfig, BulkStats, ClientStats, EchoServer, EchoStats, HostConfig, HttpClient,
-    HttpClientConfig, HttpServer, OriginSize, ServerStats, UdpClient, UdpClientConfig,
+    BulkClient, BulkConfig, BulkStats, ClientStats, EchoServer, EchoStats, H2Client, HostConfig,
+    HttpClient, HttpClientConfig, HttpServer, OriginSize, ServerStats, UdpClient, UdpClientConfig,
     UdpClientStats, UdpEchoServer, UdpEchoStats,
 };
 use switchyard_sim::{Duration, Instant, LinkConfig, LinkId, Network, Node};
@@ -43,8 +43,10 @@ impl BackendHost {
 
 /// A simulated client population and what it counted.
 pub enum ClientHost {
-    /// HTTP requests.
+    /// HTTP/1.1 requests.
     Http(Rc<RefCell<ClientStats>>),
+    /// HTTP/2 (h2c) requests.
+    H2c(Rc<RefCell<ClientStats>>),
     /// Bulk streams.
     Bulk(Rc<RefCell<BulkStats>>),
     /// UDP requests.
@@ -55,7 +57,7 @@ impl ClientHost {
     /// True when the client has finished everything it started.
     pub fn done(&self) -> bool {
         match self {
-            ClientHost::Http(s) => s.borrow().done(),
+            ClientHost::Http(s) | ClientHost::H2c(s) => s.borrow().done(),
             ClientHost::Bulk(s) => s.borrow().done(),
             ClientHost::Udp(s) => s.borrow().done(),
         }
@@ -65,7 +67,7 @@ impl ClientHost {
     /// streams, and wrong bodies.
     pub fn errors(&self) -> u64 {
         match self {
-            ClientHost::Http(s) => {
+            ClientHost::Http(s) | ClientHost::H2c(s) => {
                 let s = s.borrow();
                 s.errors + s.bad_bodies + s.timeouts
             }
@@ -304,27 +306,32 @@ impl World {
                 reorder_delay: Duration::from_micros(u64::from(c.latency_us) + 200),
             };
             match c.kind {
-                SimClientKind::Http => {
-                    let (node, wire, stats) = HttpClient::new(
-                        host,
-                        HttpClientConfig {
-                            target,
-                            paths: c.paths.clone(),
-                            concurrency: c.concurrency as usize,
-                            requests_per_connection: c.requests_per_connection as usize,
-                            total_requests: c.total,
-                            until,
-                            body_size: sim.body_size as usize,
-                            timeout: Duration::from_secs(10),
-                            start_port: 10000,
-                            start: Some(start + Duration::from_millis(u64::from(c.start_ms))),
-                            socket_buffer: sim.host_buffer,
-                            connects_per_ms: c.connects_per_ms as usize,
-                        },
-                    );
-                    net.add_node(Box::new(node));
+                SimClientKind::Http | SimClientKind::H2c => {
+                    let http = HttpClientConfig {
+                        target,
+                        paths: c.paths.clone(),
+                        concurrency: c.concurrency as usize,
+                        requests_per_connection: c.requests_per_connection as usize,
+                        total_requests: c.total,
+                        until,
+                        body_size: sim.body_size as usize,
+                        timeout: Duration::from_secs(10),
+                        start_port: 10000,
+                        start: Some(start + Duration::from_millis(u64::from(c.start_ms))),
+                        socket_buffer: sim.host_buffer,
+                        connects_per_ms: c.connects_per_ms as usize,
+                    };
+                    let (wire, client) = if c.kind == SimClientKind::H2c {
+                        let (node, wire, stats) = H2Client::new(host, http);
+                        net.add_node(Box::new(node));
+                        (wire, ClientHost::H2c(stats))
+                    } else {
+                        let (node, wire, stats) = HttpClient::new(host, http);
+                        net.add_node(Box::new(node));
+                        (wire, ClientHost::Http(stats))
+                    };
                     client_links.push(net.attach(&c.name, wire, link));
-                    clients.push(ClientHost::Http(stats));
+                    clients.push(client);
                 }
                 SimClientKind::Udp => {
                     let (node, wire, stats) = UdpClient::new(

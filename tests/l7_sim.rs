@@ -1,20 +1,34 @@
 //! L7 end to end on the simulated network: HTTP/1.1 clients through the
 //! terminated listener to origins chosen by path prefix, with keep-alive on
-//! both sides; clean and over a lossy, reordering client link.
+//! both sides; clean and over a lossy, reordering client link; and HTTP/2
+//! (h2c, prior knowledge) clients through the same listener to the same
+//! HTTP/1.1 origins.
 
 mod common;
 
-use switchyard::world::ClientHost;
+use switchyard::report::Snapshot;
+use switchyard::world::{ClientHost, World};
+use switchyard_sim::hosts::ClientStats;
 
-fn http_run(seed: u64, loss: f64, reorder: f64) {
+/// 1000 requests over four paths by `concurrency` connections of a `kind`
+/// client population, each making `per_connection` requests; returns the
+/// world, its last snapshot and the context to print on failure.
+fn run(
+    kind: &str,
+    concurrency: u32,
+    per_connection: u32,
+    seed: u64,
+    loss: f64,
+    reorder: f64,
+) -> (World, Snapshot, String) {
     let clients = format!(
         r#"[[sim.client]]
 name = "clients"
-kind = "http"
+kind = "{kind}"
 listener = "web"
 address = "198.18.0.101"
-concurrency = 50
-requests_per_connection = 20
+concurrency = {concurrency}
+requests_per_connection = {per_connection}
 total = 1000
 paths = ["/api/users", "/index.html", "/api/orders/7", "/img/logo.png"]
 loss = {loss}
@@ -25,15 +39,17 @@ latency_us = 200
     let cfg = common::config(seed, 60, &clients);
     let (world, snap) = common::run(&cfg, 120);
     let ctx = format!("sim seed = {seed}\n{}", snap.summary());
+    (world, snap, ctx)
+}
 
-    let ClientHost::Http(stats) = &world.clients[0] else { panic!("http client expected") };
-    let st = stats.borrow();
-    // Every response verified byte for byte by the client.
+/// What every run must show, whatever the client's protocol: 1000 responses
+/// verified byte for byte, no error, each path answered only by its route's
+/// pool, all four origins answering, and each of them having seen the
+/// requests the client made.
+fn check_responses(st: &ClientStats, snap: &Snapshot, ctx: &str) {
     assert_eq!(st.responses_ok, 1000, "{ctx}");
     assert_eq!((st.errors, st.bad_bodies, st.timeouts), (0, 0, 0), "{ctx}");
     assert!(st.bytes_in >= 1000 * 1024, "{ctx}");
-    // Each path was answered only by backends of the pool its route names,
-    // and both backends of each pool answered.
     let mut seen = std::collections::BTreeSet::new();
     for (path, by_backend) in &st.by_path {
         let pool = if path.starts_with("/api/") { "api-" } else { "static-" };
@@ -41,8 +57,27 @@ latency_us = 200
             assert!(backend.starts_with(pool), "{path} answered by {backend} ({n} times)\n{ctx}");
             seen.insert(backend.clone());
         }
+        // Paths are requested in turn.
+        assert_eq!(by_backend.values().sum::<u64>(), 250, "{path}\n{ctx}");
     }
     assert_eq!(seen.len(), 4, "all four origins answered: {seen:?}\n{ctx}");
+    let served: u64 = snap.backends.iter().filter(|b| b.pool != "pg").map(|b| b.host_served).sum();
+    assert_eq!(served, 1000, "{ctx}");
+}
+
+/// Upstream connects and reuses of the HTTP pools (keep-alive to origins).
+fn upstream(snap: &Snapshot) -> (u64, u64) {
+    snap.backends
+        .iter()
+        .filter(|b| b.pool != "pg")
+        .fold((0, 0), |(c, r), b| (c + b.upstream_connects, r + b.upstream_reuses))
+}
+
+fn http_run(seed: u64, loss: f64, reorder: f64) {
+    let (world, snap, ctx) = run("http", 50, 20, seed, loss, reorder);
+    let ClientHost::Http(stats) = &world.clients[0] else { panic!("http client expected") };
+    let st = stats.borrow();
+    check_responses(&st, &snap, &ctx);
     // Keep-alive on the client side: 1000 requests over at most 100 connections
     // (50 slots of 20; under loss a slow slot's share moves to a new connection).
     assert!(st.connections >= 50 && st.connections <= 100, "{ctx}");
@@ -54,17 +89,10 @@ latency_us = 200
     let listener = lb.dp.l7.listener_stats(1).expect("web listener stats");
     assert_eq!(listener.requests, 1000, "{ctx}");
     assert_eq!(listener.connections_total, st.connections, "{ctx}");
-    let (connects, reuses): (u64, u64) = snap
-        .backends
-        .iter()
-        .filter(|b| b.pool != "pg")
-        .fold((0, 0), |(c, r), b| (c + b.upstream_connects, r + b.upstream_reuses));
+    let (connects, reuses) = upstream(&snap);
     assert!(connects > 0 && connects <= 100, "upstream connects {connects}\n{ctx}");
     assert!(reuses >= 900, "upstream reuses {reuses}\n{ctx}");
     assert_eq!(connects + reuses, 1000, "{ctx}");
-    // Backends saw exactly the requests the client made.
-    let served: u64 = snap.backends.iter().filter(|b| b.pool != "pg").map(|b| b.host_served).sum();
-    assert_eq!(served, 1000, "{ctx}");
 }
 
 #[test]
@@ -76,4 +104,39 @@ fn http_50_clients_x_20_requests() {
 fn http_50_clients_x_20_requests_with_loss_and_reordering() {
     let seed = common::seed(12);
     http_run(seed, 0.02, 0.02);
+}
+
+fn h2c_run(seed: u64, loss: f64, reorder: f64) {
+    let (world, snap, ctx) = run("h2c", 40, 25, seed, loss, reorder);
+    let ClientHost::H2c(stats) = &world.clients[0] else { panic!("h2c client expected") };
+    let st = stats.borrow();
+    check_responses(&st, &snap, &ctx);
+    assert!(st.connections >= 40 && st.connections <= 80, "{ctx}");
+    if loss == 0.0 {
+        assert_eq!(st.connections, 40, "{ctx}");
+    }
+    // The listener served them as HTTP/2: its front counted the connections
+    // and one stream per request, and the listener proxied every request.
+    let lb = world.lb.borrow();
+    let h2 = lb.dp.h2.stats();
+    assert_eq!(h2.connections, st.connections, "{ctx}");
+    assert_eq!(h2.streams, 1000, "{ctx}");
+    assert_eq!((h2.protocol_errors, h2.proxy_resets, h2.client_resets), (0, 0, 0), "{ctx}");
+    let listener = lb.dp.l7.listener_stats(1).expect("web listener stats");
+    assert_eq!(listener.requests, 1000, "{ctx}");
+    // Upstream it is HTTP/1.1 keep-alive to the origins.
+    let (connects, reuses) = upstream(&snap);
+    assert!(connects > 0 && connects <= 100, "upstream connects {connects}\n{ctx}");
+    assert_eq!(connects + reuses, 1000, "{ctx}");
+    assert!(reuses >= 900, "upstream reuses {reuses}\n{ctx}");
+}
+
+#[test]
+fn h2c_40_clients_x_25_requests() {
+    h2c_run(common::seed(13), 0.0, 0.0);
+}
+
+#[test]
+fn h2c_40_clients_x_25_requests_with_loss_and_reordering() {
+    h2c_run(common::seed(14), 0.02, 0.02);
 }

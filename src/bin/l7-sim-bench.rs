@@ -1,7 +1,9 @@
 //! L7 cost per request and memory per connection against the number of
 //! concurrent client connections, on the simulated network: HTTP/1.1
-//! keep-alive clients with 1 KiB bodies through one L7 listener (two routes,
-//! two pools of simulated origins), at each concurrency in turn.
+//! keep-alive clients (or, with `PROTOCOL=h2c`, HTTP/2 clients with prior
+//! knowledge, one request in flight per connection) with 1 KiB bodies through
+//! one L7 listener (two routes, two pools of simulated HTTP/1.1 origins), at
+//! each concurrency in turn.
 //!
 //! Cost: the load balancer's own time (its turns, the simulated hosts
 //! excluded) divided by the requests it proxied in steady state: from the
@@ -27,6 +29,7 @@
 //! connections, at least two).
 //!
 //!   cargo run --release --bin l7-sim-bench [-- 10 1000 100000]
+//!   PROTOCOL=h2c cargo run --release --bin l7-sim-bench
 //!   SOCKETS_PER_SHARD=16 BUFFER_SIZE=16384 cargo run --release --bin l7-sim-bench
 
 use std::time::Instant as WallClock;
@@ -67,6 +70,15 @@ fn shape(n: usize) -> Shape {
     Shape { hosts, backends: n.div_ceil(1563).max(2) }
 }
 
+/// The clients' protocol: the `[[sim.client]]` kind.
+fn protocol() -> &'static str {
+    match std::env::var("PROTOCOL").as_deref() {
+        Err(_) | Ok("" | "http" | "http1") => "http",
+        Ok("h2c" | "h2" | "http2") => "h2c",
+        Ok(other) => panic!("PROTOCOL={other}: expected `http` (the default) or `h2c`"),
+    }
+}
+
 fn config(n: usize, per_shard: usize, buffer: Option<usize>) -> (Config, Shape) {
     let s = shape(n);
     let mut src = String::new();
@@ -99,10 +111,11 @@ fn config(n: usize, per_shard: usize, buffer: Option<usize>) -> (Config, Shape) 
     let ramp = ramp_total.div_ceil(s.hosts.len()).max(1);
     for (i, (c, total)) in s.hosts.iter().enumerate() {
         src.push_str(&format!(
-            "[[sim.client]]\nname = \"clients-{i}\"\nkind = \"http\"\nlistener = \"web\"\n\
+            "[[sim.client]]\nname = \"clients-{i}\"\nkind = \"{}\"\nlistener = \"web\"\n\
              address = \"198.18.{}.{}\"\nconcurrency = {c}\nrequests_per_connection = 1000000\n\
              total = {total}\npaths = [\"/api/users\", \"/index.html\"]\nlatency_us = 1000\n\
              connects_per_ms = {ramp}\n\n",
+            protocol(),
             2 + i / 250,
             1 + i % 250
         ));
@@ -126,7 +139,7 @@ struct Clients {
 fn clients(w: &World, s: &Shape) -> Clients {
     let mut out = Clients::default();
     for (c, (_, total)) in w.clients.iter().zip(&s.hosts) {
-        let ClientHost::Http(st) = c else { continue };
+        let (ClientHost::Http(st) | ClientHost::H2c(st)) = c else { continue };
         let st = st.borrow();
         out.connections += st.connections;
         out.requests += st.requests;
@@ -154,7 +167,13 @@ fn mark(w: &World) -> Mark {
         requests: l.map_or(0, |s| s.requests),
         heap: w.lb_heap_bytes(),
         tcp_active: lb.dp.stack.tcp_stats().active,
-        client_conns: l.map_or(0, |s| s.connections_active),
+        // Over HTTP/2 the listener sees each stream as a connection: the
+        // client connections are the front's.
+        client_conns: if protocol() == "h2c" {
+            lb.dp.h2.active_connections() as u64
+        } else {
+            l.map_or(0, |s| s.connections_active)
+        },
     }
 }
 
@@ -246,7 +265,7 @@ fn main() {
             l7,
         ));
     }
-    println!("sockets per shard: {per_shard}");
+    println!("protocol: {}, sockets per shard: {per_shard}", protocol());
     println!(
         "{:>11} {:>9} {:>10} {:>8} {:>8} {:>8} {:>9} {:>11} {:>11} {:>11} {:>9}",
         "connections",

@@ -1,6 +1,8 @@
 //! HTTP/1.1 (RFC 9112) on simulated hosts: an origin that answers every GET with
 //! a body derived from its path and names itself in `X-Backend`, and a client that
 //! keeps connections alive, checks every body byte for byte, and counts who answered.
+//! The client is generic over the protocol of its connections ([`Session`]):
+//! HTTP/1.1 here, HTTP/2 in `h2c.rs`.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -337,23 +339,158 @@ struct Inflight {
     sent_at: Instant,
 }
 
-struct ClientConn {
+struct ClientConn<S> {
     handle: SocketHandle,
     opened: Instant,
     done_requests: usize,
     inflight: Option<Inflight>,
+    session: S,
+}
+
+/// A complete response, as a [`Session`] read it.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Value of `X-Backend` (`?` when absent).
+    pub backend: String,
+    /// The body was exactly the expected bytes.
+    pub body_ok: bool,
+    /// Bytes received for the response (head and body, or frames).
+    pub bytes: u64,
+    /// The connection may carry another request.
+    pub keep: bool,
+}
+
+/// What a [`Session`] made of the bytes a socket had.
+#[derive(Debug)]
+pub enum Exchange {
+    /// No complete response yet.
+    Pending,
+    /// The response to the request in flight.
+    Response(Response),
+    /// The connection is unusable (unparsable response, protocol error, or
+    /// the peer ended it); a request in flight counts as an error.
+    Broken,
+}
+
+/// The protocol a [`Client`] speaks on each of its connections: the client
+/// opens connections at the ramp's pace, keeps one request in flight on each,
+/// times them out, checks bodies and counts; a session turns requests into
+/// bytes on its socket and bytes back into responses.
+pub trait Session: Sized {
+    /// What all connections of one client share (requests prepared once,
+    /// scratch state).
+    type Shared;
+    /// Prepares what connections to `target` requesting `paths` share.
+    fn shared(target: SocketAddr, paths: &[String]) -> Self::Shared;
+    /// The state of a connection being opened (`None`: it cannot be).
+    fn open(shared: &Self::Shared) -> Option<Self>;
+    /// Moves what the socket has into the session (and what the session has
+    /// to say into the socket); a complete response to the request in flight
+    /// is checked against `expected`, its body (`None`: nothing in flight).
+    fn exchange(
+        &mut self,
+        shared: &Self::Shared,
+        sock: &mut tcp::Socket<'static>,
+        scratch: &mut [u8],
+        expected: Option<&[u8]>,
+    ) -> Exchange;
+    /// Sends the request for path `path` if the socket takes it whole.
+    fn send(&mut self, shared: &Self::Shared, path: usize, sock: &mut tcp::Socket<'static>)
+    -> bool;
+}
+
+/// HTTP/1.1 keep-alive on a connection: the response bytes read so far.
+pub struct Http1 {
     inbuf: Vec<u8>,
 }
 
-/// An HTTP/1.1 load generator.
-pub struct HttpClient {
+impl Session for Http1 {
+    /// Each path's request head.
+    type Shared = Vec<Vec<u8>>;
+
+    fn shared(target: SocketAddr, paths: &[String]) -> Vec<Vec<u8>> {
+        paths
+            .iter()
+            .map(|p| {
+                format!("GET {p} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: switchyard-sim\r\n\r\n")
+                    .into_bytes()
+            })
+            .collect()
+    }
+
+    fn open(_: &Vec<Vec<u8>>) -> Option<Http1> {
+        Some(Http1 { inbuf: Vec::new() })
+    }
+
+    fn exchange(
+        &mut self,
+        _: &Vec<Vec<u8>>,
+        sock: &mut tcp::Socket<'static>,
+        scratch: &mut [u8],
+        expected: Option<&[u8]>,
+    ) -> Exchange {
+        while sock.can_recv() {
+            match sock.recv_slice(scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.inbuf.extend_from_slice(&scratch[..n]),
+            }
+        }
+        let Some(expected) = expected else { return Exchange::Pending };
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let (head, status, len, backend, close) = match resp.parse(&self.inbuf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let mut len = None;
+                let mut backend = String::from("?");
+                let mut close = false;
+                for h in resp.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        len = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<usize>().ok());
+                    } else if h.name.eq_ignore_ascii_case("x-backend") {
+                        backend = String::from_utf8_lossy(h.value).into_owned();
+                    } else if h.name.eq_ignore_ascii_case("connection") {
+                        close = h.value.eq_ignore_ascii_case(b"close");
+                    }
+                }
+                (n, resp.code.unwrap_or(0), len, backend, close)
+            }
+            Ok(httparse::Status::Partial) => return Exchange::Pending,
+            Err(_) => return Exchange::Broken,
+        };
+        let Some(len) = len else { return Exchange::Broken };
+        if self.inbuf.len() < head + len {
+            return Exchange::Pending;
+        }
+        let body_ok = &self.inbuf[head..head + len] == expected;
+        self.inbuf.drain(..head + len);
+        Exchange::Response(Response {
+            status,
+            backend,
+            body_ok,
+            bytes: (head + len) as u64,
+            keep: !close && status == 200,
+        })
+    }
+
+    fn send(&mut self, heads: &Vec<Vec<u8>>, path: usize, sock: &mut tcp::Socket<'static>) -> bool {
+        let req = &heads[path];
+        sock.send_capacity() - sock.send_queue() >= req.len() && sock.send_slice(req).is_ok()
+    }
+}
+
+/// An HTTP load generator speaking `S` on every connection.
+pub struct Client<S: Session> {
     host: Host,
     cfg: HttpClientConfig,
-    conns: Vec<Option<ClientConn>>,
+    conns: Vec<Option<ClientConn<S>>>,
     next_port: u16,
     next_path: usize,
     expected: Vec<Vec<u8>>,
-    request_heads: Vec<Vec<u8>>,
+    shared: S::Shared,
     stats: Rc<RefCell<ClientStats>>,
     /// When the next poll is due, worked out at the end of the last one
     /// (`poll_at` is asked far more often than `poll` runs).
@@ -366,34 +503,28 @@ pub struct HttpClient {
     reached: bool,
 }
 
-impl HttpClient {
+/// An HTTP/1.1 keep-alive load generator.
+pub type HttpClient = Client<Http1>;
+
+impl<S: Session> Client<S> {
     /// A client population on `host`.
     pub fn new(
         host: HostConfig,
         cfg: HttpClientConfig,
-    ) -> (HttpClient, SimWire, Rc<RefCell<ClientStats>>) {
+    ) -> (Client<S>, SimWire, Rc<RefCell<ClientStats>>) {
         let (host, wire) = Host::new(&host);
         let stats = Rc::new(RefCell::new(ClientStats::default()));
         let paths = if cfg.paths.is_empty() { vec!["/".to_string()] } else { cfg.paths.clone() };
         let expected = paths.iter().map(|p| body_bytes(p, cfg.body_size)).collect();
-        let request_heads = paths
-            .iter()
-            .map(|p| {
-                format!(
-                    "GET {p} HTTP/1.1\r\nHost: {}\r\nUser-Agent: switchyard-sim\r\n\r\n",
-                    cfg.target
-                )
-                .into_bytes()
-            })
-            .collect();
+        let shared = S::shared(cfg.target, &paths);
         let cfg = HttpClientConfig { paths, ..cfg };
-        let c = HttpClient {
+        let c = Client {
             host,
             conns: (0..cfg.concurrency.max(1)).map(|_| None).collect(),
             next_port: cfg.start_port.max(1024),
             next_path: 0,
             expected,
-            request_heads,
+            shared,
             stats: stats.clone(),
             next: Some(Instant::from_millis(0)),
             ramp: Instant::from_millis(0),
@@ -416,68 +547,48 @@ impl HttpClient {
         p
     }
 
-    /// Parses a complete response from the connection's buffer, if there is one.
-    fn take_response(&mut self, slot: usize, now: Instant) -> Option<bool> {
-        let c = self.conns[slot].as_mut()?;
-        let inflight = c.inflight.as_ref()?;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        let (head, status, len, backend, close) = match resp.parse(&c.inbuf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let mut len = None;
-                let mut backend = String::from("?");
-                let mut close = false;
-                for h in resp.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("content-length") {
-                        len = std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse::<usize>().ok());
-                    } else if h.name.eq_ignore_ascii_case("x-backend") {
-                        backend = String::from_utf8_lossy(h.value).into_owned();
-                    } else if h.name.eq_ignore_ascii_case("connection") {
-                        close = h.value.eq_ignore_ascii_case(b"close");
-                    }
-                }
-                (n, resp.code.unwrap_or(0), len, backend, close)
-            }
-            Ok(httparse::Status::Partial) => return None,
-            Err(_) => {
-                self.stats.borrow_mut().errors += 1;
-                return Some(false);
-            }
-        };
-        let Some(len) = len else {
+    /// Opens a connection in `slot`.
+    fn open(&mut self, slot: usize, now: Instant) {
+        let port = self.port();
+        let h = self.host.new_socket(self.cfg.socket_buffer.max(1024));
+        let remote = (IpAddress::from(self.cfg.target.ip()), self.cfg.target.port());
+        let cx = self.host.iface.context();
+        let connected =
+            self.host.sockets.get_mut::<tcp::Socket>(h).connect(cx, remote, port).is_ok();
+        let session = if connected { S::open(&self.shared) } else { None };
+        let Some(session) = session else {
+            self.host.sockets.remove(h);
             self.stats.borrow_mut().errors += 1;
-            return Some(false);
+            return;
         };
-        if c.inbuf.len() < head + len {
-            return None;
-        }
-        let body = &c.inbuf[head..head + len];
-        let path = inflight.path;
-        let mut st = self.stats.borrow_mut();
-        st.bytes_in += (head + len) as u64;
-        st.latency_us_sum += (now - inflight.sent_at).total_micros();
-        if status != 200 {
+        self.stats.borrow_mut().connections += 1;
+        self.conns[slot] =
+            Some(ClientConn { handle: h, opened: now, done_requests: 0, inflight: None, session });
+    }
+
+    /// Counts a response to the request in flight on `c`.
+    fn record(
+        stats: &RefCell<ClientStats>,
+        path: &str,
+        sent_at: Instant,
+        r: Response,
+        now: Instant,
+    ) {
+        let mut st = stats.borrow_mut();
+        st.bytes_in += r.bytes;
+        st.latency_us_sum += (now - sent_at).total_micros();
+        if r.status != 200 {
             st.errors += 1;
-        } else if body != self.expected[path].as_slice() {
+        } else if !r.body_ok {
             st.bad_bodies += 1;
         } else {
             st.responses_ok += 1;
-            *st.by_path
-                .entry(self.cfg.paths[path].clone())
-                .or_default()
-                .entry(backend)
-                .or_default() += 1;
+            *st.by_path.entry(path.to_string()).or_default().entry(r.backend).or_default() += 1;
         }
-        c.inbuf.drain(..head + len);
-        c.inflight = None;
-        c.done_requests += 1;
-        Some(!close && status == 200)
     }
 }
 
-impl Node for HttpClient {
+impl<S: Session> Node for Client<S> {
     fn name(&self) -> &str {
         &self.host.name
     }
@@ -491,52 +602,38 @@ impl Node for HttpClient {
                 if !self.may_start(now) || !self.ramp_allows(now) {
                     continue;
                 }
-                let port = self.port();
-                let h = self.host.new_socket(self.cfg.socket_buffer.max(1024));
-                let remote = (IpAddress::from(self.cfg.target.ip()), self.cfg.target.port());
-                let cx = self.host.iface.context();
-                if self.host.sockets.get_mut::<tcp::Socket>(h).connect(cx, remote, port).is_err() {
-                    self.host.sockets.remove(h);
-                    self.stats.borrow_mut().errors += 1;
-                    continue;
-                }
-                self.stats.borrow_mut().connections += 1;
-                self.conns[slot] = Some(ClientConn {
-                    handle: h,
-                    opened: now,
-                    done_requests: 0,
-                    inflight: None,
-                    inbuf: Vec::new(),
-                });
+                self.open(slot, now);
             }
-            let Some(h) = self.conns[slot].as_ref().map(|c| c.handle) else { continue };
-            // Read.
-            while self.host.socket(h).can_recv() {
-                match self.host.socket(h).recv_slice(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if let Some(c) = self.conns[slot].as_mut() {
-                            c.inbuf.extend_from_slice(&buf[..n]);
-                        }
+            let Some(c) = self.conns[slot].as_mut() else { continue };
+            let h = c.handle;
+            let sock = self.host.sockets.get_mut::<tcp::Socket>(h);
+            let expected = c.inflight.as_ref().map(|f| self.expected[f.path].as_slice());
+            let mut keep = true;
+            let mut broken = false;
+            match c.session.exchange(&self.shared, sock, &mut buf, expected) {
+                Exchange::Pending => {}
+                Exchange::Broken => broken = true,
+                Exchange::Response(r) => {
+                    if let Some(f) = c.inflight.take() {
+                        keep = r.keep;
+                        Self::record(&self.stats, &self.cfg.paths[f.path], f.sent_at, r, now);
+                        c.done_requests += 1;
                     }
                 }
             }
-            let mut keep = true;
-            if let Some(ok) = self.take_response(slot, now) {
-                keep = ok;
-            }
-            let state = self.host.socket(h).state();
+            let state = sock.state();
             self.reached |= state == State::Established;
-            let Some(c) = self.conns[slot].as_mut() else { continue };
             let timed_out = match &c.inflight {
                 Some(f) => now >= f.sent_at + self.cfg.timeout,
                 None => state == State::SynSent && now >= c.opened + self.cfg.timeout,
             };
-            let failed = matches!(
-                state,
-                State::Closed | State::TimeWait | State::CloseWait | State::LastAck
-            ) && c.inflight.is_some();
-            if timed_out || failed || !keep {
+            let failed = (broken
+                || matches!(
+                    state,
+                    State::Closed | State::TimeWait | State::CloseWait | State::LastAck
+                ))
+                && c.inflight.is_some();
+            if timed_out || failed || broken || !keep {
                 let mut st = self.stats.borrow_mut();
                 if timed_out {
                     st.timeouts += 1;
@@ -544,7 +641,7 @@ impl Node for HttpClient {
                     st.errors += 1;
                 }
                 drop(st);
-                self.host.socket(h).abort();
+                sock.abort();
                 self.host.sockets.remove(h);
                 self.conns[slot] = None;
                 continue;
@@ -557,22 +654,18 @@ impl Node for HttpClient {
                     self.cfg.total_requests.is_none_or(|t| st.requests < t)
                         && self.cfg.until.is_none_or(|u| now < u)
                 };
-                let sock = self.host.sockets.get_mut::<tcp::Socket>(h);
-                if more && sock.state() == State::Established && may_start {
+                if more && state == State::Established && may_start {
                     let path = self.next_path % self.cfg.paths.len();
-                    let req = &self.request_heads[path];
-                    if sock.send_capacity() - sock.send_queue() >= req.len()
-                        && sock.send_slice(req).is_ok()
-                    {
+                    if c.session.send(&self.shared, path, sock) {
                         self.next_path += 1;
                         c.inflight = Some(Inflight { path, sent_at: now });
                         self.stats.borrow_mut().requests += 1;
                     }
-                } else if sock.state() == State::Established || sock.state() == State::CloseWait {
+                } else if state == State::Established || state == State::CloseWait {
                     if !more || !may_start {
                         sock.close();
                     }
-                } else if matches!(sock.state(), State::TimeWait | State::Closed) {
+                } else if matches!(state, State::TimeWait | State::Closed) {
                     self.host.sockets.remove(h);
                     self.conns[slot] = None;
                 }
@@ -593,7 +686,7 @@ impl Node for HttpClient {
     }
 }
 
-impl HttpClient {
+impl<S: Session> Client<S> {
     /// True if the ramp lets one more connection open at `now` (and counts it).
     fn ramp_allows(&mut self, now: Instant) -> bool {
         let per = self.cfg.connects_per_ms as u64;

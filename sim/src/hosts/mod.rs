@@ -1,9 +1,11 @@
 //! Simulated hosts: each is a small smoltcp stack on Ethernet (it does its own ARP)
 //! behind a sim port, plus an application: an HTTP/1.1 origin and load-generating
-//! client (RFC 9112), a TCP bulk client that checks SHA-256 digests end to end, and
+//! clients (HTTP/1.1 keep-alive, RFC 9112, and HTTP/2 with prior knowledge,
+//! RFC 9113), a TCP bulk client that checks SHA-256 digests end to end, and
 //! an echo server.
 
 mod bulk;
+mod h2c;
 mod http;
 mod udp;
 
@@ -16,8 +18,10 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 use switchyard_nic::sim::{SimPort, SimWire, pair};
 
 pub use bulk::{BulkClient, BulkConfig, BulkStats, EchoServer, EchoStats};
+pub use h2c::{H2Client, H2Shared, Http2};
 pub use http::{
-    ClientStats, HttpClient, HttpClientConfig, HttpServer, OriginSize, ServerStats, body_bytes,
+    Client, ClientStats, Exchange, Http1, HttpClient, HttpClientConfig, HttpServer, OriginSize,
+    Response, ServerStats, Session, body_bytes,
 };
 pub use udp::{UdpClient, UdpClientConfig, UdpClientStats, UdpEchoServer, UdpEchoStats};
 
