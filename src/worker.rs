@@ -423,7 +423,10 @@ impl Dataplane {
         h2.poll(now, &mut tls.wrap(stack.tcp()));
         l7.poll(now, &mut h2.wrap(&mut tls.wrap(stack.tcp())));
         relay(l7, h2, tls, stack, h2_events);
-        // What L7 wrote on TLS connections this turn, sealed as one batch.
+        // What L7 wrote on HTTP/2 streams this turn, framed once per
+        // connection; then what was written on TLS connections, sealed as
+        // one batch.
+        h2.flush(&mut tls.wrap(stack.tcp()));
         tls.seal(stack.tcp());
         health.poll(now, &mut tls.wrap(stack.tcp()));
         health.drain_changes(changes);

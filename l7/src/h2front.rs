@@ -269,6 +269,10 @@ pub struct H2Front {
     /// Requests on them, by virtual connection.
     pub(crate) ustreams: HashMap<ConnId, crate::h2back::UStream>,
     pub(crate) up_by_addr: HashMap<SocketAddr, ConnId>,
+    /// Connections whose streams L7 wrote to since the last [`H2Front::flush`]:
+    /// driven (frames encoded, bytes to TCP) once each there, not once per
+    /// write.
+    written: Vec<ConnId>,
 }
 
 fn virtual_id(conn: ConnId) -> bool {
@@ -292,6 +296,7 @@ impl H2Front {
             uconns: HashMap::new(),
             ustreams: HashMap::new(),
             up_by_addr: HashMap::new(),
+            written: Vec::new(),
         }
     }
 
@@ -409,6 +414,20 @@ impl H2Front {
         for c in stale {
             self.sniffing.remove(&c);
             tcp.abort(c);
+        }
+    }
+
+    /// Drives the connections whose streams L7 wrote to since the last call:
+    /// h2 encodes their frames and the bytes go to TCP. Called once a turn,
+    /// after L7 (and before TLS seals what was written).
+    pub fn flush<T: TcpApi>(&mut self, tcp: &mut T) {
+        let mut written = std::mem::take(&mut self.written);
+        for conn in written.drain(..) {
+            self.drive(conn, tcp);
+        }
+        // The list keeps its room for the next turn.
+        if self.written.is_empty() {
+            self.written = written;
         }
     }
 
@@ -986,12 +1005,16 @@ impl<T: TcpApi> H2Tcp<'_, T> {
         true
     }
 
-    /// Pushes what L7 wrote on stream `v` towards the client.
+    /// Hands what L7 wrote on stream `v` to h2; its connection is driven at
+    /// the next [`H2Front::flush`], with whatever else L7 writes on it in
+    /// this turn (a response's head and body, other streams' responses).
     fn kick(&mut self, v: ConnId) {
         if let Some(conn) = self.front.streams.get(&v).map(|s| s.conn) {
             let mut cx = Context::from_waker(Waker::noop());
             self.front.push_response(v, &mut cx);
-            self.front.drive(conn, self.tcp);
+            if !self.front.written.contains(&conn) {
+                self.front.written.push(conn);
+            }
         }
     }
 }

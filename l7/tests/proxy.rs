@@ -1213,7 +1213,8 @@ mod h2_client {
                     self.event(TcpEvent::Readable { conn: self.conn });
                 }
                 self.relay();
-                if !moved {
+                // (What the front framed at the end of the relay moves next.)
+                if !moved && self.h.tcp.c(self.conn).sent.is_empty() {
                     return;
                 }
             }
@@ -1237,6 +1238,8 @@ mod h2_client {
                     self.h.l7.on_event(self.h.now, ev, &mut self.front.wrap(&mut self.h.tcp));
                 }
             }
+            // As the worker does at the end of its turn.
+            self.front.flush(&mut self.h.tcp);
         }
 
         /// An HTTP/2 server (the h2 crate) on upstream connection `u`: its
