@@ -833,31 +833,48 @@ impl H2Front {
                         st.resp = Resp::Head(Vec::new());
                         return total - again.len() + self.write_response(v, &again);
                     }
-                    let mut resp = http::Response::builder().status(status);
+                    // The head once in shared bytes: header values are
+                    // slices of it, not copies each (header names of the
+                    // standard set are not allocated either).
+                    let head = Bytes::copy_from_slice(&buf[..n]);
+                    let base = buf.as_ptr() as usize;
+                    let mut headers = http::HeaderMap::with_capacity(r.headers.len());
                     let mut body = Body::UntilClose;
+                    let mut bad = false;
                     for h in r.headers.iter() {
-                        let name = h.name.to_ascii_lowercase();
-                        match name.as_str() {
-                            "connection" | "keep-alive" | "proxy-connection" | "upgrade" => {
-                                continue;
-                            }
-                            "transfer-encoding" => {
-                                if h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                                    body = Body::Chunked(Chunk::Size(0));
-                                }
-                                continue;
-                            }
-                            "content-length" => {
-                                let n = std::str::from_utf8(h.value)
-                                    .ok()
-                                    .and_then(|s| s.trim().parse().ok());
-                                if let Some(n) = n.filter(|_| !matches!(body, Body::Chunked(_))) {
-                                    body = Body::Length(n);
-                                }
-                            }
-                            _ => {}
+                        let is = |n: &str| h.name.eq_ignore_ascii_case(n);
+                        if is("connection")
+                            || is("keep-alive")
+                            || is("proxy-connection")
+                            || is("upgrade")
+                        {
+                            continue;
                         }
-                        resp = resp.header(name.as_str(), h.value);
+                        if is("transfer-encoding") {
+                            if h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                                body = Body::Chunked(Chunk::Size(0));
+                            }
+                            continue;
+                        }
+                        if is("content-length") {
+                            let n = std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|s| s.trim().parse().ok());
+                            if let Some(n) = n.filter(|_| !matches!(body, Body::Chunked(_))) {
+                                body = Body::Length(n);
+                            }
+                        }
+                        let at = h.value.as_ptr() as usize - base;
+                        let value = head.slice(at..at + h.value.len());
+                        match (
+                            http::HeaderName::from_bytes(h.name.as_bytes()),
+                            http::HeaderValue::from_maybe_shared(value),
+                        ) {
+                            (Ok(k), Ok(v)) => {
+                                headers.append(k, v);
+                            }
+                            _ => bad = true,
+                        }
                     }
                     if st.head_request || status == 204 || status == 304 {
                         body = Body::Length(0);
@@ -870,9 +887,15 @@ impl H2Front {
                         *self.stats.grpc_status.entry(s).or_default() += 1;
                     }
                     let rest = buf.split_off(n);
-                    let resp = match resp.body(()) {
-                        Ok(r) => r,
-                        Err(_) => {
+                    let status = http::StatusCode::from_u16(status);
+                    let resp = match status {
+                        Ok(status) if !bad => {
+                            let mut resp = http::Response::new(());
+                            *resp.status_mut() = status;
+                            *resp.headers_mut() = headers;
+                            resp
+                        }
+                        _ => {
                             st.resp = Resp::Done;
                             if let Some(x) = st.respond.as_mut() {
                                 x.send_reset(Reason::INTERNAL_ERROR);
