@@ -9,7 +9,11 @@
 //! instructions under callgrind, which do not depend on the machine's load
 //! the way times do. Times are printed too, for what they are worth here.
 //!
-//!   cargo run --release -p switchyard-bench --bin tls-handshakes [-- --handshakes N --rounds R]
+//!   cargo run --release -p switchyard-bench --bin tls-handshakes [-- --handshakes N --rounds R --suite 128|256]
+//!
+//! `--suite` is the client's only cipher suite: TLS13_AES_128_GCM_SHA256
+//! (128, the default, what a Switchyard listener picks first) or
+//! TLS13_AES_256_GCM_SHA384 (256, what rustls and OpenSSL clients list first).
 
 use std::sync::Arc;
 
@@ -114,16 +118,18 @@ fn run(
 fn main() {
     let mut n = 200usize;
     let mut rounds = 1usize;
-    let mut suite = rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384;
+    // The suite a Switchyard listener picks by default (its order puts
+    // AES-128-GCM first).
+    let mut suite = rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next().and_then(|v| v.parse().ok())) {
             ("--handshakes", Some(v)) if v > 0 => n = v,
             ("--rounds", Some(v)) if v > 0 => rounds = v,
-            ("--suite", Some(128)) => {
-                suite = rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256
+            ("--suite", Some(128)) => {}
+            ("--suite", Some(256)) => {
+                suite = rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384
             }
-            ("--suite", Some(256)) => {}
             _ => {
                 eprintln!("usage: tls-handshakes [--handshakes N] [--rounds R] [--suite 128|256]");
                 std::process::exit(2);
