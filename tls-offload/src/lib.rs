@@ -1539,9 +1539,6 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
             }
         }
         let State::Ready(sc) = &mut c.state else { return Ok(0) };
-        if c.closing {
-            return Ok(0); // failed: nothing more is read
-        }
         loop {
             match sc.reader().read(buf) {
                 Ok(n) if n > 0 => return Ok(n),
@@ -1578,16 +1575,17 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                     // side's handshake is done).
                     stats.upstream_failed(&e);
                     events.push(TcpEvent::Closed { conn, reset: true });
-                    c.closing = true;
+                    let mut alert = std::mem::take(&mut c.out);
                     while sc.wants_write() {
-                        if sc.write_tls(&mut c.out).is_err() {
+                        if sc.write_tls(&mut alert).is_err() {
                             break;
                         }
                     }
-                    let want = c.out.len();
-                    let sent = self.tcp.send(conn, &c.out).unwrap_or(0);
-                    c.out.clear();
-                    if sent == want {
+                    // This layer is done with it: what L7 does with the
+                    // connection now goes to TCP, which has the alert.
+                    conns.remove(&conn);
+                    let sent = self.tcp.send(conn, &alert).unwrap_or(0);
+                    if sent == alert.len() {
                         self.tcp.close(conn);
                     } else {
                         self.tcp.abort(conn);

@@ -912,6 +912,13 @@ fn upstream_tls_verifies_the_backend_and_carries_a_mebibyte_each_way_byte_exact(
         assert!(back == resp, "{record}-byte records: {} of {} bytes", back.len(), resp.len());
     }
     assert!(t.tls.stats().upstream.failed.is_empty(), "{:?}", t.tls.stats().upstream);
+    // L7 half-closes (a tunnel whose client sent its FIN): close_notify
+    // goes, and what the backend still sends is read (TLS 1.3 allows it).
+    t.tls.wrap(&mut t.tcp).close(c);
+    assert!(t.pump_backend(c, &mut server).is_none());
+    server.writer().write_all(b"late bytes").unwrap();
+    assert!(t.pump_backend(c, &mut server).is_none());
+    assert_eq!(t.l7_read(c), b"late bytes");
     // A second connection resumes the session.
     let c2 = t.dial();
     let mut server2 = rustls::ServerConnection::new(server_cfg).unwrap();
