@@ -33,6 +33,8 @@ const SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
 /// its request) waits for the first write's ACK: a long delay early in a
 /// connection costs it that much per handshake.
 const QUICK_ACK_DELAY: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(1);
+/// (At least; eight round trips of the handshake on slow paths, so a TLS
+/// client's Finished still finds quick ACKs.)
 const QUICK_ACKS_FOR: Duration = Duration::from_millis(200);
 /// The delay afterwards, as Linux leaves quick-ACK mode: long enough that in
 /// request/response traffic the ACK rides on the answer (our response to a
@@ -718,17 +720,24 @@ impl TcpTerminator {
         // reused its port (RFC 9293 section 3.10.7.4 allows it; Linux does
         // it too): the old socket is let go at once and the SYN goes to the
         // listener. Clients reuse ports this way when the server closes
-        // first, as after `Connection: close`. (Aborting the old socket sends
-        // a reset for the old connection; its acknowledgment number cannot be
-        // acceptable to the client's new SYN-SENT connection, which ignores it.)
+        // first, as after `Connection: close`. Only for our listeners: a
+        // connection we opened keeps its TIME-WAIT (RFC 1337). (Aborting the
+        // old socket sends a reset for the old connection; its
+        // acknowledgment number cannot be acceptable to the client's new
+        // SYN-SENT connection, which ignores it.)
         if let Some(i) = known
             && flags & (SYN | ACK | RST) == SYN
+            && listener.is_some()
             && self.slots[i as usize].phase == Phase::Lingering
             && let (Some(fin_end), Some((seq, _))) =
                 (self.slots[i as usize].peer_fin_end, seq_span(pkt.data()))
             && (seq.wrapping_sub(fin_end) as i32) > 0
         {
+            // The old shard is polled in this turn, before the new SYN's
+            // shard, so the reset goes out first.
+            let old = self.slots[i as usize].shard;
             self.free_slot(i);
+            self.mark_dirty(old);
             self.stats.time_wait_reopened += 1;
             known = None;
         }
@@ -987,7 +996,7 @@ impl TcpTerminator {
         capacity: usize,
     ) -> bool {
         let s = &mut self.slots[i as usize];
-        if s.established && !s.grown && self.now - s.opened >= QUICK_ACKS_FOR {
+        if s.established && !s.grown && self.now - s.opened >= QUICK_ACKS_FOR.max(s.rtt * 8) {
             s.grown = true;
             let sock = self.shards[s.shard as usize].sockets.get_mut::<tcp::Socket>(s.handle);
             sock.set_ack_delay(Some(ACK_DELAY));
