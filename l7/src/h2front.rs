@@ -170,6 +170,8 @@ struct H2Conn {
     local: SocketAddr,
     streams: Vec<ConnId>,
     peer_closed: bool,
+    /// In `H2Front::written`.
+    written: bool,
 }
 
 /// How the response L7 writes is delimited, as it is parsed.
@@ -423,6 +425,9 @@ impl H2Front {
     pub fn flush<T: TcpApi>(&mut self, tcp: &mut T) {
         let mut written = std::mem::take(&mut self.written);
         for conn in written.drain(..) {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.written = false;
+            }
             self.drive(conn, tcp);
         }
         // The list keeps its room for the next turn.
@@ -472,6 +477,7 @@ impl H2Front {
                     local: s.local,
                     streams: Vec::new(),
                     peer_closed: closed,
+                    written: false,
                 },
             );
             self.drive(conn, tcp);
@@ -1035,7 +1041,10 @@ impl<T: TcpApi> H2Tcp<'_, T> {
         if let Some(conn) = self.front.streams.get(&v).map(|s| s.conn) {
             let mut cx = Context::from_waker(Waker::noop());
             self.front.push_response(v, &mut cx);
-            if !self.front.written.contains(&conn) {
+            if let Some(c) = self.front.conns.get_mut(&conn)
+                && !c.written
+            {
+                c.written = true;
                 self.front.written.push(conn);
             }
         }
