@@ -341,8 +341,11 @@ pub const CIPHER_SUITES: [&str; 9] = [
     "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
 ];
 
-/// The server's order by default, the one BoringSSL (and so Envoy) uses:
-/// AES-128-GCM first, then AES-256-GCM, then ChaCha20-Poly1305. AES-128 is
+/// The server's order by default, BoringSSL's (and so Envoy's) order:
+/// AES-128-GCM first, then AES-256-GCM, then ChaCha20-Poly1305 (without
+/// BoringSSL's rule of following a client that lists ChaCha20 first, which
+/// rustls cannot express: clients without AES instructions get AES-GCM
+/// too; list ChaCha20 first in `cipher_suites` for such clients). AES-128 is
 /// the cheaper of the two on CPUs with AES instructions, and its SHA-256
 /// key schedule is several times cheaper than SHA-384's on CPUs with SHA
 /// instructions: a full TLS 1.3 handshake costs the server 15-25% less
@@ -398,6 +401,15 @@ pub fn server_config_with(
         .collect::<Result<_, _>>()?;
     if !provider.cipher_suites.iter().any(|s| s.version() == &rustls::version::TLS13) {
         return Err(TlsError::Config("the cipher suites include no TLS 1.3 suite".into()));
+    }
+    // TLS 1.2 on, but no suite for it: every TLS 1.2 client would fail.
+    if !opts.tls13_only
+        && !provider.cipher_suites.iter().any(|s| s.version() == &rustls::version::TLS12)
+    {
+        return Err(TlsError::Config(
+            "the cipher suites include no TLS 1.2 suite; add one or set min_version = \"1.3\""
+                .into(),
+        ));
     }
     let provider = Arc::new(provider);
     let mut certs = Vec::new();

@@ -550,8 +550,13 @@ fn the_server_chooses_the_cipher_suite_in_its_own_order() {
         cipher_suites: Some(names.iter().map(|n| n.to_string()).collect()),
         ..TlsOptions::default()
     };
-    let mut t =
-        T::new(&[&server], only(&["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_256_GCM_SHA384"]));
+    let mut t = T::new(
+        &[&server],
+        TlsOptions {
+            tls13_only: true,
+            ..only(&["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_256_GCM_SHA384"])
+        },
+    );
     let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
     let (_, client, err) = t.connect(&cfg, "switchyard.test");
     assert!(err.is_none(), "{err:?}");
@@ -569,6 +574,10 @@ fn the_server_chooses_the_cipher_suite_in_its_own_order() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("no TLS 1.3 suite"), "{e}");
+    // TLS 1.2 left on without a suite for it.
+    let e = switchyard_tls::server_config_with(&pair, &only(&["TLS13_AES_128_GCM_SHA256"]))
+        .unwrap_err();
+    assert!(e.to_string().contains("no TLS 1.2 suite"), "{e}");
 }
 
 #[test]
