@@ -110,6 +110,20 @@ CONF
     cat
 }
 
+# The HTTPS listener the TLS benchmarks share: `https` on 198.18.0.10:443
+# with the certificate of bench_certificate, every request to `web`.
+switchyard_https_listener() {
+    cat <<CONF
+[[listener]]
+name = "https"
+mode = "l7"
+address = "198.18.0.10:443"
+tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
+  [[listener.route]]
+  pool = "web"
+CONF
+}
+
 # One ECDSA P-256 certificate for the TLS listeners, for the name
 # switchyard.test (a client that verifies, such as tls-load, trusts cert.pem
 # itself): cert.pem and key.pem in $work, and both in bundle.pem (HAProxy's form).

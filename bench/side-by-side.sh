@@ -60,14 +60,7 @@ bench_certificate
 bench_backends 5201 5202 5203
 
 # The three load balancers, each pinned to CPU 1.
-switchyard_config "${SBS_NIC:-af_packet:lb0}" > "$work/switchyard.toml" <<EOF
-[[listener]]
-name = "https"
-mode = "l7"
-address = "198.18.0.10:443"
-tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
-  [[listener.route]]
-  pool = "web"
+{ switchyard_https_listener; cat; } <<EOF | switchyard_config "${SBS_NIC:-af_packet:lb0}" > "$work/switchyard.toml"
 [[listener]]
 name = "tcp"
 mode = "l4"

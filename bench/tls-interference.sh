@@ -28,15 +28,7 @@ n lb ip addr add 198.18.0.11/24 dev br0
 bench_certificate
 bench_backends
 
-switchyard_config "${TLI_NIC:-af_packet:lb0}" > "$work/switchyard.toml" <<EOF
-[[listener]]
-name = "https"
-mode = "l7"
-address = "198.18.0.10:443"
-tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
-  [[listener.route]]
-  pool = "web"
-EOF
+switchyard_https_listener | switchyard_config "${TLI_NIC:-af_packet:lb0}" > "$work/switchyard.toml"
 ip netns exec "${P}lb" taskset -c 1 "$root/target/release/switchyard" run --config "$work/switchyard.toml" > "$work/switchyard.out" 2>&1 &
 sy_pid=$!
 haproxy_config > "$work/haproxy.cfg" <<EOF

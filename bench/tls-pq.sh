@@ -26,15 +26,7 @@ bench_topology
 bench_certificate
 bench_backends
 
-switchyard_config "${TPQ_NIC:-af_packet:lb0}" > "$work/switchyard.toml" <<EOT
-[[listener]]
-name = "https"
-mode = "l7"
-address = "198.18.0.10:443"
-tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
-  [[listener.route]]
-  pool = "web"
-EOT
+switchyard_https_listener | switchyard_config "${TPQ_NIC:-af_packet:lb0}" > "$work/switchyard.toml"
 ip netns exec "${P}lb" taskset -c 1 "$root/target/release/switchyard" run --config "$work/switchyard.toml" > "$work/switchyard.out" 2>&1 &
 sy_pid=$!
 sleep 1

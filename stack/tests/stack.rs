@@ -675,7 +675,34 @@ fn to_vip(sport: u16, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> 
     ipv4_packet(HOST_IP, VIP_IP, IPPROTO_TCP, &t)
 }
 
+/// A host's ARP request for the VIP.
+fn arp_request_for_vip() -> Vec<u8> {
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    arp.extend_from_slice(&HOST_MAC);
+    arp.extend_from_slice(&HOST_IP);
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&VIP_IP);
+    eth([0xff; 6], ETHERTYPE_ARP, &arp)
+}
+
 impl Bench {
+    /// A connection to the L7 listener from `port` driven by hand: the host
+    /// asks for the VIP's address (so the stack knows the host), then sends
+    /// a SYN with sequence number `seq`. Returns the stack's initial
+    /// sequence number, from its SYN-ACK.
+    fn open_by_hand(
+        &mut self,
+        port: u16,
+        seq: u32,
+        app: &mut dyn FnMut(TcpEvent, &mut TcpTerminator),
+    ) -> u32 {
+        self.ingress(&arp_request_for_vip());
+        self.tx();
+        self.ingress(&to_vip(port, seq, 0, 0x02, &[]));
+        let out = self.turn(app);
+        out.iter().find(|s| s.0 == 0x12).expect("SYN-ACK").1
+    }
+
     /// Polls the stack, lets `app` act on its events, polls again; returns
     /// the TCP segments it sent as (flags, seq, ack, payload length).
     fn turn(
@@ -720,18 +747,8 @@ fn a_syn_past_the_old_fin_reopens_a_connection_in_time_wait() {
         }
         _ => {}
     };
-    // The host asks for the VIP's address first, so the stack knows it.
-    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
-    arp.extend_from_slice(&HOST_MAC);
-    arp.extend_from_slice(&HOST_IP);
-    arp.extend_from_slice(&[0; 6]);
-    arp.extend_from_slice(&VIP_IP);
-    b.ingress(&eth([0xff; 6], ETHERTYPE_ARP, &arp));
-    b.tx();
     let port = 41000;
-    b.ingress(&to_vip(port, 1000, 0, SYN, &[]));
-    let out = b.turn(&mut app);
-    let &(_, isn, _, _) = out.iter().find(|s| s.0 == SYN | ACK).expect("SYN-ACK");
+    let isn = b.open_by_hand(port, 1000, &mut app);
     b.ingress(&to_vip(port, 1001, isn + 1, ACK, b"hi"));
     let out = b.turn(&mut app);
     assert!(
@@ -775,7 +792,6 @@ fn a_syn_past_the_old_fin_reopens_a_connection_in_time_wait() {
 
 #[test]
 fn acks_are_quick_while_a_connection_is_young_then_ride_on_the_answer() {
-    const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
     const PSH: u8 = 0x08;
     let mut b = Bench::new();
@@ -790,17 +806,8 @@ fn acks_are_quick_while_a_connection_is_young_then_ride_on_the_answer() {
         }
         _ => {}
     };
-    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
-    arp.extend_from_slice(&HOST_MAC);
-    arp.extend_from_slice(&HOST_IP);
-    arp.extend_from_slice(&[0; 6]);
-    arp.extend_from_slice(&VIP_IP);
-    b.ingress(&eth([0xff; 6], ETHERTYPE_ARP, &arp));
-    b.tx();
     let port = 41001;
-    b.ingress(&to_vip(port, 1000, 0, SYN, &[]));
-    let out = b.turn(&mut app);
-    let &(_, isn, _, _) = out.iter().find(|s| s.0 == SYN | ACK).expect("SYN-ACK");
+    let isn = b.open_by_hand(port, 1000, &mut app);
     let mut seq = 1001;
     b.ingress(&to_vip(port, seq, isn + 1, ACK, &[]));
     b.turn(&mut app);
