@@ -814,13 +814,25 @@ impl H2Front {
         while !data.is_empty() {
             match &mut st.resp {
                 Resp::Head(buf) => {
-                    buf.extend_from_slice(data);
+                    // A head usually comes in one write: parsed where it
+                    // lies. One in pieces is gathered in `buf` first.
+                    let gathered;
+                    let src: &[u8] = if buf.is_empty() {
+                        data
+                    } else {
+                        buf.extend_from_slice(data);
+                        gathered = std::mem::take(buf);
+                        &gathered
+                    };
                     data = &[];
                     let mut headers = [httparse::EMPTY_HEADER; crate::MAX_HEADERS];
                     let mut r = httparse::Response::new(&mut headers);
-                    let n = match r.parse(buf) {
+                    let n = match r.parse(src) {
                         Ok(httparse::Status::Complete(n)) => n,
-                        Ok(httparse::Status::Partial) => break,
+                        Ok(httparse::Status::Partial) => {
+                            buf.extend_from_slice(src);
+                            break;
+                        }
                         Err(_) => {
                             st.resp = Resp::Done;
                             if let Some(x) = st.respond.as_mut() {
@@ -833,17 +845,15 @@ impl H2Front {
                     let status = r.code.unwrap_or(502);
                     if (100..200).contains(&status) {
                         // Interim responses are not relayed over HTTP/2.
-                        let rest = buf.split_off(n);
-                        buf.clear();
-                        let again = rest;
+                        let again = &src[n..];
                         st.resp = Resp::Head(Vec::new());
-                        return total - again.len() + self.write_response(v, &again);
+                        return total - again.len() + self.write_response(v, again);
                     }
                     // The head once in shared bytes: header values are
                     // slices of it, not copies each (header names of the
                     // standard set are not allocated either).
-                    let head = Bytes::copy_from_slice(&buf[..n]);
-                    let base = buf.as_ptr() as usize;
+                    let head = Bytes::copy_from_slice(&src[..n]);
+                    let base = src.as_ptr() as usize;
                     let mut headers = http::HeaderMap::with_capacity(r.headers.len());
                     let mut body = Body::UntilClose;
                     let mut bad = false;
@@ -892,7 +902,7 @@ impl H2Front {
                         let s = String::from_utf8_lossy(h.value).trim().to_string();
                         *self.stats.grpc_status.entry(s).or_default() += 1;
                     }
-                    let rest = buf.split_off(n);
+                    let rest = &src[n..];
                     let status = http::StatusCode::from_u16(status);
                     let resp = match status {
                         Ok(status) if !bad => {
@@ -922,7 +932,7 @@ impl H2Front {
                     st.resp = if empty { Resp::Done } else { Resp::Body(body) };
                     // The body bytes that came with the head.
                     let consumed = total - rest.len();
-                    return consumed + self.write_response(v, &rest);
+                    return consumed + self.write_response(v, rest);
                 }
                 Resp::Body(Body::Length(left)) => {
                     let n = (*left).min(data.len() as u64) as usize;
