@@ -221,19 +221,6 @@ impl Hole {
     }
 }
 
-/// Makes a peer's duplicate ACKs recognisable to smoltcp.
-///
-/// smoltcp counts an ACK as a duplicate (three start a fast retransmit) only
-/// when it also leaves the advertised window unchanged, as RFC 5681 defines
-/// it. Linux receivers grow their window with nearly every ACK, so after a
-/// loss smoltcp saw no duplicates and waited for its retransmission timer,
-/// which it never lets fall below one second: a lossy path then crawled at a
-/// segment per second. A pure ACK that repeats the last acknowledgment number
-/// and carries SACK blocks (RFC 2018: the peer holds data beyond a hole) is a
-/// duplicate by any reading; for such an ACK the window field is set back to
-/// the previous one (checksum updated, RFC 1624), so smoltcp counts it. The
-/// window the peer offered only grew, so this is never more than it allows.
-/// Says what kind of ACK the segment was. `frame` is Ethernet + IP + TCP.
 /// Where the TCP header of `frame` (IP at offset 14, no IPv6 extension
 /// headers: the stack's parser has checked both) starts and where its IP
 /// packet ends; None if the frame is too short for them.
@@ -267,6 +254,19 @@ fn seq_span(frame: &[u8]) -> Option<(u32, u32)> {
     Some((seq, seq.wrapping_add(len)))
 }
 
+/// Makes a peer's duplicate ACKs recognisable to smoltcp.
+///
+/// smoltcp counts an ACK as a duplicate (three start a fast retransmit) only
+/// when it also leaves the advertised window unchanged, as RFC 5681 defines
+/// it. Linux receivers grow their window with nearly every ACK, so after a
+/// loss smoltcp saw no duplicates and waited for its retransmission timer,
+/// which it never lets fall below one second: a lossy path then crawled at a
+/// segment per second. A pure ACK that repeats the last acknowledgment number
+/// and carries SACK blocks (RFC 2018: the peer holds data beyond a hole) is a
+/// duplicate by any reading; for such an ACK the window field is set back to
+/// the previous one (checksum updated, RFC 1624), so smoltcp counts it. The
+/// window the peer offered only grew, so this is never more than it allows.
+/// Says what kind of ACK the segment was. `frame` is Ethernet + IP + TCP.
 fn normalize_dup_ack(last_ack: &mut u32, last_win: &mut u16, frame: &mut [u8]) -> AckKind {
     use crate::wire::{get16, get32, put16};
     let Some((tcp, ip_end)) = tcp_offsets(frame) else { return AckKind::Other };
@@ -713,7 +713,7 @@ impl TcpTerminator {
         flags: u8,
         listener: Option<ListenerId>,
     ) -> Input {
-        use crate::tcp_flags::{ACK, RST, SYN};
+        use crate::tcp_flags::{ACK, FIN, RST, SYN};
         let mut known = self.demux.get(&(dst, src)).copied();
         // A SYN for a connection in TIME-WAIT whose sequence number is past
         // the old connection's FIN is a new connection from a client that
@@ -751,7 +751,7 @@ impl TcpTerminator {
                 return Input::Duplicate(pkt);
             }
             Some(i) => {
-                if flags & crate::tcp_flags::FIN != 0
+                if flags & FIN != 0
                     && let Some((_, end)) = seq_span(pkt.data())
                 {
                     self.slots[i as usize].peer_fin_end = Some(end);
