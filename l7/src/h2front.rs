@@ -880,8 +880,14 @@ impl H2Front {
                                 body = Body::Length(n);
                             }
                         }
-                        let at = h.value.as_ptr() as usize - base;
-                        let value = head.slice(at..at + h.value.len());
+                        // httparse's values lie inside the head; one that
+                        // did not (or an empty one pointing elsewhere) is
+                        // copied rather than trusted to an offset.
+                        let at = (h.value.as_ptr() as usize).wrapping_sub(base);
+                        let value = match at.checked_add(h.value.len()) {
+                            Some(end) if end <= n => head.slice(at..end),
+                            _ => Bytes::copy_from_slice(h.value),
+                        };
                         match (
                             http::HeaderName::from_bytes(h.name.as_bytes()),
                             http::HeaderValue::from_maybe_shared(value),
