@@ -1135,15 +1135,15 @@ impl Cx<'_> {
                                 }
                             }
                             if let Some(list) = &raw.cipher_suites {
-                                if let Some(bad) = list
-                                    .iter()
-                                    .find(|n| !switchyard_tls::CIPHER_SUITES.contains(&n.as_str()))
+                                let known = switchyard_tls::cipher_suite_names();
+                                if let Some(bad) =
+                                    list.iter().find(|n| !known.contains(&n.as_str()))
                                 {
                                     return Err(self.at(
                                         t,
                                         format!(
                                             "cipher_suites: `{bad}` is not one of {}",
-                                            switchyard_tls::CIPHER_SUITES.join(", ")
+                                            known.join(", ")
                                         ),
                                     ));
                                 }

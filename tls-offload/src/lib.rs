@@ -323,54 +323,46 @@ pub struct TlsOptions {
     /// OCSP responses (DER files) stapled to the certificates, by their
     /// position in the certificate list.
     pub ocsp: Vec<(usize, std::path::PathBuf)>,
-    /// Cipher suites by their IANA names ([`CIPHER_SUITES`]), in the
-    /// server's order of preference; [`DEFAULT_CIPHER_SUITES`] when None.
+    /// Cipher suites by their IANA names ([`cipher_suite_names`]), in the
+    /// server's order of preference; all of them in the default order when
+    /// None.
     pub cipher_suites: Option<Vec<String>>,
 }
 
-/// The cipher suites a listener may offer, by IANA name.
-pub const CIPHER_SUITES: [&str; 9] = [
-    "TLS13_AES_128_GCM_SHA256",
-    "TLS13_AES_256_GCM_SHA384",
-    "TLS13_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-];
-
-/// The server's order by default, BoringSSL's (and so Envoy's) order:
-/// AES-128-GCM first, then AES-256-GCM, then ChaCha20-Poly1305 (without
-/// BoringSSL's rule of following a client that lists ChaCha20 first, which
-/// rustls cannot express: clients without AES instructions get AES-GCM
-/// too; list ChaCha20 first in `cipher_suites` for such clients). AES-128 is
-/// the cheaper of the two on CPUs with AES instructions, and its SHA-256
-/// key schedule is several times cheaper than SHA-384's on CPUs with SHA
-/// instructions: a full TLS 1.3 handshake costs the server 15-25% less
-/// (`tls-handshakes --suite 128` against `--suite 256`).
-pub const DEFAULT_CIPHER_SUITES: [&str; 9] = CIPHER_SUITES;
-
-/// The rustls suite named `name` (one of [`CIPHER_SUITES`]).
-fn cipher_suite(name: &str) -> Option<rustls::SupportedCipherSuite> {
+/// The cipher suites a listener may offer, in the server's order by
+/// default: BoringSSL's (and so Envoy's), AES-128-GCM first, then
+/// AES-256-GCM, then ChaCha20-Poly1305 (without BoringSSL's rule of
+/// following a client that lists ChaCha20 first, which rustls cannot
+/// express: clients without AES instructions get AES-GCM too; list ChaCha20
+/// first in `cipher_suites` for such clients). AES-128 is the cheaper of the
+/// two on CPUs with AES instructions, and its SHA-256 key schedule is several
+/// times cheaper than SHA-384's on CPUs with SHA instructions: a full TLS 1.3
+/// handshake costs the server 15-25% less (`tls-handshakes --suite 128`
+/// against `--suite 256`).
+fn default_cipher_suites() -> [rustls::SupportedCipherSuite; 9] {
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
-    Some(match name {
-        "TLS13_AES_128_GCM_SHA256" => cs::TLS13_AES_128_GCM_SHA256,
-        "TLS13_AES_256_GCM_SHA384" => cs::TLS13_AES_256_GCM_SHA384,
-        "TLS13_CHACHA20_POLY1305_SHA256" => cs::TLS13_CHACHA20_POLY1305_SHA256,
-        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
-            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-        }
-        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => {
-            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-        }
-        _ => return None,
-    })
+    [
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+}
+
+/// The IANA names of the cipher suites a listener may offer
+/// (`TLS13_AES_128_GCM_SHA256`, ...), in the default order.
+pub fn cipher_suite_names() -> Vec<&'static str> {
+    default_cipher_suites().iter().filter_map(|s| s.suite().as_str()).collect()
+}
+
+/// The suite named `name` (one of [`cipher_suite_names`]).
+fn cipher_suite(name: &str) -> Option<rustls::SupportedCipherSuite> {
+    default_cipher_suites().into_iter().find(|s| s.suite().as_str() == Some(name))
 }
 
 /// Like [`server_config`] with several certificates: each handshake gets the
@@ -389,16 +381,16 @@ pub fn server_config_with(
     opts: &TlsOptions,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    let names: Vec<&str> = match &opts.cipher_suites {
-        Some(list) => list.iter().map(String::as_str).collect(),
-        None => DEFAULT_CIPHER_SUITES.to_vec(),
+    provider.cipher_suites = match &opts.cipher_suites {
+        None => default_cipher_suites().to_vec(),
+        Some(list) => list
+            .iter()
+            .map(|n| {
+                cipher_suite(n)
+                    .ok_or_else(|| TlsError::Config(format!("unknown cipher suite `{n}`")))
+            })
+            .collect::<Result<_, _>>()?,
     };
-    provider.cipher_suites = names
-        .iter()
-        .map(|n| {
-            cipher_suite(n).ok_or_else(|| TlsError::Config(format!("unknown cipher suite `{n}`")))
-        })
-        .collect::<Result<_, _>>()?;
     if !provider.cipher_suites.iter().any(|s| s.version() == &rustls::version::TLS13) {
         return Err(TlsError::Config("the cipher suites include no TLS 1.3 suite".into()));
     }
