@@ -66,7 +66,7 @@ pub fn sim(cfg: &Config, opts: &SimOptions) -> ExitCode {
             let mut lb = w.lb.borrow_mut();
             let lb = &mut *lb;
             let (port, since) = (&lb.port, (w.net.now() - w.start).total_micros() as f64 / 1e6);
-            a.serve(&mut lb.dp, Some(&|dp: &Dataplane| counters(cfg, dp, port.stats(), since)));
+            a.serve(&mut lb.dp, Some(&|dp: &Dataplane| worker_report(cfg, dp, port, since)));
         }
         if opts.pace {
             let virt = std::time::Duration::from_micros((w.net.now() - w.start).total_micros());
@@ -794,13 +794,7 @@ fn run_worker(
         turns += 1;
         if n == 0 || turns.is_multiple_of(1024) {
             let port = &*port;
-            let stats = |d: &Dataplane| {
-                let mut text = counters(cfg, d, port.stats(), start.elapsed().as_secs_f64());
-                if let Some(line) = port.counters() {
-                    text.push_str(&line);
-                }
-                text
-            };
+            let stats = |d: &Dataplane| worker_report(cfg, d, port, start.elapsed().as_secs_f64());
             crate::admin::serve(admin, &mut dp, Some(&stats));
         }
         if n > 0 {
@@ -827,12 +821,18 @@ fn run_worker(
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let stats = port.stats();
-    let mut text = counters(cfg, &dp, stats, elapsed);
+    let text = worker_report(cfg, &dp, &*port, elapsed);
+    exit.leave();
+    Some((text, port.stats()))
+}
+
+/// A worker's counters and its device's own, as text: the exit report, and
+/// the answer to `show stats` while running.
+fn worker_report(cfg: &Config, dp: &Dataplane, port: &dyn Port, elapsed: f64) -> String {
+    let mut text = counters(cfg, dp, port.stats(), elapsed);
     if let Some(line) = port.counters() {
         text.push_str(&line);
         text.push('\n');
     }
-    exit.leave();
-    Some((text, stats))
+    text
 }
