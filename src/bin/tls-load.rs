@@ -26,6 +26,8 @@ struct Args {
     addr: SocketAddr,
     ca: String,
     name: String,
+    /// `name`, checked once.
+    server_name: rustls::pki_types::ServerName<'static>,
     group: &'static dyn rustls::crypto::SupportedKxGroup,
     connections: usize,
     seconds: u64,
@@ -51,6 +53,8 @@ fn args() -> Args {
         addr: SocketAddr::from(([198, 18, 0, 10], 443)),
         ca: String::new(),
         name: "switchyard.test".into(),
+        server_name: rustls::pki_types::ServerName::try_from("switchyard.test")
+            .unwrap_or_else(|_| usage("bad default name")),
         group: X25519MLKEM768,
         connections: 16,
         seconds: 5,
@@ -84,6 +88,8 @@ fn args() -> Args {
     if a.connections == 0 || a.seconds == 0 {
         usage("--connections and --seconds must be at least 1");
     }
+    a.server_name = rustls::pki_types::ServerName::try_from(a.name.clone())
+        .unwrap_or_else(|e| usage(&format!("--name {}: {e}", a.name)));
     a
 }
 
@@ -95,9 +101,8 @@ fn one(
     request: &[u8],
     buf: &mut Vec<u8>,
 ) -> std::io::Result<bool> {
-    let name = rustls::pki_types::ServerName::try_from(a.name.clone())
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let conn = rustls::ClientConnection::new(cfg.clone(), name).map_err(std::io::Error::other)?;
+    let conn = rustls::ClientConnection::new(cfg.clone(), a.server_name.clone())
+        .map_err(std::io::Error::other)?;
     let tcp = TcpStream::connect_timeout(&a.addr, Duration::from_secs(2))?;
     tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
     tcp.set_nodelay(true)?;
