@@ -13,7 +13,7 @@
 //! pipe the front moves to and from TCP.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use bytes::Bytes;
 use h2::server::{Connection, Handshake, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
 use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpError, TcpEvent};
-use switchyard_stack::{Duration, Instant, ListenerId};
+use switchyard_stack::{Duration, FlowMap, Instant, ListenerId, flow_map};
 
 /// The client connection preface (RFC 9113 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -231,6 +231,8 @@ struct Stream {
     /// L7 closed it (and was told `Closed`); it goes once its response is
     /// out.
     l7_closed: bool,
+    /// In `H2Front::unread`.
+    unread: bool,
 }
 
 impl Stream {
@@ -255,11 +257,13 @@ struct Sniff {
 /// The HTTP/2 front of one worker.
 pub struct H2Front {
     listeners: HashSet<ListenerId>,
-    sniffing: HashMap<ConnId, Sniff>,
+    // Keyed by our own connection handles, not by what peers choose: a fast
+    // fixed hash will do (they are looked up on every event and call).
+    sniffing: FlowMap<ConnId, Sniff>,
     /// Bytes read while sniffing an HTTP/1.1 connection, replayed to L7.
-    stash: HashMap<ConnId, Vec<u8>>,
-    conns: HashMap<ConnId, H2Conn>,
-    streams: HashMap<ConnId, Stream>,
+    stash: FlowMap<ConnId, Vec<u8>>,
+    conns: FlowMap<ConnId, H2Conn>,
+    streams: FlowMap<ConnId, Stream>,
     next_virtual: u32,
     pub(crate) events: Vec<TcpEvent>,
     pub(crate) scratch: Vec<u8>,
@@ -267,14 +271,21 @@ pub struct H2Front {
     /// Backends spoken to over HTTP/2 (`h2c` pools).
     pub(crate) h2c_backends: HashSet<SocketAddr>,
     /// Their connections, by the real connection.
-    pub(crate) uconns: HashMap<ConnId, crate::h2back::UpConn>,
+    pub(crate) uconns: FlowMap<ConnId, crate::h2back::UpConn>,
     /// Requests on them, by virtual connection.
-    pub(crate) ustreams: HashMap<ConnId, crate::h2back::UStream>,
-    pub(crate) up_by_addr: HashMap<SocketAddr, ConnId>,
+    pub(crate) ustreams: FlowMap<ConnId, crate::h2back::UStream>,
+    pub(crate) up_by_addr: FlowMap<SocketAddr, ConnId>,
     /// Connections whose streams L7 wrote to since the last [`H2Front::flush`]:
     /// driven (frames encoded, bytes to TCP) once each there, not once per
     /// write.
     written: Vec<ConnId>,
+    /// Streams whose request bytes L7 may not have read; announced again by
+    /// [`H2Front::poll`] while it has not (each once, `Stream::unread`).
+    unread: Vec<ConnId>,
+    /// Room `drive` reuses for the streams a poll accepted and the streams
+    /// it polls, so driving a connection allocates nothing.
+    accepted: Vec<(http::Request<RecvStream>, SendResponse<Bytes>)>,
+    ids: Vec<ConnId>,
 }
 
 fn virtual_id(conn: ConnId) -> bool {
@@ -286,19 +297,22 @@ impl H2Front {
     pub fn new(listeners: impl IntoIterator<Item = ListenerId>) -> H2Front {
         H2Front {
             listeners: listeners.into_iter().collect(),
-            sniffing: HashMap::new(),
-            stash: HashMap::new(),
-            conns: HashMap::new(),
-            streams: HashMap::new(),
+            sniffing: flow_map(64, 0x6832_736e_6966),
+            stash: flow_map(0, 0x6832_7374_6173),
+            conns: flow_map(64, 0x6832_636f_6e6e),
+            streams: flow_map(64, 0x6832_7374_7265),
             next_virtual: 0,
             events: Vec::new(),
             scratch: vec![0; 16 * 1024],
             stats: H2Stats::default(),
             h2c_backends: HashSet::new(),
-            uconns: HashMap::new(),
-            ustreams: HashMap::new(),
-            up_by_addr: HashMap::new(),
+            uconns: flow_map(0, 0x6832_7563_6f6e),
+            ustreams: flow_map(0, 0x6832_7573_7472),
+            up_by_addr: flow_map(0, 0x6832_7570_6164),
             written: Vec::new(),
+            unread: Vec::new(),
+            accepted: Vec::new(),
+            ids: Vec::new(),
         }
     }
 
@@ -399,11 +413,16 @@ impl H2Front {
                 self.events.push(TcpEvent::Readable { conn: *v });
             }
         }
-        for (v, st) in &self.streams {
-            if !st.req.is_empty() {
-                self.events.push(TcpEvent::Readable { conn: *v });
+        let streams = &mut self.streams;
+        let events = &mut self.events;
+        self.unread.retain(|v| {
+            let Some(st) = streams.get_mut(v) else { return false };
+            st.unread = !st.req.is_empty();
+            if st.unread {
+                events.push(TcpEvent::Readable { conn: *v });
             }
-        }
+            st.unread
+        });
         if self.sniffing.is_empty() {
             return;
         }
@@ -510,7 +529,7 @@ impl H2Front {
             let Some(c) = self.conns.get_mut(&conn) else { return };
             progress |= c.pipe.borrow_mut().fill(tcp, conn, &mut self.scratch, c.peer_closed);
             // The connection: handshake, then new streams.
-            let mut accepted = Vec::new();
+            let mut accepted = std::mem::take(&mut self.accepted);
             let mut failed = false;
             loop {
                 match &mut c.phase {
@@ -544,19 +563,28 @@ impl H2Front {
                 }
             }
             let (listener, peer, local) = (c.listener, c.peer, c.local);
-            for (req, respond) in accepted {
+            for (req, respond) in accepted.drain(..) {
                 self.new_stream(conn, listener, peer, local, req, respond);
             }
+            self.accepted = accepted;
             // Streams: request bodies in, response bodies out.
-            let ids: Vec<ConnId> =
-                self.conns.get(&conn).map(|c| c.streams.clone()).unwrap_or_default();
-            for v in ids {
+            let mut ids = std::mem::take(&mut self.ids);
+            if let Some(c) = self.conns.get(&conn) {
+                ids.extend_from_slice(&c.streams);
+            }
+            for v in ids.drain(..) {
                 progress |= self.poll_stream(v, &mut cx);
             }
-            // Bytes out.
+            self.ids = ids;
+            // Bytes out. Sending them is progress only when `h2` was held up
+            // by a full pipe: otherwise the next round would find nothing
+            // new (what TCP could not take goes at `Writable`).
             let Some(c) = self.conns.get_mut(&conn) else { return };
-            progress |= c.pipe.borrow_mut().flush(tcp, conn);
-            let flushed = c.pipe.borrow().tx.is_empty();
+            let mut pipe = c.pipe.borrow_mut();
+            let blocked = pipe.tx.len() >= PIPE_BUF;
+            progress |= pipe.flush(tcp, conn) && blocked;
+            let flushed = pipe.tx.is_empty();
+            drop(pipe);
             if failed {
                 self.stats.protocol_errors += 1;
             }
@@ -651,8 +679,10 @@ impl H2Front {
                 blocked: false,
                 gone: false,
                 l7_closed: false,
+                unread: true,
             },
         );
+        self.unread.push(v);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.streams.push(v);
         }
@@ -719,6 +749,10 @@ impl H2Front {
         if st.gone {
             self.stream_gone(v);
             return true;
+        }
+        if readable && !st.unread {
+            st.unread = true;
+            self.unread.push(v);
         }
         if readable {
             self.events.push(TcpEvent::Readable { conn: v });

@@ -50,8 +50,10 @@ const PER_HOST: usize = 250;
 /// New connections per virtual millisecond, all hosts together.
 const RAMP_PER_MS: usize = 10_000;
 /// Requests each connection makes (at least 200,000 in all, so that the
-/// small levels run long enough to average out other work on the machine).
+/// small levels run long enough to average out other work on the machine;
+/// `MIN_REQUESTS` sets that floor, e.g. lower for a run under callgrind).
 const REQUESTS_PER_CONNECTION: u64 = 8;
+const MIN_REQUESTS: u64 = 200_000;
 
 struct Shape {
     hosts: Vec<(usize, u64)>,
@@ -60,7 +62,9 @@ struct Shape {
 
 fn shape(n: usize) -> Shape {
     let h = n.div_ceil(PER_HOST).max(1);
-    let total = (n as u64 * REQUESTS_PER_CONNECTION).max(200_000);
+    let floor =
+        std::env::var("MIN_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(MIN_REQUESTS);
+    let total = (n as u64 * REQUESTS_PER_CONNECTION).max(floor);
     let hosts = (0..h)
         .map(|i| {
             let c = n / h + usize::from(i < n % h);
