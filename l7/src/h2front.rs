@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use h2::server::{Connection, Handshake, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
 use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpError, TcpEvent};
@@ -38,6 +38,14 @@ const REQ_BUF: usize = 64 * 1024;
 const RESP_BUF: usize = 64 * 1024;
 /// HTTP/2 output held before `h2` is told to stop writing.
 const PIPE_BUF: usize = 256 * 1024;
+/// Request and body buffers kept for the next streams when theirs end, at
+/// most this many, each at most `SPARE_MAX` bytes: a stream allocates none
+/// of its own in steady state.
+const SPARES: usize = 256;
+const SPARE_MAX: usize = 16 * 1024;
+/// Room taken at a time for the response heads `h2` is handed (as shared
+/// bytes: header values are slices of them).
+const HEADS_CHUNK: usize = 16 * 1024;
 /// A new connection that sends nothing for this long is closed.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -218,8 +226,9 @@ struct Stream {
     respond: Option<SendResponse<Bytes>>,
     send: Option<SendStream<Bytes>>,
     resp: Resp,
-    /// Response body bytes waiting for stream window.
-    pending: Vec<u8>,
+    /// Response body bytes waiting for stream window; handed to `h2` as
+    /// slices of it, not copies.
+    pending: BytesMut,
     /// What follows `pending`.
     end: End,
     /// Trailer lines being collected from a chunked response.
@@ -286,6 +295,12 @@ pub struct H2Front {
     /// it polls, so driving a connection allocates nothing.
     accepted: Vec<(http::Request<RecvStream>, SendResponse<Bytes>)>,
     ids: Vec<ConnId>,
+    /// Buffers of ended streams, for the next ones.
+    spare_reqs: Vec<Vec<u8>>,
+    spare_bodies: Vec<BytesMut>,
+    /// Where response heads are copied, one after the other, each split off
+    /// as shared bytes.
+    heads: BytesMut,
 }
 
 fn virtual_id(conn: ConnId) -> bool {
@@ -313,6 +328,9 @@ impl H2Front {
             unread: Vec::new(),
             accepted: Vec::new(),
             ids: Vec::new(),
+            spare_reqs: Vec::new(),
+            spare_bodies: Vec::new(),
+            heads: BytesMut::new(),
         }
     }
 
@@ -617,13 +635,13 @@ impl H2Front {
         let v = self.virtual_conn();
         // The request as HTTP/1.1: authority as Host, one request per
         // virtual connection.
-        let mut head = Vec::with_capacity(256);
+        let mut head = self.spare_reqs.pop().unwrap_or_else(|| Vec::with_capacity(256));
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         head.extend_from_slice(parts.method.as_str().as_bytes());
         head.push(b' ');
         head.extend_from_slice(path.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut host = parts.uri.authority().map(|a| a.as_str().to_string());
+        let mut host = parts.uri.authority().map(|a| a.as_str().as_bytes());
         let mut length = false;
         for (name, value) in &parts.headers {
             let n = name.as_str();
@@ -639,8 +657,8 @@ impl H2Front {
                 continue;
             }
             if n == "host" {
-                if host.is_none() {
-                    host = value.to_str().ok().map(str::to_string);
+                if host.is_none() && value.to_str().is_ok() {
+                    host = Some(value.as_bytes());
                 }
                 continue;
             }
@@ -650,9 +668,9 @@ impl H2Front {
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
-        if let Some(h) = &host {
+        if let Some(h) = host {
             head.extend_from_slice(b"Host: ");
-            head.extend_from_slice(h.as_bytes());
+            head.extend_from_slice(h);
             head.extend_from_slice(b"\r\n");
         }
         let has_body = !body.is_end_stream();
@@ -673,7 +691,7 @@ impl H2Front {
                 respond: Some(respond),
                 send: None,
                 resp: Resp::Head(Vec::new()),
-                pending: Vec::new(),
+                pending: self.spare_bodies.pop().unwrap_or_default(),
                 end: End::None,
                 trailer_buf: Vec::new(),
                 blocked: false,
@@ -786,8 +804,7 @@ impl H2Front {
                 break;
             }
             let n = cap.min(st.pending.len());
-            let chunk = Bytes::copy_from_slice(&st.pending[..n]);
-            st.pending.drain(..n);
+            let chunk = st.pending.split_to(n).freeze();
             let _ = send.send_data(chunk, false);
             progress = true;
         }
@@ -820,8 +837,24 @@ impl H2Front {
 
     /// Drops stream `v` without telling L7 (which closed it).
     fn forget(&mut self, v: ConnId) {
-        if let Some(c) = self.streams.remove(&v).and_then(|st| self.conns.get_mut(&st.conn)) {
-            c.streams.retain(|x| *x != v);
+        if let Some(st) = self.streams.remove(&v) {
+            if let Some(c) = self.conns.get_mut(&st.conn) {
+                c.streams.retain(|x| *x != v);
+            }
+            self.recycle(st);
+        }
+    }
+
+    /// Keeps an ended stream's buffers for the next streams.
+    fn recycle(&mut self, st: Stream) {
+        let Stream { mut req, mut pending, .. } = st;
+        if self.spare_reqs.len() < SPARES && req.capacity() <= SPARE_MAX {
+            req.clear();
+            self.spare_reqs.push(req);
+        }
+        if self.spare_bodies.len() < SPARES && pending.capacity() <= SPARE_MAX {
+            pending.clear();
+            self.spare_bodies.push(pending);
         }
     }
 
@@ -834,6 +867,7 @@ impl H2Front {
             if !st.l7_closed {
                 self.events.push(TcpEvent::Closed { conn: v, reset: true });
             }
+            self.recycle(st);
         }
     }
 
@@ -886,7 +920,11 @@ impl H2Front {
                     // The head once in shared bytes: header values are
                     // slices of it, not copies each (header names of the
                     // standard set are not allocated either).
-                    let head = Bytes::copy_from_slice(&src[..n]);
+                    if self.heads.capacity() < n {
+                        self.heads.reserve(n.max(HEADS_CHUNK));
+                    }
+                    self.heads.extend_from_slice(&src[..n]);
+                    let head = self.heads.split().freeze();
                     let base = src.as_ptr() as usize;
                     let mut headers = http::HeaderMap::with_capacity(r.headers.len());
                     let mut body = Body::UntilClose;
@@ -1010,7 +1048,7 @@ impl H2Front {
 pub(crate) fn decode_chunks(
     state: &mut Chunk,
     data: &[u8],
-    body: &mut Vec<u8>,
+    body: &mut impl BufMut,
     trailer: &mut Vec<u8>,
 ) -> (usize, bool) {
     let mut i = 0;
@@ -1030,7 +1068,7 @@ pub(crate) fn decode_chunks(
             Chunk::Data(n) => {
                 i -= 1;
                 let take = (n.min((data.len() - i) as u64)) as usize;
-                body.extend_from_slice(&data[i..i + take]);
+                body.put_slice(&data[i..i + take]);
                 i += take;
                 if n == take as u64 { Chunk::DataCr } else { Chunk::Data(n - take as u64) }
             }

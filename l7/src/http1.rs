@@ -192,17 +192,24 @@ pub struct ResponseInfo {
 /// A route's `set` headers replace the backend's of the same name and its
 /// `remove` ones are dropped. `upgrade`: a 101 switching the client's
 /// connection, which keeps `Upgrade` and says `Connection: Upgrade`.
+/// Written to `h`, which is cleared first.
 pub fn client_response_head(
     resp: &httparse::Response<'_, '_>,
     client_keep: bool,
     set: &[(String, String)],
     remove: &[String],
     upgrade: bool,
-) -> Vec<u8> {
-    let code = resp.code.unwrap_or(502);
-    let mut h = Vec::with_capacity(256);
+    h: &mut Vec<u8>,
+) {
+    // httparse reads exactly three digits.
+    let code = resp.code.unwrap_or(502).min(999);
+    h.clear();
     h.extend_from_slice(b"HTTP/1.1 ");
-    h.extend_from_slice(code.to_string().as_bytes());
+    h.extend_from_slice(&[
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
     h.push(b' ');
     h.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     h.extend_from_slice(b"\r\n");
@@ -244,7 +251,6 @@ pub fn client_response_head(
         h.extend_from_slice(b"Connection: close\r\n");
     }
     h.extend_from_slice(b"\r\n");
-    h
 }
 
 /// Works out a response's framing (RFC 9112 6.3), given whether the request

@@ -492,6 +492,10 @@ pub const MAX_HEADERS: usize = 128;
 
 /// Bytes buffered per direction per connection before the proxy stops reading.
 const BUF_CAP: usize = 64 * 1024;
+/// Closed sessions' buffers kept for new ones: at most this many of each
+/// kind, each at most `SPARE_BUF_MAX` bytes.
+const SPARE_BUFS: usize = 128;
+const SPARE_BUF_MAX: usize = 16 * 1024;
 /// How often timeouts are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
@@ -926,6 +930,14 @@ pub struct L7 {
     upstreams: Vec<Option<Upstream>>,
     free_upstreams: Vec<u32>,
     scratch: Vec<u8>,
+    /// Buffers of closed sessions, for the next (at most `SPARE_BUFS` each).
+    spare_bufs: Vec<Vec<u8>>,
+    // Boxed as sessions hold them: a session takes one without allocating.
+    #[allow(clippy::vec_box)]
+    spare_retries: Vec<Box<Retry>>,
+    /// Room for the heads the proxy writes (the request's for upstream, the
+    /// response's for the client), kept from one to the next.
+    head_buf: Vec<u8>,
     next_check: Option<Instant>,
     /// Most bytes the proxy's own buffers held for one client connection
     /// and its upstream together (capacity, after reads).
@@ -999,6 +1011,9 @@ impl L7 {
             free_sessions: Vec::new(),
             upstreams: Vec::new(),
             free_upstreams: Vec::new(),
+            head_buf: Vec::with_capacity(256),
+            spare_bufs: Vec::new(),
+            spare_retries: Vec::new(),
             scratch: vec![0; 16 * 1024],
             next_check: None,
             peak_pair_bytes: 0,
@@ -1051,8 +1066,8 @@ impl L7 {
                     listener: li,
                     peer_ip: Some(peer.ip()),
                     phase: Phase::Head,
-                    inbuf: Vec::new(),
-                    out: Vec::new(),
+                    inbuf: self.spare_bufs.pop().unwrap_or_default(),
+                    out: self.spare_bufs.pop().unwrap_or_default(),
                     upstream: None,
                     keep_alive: true,
                     head_request: false,
@@ -1333,7 +1348,9 @@ impl L7 {
         // says so) and headers as received, minus hop-by-hop connection headers
         // and the route's removals and replacements, plus the route's headers,
         // X-Forwarded-For and X-Forwarded-Proto.
-        let mut head = Vec::with_capacity(head_len + 64);
+        let mut head = std::mem::take(&mut self.head_buf);
+        head.clear();
+        head.reserve(head_len + 64);
         head.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
         head.push(b' ');
         match &route.rewrite_prefix {
@@ -1427,10 +1444,23 @@ impl L7 {
         x.response_started = false;
         x.phase = Phase::Request;
 
-        x.retry = (retries > 0 && idempotent && info.framing == Framing::None)
-            .then(|| Box::new(Retry { head: head.clone(), left: retries, tried: 0, pool }));
+        if retries > 0 && idempotent && info.framing == Framing::None {
+            // The previous request's copy (kept until now), or a closed
+            // session's, takes this one.
+            let r = x.retry.get_or_insert_with(|| {
+                self.spare_retries.pop().unwrap_or_else(|| {
+                    Box::new(Retry { head: Vec::new(), left: 0, tried: 0, pool })
+                })
+            });
+            r.head.clear();
+            r.head.extend_from_slice(&head);
+            (r.left, r.tried, r.pool) = (retries, 0, pool);
+        } else {
+            x.retry = None;
+        }
         self.listeners[li].stats.requests += 1;
         self.dispatch(s, pool, &head, 0, now, tcp);
+        self.head_buf = head;
     }
 
     /// TLS passthrough: once the ClientHello is in, its server name picks
@@ -1849,6 +1879,7 @@ impl L7 {
                                 && !up.head_request
                                 && compressible(resp.headers)
                         });
+                        let mut head = std::mem::take(&mut self.head_buf);
                         let head = if let Some(c) = coding {
                             // The length and coding change: say so.
                             let mut set = set.to_vec();
@@ -1858,9 +1889,25 @@ impl L7 {
                             let mut remove = remove.to_vec();
                             remove.push("Content-Length".into());
                             remove.push("ETag".into());
-                            http1::client_response_head(&resp, client_keep, &set, &remove, false)
+                            http1::client_response_head(
+                                &resp,
+                                client_keep,
+                                &set,
+                                &remove,
+                                false,
+                                &mut head,
+                            );
+                            head
                         } else {
-                            http1::client_response_head(&resp, client_keep, set, remove, upgrade)
+                            http1::client_response_head(
+                                &resp,
+                                client_keep,
+                                set,
+                                remove,
+                                upgrade,
+                                &mut head,
+                            );
+                            head
                         };
                         if info.status == 101 && !upgrade {
                             // Switching protocols nobody asked for.
@@ -1943,6 +1990,8 @@ impl L7 {
         };
         up.chunks = ChunkScanner::default();
         up.resp = Some(info);
+        // The head's room serves the next response.
+        self.head_buf = head;
         true
     }
 
@@ -2166,6 +2215,20 @@ impl L7 {
         }
         self.listeners[x.listener].stats.connections_active -= 1;
         self.free_sessions.push(s);
+        // Its buffers serve the next connections (HTTP/2 makes one per
+        // request).
+        for mut b in [x.inbuf, x.out] {
+            if self.spare_bufs.len() < SPARE_BUFS && b.capacity() <= SPARE_BUF_MAX {
+                b.clear();
+                self.spare_bufs.push(b);
+            }
+        }
+        if let Some(r) = x.retry
+            && self.spare_retries.len() < SPARE_BUFS
+            && r.head.capacity() <= SPARE_BUF_MAX
+        {
+            self.spare_retries.push(r);
+        }
     }
 
     /// Answers a request the proxy refuses; it never reaches a backend.
