@@ -865,7 +865,9 @@ pub struct Tls {
     /// Events for L7 made by this layer (a backend handshake that failed),
     /// handed out by the next `poll`.
     events: Vec<TcpEvent>,
-    conns: HashMap<ConnId, Conn>,
+    /// Keyed by our own connection handles, not chosen by peers: the fixed
+    /// fast hash will do (looked up on every call through [`TlsTcp`]).
+    conns: switchyard_stack::FlowMap<ConnId, Conn>,
     engine: SoftwareEngine,
     stats: TlsStats,
     scratch: Vec<u8>,
@@ -909,7 +911,7 @@ impl Tls {
             listeners: listeners.into_iter().map(|(l, c)| (l, own(c))).collect(),
             upstreams: HashMap::new(),
             events: Vec::new(),
-            conns: HashMap::new(),
+            conns: switchyard_stack::flow_map(64, 0x746c_735f_636f_6e6e),
             engine,
             stats: TlsStats::default(),
             scratch: vec![0; 16 * 1024 + 512],
