@@ -1445,8 +1445,8 @@ impl L7 {
         x.phase = Phase::Request;
 
         if retries > 0 && idempotent && info.framing == Framing::None {
-            // The previous request's copy (kept until now), or a closed
-            // session's, takes this one.
+            // A copy from an earlier request (this session's, if its
+            // response never completed) takes this one.
             let r = x.retry.get_or_insert_with(|| {
                 self.spare_retries.pop().unwrap_or_else(|| {
                     Box::new(Retry { head: Vec::new(), left: 0, tried: 0, pool })
@@ -2110,6 +2110,14 @@ impl L7 {
         up.ready = 0;
         x.upstream = None;
         x.last_active = now;
+        // Past the point of retrying: the copy serves the next request (of
+        // any session) rather than waiting idle with this one.
+        if let Some(r) = x.retry.take()
+            && self.spare_retries.len() < SPARE_BUFS
+            && r.head.capacity() <= SPARE_BUF_MAX
+        {
+            self.spare_retries.push(r);
+        }
         if let Some(r) = x.route.take().and_then(|ri| self.listeners[x.listener].routes.get_mut(ri))
         {
             let _ = r.total_us.record((now - x.started).total_micros().max(1));
