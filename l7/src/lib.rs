@@ -496,6 +496,9 @@ const BUF_CAP: usize = 64 * 1024;
 /// kind, each at most `SPARE_BUF_MAX` bytes.
 const SPARE_BUFS: usize = 128;
 const SPARE_BUF_MAX: usize = 16 * 1024;
+/// Retry copies kept for new requests: one per request in flight, up to
+/// this many.
+const SPARE_RETRIES: usize = 4096;
 /// How often timeouts are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
@@ -1453,6 +1456,9 @@ impl L7 {
                 })
             });
             r.head.clear();
+            if r.head.capacity() > SPARE_BUF_MAX {
+                r.head = Vec::new();
+            }
             r.head.extend_from_slice(&head);
             (r.left, r.tried, r.pool) = (retries, 0, pool);
         } else {
@@ -2111,10 +2117,11 @@ impl L7 {
         x.upstream = None;
         x.last_active = now;
         // Past the point of retrying: the copy serves the next request (of
-        // any session) rather than waiting idle with this one.
+        // any session) rather than waiting idle with this one. Kept without
+        // looking inside: with many connections it is out of the cache by
+        // now, and the next request writes it anyway.
         if let Some(r) = x.retry.take()
-            && self.spare_retries.len() < SPARE_BUFS
-            && r.head.capacity() <= SPARE_BUF_MAX
+            && self.spare_retries.len() < SPARE_RETRIES
         {
             self.spare_retries.push(r);
         }
@@ -2232,8 +2239,7 @@ impl L7 {
             }
         }
         if let Some(r) = x.retry
-            && self.spare_retries.len() < SPARE_BUFS
-            && r.head.capacity() <= SPARE_BUF_MAX
+            && self.spare_retries.len() < SPARE_RETRIES
         {
             self.spare_retries.push(r);
         }
