@@ -188,6 +188,66 @@ struct Slot {
     rtt: Duration,
 }
 
+/// The 4-tuple demux: which slot a segment's (local, remote) addresses
+/// belong to. The table holds only slot numbers (4 bytes a bucket, not the
+/// 68 of both addresses and the number), and a candidate is compared with
+/// the addresses of its slot, which the segment's processing reads next
+/// anyway: with 100,000 connections the table stays small enough for the
+/// cache. An entry's slot holds the addresses it was entered under until
+/// the entry goes (a slot is removed or replaced before it is reused).
+struct Demux {
+    table: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl Demux {
+    fn new(seed: u64) -> Demux {
+        Demux {
+            table: hashbrown::HashTable::with_capacity(1024),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
+        }
+    }
+
+    fn hash(&self, local: SocketAddr, remote: SocketAddr) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((local, remote))
+    }
+
+    fn get(&self, slots: &[Slot], local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+        let h = self.hash(local, remote);
+        self.table.find(h, |&i| is(&slots[i as usize], local, remote)).copied()
+    }
+
+    /// Enters slot `i` (holding `local`, `remote`) in place of any slot
+    /// entered under the same addresses.
+    fn insert(&mut self, slots: &[Slot], local: SocketAddr, remote: SocketAddr, i: u32) {
+        let h = self.hash(local, remote);
+        let hasher = &self.hasher;
+        let rehash = |&j: &u32| {
+            use std::hash::BuildHasher;
+            let s = &slots[j as usize];
+            hasher.hash_one((s.local, s.remote))
+        };
+        match self.table.entry(h, |&j| is(&slots[j as usize], local, remote), rehash) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = i,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(i);
+            }
+        }
+    }
+
+    fn remove(&mut self, slots: &[Slot], local: SocketAddr, remote: SocketAddr) {
+        let h = self.hash(local, remote);
+        if let Ok(e) = self.table.find_entry(h, |&i| is(&slots[i as usize], local, remote)) {
+            e.remove();
+        }
+    }
+}
+
+fn is(s: &Slot, local: SocketAddr, remote: SocketAddr) -> bool {
+    s.local == local && s.remote == remote
+}
+
 /// A connection whose peer reported a hole in our data (SACK), until the
 /// acknowledgment moves on. If smoltcp has not repaired it within twice the
 /// round trip, it is nudged: shown the peer's duplicate ACK again three times
@@ -401,7 +461,7 @@ pub struct TcpTerminator {
     holes: Vec<Hole>,
     /// The time of the current turn.
     now: Instant,
-    demux: crate::FlowMap<(SocketAddr, SocketAddr), u32>,
+    demux: Demux,
     /// Shards with an undesignated listening socket, per listener.
     spare: HashMap<ListenerId, Vec<u32>>,
     /// Where each listener listens.
@@ -447,7 +507,7 @@ impl TcpTerminator {
             free_slots: Vec::new(),
             holes: Vec::new(),
             now: Instant::from_millis(0),
-            demux: crate::flow_map(1024, seed ^ 0x6465_6d75_7800),
+            demux: Demux::new(seed ^ 0x6465_6d75_7800),
             spare: HashMap::new(),
             listeners: HashMap::new(),
             dirty: Vec::new(),
@@ -597,8 +657,8 @@ impl TcpTerminator {
             s.generation = s.generation.wrapping_add(1);
             (s.shard, s.handle, (s.local, s.remote))
         };
-        if self.demux.get(&key) == Some(&i) {
-            self.demux.remove(&key);
+        if self.demux.get(&self.slots, key.0, key.1) == Some(i) {
+            self.demux.remove(&self.slots, key.0, key.1);
         }
         self.release_socket(shard, handle);
         let sh = &mut self.shards[shard as usize];
@@ -714,7 +774,7 @@ impl TcpTerminator {
         listener: Option<ListenerId>,
     ) -> Input {
         use crate::tcp_flags::{ACK, FIN, RST, SYN};
-        let mut known = self.demux.get(&(dst, src)).copied();
+        let mut known = self.demux.get(&self.slots, dst, src);
         // A SYN for a connection in TIME-WAIT whose sequence number is past
         // the old connection's FIN is a new connection from a client that
         // reused its port (RFC 9293 section 3.10.7.4 allows it; Linux does
@@ -853,7 +913,7 @@ impl TcpTerminator {
             return None;
         };
         self.shards[shard as usize].slots.push(i);
-        self.demux.insert((local, remote), i);
+        self.demux.insert(&self.slots, local, remote, i);
         Some(i)
     }
 
@@ -941,8 +1001,9 @@ impl TcpTerminator {
             Phase::Pending(l) => match state {
                 State::Listen => {
                     // The SYN was not taken: the socket listens again.
-                    let key = (self.slots[i as usize].local, self.slots[i as usize].remote);
-                    self.demux.remove(&key);
+                    let (local, remote) =
+                        (self.slots[i as usize].local, self.slots[i as usize].remote);
+                    self.demux.remove(&self.slots, local, remote);
                     let sh = &mut self.shards[shard as usize];
                     sh.listening.push((l, handle));
                     if let Some(p) = sh.slots.iter().position(|x| *x == i) {
@@ -1104,7 +1165,7 @@ impl TcpApi for TcpTerminator {
             let p = self.next_port;
             self.next_port = if p + 1 >= range.end { range.start } else { p + 1 };
             let cand = SocketAddr::new(local_ip, p);
-            if self.worker.owns(p) && !self.demux.contains_key(&(cand, remote)) {
+            if self.worker.owns(p) && self.demux.get(&self.slots, cand, remote).is_none() {
                 local = Some(cand);
                 break;
             }
@@ -1149,7 +1210,7 @@ impl TcpApi for TcpTerminator {
             return Err(TcpError::Unroutable);
         }
         self.shards[shard as usize].slots.push(i);
-        self.demux.insert((local, remote), i);
+        self.demux.insert(&self.slots, local, remote, i);
         self.stats.connected += 1;
         self.mark_dirty(shard);
         Ok(ConnId { slot: i, generation: self.slots[i as usize].generation })
