@@ -7,6 +7,10 @@
 #                                                    (default: --flows 100000 --packets 1000000 --churn 200000)
 #   bash bench/instructions.sh tls [--handshakes N]  per TLS 1.3 handshake on the server, by kind
 #                                                    (tls-handshakes; default 200 of each)
+#   bash bench/instructions.sh l7 [http|h2c] [CONNS] per proxied request: the load balancer's turns
+#                                                    (Dataplane::poll) in l7-sim-bench at CONNS
+#                                                    connections (default http, 10; 20,000 requests,
+#                                                    MIN_REQUESTS to change), ramp included
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
@@ -27,6 +31,20 @@ if [ "${1:-}" = tls ]; then
     awk -v p="$kind" -v i="$i" -v k="$n" -v b="$base" \
       'BEGIN { printf "instructions %-24s %12d / %5d handshakes = %9.0f per handshake (%.3f× full_x25519)\n", p, i, k, i / k, i / b }'
   done
+  exit 0
+fi
+
+if [ "${1:-}" = l7 ]; then
+  proto=${2:-http}
+  conns=${3:-10}
+  cargo build --release -q --bin l7-sim-bench
+  PROTOCOL=$proto MIN_REQUESTS=${MIN_REQUESTS:-20000} valgrind --tool=callgrind \
+    --callgrind-out-file="$out/cg" --toggle-collect='switchyard::worker::Dataplane::poll*' \
+    target/release/l7-sim-bench "$conns" 2>/dev/null | tee "$out/stdout"
+  req=$(awk -v n="$conns" '$1 == n { print $2 }' "$out/stdout")
+  ins=$(callgrind_annotate "$out/cg" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  awk -v p="$proto" -v n="$conns" -v i="$ins" -v r="$req" \
+    'BEGIN { printf "instructions l7 %s at %d connections: %.0f / %d requests = %.0f per request\n", p, n, i, r, i / r }'
   exit 0
 fi
 

@@ -376,8 +376,9 @@ out.append("""## Reading the figures
   the per-CPU-second figure still compares the load balancers' own cost.
 """)
 out.append("Not measured here: 100,000 concurrent connections (the file-descriptor and "
-           "port budget of one client namespace on this machine), and AF_XDP / DPDK ports "
-           "(not landed).\n")
+           "port budget of one client namespace on this machine; bench/L7-CONCURRENCY.md "
+           "measures it in the simulation). Other port kinds: `SBS_NIC`, and "
+           "bench/NICS.md.\n")
 out.append("Raw rows (scenario, LB, round, rate, requests, p50, p99, LB CPU s, errors):\n")
 out.append("```")
 out.extend("\t".join(r) for r in rows)
