@@ -242,6 +242,9 @@ struct Stream {
     l7_closed: bool,
     /// In `H2Front::unread`.
     unread: bool,
+    /// `pending` once held more than `SPARE_MAX` (its allocation may be
+    /// larger than what its capacity shows after splits): not kept.
+    big_body: bool,
 }
 
 impl Stream {
@@ -698,6 +701,7 @@ impl H2Front {
                 gone: false,
                 l7_closed: false,
                 unread: true,
+                big_body: false,
             },
         );
         self.unread.push(v);
@@ -790,6 +794,7 @@ impl H2Front {
             return false;
         };
         let mut progress = false;
+        st.big_body |= st.pending.len() > SPARE_MAX;
         while !st.pending.is_empty() {
             send.reserve_capacity(st.pending.len());
             let cap = match send.poll_capacity(cx) {
@@ -847,12 +852,12 @@ impl H2Front {
 
     /// Keeps an ended stream's buffers for the next streams.
     fn recycle(&mut self, st: Stream) {
-        let Stream { mut req, mut pending, .. } = st;
+        let Stream { mut req, mut pending, big_body, .. } = st;
         if self.spare_reqs.len() < SPARES && req.capacity() <= SPARE_MAX {
             req.clear();
             self.spare_reqs.push(req);
         }
-        if self.spare_bodies.len() < SPARES && pending.capacity() <= SPARE_MAX {
+        if self.spare_bodies.len() < SPARES && !big_body && pending.capacity() <= SPARE_MAX {
             pending.clear();
             self.spare_bodies.push(pending);
         }

@@ -496,9 +496,21 @@ const BUF_CAP: usize = 64 * 1024;
 /// kind, each at most `SPARE_BUF_MAX` bytes.
 const SPARE_BUFS: usize = 128;
 const SPARE_BUF_MAX: usize = 16 * 1024;
-/// Retry copies kept for new requests: one per request in flight, up to
-/// this many.
-const SPARE_RETRIES: usize = 4096;
+/// Retry copies kept for new requests, up to this many (each at most
+/// `SPARE_BUF_MAX`).
+const SPARE_RETRIES: usize = 1024;
+
+/// Keeps a retry copy that is done with for other requests, if `small`
+/// (at most `SPARE_BUF_MAX`) and there is room.
+#[allow(clippy::vec_box)] // the boxes are what sessions hold
+fn keep_retry(spares: &mut Vec<Box<Retry>>, r: Option<Box<Retry>>, small: bool) {
+    if let Some(r) = r
+        && small
+        && spares.len() < SPARE_RETRIES
+    {
+        spares.push(r);
+    }
+}
 /// How often timeouts are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
@@ -550,6 +562,9 @@ struct Session {
     /// A byte tunnel from the start (TLS passthrough): the proxy never
     /// writes into it.
     raw: bool,
+    /// `retry`'s copy is small enough to keep for other requests once done
+    /// with (known when it is written, so the copy need not be read again).
+    retry_keep: bool,
     /// The coding the response gets, if compressible (from the request's
     /// `Accept-Encoding` on a route that compresses).
     coding: Option<Coding>,
@@ -1088,6 +1103,7 @@ impl L7 {
                     key: None,
                     upgrade: false,
                     raw: false,
+                    retry_keep: false,
                     coding: None,
                     request_timeout: self.limits.request_timeout,
                 };
@@ -1461,8 +1477,9 @@ impl L7 {
             }
             r.head.extend_from_slice(&head);
             (r.left, r.tried, r.pool) = (retries, 0, pool);
+            x.retry_keep = head.len() <= SPARE_BUF_MAX;
         } else {
-            x.retry = None;
+            keep_retry(&mut self.spare_retries, x.retry.take(), x.retry_keep);
         }
         self.listeners[li].stats.requests += 1;
         self.dispatch(s, pool, &head, 0, now, tcp);
@@ -1500,7 +1517,7 @@ impl L7 {
         x.body_done = false;
         x.keep_alive = false;
         x.response_started = false;
-        x.retry = None;
+        keep_retry(&mut self.spare_retries, x.retry.take(), x.retry_keep);
         x.key = None;
         let pool = self.listeners[li].cfg.routes[ri].pool;
         self.listeners[li].routes[ri].requests += 1;
@@ -2120,11 +2137,7 @@ impl L7 {
         // any session) rather than waiting idle with this one. Kept without
         // looking inside: with many connections it is out of the cache by
         // now, and the next request writes it anyway.
-        if let Some(r) = x.retry.take()
-            && self.spare_retries.len() < SPARE_RETRIES
-        {
-            self.spare_retries.push(r);
-        }
+        keep_retry(&mut self.spare_retries, x.retry.take(), x.retry_keep);
         if let Some(r) = x.route.take().and_then(|ri| self.listeners[x.listener].routes.get_mut(ri))
         {
             let _ = r.total_us.record((now - x.started).total_micros().max(1));
@@ -2238,11 +2251,7 @@ impl L7 {
                 self.spare_bufs.push(b);
             }
         }
-        if let Some(r) = x.retry
-            && self.spare_retries.len() < SPARE_RETRIES
-        {
-            self.spare_retries.push(r);
-        }
+        keep_retry(&mut self.spare_retries, x.retry, x.retry_keep);
     }
 
     /// Answers a request the proxy refuses; it never reaches a backend.

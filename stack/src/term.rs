@@ -236,9 +236,12 @@ impl Demux {
         }
     }
 
-    fn remove(&mut self, slots: &[Slot], local: SocketAddr, remote: SocketAddr) {
-        let h = self.hash(local, remote);
-        if let Ok(e) = self.table.find_entry(h, |&i| is(&slots[i as usize], local, remote)) {
+    /// Removes slot `i`'s entry, if its addresses are still entered for it
+    /// (not for a newer slot that took them over).
+    fn remove_slot(&mut self, slots: &[Slot], i: u32) {
+        let s = &slots[i as usize];
+        let h = self.hash(s.local, s.remote);
+        if let Ok(e) = self.table.find_entry(h, |&j| j == i) {
             e.remove();
         }
     }
@@ -651,15 +654,13 @@ impl TcpTerminator {
     }
 
     fn free_slot(&mut self, i: u32) {
-        let (shard, handle, key) = {
+        let (shard, handle) = {
             let s = &mut self.slots[i as usize];
             s.phase = Phase::Free;
             s.generation = s.generation.wrapping_add(1);
-            (s.shard, s.handle, (s.local, s.remote))
+            (s.shard, s.handle)
         };
-        if self.demux.get(&self.slots, key.0, key.1) == Some(i) {
-            self.demux.remove(&self.slots, key.0, key.1);
-        }
+        self.demux.remove_slot(&self.slots, i);
         self.release_socket(shard, handle);
         let sh = &mut self.shards[shard as usize];
         if let Some(p) = sh.slots.iter().position(|x| *x == i) {
@@ -1001,9 +1002,7 @@ impl TcpTerminator {
             Phase::Pending(l) => match state {
                 State::Listen => {
                     // The SYN was not taken: the socket listens again.
-                    let (local, remote) =
-                        (self.slots[i as usize].local, self.slots[i as usize].remote);
-                    self.demux.remove(&self.slots, local, remote);
+                    self.demux.remove_slot(&self.slots, i);
                     let sh = &mut self.shards[shard as usize];
                     sh.listening.push((l, handle));
                     if let Some(p) = sh.slots.iter().position(|x| *x == i) {
