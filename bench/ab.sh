@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Two Switchyard binaries, A and B, under the same load in alternating rounds
+# (A B A B ...), each pinned to CPU 1 with the clients and nginx backends on
+# CPU 0, in the netns topology of scripts/netns.sh: for judging a change on a
+# machine too noisy for one run of each. Prints each round's requests (or
+# connections) per LB CPU-second and B's mean over A's.
+#
+#   sudo bash bench/ab.sh A B [SCENARIO] [--seconds N] [--rounds R]   (default keepalive, 5 s, 3 rounds)
+#
+# SCENARIO: keepalive       wrk, 100 keep-alive connections, GET of 1 KiB via L7
+#           h2-tls          h2load, HTTP/2 over TLS, 10 connections x 10 streams
+#           https-new-conn  wrk, 16 connections, a new TLS connection per request
+# A and B are switchyard binaries, e.g. target/release/switchyard copied aside
+# before and after a change. AB_NIC sets the port (default af_packet:lb0).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/common.sh
+. "$root/bench/common.sh"
+[ $# -ge 2 ] || { echo "usage: $0 A B [keepalive|h2-tls|https-new-conn] [--seconds N] [--rounds R]" >&2; exit 2; }
+bin_a=$(realpath "$1")
+bin_b=$(realpath "$2")
+shift 2
+scenario=keepalive
+case "${1:-}" in
+keepalive | h2-tls | https-new-conn) scenario=$1; shift ;;
+esac
+for b in "$bin_a" "$bin_b"; do
+    [ -x "$b" ] || { echo "ab: $b is not an executable" >&2; exit 2; }
+done
+bench_init ab ab- 5 3 "$@"
+for c in nginx wrk h2load taskset bc; do
+    command -v "$c" >/dev/null || [ -x "/usr/sbin/$c" ] || {
+        echo "ab: $c is not installed (apt-get install nginx-light wrk nghttp2-client bc)" >&2
+        exit 2
+    }
+done
+bench_topology
+bench_certificate
+bench_backends
+switchyard_https_listener | switchyard_config "${AB_NIC:-af_packet:lb0}" > "$work/switchyard.toml"
+
+# One load run of $secs seconds; prints the requests completed.
+load() {
+    local out
+    case "$scenario" in
+    keepalive)
+        out=$(n cl taskset -c 0 wrk -t1 -c100 -d"$1s" http://198.18.0.10/1k)
+        awk '/requests in/ { print $1 }' <<<"$out"
+        ;;
+    https-new-conn)
+        out=$(n cl taskset -c 0 wrk -t1 -c16 -d"$1s" -H "Connection: close" https://198.18.0.10/1k)
+        awk '/requests in/ { print $1 }' <<<"$out"
+        ;;
+    h2-tls)
+        out=$(n cl taskset -c 0 h2load -t1 -c10 -m10 -D "$1" https://198.18.0.10/1k 2>&1)
+        awk '/^requests:/ { print $8 }' <<<"$out"
+        ;;
+    esac
+}
+
+declare -A sum=([A]=0 [B]=0)
+for r in $(seq 1 "$rounds"); do
+    for which in A B; do
+        bin=$bin_a
+        [ "$which" = B ] && bin=$bin_b
+        ip netns exec "${P}lb" taskset -c 1 "$bin" run --config "$work/switchyard.toml" \
+            > "$work/switchyard-$which.out" 2>&1 &
+        pid=$!
+        sleep 1
+        load 1 > /dev/null   # warm up: ARP, pools, the first handshakes
+        c0=$(cpu "$pid")
+        req=$(load "$secs")
+        c1=$(cpu "$pid")
+        kill -INT "$pid"
+        wait "$pid" || true
+        rate=$(echo "$req / ($c1 - $c0)" | bc)
+        sum[$which]=$((sum[$which] + rate))
+        echo "ab: round $r $which: $req requests, LB CPU $(echo "$c1 - $c0" | bc) s, $rate per LB CPU-second"
+    done
+done
+echo "ab: $scenario, B / A = $(echo "scale=3; ${sum[B]} / ${sum[A]}" | bc) (means of $rounds rounds: A $((sum[A] / rounds)), B $((sum[B] / rounds)) per LB CPU-second)"
