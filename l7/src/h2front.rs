@@ -27,6 +27,8 @@ use h2::{Reason, RecvStream, SendStream};
 use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpError, TcpEvent};
 use switchyard_stack::{Duration, FlowMap, Instant, ListenerId, flow_map};
 
+use crate::{SPARE_BUF_MAX, keep_buf};
+
 /// The client connection preface (RFC 9113 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Virtual connection ids have this bit set in their slot; the stack's slots
@@ -39,10 +41,9 @@ const RESP_BUF: usize = 64 * 1024;
 /// HTTP/2 output held before `h2` is told to stop writing.
 const PIPE_BUF: usize = 256 * 1024;
 /// Request and body buffers kept for the next streams when theirs end, at
-/// most this many, each at most `SPARE_MAX` bytes: a stream allocates none
-/// of its own in steady state.
+/// most this many, each at most `SPARE_BUF_MAX` bytes: a stream allocates
+/// none of its own in steady state.
 const SPARES: usize = 256;
-const SPARE_MAX: usize = 16 * 1024;
 /// Room taken at a time for the response heads `h2` is handed (as shared
 /// bytes: header values are slices of them).
 const HEADS_CHUNK: usize = 16 * 1024;
@@ -242,7 +243,7 @@ struct Stream {
     l7_closed: bool,
     /// In `H2Front::unread`.
     unread: bool,
-    /// `pending` once held more than `SPARE_MAX` (its allocation may be
+    /// `pending` once held more than `SPARE_BUF_MAX` (its allocation may be
     /// larger than what its capacity shows after splits): not kept.
     big_body: bool,
 }
@@ -772,11 +773,11 @@ impl H2Front {
             self.stream_gone(v);
             return true;
         }
-        if readable && !st.unread {
-            st.unread = true;
-            self.unread.push(v);
-        }
         if readable {
+            if !st.unread {
+                st.unread = true;
+                self.unread.push(v);
+            }
             self.events.push(TcpEvent::Readable { conn: v });
             progress = true;
         }
@@ -794,7 +795,7 @@ impl H2Front {
             return false;
         };
         let mut progress = false;
-        st.big_body |= st.pending.len() > SPARE_MAX;
+        st.big_body |= st.pending.len() > SPARE_BUF_MAX;
         while !st.pending.is_empty() {
             send.reserve_capacity(st.pending.len());
             let cap = match send.poll_capacity(cx) {
@@ -852,12 +853,9 @@ impl H2Front {
 
     /// Keeps an ended stream's buffers for the next streams.
     fn recycle(&mut self, st: Stream) {
-        let Stream { mut req, mut pending, big_body, .. } = st;
-        if self.spare_reqs.len() < SPARES && req.capacity() <= SPARE_MAX {
-            req.clear();
-            self.spare_reqs.push(req);
-        }
-        if self.spare_bodies.len() < SPARES && !big_body && pending.capacity() <= SPARE_MAX {
+        let Stream { req, mut pending, big_body, .. } = st;
+        keep_buf(&mut self.spare_reqs, req, SPARES);
+        if self.spare_bodies.len() < SPARES && !big_body && pending.capacity() <= SPARE_BUF_MAX {
             pending.clear();
             self.spare_bodies.push(pending);
         }

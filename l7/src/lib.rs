@@ -495,7 +495,16 @@ const BUF_CAP: usize = 64 * 1024;
 /// Closed sessions' buffers kept for new ones: at most this many of each
 /// kind, each at most `SPARE_BUF_MAX` bytes.
 const SPARE_BUFS: usize = 128;
-const SPARE_BUF_MAX: usize = 16 * 1024;
+pub(crate) const SPARE_BUF_MAX: usize = 16 * 1024;
+
+/// Keeps `b`, emptied, among `spares` for reuse, if it holds at most
+/// `SPARE_BUF_MAX` and fewer than `most` are kept.
+pub(crate) fn keep_buf(spares: &mut Vec<Vec<u8>>, mut b: Vec<u8>, most: usize) {
+    if spares.len() < most && b.capacity() <= SPARE_BUF_MAX {
+        b.clear();
+        spares.push(b);
+    }
+}
 /// Retry copies kept for new requests, up to this many (each at most
 /// `SPARE_BUF_MAX`).
 const SPARE_RETRIES: usize = 1024;
@@ -1902,36 +1911,33 @@ impl L7 {
                                 && !up.head_request
                                 && compressible(resp.headers)
                         });
-                        let mut head = std::mem::take(&mut self.head_buf);
-                        let head = if let Some(c) = coding {
-                            // The length and coding change: say so.
-                            let mut set = set.to_vec();
-                            set.push(("Content-Encoding".into(), c.token().into()));
-                            set.push(("Vary".into(), "Accept-Encoding".into()));
-                            set.push(("Transfer-Encoding".into(), "chunked".into()));
-                            let mut remove = remove.to_vec();
-                            remove.push("Content-Length".into());
-                            remove.push("ETag".into());
-                            http1::client_response_head(
-                                &resp,
-                                client_keep,
-                                &set,
-                                &remove,
-                                false,
-                                &mut head,
-                            );
-                            head
-                        } else {
-                            http1::client_response_head(
-                                &resp,
-                                client_keep,
-                                set,
-                                remove,
-                                upgrade,
-                                &mut head,
-                            );
-                            head
+                        // With a coding the length and coding change: say so.
+                        // (A coded response is a 200, so never an upgrade.)
+                        let (coded_set, coded_remove);
+                        let (set, remove) = match coding {
+                            Some(c) => {
+                                let mut set = set.to_vec();
+                                set.push(("Content-Encoding".into(), c.token().into()));
+                                set.push(("Vary".into(), "Accept-Encoding".into()));
+                                set.push(("Transfer-Encoding".into(), "chunked".into()));
+                                let mut remove = remove.to_vec();
+                                remove.push("Content-Length".into());
+                                remove.push("ETag".into());
+                                coded_set = set;
+                                coded_remove = remove;
+                                (&coded_set[..], &coded_remove[..])
+                            }
+                            None => (set, remove),
                         };
+                        let mut head = std::mem::take(&mut self.head_buf);
+                        http1::client_response_head(
+                            &resp,
+                            client_keep,
+                            set,
+                            remove,
+                            upgrade,
+                            &mut head,
+                        );
                         if info.status == 101 && !upgrade {
                             // Switching protocols nobody asked for.
                             Parsed::Bad
@@ -2245,12 +2251,8 @@ impl L7 {
         self.free_sessions.push(s);
         // Its buffers serve the next connections (HTTP/2 makes one per
         // request).
-        for mut b in [x.inbuf, x.out] {
-            if self.spare_bufs.len() < SPARE_BUFS && b.capacity() <= SPARE_BUF_MAX {
-                b.clear();
-                self.spare_bufs.push(b);
-            }
-        }
+        keep_buf(&mut self.spare_bufs, x.inbuf, SPARE_BUFS);
+        keep_buf(&mut self.spare_bufs, x.out, SPARE_BUFS);
         keep_retry(&mut self.spare_retries, x.retry, x.retry_keep);
     }
 
