@@ -208,26 +208,24 @@ impl Demux {
         }
     }
 
-    fn hash(&self, local: SocketAddr, remote: SocketAddr) -> u64 {
+    fn hash(hasher: &foldhash::fast::FixedState, local: SocketAddr, remote: SocketAddr) -> u64 {
         use std::hash::BuildHasher;
-        self.hasher.hash_one((local, remote))
+        hasher.hash_one((local, remote))
     }
 
     fn get(&self, slots: &[Slot], local: SocketAddr, remote: SocketAddr) -> Option<u32> {
-        let h = self.hash(local, remote);
+        let h = Demux::hash(&self.hasher, local, remote);
         self.table.find(h, |&i| is(&slots[i as usize], local, remote)).copied()
     }
 
-    /// Enters slot `i` (holding `local`, `remote`) in place of any slot
-    /// entered under the same addresses.
-    fn insert(&mut self, slots: &[Slot], local: SocketAddr, remote: SocketAddr, i: u32) {
-        let h = self.hash(local, remote);
+    /// Enters slot `i` under its addresses, in place of any slot entered
+    /// under the same ones.
+    fn insert(&mut self, slots: &[Slot], i: u32) {
+        let (local, remote) = (slots[i as usize].local, slots[i as usize].remote);
         let hasher = &self.hasher;
-        let rehash = |&j: &u32| {
-            use std::hash::BuildHasher;
-            let s = &slots[j as usize];
-            hasher.hash_one((s.local, s.remote))
-        };
+        let h = Demux::hash(hasher, local, remote);
+        let rehash =
+            |&j: &u32| Demux::hash(hasher, slots[j as usize].local, slots[j as usize].remote);
         match self.table.entry(h, |&j| is(&slots[j as usize], local, remote), rehash) {
             hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = i,
             hashbrown::hash_table::Entry::Vacant(e) => {
@@ -240,7 +238,7 @@ impl Demux {
     /// (not for a newer slot that took them over).
     fn remove_slot(&mut self, slots: &[Slot], i: u32) {
         let s = &slots[i as usize];
-        let h = self.hash(s.local, s.remote);
+        let h = Demux::hash(&self.hasher, s.local, s.remote);
         if let Ok(e) = self.table.find_entry(h, |&j| j == i) {
             e.remove();
         }
@@ -914,7 +912,7 @@ impl TcpTerminator {
             return None;
         };
         self.shards[shard as usize].slots.push(i);
-        self.demux.insert(&self.slots, local, remote, i);
+        self.demux.insert(&self.slots, i);
         Some(i)
     }
 
@@ -1209,7 +1207,7 @@ impl TcpApi for TcpTerminator {
             return Err(TcpError::Unroutable);
         }
         self.shards[shard as usize].slots.push(i);
-        self.demux.insert(&self.slots, local, remote, i);
+        self.demux.insert(&self.slots, i);
         self.stats.connected += 1;
         self.mark_dirty(shard);
         Ok(ConnId { slot: i, generation: self.slots[i as usize].generation })
