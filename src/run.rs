@@ -715,15 +715,8 @@ fn open_worker_ports(cfg: &Config) -> Result<WorkerPorts, NicError> {
         NicSpec::AfPacket { iface, v3 } if n > 1 => {
             use switchyard_nic::afpacket::{AfPacketPort, RxRing};
             let mode = if *v3 { RxRing::Blocks } else { RxRing::Frames };
-            let mut ports: Vec<Box<dyn Port + Send>> = Vec::new();
-            let mut group = None;
-            for i in 0..n {
-                let p =
-                    AfPacketPort::open_worker(iface, cfg.device.mac, mode, &steering, i, group)?;
-                group = p.fanout_group();
-                ports.push(Box::new(p));
-            }
-            Ok((ports, None))
+            let ports = AfPacketPort::open_workers(iface, cfg.device.mac, mode, &steering)?;
+            Ok((ports.into_iter().map(|p| Box::new(p) as _).collect(), None))
         }
         nic if n > 1 => {
             let device = open_live_port(nic, cfg.device.mac)?;

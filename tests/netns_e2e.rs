@@ -138,6 +138,27 @@ impl Topology {
         text(&sum).split_whitespace().next().unwrap().to_string()
     }
 
+    /// From the client, for `seconds` (at most 500,000 datagrams): UDP
+    /// datagrams to 198.18.0.10:9, each from a new socket and so a new
+    /// source port, sent to Switchyard's MAC without asking ARP, so frames
+    /// of many flows arrive while Switchyard starts. Returns the sender.
+    fn spray_udp(&self, seconds: f64) -> Child {
+        self.exec("cl", "ip neigh replace 198.18.0.10 lladdr 02:53:59:00:00:02 dev eth0");
+        let py = format!(
+            "import socket, time\nend = time.time() + {seconds}\nn = 0\n\
+             while time.time() < end and n < 500000:\n\
+             \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             \x20   s.sendto(b'x', ('198.18.0.10', 9))\n\
+             \x20   s.close()\n\
+             \x20   n += 1\n"
+        );
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns("cl"), "python3", "-c", &py])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3")
+    }
+
     /// Starts Switchyard in the load balancer's namespace with `config`.
     fn switchyard(&self, config: &str) -> Switchyard {
         let path = self.dir.join("switchyard.toml");
@@ -379,16 +400,21 @@ fn l7_and_l4_through_af_packet_to_nginx_with_curl_and_wrk() {
 /// source port and a reply by the local port it comes back to, so every
 /// connection — client side, upstream side, full-NAT — stays on one worker
 /// and the workers share nothing. Both carry traffic, every request
-/// succeeds, and no frame reaches a worker that does not own its flow.
+/// succeeds, and no frame reaches a worker that does not own its flow, not
+/// even while the workers' sockets join the group: frames of many flows
+/// arrive throughout the start.
 #[test]
 fn two_workers_split_the_flows_of_one_interface_by_fanout() {
-    if !can_run("workers", &[NGINX_BIN, "wrk"]) {
+    if !can_run("workers", &[NGINX_BIN, "wrk", "python3"]) {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t = Topology::up("mw-");
     let sum = t.nginx();
+    let mut spray = t.spray_udp(1.5);
+    std::thread::sleep(Duration::from_millis(300));
     let mut lb = t.switchyard(&two_workers("af_packet:lb0"));
+    assert!(spray.wait().is_ok_and(|s| s.success()), "the UDP sender failed");
     let out = two_workers_carry_the_flows(&t, &mut lb, &sum, 0.1);
     assert!(!out.contains("software dispatch"), "{out}");
     println!("{out}");

@@ -126,11 +126,26 @@ fn err(iface: &str, what: &str, e: io::Error) -> NicError {
 impl AfPacketPort {
     /// Opens interface `iface`; `mac` is the address the dataplane uses on it.
     pub fn open(iface: &str, mac: [u8; 6], mode: RxRing) -> Result<AfPacketPort, NicError> {
+        AfPacketPort::open_gated(iface, mac, mode, false)
+    }
+
+    /// [`AfPacketPort::open`]; with `gated`, the receive socket is bound
+    /// with a filter that keeps nothing, which [`AfPacketPort::open_workers`] removes.
+    fn open_gated(
+        iface: &str,
+        mac: [u8; 6],
+        mode: RxRing,
+        gated: bool,
+    ) -> Result<AfPacketPort, NicError> {
         let ifindex = sys::ifindex(iface).map_err(|e| err(iface, "interface", e))?;
         // Receive: created for no protocol, so nothing arrives before the ring
         // is set up and the socket bound to this interface.
         let rx_fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)
             .map_err(|e| err(iface, "packet socket", e))?;
+        if gated {
+            sys::attach_filter(&rx_fd, &crate::steer::drop_all())
+                .map_err(|e| err(iface, "receive gate", e))?;
+        }
         let rx = match mode {
             RxRing::Frames => frame_ring(&rx_fd, RX_SLOTS, iface)?,
             RxRing::Blocks => {
@@ -191,14 +206,35 @@ impl AfPacketPort {
         })
     }
 
-    /// Opens worker `index` of `steering.workers` on `iface`: its receive
-    /// socket joins a fanout group whose classic BPF program
-    /// ([`Steering::fanout_program`]) gives each frame to the worker that
-    /// owns its flow. `group` is `None` for the first worker (the kernel
-    /// picks an unused group id, see [`AfPacketPort::fanout_group`]) and
-    /// that id for the others, which must be opened in index order: the
-    /// kernel numbers the members of a group in the order they join.
-    pub fn open_worker(
+    /// Opens the `steering.workers` workers' ports on `iface`, in worker
+    /// order: each receive socket joins one fanout group whose classic BPF
+    /// program ([`Steering::fanout_program`]) gives each frame to the worker
+    /// that owns its flow. The kernel numbers a group's members in the order
+    /// they join, and until all have joined it would give a worker's frames
+    /// to another (a group of one gives all frames to its only member; a
+    /// bound socket outside the group sees every frame). So each socket keeps
+    /// nothing until the whole group is formed: a frame that arrives sooner
+    /// is dropped, as if the ports were not yet open.
+    pub fn open_workers(
+        iface: &str,
+        mac: [u8; 6],
+        mode: RxRing,
+        steering: &Steering,
+    ) -> Result<Vec<AfPacketPort>, NicError> {
+        let mut ports: Vec<AfPacketPort> = Vec::new();
+        for index in 0..steering.workers.max(1) {
+            let group = ports.first().and_then(|p| p.fanout_group());
+            ports.push(AfPacketPort::open_worker(iface, mac, mode, steering, index, group)?);
+        }
+        for p in &ports {
+            sys::detach_filter(&p.rx_fd).map_err(|e| err(iface, "receive gate", e))?;
+        }
+        Ok(ports)
+    }
+
+    /// Opens worker `index`, gated; `group` is `None` for the first worker
+    /// (the kernel picks an unused group id) and that id for the others.
+    fn open_worker(
         iface: &str,
         mac: [u8; 6],
         mode: RxRing,
@@ -206,7 +242,7 @@ impl AfPacketPort {
         index: u16,
         group: Option<u16>,
     ) -> Result<AfPacketPort, NicError> {
-        let mut port = AfPacketPort::open(iface, mac, mode)?;
+        let mut port = AfPacketPort::open_gated(iface, mac, mode, true)?;
         let group = sys::join_fanout(&port.rx_fd, group, &steering.fanout_program())
             .map_err(|e| err(iface, "fanout group", e))?;
         let neighbors = if index > 0 {

@@ -186,6 +186,13 @@ pub fn neighbor_filter() -> Vec<Insn> {
     a.assemble()
 }
 
+/// A classic BPF receive filter that keeps nothing: a worker's socket
+/// carries it from before it is bound until every worker has joined the
+/// fanout group, so no frame reaches a socket that is not yet steered.
+pub fn drop_all() -> Vec<Insn> {
+    vec![Insn { code: RET | K, jt: 0, jf: 0, k: 0 }]
+}
+
 /// True for the frames [`neighbor_filter`] keeps: ARP, and IPv6 neighbor
 /// solicitations and advertisements right after the fixed header. A software
 /// dispatcher gives worker 0 these frames and every other worker a copy.

@@ -333,8 +333,9 @@ pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// `SOL_SOCKET` option that attaches a classic BPF filter.
+/// `SOL_SOCKET` options that attach and detach a classic BPF filter.
 const SO_ATTACH_FILTER: i32 = 26;
+const SO_DETACH_FILTER: i32 = 27;
 /// `SOL_PACKET` options of fanout groups (linux/if_packet.h).
 const PACKET_FANOUT: i32 = 18;
 const PACKET_FANOUT_DATA: i32 = 22;
@@ -353,6 +354,11 @@ pub fn attach_filter(fd: &OwnedFd, prog: &[crate::steer::Insn]) -> io::Result<()
     let p = fprog(prog)?;
     // The kernel copies the program during the call; `prog` outlives it.
     setsockopt(fd, libc::SOL_SOCKET, SO_ATTACH_FILTER, &p)
+}
+
+/// Removes the socket's receive filter.
+pub fn detach_filter(fd: &OwnedFd) -> io::Result<()> {
+    setsockopt(fd, libc::SOL_SOCKET, SO_DETACH_FILTER, &0i32)
 }
 
 /// Joins packet socket `fd` (bound, with its ring) to fanout group `group`,
