@@ -10,34 +10,44 @@
 # SCENARIO: keepalive       wrk, 100 keep-alive connections, GET of 1 KiB via L7
 #           h2-tls          h2load, HTTP/2 over TLS, 10 connections x 10 streams
 #           https-new-conn  wrk, 16 connections, a new TLS connection per request
+#           tcp-bulk        iperf3, one TCP stream through an L4 listener (MB per LB CPU-second)
 # A and B are switchyard binaries, e.g. target/release/switchyard copied aside
 # before and after a change. AB_NIC sets the port (default af_packet:lb0).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/common.sh
 . "$root/bench/common.sh"
-[ $# -ge 2 ] || { echo "usage: $0 A B [keepalive|h2-tls|https-new-conn] [--seconds N] [--rounds R]" >&2; exit 2; }
+[ $# -ge 2 ] || { echo "usage: $0 A B [keepalive|h2-tls|https-new-conn|tcp-bulk] [--seconds N] [--rounds R]" >&2; exit 2; }
 bin_a=$(realpath "$1")
 bin_b=$(realpath "$2")
 shift 2
 scenario=keepalive
 case "${1:-}" in
-keepalive | h2-tls | https-new-conn) scenario=$1; shift ;;
+keepalive | h2-tls | https-new-conn | tcp-bulk) scenario=$1; shift ;;
 esac
 for b in "$bin_a" "$bin_b"; do
     [ -x "$b" ] || { echo "ab: $b is not an executable" >&2; exit 2; }
 done
 bench_init ab ab- 5 3 "$@"
-for c in nginx wrk h2load taskset bc; do
+for c in nginx wrk h2load iperf3 taskset bc; do
     command -v "$c" >/dev/null || [ -x "/usr/sbin/$c" ] || {
-        echo "ab: $c is not installed (apt-get install nginx-light wrk nghttp2-client bc)" >&2
+        echo "ab: $c is not installed (apt-get install nginx-light wrk nghttp2-client iperf3 bc)" >&2
         exit 2
     }
 done
 bench_topology
 bench_certificate
-bench_backends
-switchyard_https_listener | switchyard_config "${AB_NIC:-af_packet:lb0}" > "$work/switchyard.toml"
+bench_backends 5201
+{ switchyard_https_listener; cat; } <<EOF | switchyard_config "${AB_NIC:-af_packet:lb0}" > "$work/switchyard.toml"
+[[listener]]
+name = "tcp"
+mode = "l4"
+address = "198.18.0.10:5201"
+pool = "iperf"
+[[pool]]
+name = "iperf"
+backends = [{ name = "i1", address = "198.18.0.21:5201" }]
+EOF
 
 # One load run of $secs seconds; prints the requests completed.
 load() {
@@ -51,6 +61,10 @@ load() {
         out=$(n cl taskset -c 0 wrk -t1 -c16 -d"$1s" -H "Connection: close" https://198.18.0.10/1k)
         awk '/requests in/ { print $1 }' <<<"$out"
         ;;
+    tcp-bulk)
+        out=$(n cl taskset -c 0 iperf3 -c 198.18.0.10 -p 5201 -t "$1" -J)
+        python3 -c 'import json, sys; print(int(json.load(sys.stdin)["end"]["sum_received"]["bytes"] / 1e6))' <<<"$out"
+        ;;
     h2-tls)
         out=$(n cl taskset -c 0 h2load -t1 -c10 -m10 -D "$1" https://198.18.0.10/1k 2>&1)
         awk '/^requests:/ { print $8 }' <<<"$out"
@@ -58,6 +72,9 @@ load() {
     esac
 }
 
+unit=requests
+[ "$scenario" = tcp-bulk ] && unit=MB
+[ "$scenario" = https-new-conn ] && unit=connections
 declare -A sum=([A]=0 [B]=0)
 for r in $(seq 1 "$rounds"); do
     for which in A B; do
@@ -75,7 +92,7 @@ for r in $(seq 1 "$rounds"); do
         wait "$pid" || true
         rate=$(echo "$req / ($c1 - $c0)" | bc)
         sum[$which]=$((sum[$which] + rate))
-        echo "ab: round $r $which: $req requests, LB CPU $(echo "$c1 - $c0" | bc) s, $rate per LB CPU-second"
+        echo "ab: round $r $which: $req $unit, LB CPU $(echo "$c1 - $c0" | bc) s, $rate per LB CPU-second"
     done
 done
 echo "ab: $scenario, B / A = $(echo "scale=3; ${sum[B]} / ${sum[A]}" | bc) (means of $rounds rounds: A $((sum[A] / rounds)), B $((sum[B] / rounds)) per LB CPU-second)"

@@ -341,6 +341,9 @@ pub enum NicSpec {
         iface: String,
         /// Receive through TPACKET_V3 blocks (`,v3`) instead of V2 frames.
         v3: bool,
+        /// Merge runs of TCP segments into large frames for the kernel or
+        /// the device to cut (`,gso`; see `switchyard_nic::gso`).
+        gso: bool,
     },
     /// One queue of a Linux interface through an AF_XDP socket and an XDP
     /// program of ours.
@@ -1318,16 +1321,22 @@ impl Cx<'_> {
             }
             s if s.starts_with("tap:") || s.starts_with("af_packet:") => {
                 let (kind, name) = s.split_once(':').unwrap_or((s, ""));
-                let (name, v3) = match name.split_once(',') {
-                    Some((n, "v3")) if kind == "af_packet" => (n, true),
-                    Some((_, other)) => {
-                        return Err(self.at(
-                            &d.nic,
-                            format!("`{kind}:` option `{other}`: the only option is `af_packet:IFACE,v3`"),
-                        ));
+                let (name, opts) = name.split_once(',').unwrap_or((name, ""));
+                let (mut v3, mut gso) = (false, false);
+                for o in opts.split(',').filter(|o| !o.is_empty()) {
+                    match o {
+                        "v3" if kind == "af_packet" => v3 = true,
+                        "gso" if kind == "af_packet" => gso = true,
+                        other => {
+                            return Err(self.at(
+                                &d.nic,
+                                format!(
+                                    "`{kind}:` option `{other}`: the options are `af_packet:IFACE,v3` and `,gso`"
+                                ),
+                            ));
+                        }
                     }
-                    None => (name, false),
-                };
+                }
                 if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
                     return Err(self.at(
                         &d.nic,
@@ -1336,7 +1345,7 @@ impl Cx<'_> {
                 }
                 match kind {
                     "tap" => NicSpec::Tap { name: name.to_string() },
-                    _ => NicSpec::AfPacket { iface: name.to_string(), v3 },
+                    _ => NicSpec::AfPacket { iface: name.to_string(), v3, gso },
                 }
             }
             s if s.starts_with("af_xdp:") => {
@@ -2053,6 +2062,22 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         let e =
             err(&BASE.replace("nic = \"pcap:in.pcap\"", "nic = \"af_packet:lb0\"\nworkers = 0"));
         assert!(e.message.contains("between 1 and 64"), "{e}");
+    }
+
+    #[test]
+    fn af_packet_options() {
+        let with = |nic: &str| BASE.replace("nic = \"pcap:in.pcap\"", &format!("nic = \"{nic}\""));
+        let nic = |n: &str| Config::parse("t.toml", &with(n)).unwrap().device.nic;
+        let spec = |v3, gso| NicSpec::AfPacket { iface: "lb0".into(), v3, gso };
+        assert_eq!(nic("af_packet:lb0"), spec(false, false));
+        assert_eq!(nic("af_packet:lb0,v3"), spec(true, false));
+        assert_eq!(nic("af_packet:lb0,gso"), spec(false, true));
+        assert_eq!(nic("af_packet:lb0,v3,gso"), spec(true, true));
+        for bad in ["af_packet:lb0,nogso", "tap:tap0,gso", "af_packet:lb0,v3,v4"] {
+            let e = err(&with(bad));
+            assert_eq!(e.key, "device.nic", "{e}");
+            assert!(e.message.contains("the options are"), "{bad}: {e}");
+        }
     }
 
     #[cfg(feature = "dpdk")]

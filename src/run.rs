@@ -236,6 +236,13 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
     if ps.rx_misdirected > 0 {
         let _ = writeln!(out, "port: frames steered to the wrong worker {}", ps.rx_misdirected);
     }
+    if ps.tx_gso_frames + ps.tx_gso_refused > 0 {
+        let _ = writeln!(
+            out,
+            "port: large frames of merged TCP segments {}, refused by the device {}",
+            ps.tx_gso_frames, ps.tx_gso_refused
+        );
+    }
     if dp.pool_stats().misses > 0 {
         let _ = writeln!(
             out,
@@ -457,10 +464,11 @@ fn open_live_port(nic: &NicSpec, mac: [u8; 6]) -> Result<Box<dyn Port + Send>, N
         NicSpec::Tap { name } => {
             switchyard_nic::tap::TapPort::open(name, mac).map(|p| Box::new(p) as _)
         }
-        NicSpec::AfPacket { iface, v3 } => {
+        NicSpec::AfPacket { iface, v3, gso } => {
             use switchyard_nic::afpacket::{AfPacketPort, RxRing};
             let mode = if *v3 { RxRing::Blocks } else { RxRing::Frames };
-            AfPacketPort::open(iface, mac, mode).map(|p| Box::new(p) as _)
+            let p = AfPacketPort::open(iface, mac, mode)?;
+            Ok(Box::new(if *gso { p.with_gso()? } else { p }))
         }
         NicSpec::AfXdp { iface, queue } => {
             switchyard_nic::afxdp::AfXdpPort::open(iface, *queue, mac).map(|p| Box::new(p) as _)
@@ -495,9 +503,11 @@ fn nic_label(nic: &NicSpec) -> String {
         NicSpec::Pcap { input, output: None } => format!("pcap:{input}"),
         NicSpec::Pcap { input, output: Some(o) } => format!("pcap:{input},{o}"),
         NicSpec::Tap { name } => format!("tap:{name}"),
-        NicSpec::AfPacket { iface, v3 } => {
-            format!("af_packet:{iface}{}", if *v3 { ",v3" } else { "" })
-        }
+        NicSpec::AfPacket { iface, v3, gso } => format!(
+            "af_packet:{iface}{}{}",
+            if *v3 { ",v3" } else { "" },
+            if *gso { ",gso" } else { "" }
+        ),
         NicSpec::AfXdp { iface, queue } => format!("af_xdp:{iface}/{queue}"),
         NicSpec::Dpdk { eal, port: 0 } => format!("dpdk:{eal}"),
         NicSpec::Dpdk { eal, port } => format!("dpdk:{eal} -- port={port}"),
@@ -712,11 +722,15 @@ fn open_worker_ports(cfg: &Config) -> Result<WorkerPorts, NicError> {
         local_ports: vec![cfg.tcp.ephemeral_ports.clone(), cfg.snat_ports.clone()],
     };
     match &cfg.device.nic {
-        NicSpec::AfPacket { iface, v3 } if n > 1 => {
+        NicSpec::AfPacket { iface, v3, gso } if n > 1 => {
             use switchyard_nic::afpacket::{AfPacketPort, RxRing};
             let mode = if *v3 { RxRing::Blocks } else { RxRing::Frames };
             let ports = AfPacketPort::open_workers(iface, cfg.device.mac, mode, &steering)?;
-            Ok((ports.into_iter().map(|p| Box::new(p) as _).collect(), None))
+            let mut out: Vec<Box<dyn Port + Send>> = Vec::new();
+            for p in ports {
+                out.push(Box::new(if *gso { p.with_gso()? } else { p }));
+            }
+            Ok((out, None))
         }
         nic if n > 1 => {
             let device = open_live_port(nic, cfg.device.mac)?;

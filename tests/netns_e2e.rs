@@ -395,6 +395,27 @@ fn l7_and_l4_through_af_packet_to_nginx_with_curl_and_wrk() {
     assert!(!out.contains("drop bad_"), "no checksum or header drops:\n{out}");
 }
 
+/// The same downloads with `af_packet:lb0,gso`: runs of a flow's segments
+/// leave as one large frame (the kernel's veth hands it to the peer's stack
+/// whole, as GRO would have made it); both downloads are byte-exact.
+#[test]
+fn af_packet_with_segmentation_offload() {
+    if !can_run("af_packet", &[NGINX_BIN]) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::up("syg-");
+    let sum = t.nginx();
+    let mut lb = t.switchyard(&config("af_packet:lb0,gso", "round-robin", "a"));
+    routes_and_downloads(&t, &sum);
+    let out = lb.stop();
+    assert!(out.contains("running on af_packet:lb0,gso"), "{out}");
+    let merged = number_after(&out, "large frames of merged TCP segments").unwrap_or(0);
+    assert!(merged > 100, "merged frames {merged}:\n{out}");
+    assert_eq!(number_after(&out, "refused by the device"), Some(0), "{out}");
+    assert!(!out.contains("drop bad_"), "{out}");
+}
+
 /// Two workers on one interface: each has its own AF_PACKET socket in one
 /// fanout group whose classic BPF program steers a client's flow by its
 /// source port and a reply by the local port it comes back to, so every

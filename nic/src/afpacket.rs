@@ -18,6 +18,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use crate::gso::{self, Run, Segment, same_flow};
 use crate::steer::Steering;
 use crate::sys::{self, Ring};
 use crate::{Mbuf, NicError, Pool, Port, PortStats, RxCsum};
@@ -95,10 +96,33 @@ pub struct AfPacketPort {
     tx_fd: OwnedFd,
     tx: Ring,
     tx_next: usize,
+    /// Frames written to the ring since its last `send`.
+    tx_queued: bool,
     stats: PortStats,
     /// Set when the port is one worker of a fanout group.
     worker: Option<Worker>,
+    /// Segmentation offload: runs of TCP segments sent as one frame.
+    gso: Option<Gso>,
 }
+
+/// The transmit side's segmentation offload (see [`crate::gso`]): a third
+/// socket, with `PACKET_VNET_HDR`, for merged frames, which the kernel cuts
+/// into segments where the device cannot (on a veth it does not: the peer
+/// receives the large segment as GRO would have made it).
+struct Gso {
+    fd: OwnedFd,
+    /// Runs still open in this burst, at most [`OPEN_RUNS`].
+    runs: Vec<Run>,
+    /// The merged frame being written (capacity [`gso::MAX_MERGED`]).
+    buf: Vec<u8>,
+    /// Per frame of the burst: sent.
+    taken: Vec<bool>,
+}
+
+/// Flows with a run open at once in one burst; a further flow's run waits
+/// for the oldest to be sent.
+const OPEN_RUNS: usize = 8;
+const PACKET_VNET_HDR: i32 = 15;
 
 /// A port's place in a fanout group of workers.
 struct Worker {
@@ -201,8 +225,10 @@ impl AfPacketPort {
             tx_fd,
             tx,
             tx_next: 0,
+            tx_queued: false,
             stats: PortStats::default(),
             worker: None,
+            gso: None,
         })
     }
 
@@ -262,6 +288,16 @@ impl AfPacketPort {
         };
         port.worker = Some(Worker { group, index, steering: steering.clone(), neighbors });
         Ok(port)
+    }
+
+    /// Merges runs of a flow's TCP segments into large frames that the
+    /// kernel (or the device) cuts again (`af_packet:IFACE,gso`; see
+    /// [`crate::gso`]). Off by default: on a veth the peer's stack receives
+    /// the large frame whole, so a loss there loses the whole run.
+    pub fn with_gso(mut self) -> Result<AfPacketPort, NicError> {
+        let ifindex = sys::ifindex(&self.iface).map_err(|e| err(&self.iface, "interface", e))?;
+        self.gso = Some(Gso::open(ifindex).map_err(|e| err(&self.iface, "offload socket", e))?);
+        Ok(self)
     }
 
     /// The fanout group this port's worker belongs to.
@@ -409,6 +445,114 @@ fn frame_ring(fd: &OwnedFd, slots: usize, iface: &str) -> Result<Ring, NicError>
     Ring::map(fd, RX_SLOT * slots).map_err(|e| err(iface, "mmap", e))
 }
 
+/// Transmit through the ring, and merged frames through the offload socket.
+impl AfPacketPort {
+    /// Writes `frame` into the next transmit slot; false if the ring is full.
+    fn ring_put(&mut self, frame: &[u8]) -> bool {
+        let slots = TX_BLOCK / TX_SLOT * TX_BLOCKS;
+        let slot = self.tx_next * TX_SLOT;
+        let st = self.tx.status(slot);
+        if st != libc::TP_STATUS_AVAILABLE && st & libc::TP_STATUS_WRONG_FORMAT == 0 {
+            return false; // the kernel has not sent this slot yet
+        }
+        let len = frame.len().min(TX_SLOT - TX_DATA);
+        self.tx.bytes_mut(slot + TX_DATA, len).copy_from_slice(&frame[..len]);
+        self.tx.set_u32(slot + 4, len as u32); // tp_len
+        self.tx.set_status(slot, libc::TP_STATUS_SEND_REQUEST);
+        self.tx_next = (self.tx_next + 1) % slots;
+        self.tx_queued = true;
+        self.stats.tx_frames += 1;
+        self.stats.tx_bytes += len as u64;
+        true
+    }
+
+    /// [`AfPacketPort::ring_put`], marking the frame `taken` if it went.
+    /// Always true: a full ring is not the offload socket's failure.
+    fn ring_one(&mut self, frame: &[u8], taken: &mut bool) -> bool {
+        *taken = self.ring_put(frame);
+        true
+    }
+
+    /// The frames at the front of `pkts`, through the ring, up to the first
+    /// that finds it full; then one `send` has the kernel send them all.
+    fn ring_burst(&mut self, pkts: &[Mbuf]) -> usize {
+        let sent = pkts.iter().take_while(|m| self.ring_put(m.data())).count();
+        self.kick();
+        sent
+    }
+
+    /// Has the kernel send what the ring holds.
+    fn kick(&mut self) {
+        if std::mem::take(&mut self.tx_queued)
+            && let Err(e) = sys::send_empty(&self.tx_fd)
+            && e.kind() != io::ErrorKind::WouldBlock
+        {
+            self.stats.tx_full += 1;
+        }
+    }
+
+    /// Sends `run`'s frames of `pkts`: one alone through the ring; more as
+    /// one merged frame through `fd`, after what the ring holds (a flow's
+    /// frames stay in order). False if the kernel refused the merged frame
+    /// (its frames then go through the ring).
+    fn send_run(
+        &mut self,
+        buf: &mut Vec<u8>,
+        fd: &OwnedFd,
+        run: &Run,
+        pkts: &[Mbuf],
+        taken: &mut [bool],
+    ) -> bool {
+        let members = run.members();
+        if let [i] = members {
+            let i = usize::from(*i);
+            return self.ring_one(pkts[i].data(), &mut taken[i]);
+        }
+        self.kick();
+        let frames = members.iter().map(|&i| pkts[usize::from(i)].data());
+        gso::write_merged(&run.first, frames, buf);
+        let refused = match sys::write(fd, buf) {
+            Ok(true) => {
+                for &i in members {
+                    taken[usize::from(i)] = true;
+                }
+                self.stats.tx_frames += members.len() as u64;
+                self.stats.tx_bytes +=
+                    members.iter().map(|&i| pkts[usize::from(i)].len() as u64).sum::<u64>();
+                self.stats.tx_gso_frames += 1;
+                return true;
+            }
+            Ok(false) => false, // no room for now: the ring takes them
+            Err(e) => !matches!(e.raw_os_error(), Some(libc::ENOBUFS)),
+        };
+        for &i in members {
+            let i = usize::from(i);
+            if !self.ring_put(pkts[i].data()) {
+                break;
+            }
+            taken[i] = true;
+        }
+        !refused
+    }
+}
+
+impl Gso {
+    /// The offload socket on interface `ifindex`: bound for sending only.
+    fn open(ifindex: u32) -> io::Result<Gso> {
+        let fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, 0)?;
+        sys::setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &1i32)?;
+        let _ = sys::setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &1i32);
+        let _ = sys::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &(4i32 << 20));
+        sys::bind_packet(&fd, ifindex, 0)?;
+        Ok(Gso {
+            fd,
+            runs: Vec::with_capacity(OPEN_RUNS),
+            buf: Vec::with_capacity(gso::MAX_MERGED),
+            taken: Vec::with_capacity(1024),
+        })
+    }
+}
+
 impl Port for AfPacketPort {
     fn rx_burst(&mut self, pool: &mut Pool, out: &mut Vec<Mbuf>, max: usize) -> usize {
         let first = out.len();
@@ -434,33 +578,74 @@ impl Port for AfPacketPort {
     }
 
     fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>, pool: &mut Pool) -> usize {
-        let slots = TX_BLOCK / TX_SLOT * TX_BLOCKS;
-        let mut sent = 0;
-        for m in pkts.iter() {
-            let slot = self.tx_next * TX_SLOT;
-            let st = self.tx.status(slot);
-            if st != libc::TP_STATUS_AVAILABLE && st & libc::TP_STATUS_WRONG_FORMAT == 0 {
-                break; // the kernel has not sent this slot yet: ring full
+        let Some(mut g) = self.gso.take() else {
+            let sent = self.ring_burst(pkts);
+            for m in pkts.drain(..sent) {
+                pool.free(m);
             }
-            let len = m.len().min(TX_SLOT - TX_DATA);
-            self.tx.bytes_mut(slot + TX_DATA, len).copy_from_slice(&m.data()[..len]);
-            self.tx.set_u32(slot + 4, len as u32); // tp_len
-            self.tx.set_status(slot, libc::TP_STATUS_SEND_REQUEST);
-            self.tx_next = (self.tx_next + 1) % slots;
-            self.stats.tx_frames += 1;
-            self.stats.tx_bytes += len as u64;
-            sent += 1;
+            self.stats.tx_full += pkts.len() as u64;
+            return sent;
+        };
+        g.taken.clear();
+        g.taken.resize(pkts.len(), false);
+        g.runs.clear();
+        let mut ok = true;
+        for i in 0..pkts.len() {
+            let f = pkts[i].data();
+            let Some(s) = Segment::parse(f) else {
+                // Not a TCP segment that could merge: after every open run,
+                // in case it belongs to one's flow.
+                for run in g.runs.drain(..) {
+                    ok &= self.send_run(&mut g.buf, &g.fd, &run, pkts, &mut g.taken);
+                }
+                ok &= self.ring_one(f, &mut g.taken[i]);
+                continue;
+            };
+            if let Some(r) = g
+                .runs
+                .iter()
+                .position(|r| same_flow(pkts[usize::from(r.members()[0])].data(), &r.first, f, &s))
+            {
+                let first = pkts[usize::from(g.runs[r].members()[0])].data();
+                if g.runs[r].push(first, i, f, &s) {
+                    continue;
+                }
+                let run = g.runs.remove(r);
+                ok &= self.send_run(&mut g.buf, &g.fd, &run, pkts, &mut g.taken);
+            }
+            match Run::start(i, s) {
+                Some(run) => {
+                    if g.runs.len() == OPEN_RUNS {
+                        let old = g.runs.remove(0);
+                        ok &= self.send_run(&mut g.buf, &g.fd, &old, pkts, &mut g.taken);
+                    }
+                    g.runs.push(run);
+                }
+                None => ok &= self.ring_one(f, &mut g.taken[i]),
+            }
         }
-        for m in pkts.drain(..sent) {
+        for run in g.runs.drain(..) {
+            ok &= self.send_run(&mut g.buf, &g.fd, &run, pkts, &mut g.taken);
+        }
+        self.kick();
+        // What was sent goes back to the pool; what was not stays, in order.
+        let mut keep = 0;
+        for i in 0..pkts.len() {
+            if !g.taken[i] {
+                pkts.swap(keep, i);
+                keep += 1;
+            }
+        }
+        let sent = pkts.len() - keep;
+        for m in pkts.drain(keep..) {
             pool.free(m);
         }
-        if sent > 0
-            && let Err(e) = sys::send_empty(&self.tx_fd)
-            && e.kind() != io::ErrorKind::WouldBlock
-        {
-            self.stats.tx_full += 1;
-        }
         self.stats.tx_full += pkts.len() as u64;
+        if ok {
+            self.gso = Some(g);
+        } else {
+            self.stats.tx_gso_refused += 1;
+        }
         sent
     }
 

@@ -14,6 +14,7 @@ pub mod afxdp;
 pub mod dispatch;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod gso;
 pub mod mbuf;
 pub mod mem;
 pub mod pcap;
@@ -59,6 +60,11 @@ pub struct PortStats {
     /// Frames a flow-steering program gave to a worker that does not own
     /// their flow (see [`steer`]); always 0 when the kernel and our rule agree.
     pub rx_misdirected: u64,
+    /// Frames that carried a run of TCP segments merged by
+    /// [`gso`] (their segments count in `tx_frames`).
+    pub tx_gso_frames: u64,
+    /// Times the kernel refused a merged frame; merging then stops.
+    pub tx_gso_refused: u64,
 }
 
 /// A polling network port: one receive and one transmit queue.
