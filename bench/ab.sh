@@ -12,7 +12,9 @@
 #           https-new-conn  wrk, 16 connections, a new TLS connection per request
 #           tcp-bulk        iperf3, one TCP stream through an L4 listener (MB per LB CPU-second)
 # A and B are switchyard binaries, e.g. target/release/switchyard copied aside
-# before and after a change. AB_NIC sets the port (default af_packet:lb0).
+# before and after a change. AB_NIC sets the port (default af_packet:lb0);
+# AB_NIC_B, if set, B's port, for one binary with two port settings:
+#   AB_NIC_B=af_packet:lb0,gso sudo bash bench/ab.sh BIN BIN tcp-bulk
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/common.sh
@@ -48,6 +50,8 @@ pool = "iperf"
 name = "iperf"
 backends = [{ name = "i1", address = "198.18.0.21:5201" }]
 EOF
+sed "s|^nic = .*|nic = \"${AB_NIC_B:-${AB_NIC:-af_packet:lb0}}\"|" "$work/switchyard.toml" > "$work/switchyard-B.toml"
+cp "$work/switchyard.toml" "$work/switchyard-A.toml"
 
 # One load run of $secs seconds; prints the requests completed.
 load() {
@@ -80,7 +84,7 @@ for r in $(seq 1 "$rounds"); do
     for which in A B; do
         bin=$bin_a
         [ "$which" = B ] && bin=$bin_b
-        ip netns exec "${P}lb" taskset -c 1 "$bin" run --config "$work/switchyard.toml" \
+        ip netns exec "${P}lb" taskset -c 1 "$bin" run --config "$work/switchyard-$which.toml" \
             > "$work/switchyard-$which.out" 2>&1 &
         pid=$!
         sleep 1
