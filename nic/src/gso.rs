@@ -144,7 +144,8 @@ impl Run {
     /// FIN set, and room left.
     pub fn push(&mut self, first: &[u8], index: usize, frame: &[u8], s: &Segment) -> bool {
         let f = &self.first;
-        let room = if f.v6 { MAX_IP_LEN + 54 - f.hdr } else { MAX_IP_LEN + 34 - f.hdr };
+        // IPv6's length leaves out its 40-byte header, IPv4's counts its own.
+        let room = if f.v6 { MAX_IP_LEN + 54 - f.hdr } else { MAX_IP_LEN + 14 - f.hdr };
         let fits = !self.closed
             && self.len < MAX_SEGMENTS
             && s.seq == self.next_seq
@@ -474,6 +475,31 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, (MAX_IP_LEN - 40) / 1448);
+        // A last segment that fills the IP length to 65,535 joins; one byte
+        // more does not (IPv4's length counts its header, IPv6's does not).
+        for v6 in [false, true] {
+            let full = if v6 { MAX_IP_LEN - 20 - 45 * 1448 } else { MAX_IP_LEN - 40 - 45 * 1448 };
+            for (last, joins) in [(full, true), (full + 1, false)] {
+                let mut frames: Vec<Vec<u8>> =
+                    (0..45).map(|i| segment(v6, i * 1448, ACK, &[], &p, i as u16)).collect();
+                frames.push(segment(v6, 45 * 1448, ACK, &[], &data(last, 2), 45));
+                let s0 = Segment::parse(&frames[0]).unwrap();
+                let mut run = Run::start(0, s0).unwrap();
+                for (i, f) in frames.iter().enumerate().skip(1).take(44) {
+                    assert!(run.push(&frames[0], i, f, &Segment::parse(f).unwrap()));
+                }
+                let s = Segment::parse(&frames[45]).unwrap();
+                assert_eq!(run.push(&frames[0], 45, &frames[45], &s), joins, "v6 {v6}, {last}");
+                if joins {
+                    let mut out = Vec::new();
+                    let fr = run.members().iter().map(|&i| frames[usize::from(i)].as_slice());
+                    write_merged(&s0, fr, &mut out);
+                    let at = if v6 { VNET_HDR_LEN + 18 } else { VNET_HDR_LEN + 16 };
+                    assert_eq!(u16::from_be_bytes([out[at], out[at + 1]]), 65_535);
+                    assert_eq!(cut(&out), frames, "v6 {v6}");
+                }
+            }
+        }
         let mut out = Vec::new();
         write_merged(
             &run.first,
