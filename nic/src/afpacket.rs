@@ -98,6 +98,11 @@ pub struct AfPacketPort {
     tx_next: usize,
     /// Frames written to the ring since its last `send`.
     tx_queued: bool,
+    /// The ring was full in this burst: nothing more of it is sent, by
+    /// either path, so no frame overtakes one left behind.
+    tx_blocked: bool,
+    /// The slot last written, to see whether the kernel has taken it.
+    tx_last: Option<usize>,
     stats: PortStats,
     /// Set when the port is one worker of a fanout group.
     worker: Option<Worker>,
@@ -117,12 +122,16 @@ struct Gso {
     buf: Vec<u8>,
     /// Per frame of the burst: sent.
     taken: Vec<bool>,
+    /// Merged frames dropped (ENOBUFS) since the last one sent.
+    drops: u32,
 }
 
 /// Flows with a run open at once in one burst; a further flow's run waits
 /// for the oldest to be sent.
 const OPEN_RUNS: usize = 8;
 const PACKET_VNET_HDR: i32 = 15;
+/// Merged frames dropped in a row (ENOBUFS) before merging stops.
+const GSO_DROPS: u32 = 16;
 
 /// A port's place in a fanout group of workers.
 struct Worker {
@@ -226,6 +235,8 @@ impl AfPacketPort {
             tx,
             tx_next: 0,
             tx_queued: false,
+            tx_blocked: false,
+            tx_last: None,
             stats: PortStats::default(),
             worker: None,
             gso: None,
@@ -452,9 +463,13 @@ impl AfPacketPort {
         let slots = TX_BLOCK / TX_SLOT * TX_BLOCKS;
         let slot = self.tx_next * TX_SLOT;
         let st = self.tx.status(slot);
-        if st != libc::TP_STATUS_AVAILABLE && st & libc::TP_STATUS_WRONG_FORMAT == 0 {
-            return false; // the kernel has not sent this slot yet
+        if self.tx_blocked
+            || (st != libc::TP_STATUS_AVAILABLE && st & libc::TP_STATUS_WRONG_FORMAT == 0)
+        {
+            self.tx_blocked = true; // the kernel has not sent this slot yet
+            return false;
         }
+        self.tx_last = Some(slot);
         let len = frame.len().min(TX_SLOT - TX_DATA);
         self.tx.bytes_mut(slot + TX_DATA, len).copy_from_slice(&frame[..len]);
         self.tx.set_u32(slot + 4, len as u32); // tp_len
@@ -492,13 +507,17 @@ impl AfPacketPort {
     }
 
     /// Sends `run`'s frames of `pkts`: one alone through the ring; more as
-    /// one merged frame through `fd`, after what the ring holds (a flow's
-    /// frames stay in order). False if the kernel refused the merged frame
-    /// (its frames then go through the ring).
+    /// one merged frame through `fd`, once the kernel has taken all the ring
+    /// holds (a flow's frames stay in order), else through the ring too.
+    /// False if the kernel refused merged frames for good: an error other
+    /// than ENOBUFS, or ENOBUFS [`GSO_DROPS`] times in a row (a device that
+    /// would need the frame cut in software, which the queue-bypassing
+    /// transmit path drops rather than does).
     fn send_run(
         &mut self,
         buf: &mut Vec<u8>,
         fd: &OwnedFd,
+        drops: &mut u32,
         run: &Run,
         pkts: &[Mbuf],
         taken: &mut [bool],
@@ -508,22 +527,38 @@ impl AfPacketPort {
             let i = usize::from(*i);
             return self.ring_one(pkts[i].data(), &mut taken[i]);
         }
+        if self.tx_blocked {
+            return true; // left for the caller, with the ring's leftovers
+        }
         self.kick();
-        let frames = members.iter().map(|&i| pkts[usize::from(i)].data());
-        gso::write_merged(&run.first, frames, buf);
-        let refused = match sys::write(fd, buf) {
-            Ok(true) => {
-                for &i in members {
-                    taken[usize::from(i)] = true;
+        // A send that found the socket's buffer full leaves frames in the
+        // ring (still marked for sending): the merged frame must not pass them.
+        let pending =
+            self.tx_last.is_some_and(|s| self.tx.status(s) == libc::TP_STATUS_SEND_REQUEST);
+        let refused = if pending {
+            false
+        } else {
+            let frames = members.iter().map(|&i| pkts[usize::from(i)].data());
+            gso::write_merged(&run.first, frames, buf);
+            match sys::write(fd, buf) {
+                Ok(true) => {
+                    *drops = 0;
+                    for &i in members {
+                        taken[usize::from(i)] = true;
+                    }
+                    self.stats.tx_frames += members.len() as u64;
+                    self.stats.tx_bytes +=
+                        members.iter().map(|&i| pkts[usize::from(i)].len() as u64).sum::<u64>();
+                    self.stats.tx_gso_frames += 1;
+                    return true;
                 }
-                self.stats.tx_frames += members.len() as u64;
-                self.stats.tx_bytes +=
-                    members.iter().map(|&i| pkts[usize::from(i)].len() as u64).sum::<u64>();
-                self.stats.tx_gso_frames += 1;
-                return true;
+                Ok(false) => false, // no room for now: the ring takes them
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    *drops += 1;
+                    *drops >= GSO_DROPS
+                }
+                Err(_) => true,
             }
-            Ok(false) => false, // no room for now: the ring takes them
-            Err(e) => !matches!(e.raw_os_error(), Some(libc::ENOBUFS)),
         };
         for &i in members {
             let i = usize::from(i);
@@ -549,6 +584,7 @@ impl Gso {
             runs: Vec::with_capacity(OPEN_RUNS),
             buf: Vec::with_capacity(gso::MAX_MERGED),
             taken: Vec::with_capacity(1024),
+            drops: 0,
         })
     }
 }
@@ -578,6 +614,7 @@ impl Port for AfPacketPort {
     }
 
     fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>, pool: &mut Pool) -> usize {
+        self.tx_blocked = false;
         let Some(mut g) = self.gso.take() else {
             let sent = self.ring_burst(pkts);
             for m in pkts.drain(..sent) {
@@ -596,7 +633,7 @@ impl Port for AfPacketPort {
                 // Not a TCP segment that could merge: after every open run,
                 // in case it belongs to one's flow.
                 for run in g.runs.drain(..) {
-                    ok &= self.send_run(&mut g.buf, &g.fd, &run, pkts, &mut g.taken);
+                    ok &= self.send_run(&mut g.buf, &g.fd, &mut g.drops, &run, pkts, &mut g.taken);
                 }
                 ok &= self.ring_one(f, &mut g.taken[i]);
                 continue;
@@ -611,13 +648,20 @@ impl Port for AfPacketPort {
                     continue;
                 }
                 let run = g.runs.remove(r);
-                ok &= self.send_run(&mut g.buf, &g.fd, &run, pkts, &mut g.taken);
+                ok &= self.send_run(&mut g.buf, &g.fd, &mut g.drops, &run, pkts, &mut g.taken);
             }
             match Run::start(i, s) {
                 Some(run) => {
                     if g.runs.len() == OPEN_RUNS {
                         let old = g.runs.remove(0);
-                        ok &= self.send_run(&mut g.buf, &g.fd, &old, pkts, &mut g.taken);
+                        ok &= self.send_run(
+                            &mut g.buf,
+                            &g.fd,
+                            &mut g.drops,
+                            &old,
+                            pkts,
+                            &mut g.taken,
+                        );
                     }
                     g.runs.push(run);
                 }
@@ -625,7 +669,7 @@ impl Port for AfPacketPort {
             }
         }
         for run in g.runs.drain(..) {
-            ok &= self.send_run(&mut g.buf, &g.fd, &run, pkts, &mut g.taken);
+            ok &= self.send_run(&mut g.buf, &g.fd, &mut g.drops, &run, pkts, &mut g.taken);
         }
         self.kick();
         // What was sent goes back to the pool; what was not stays, in order.
