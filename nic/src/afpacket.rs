@@ -111,9 +111,11 @@ pub struct AfPacketPort {
 }
 
 /// The transmit side's segmentation offload (see [`crate::gso`]): a third
-/// socket, with `PACKET_VNET_HDR`, for merged frames, which the kernel cuts
-/// into segments where the device cannot (on a veth it does not: the peer
-/// receives the large segment as GRO would have made it).
+/// socket, with `PACKET_VNET_HDR`, for merged frames, which a device with
+/// TSO cuts into segments (a veth does not: the peer receives the large
+/// segment as GRO would have made it; a device without TSO drops them, as
+/// the queue-bypassing transmit does not cut in software, see
+/// [`GSO_DROPS`]).
 struct Gso {
     fd: OwnedFd,
     /// Runs still open in this burst, at most [`OPEN_RUNS`].
@@ -301,8 +303,8 @@ impl AfPacketPort {
         Ok(port)
     }
 
-    /// Merges runs of a flow's TCP segments into large frames that the
-    /// kernel (or the device) cuts again (`af_packet:IFACE,gso`; see
+    /// Merges runs of a flow's TCP segments into large frames that a TSO
+    /// device cuts again (`af_packet:IFACE,gso`; see
     /// [`crate::gso`]). Off by default: on a veth the peer's stack receives
     /// the large frame whole, so a loss there loses the whole run.
     pub fn with_gso(mut self) -> Result<AfPacketPort, NicError> {

@@ -1,7 +1,7 @@
 //! Segmentation offload for transmit, done by merging: consecutive TCP
 //! segments of one flow in a transmit burst become one large segment that
-//! the device (or the kernel, for a device without TSO) cuts back into the
-//! original segments — what a kernel stack hands a TSO-capable NIC.
+//! a TSO-capable device cuts back into the original segments — what a
+//! kernel stack hands such a NIC. (A veth passes it to the peer whole.)
 //!
 //! Our TCP stack emits segments no larger than the peer's MSS. On a packet
 //! socket every frame costs a trip through the kernel's transmit path (and,
