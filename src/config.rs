@@ -341,8 +341,8 @@ pub enum NicSpec {
         iface: String,
         /// Receive through TPACKET_V3 blocks (`,v3`) instead of V2 frames.
         v3: bool,
-        /// Merge runs of TCP segments into large frames for the kernel or
-        /// the device to cut (`,gso`; see `switchyard_nic::gso`).
+        /// Merge runs of TCP segments into large frames for a TSO-capable
+        /// device to cut (`,gso`; see `switchyard_nic::gso`).
         gso: bool,
     },
     /// One queue of a Linux interface through an AF_XDP socket and an XDP

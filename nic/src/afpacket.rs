@@ -82,6 +82,7 @@ const TPACKET_V3: i32 = 2;
 /// An AF_PACKET port on one interface.
 pub struct AfPacketPort {
     iface: String,
+    ifindex: u32,
     mac: [u8; 6],
     rx_fd: OwnedFd,
     rx: Ring,
@@ -117,15 +118,23 @@ pub struct AfPacketPort {
 /// the queue-bypassing transmit does not cut in software, see
 /// [`GSO_DROPS`]).
 struct Gso {
-    fd: OwnedFd,
+    out: Merger,
     /// Runs still open in this burst, at most [`OPEN_RUNS`].
     runs: Vec<Run>,
-    /// The merged frame being written (capacity [`gso::MAX_MERGED`]).
-    buf: Vec<u8>,
     /// Per frame of the burst: sent.
     taken: Vec<bool>,
+}
+
+/// Where merged frames are written and sent.
+struct Merger {
+    fd: OwnedFd,
+    /// The merged frame being written (capacity [`gso::MAX_MERGED`]).
+    buf: Vec<u8>,
     /// Merged frames dropped (ENOBUFS) since the last one sent.
     drops: u32,
+    /// The kernel refused merged frames for good: merging stops after
+    /// this burst.
+    refused: bool,
 }
 
 /// Flows with a run open at once in one burst; a further flow's run waits
@@ -224,6 +233,7 @@ impl AfPacketPort {
         sys::bind_packet(&tx_fd, ifindex, 0).map_err(|e| err(iface, "bind", e))?;
         Ok(AfPacketPort {
             iface: iface.to_string(),
+            ifindex,
             mac,
             rx_fd,
             rx,
@@ -292,8 +302,7 @@ impl AfPacketPort {
                 .map_err(|e| err(iface, "neighbor filter", e))?;
             let ring = frame_ring(&fd, NEIGHBOR_SLOTS, iface)?;
             let _ = sys::setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1i32);
-            let ifindex = sys::ifindex(iface).map_err(|e| err(iface, "interface", e))?;
-            sys::bind_packet(&fd, ifindex, libc::ETH_P_ALL as u16)
+            sys::bind_packet(&fd, port.ifindex, libc::ETH_P_ALL as u16)
                 .map_err(|e| err(iface, "bind", e))?;
             Some((fd, ring, 0))
         } else {
@@ -308,8 +317,8 @@ impl AfPacketPort {
     /// [`crate::gso`]). Off by default: on a veth the peer's stack receives
     /// the large frame whole, so a loss there loses the whole run.
     pub fn with_gso(mut self) -> Result<AfPacketPort, NicError> {
-        let ifindex = sys::ifindex(&self.iface).map_err(|e| err(&self.iface, "interface", e))?;
-        self.gso = Some(Gso::open(ifindex).map_err(|e| err(&self.iface, "offload socket", e))?);
+        let g = Gso::open(self.ifindex).map_err(|e| err(&self.iface, "offload socket", e))?;
+        self.gso = Some(g);
         Ok(self)
     }
 
@@ -484,10 +493,8 @@ impl AfPacketPort {
     }
 
     /// [`AfPacketPort::ring_put`], marking the frame `taken` if it went.
-    /// Always true: a full ring is not the offload socket's failure.
-    fn ring_one(&mut self, frame: &[u8], taken: &mut bool) -> bool {
+    fn ring_one(&mut self, frame: &[u8], taken: &mut bool) {
         *taken = self.ring_put(frame);
-        true
     }
 
     /// The frames at the front of `pkts`, through the ring, up to the first
@@ -509,42 +516,32 @@ impl AfPacketPort {
     }
 
     /// Sends `run`'s frames of `pkts`: one alone through the ring; more as
-    /// one merged frame through `fd`, once the kernel has taken all the ring
+    /// one merged frame through `m`, once the kernel has taken all the ring
     /// holds (a flow's frames stay in order), else through the ring too.
-    /// False if the kernel refused merged frames for good: an error other
-    /// than ENOBUFS, or ENOBUFS [`GSO_DROPS`] times in a row (a device that
-    /// would need the frame cut in software, which the queue-bypassing
-    /// transmit path drops rather than does).
-    fn send_run(
-        &mut self,
-        buf: &mut Vec<u8>,
-        fd: &OwnedFd,
-        drops: &mut u32,
-        run: &Run,
-        pkts: &[Mbuf],
-        taken: &mut [bool],
-    ) -> bool {
+    /// Marks `m` refused if the kernel refused merged frames for good: an
+    /// error other than ENOBUFS, or ENOBUFS [`GSO_DROPS`] times in a row (a
+    /// device that would need the frame cut in software, which the
+    /// queue-bypassing transmit path drops rather than does).
+    fn send_run(&mut self, m: &mut Merger, run: &Run, pkts: &[Mbuf], taken: &mut [bool]) {
         let members = run.members();
         if let [i] = members {
             let i = usize::from(*i);
             return self.ring_one(pkts[i].data(), &mut taken[i]);
         }
         if self.tx_blocked {
-            return true; // left for the caller, with the ring's leftovers
+            return; // left for the caller, with the ring's leftovers
         }
         self.kick();
         // A send that found the socket's buffer full leaves frames in the
         // ring (still marked for sending): the merged frame must not pass them.
         let pending =
             self.tx_last.is_some_and(|s| self.tx.status(s) == libc::TP_STATUS_SEND_REQUEST);
-        let refused = if pending {
-            false
-        } else {
+        if !pending {
             let frames = members.iter().map(|&i| pkts[usize::from(i)].data());
-            gso::write_merged(&run.first, frames, buf);
-            match sys::write(fd, buf) {
+            gso::write_merged(&run.first, frames, &mut m.buf);
+            match sys::write(&m.fd, &m.buf) {
                 Ok(true) => {
-                    *drops = 0;
+                    m.drops = 0;
                     for &i in members {
                         taken[usize::from(i)] = true;
                     }
@@ -552,16 +549,16 @@ impl AfPacketPort {
                     self.stats.tx_bytes +=
                         members.iter().map(|&i| pkts[usize::from(i)].len() as u64).sum::<u64>();
                     self.stats.tx_gso_frames += 1;
-                    return true;
+                    return;
                 }
-                Ok(false) => false, // no room for now: the ring takes them
+                Ok(false) => {} // no room for now: the ring takes them
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    *drops += 1;
-                    *drops >= GSO_DROPS
+                    m.drops += 1;
+                    m.refused |= m.drops >= GSO_DROPS;
                 }
-                Err(_) => true,
+                Err(_) => m.refused = true,
             }
-        };
+        }
         for &i in members {
             let i = usize::from(i);
             if !self.ring_put(pkts[i].data()) {
@@ -569,7 +566,6 @@ impl AfPacketPort {
             }
             taken[i] = true;
         }
-        !refused
     }
 }
 
@@ -582,11 +578,9 @@ impl Gso {
         let _ = sys::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &(4i32 << 20));
         sys::bind_packet(&fd, ifindex, 0)?;
         Ok(Gso {
-            fd,
+            out: Merger { fd, buf: Vec::with_capacity(gso::MAX_MERGED), drops: 0, refused: false },
             runs: Vec::with_capacity(OPEN_RUNS),
-            buf: Vec::with_capacity(gso::MAX_MERGED),
             taken: Vec::with_capacity(1024),
-            drops: 0,
         })
     }
 }
@@ -628,50 +622,40 @@ impl Port for AfPacketPort {
         g.taken.clear();
         g.taken.resize(pkts.len(), false);
         g.runs.clear();
-        let mut ok = true;
         for i in 0..pkts.len() {
             let f = pkts[i].data();
             let Some(s) = Segment::parse(f) else {
                 // Not a TCP segment that could merge: after every open run,
                 // in case it belongs to one's flow.
                 for run in g.runs.drain(..) {
-                    ok &= self.send_run(&mut g.buf, &g.fd, &mut g.drops, &run, pkts, &mut g.taken);
+                    self.send_run(&mut g.out, &run, pkts, &mut g.taken);
                 }
-                ok &= self.ring_one(f, &mut g.taken[i]);
+                self.ring_one(f, &mut g.taken[i]);
                 continue;
             };
-            if let Some(r) = g
-                .runs
-                .iter()
-                .position(|r| same_flow(pkts[usize::from(r.members()[0])].data(), &r.first, f, &s))
+            if let Some(r) =
+                g.runs.iter().position(|r| same_flow(pkts[r.head()].data(), &r.first, f, &s))
             {
-                let first = pkts[usize::from(g.runs[r].members()[0])].data();
+                let first = pkts[g.runs[r].head()].data();
                 if g.runs[r].push(first, i, f, &s) {
                     continue;
                 }
                 let run = g.runs.remove(r);
-                ok &= self.send_run(&mut g.buf, &g.fd, &mut g.drops, &run, pkts, &mut g.taken);
+                self.send_run(&mut g.out, &run, pkts, &mut g.taken);
             }
             match Run::start(i, s) {
                 Some(run) => {
                     if g.runs.len() == OPEN_RUNS {
                         let old = g.runs.remove(0);
-                        ok &= self.send_run(
-                            &mut g.buf,
-                            &g.fd,
-                            &mut g.drops,
-                            &old,
-                            pkts,
-                            &mut g.taken,
-                        );
+                        self.send_run(&mut g.out, &old, pkts, &mut g.taken);
                     }
                     g.runs.push(run);
                 }
-                None => ok &= self.ring_one(f, &mut g.taken[i]),
+                None => self.ring_one(f, &mut g.taken[i]),
             }
         }
         for run in g.runs.drain(..) {
-            ok &= self.send_run(&mut g.buf, &g.fd, &mut g.drops, &run, pkts, &mut g.taken);
+            self.send_run(&mut g.out, &run, pkts, &mut g.taken);
         }
         self.kick();
         // What was sent goes back to the pool; what was not stays, in order.
@@ -687,10 +671,10 @@ impl Port for AfPacketPort {
             pool.free(m);
         }
         self.stats.tx_full += pkts.len() as u64;
-        if ok {
-            self.gso = Some(g);
-        } else {
+        if g.out.refused {
             self.stats.tx_gso_refused += 1;
+        } else {
+            self.gso = Some(g);
         }
         sent
     }

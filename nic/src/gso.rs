@@ -172,6 +172,11 @@ impl Run {
     pub fn members(&self) -> &[u16] {
         &self.members[..self.len]
     }
+
+    /// The index of the run's first frame, whose headers it takes.
+    pub fn head(&self) -> usize {
+        usize::from(self.members[0])
+    }
 }
 
 /// One's-complement sum of `data` as 16-bit big-endian words, added to `sum`.
