@@ -40,16 +40,7 @@ done
 bench_topology
 bench_certificate
 bench_backends 5201
-{ switchyard_https_listener; cat; } <<EOF | switchyard_config "${AB_NIC:-af_packet:lb0}" > "$work/switchyard.toml"
-[[listener]]
-name = "tcp"
-mode = "l4"
-address = "198.18.0.10:5201"
-pool = "iperf"
-[[pool]]
-name = "iperf"
-backends = [{ name = "i1", address = "198.18.0.21:5201" }]
-EOF
+{ switchyard_https_listener; switchyard_iperf_listener; } | switchyard_config "${AB_NIC:-af_packet:lb0}" > "$work/switchyard.toml"
 sed "s|^nic = .*|nic = \"${AB_NIC_B:-${AB_NIC:-af_packet:lb0}}\"|" "$work/switchyard.toml" > "$work/switchyard-B.toml"
 cp "$work/switchyard.toml" "$work/switchyard-A.toml"
 

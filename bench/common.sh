@@ -124,6 +124,21 @@ tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
 CONF
 }
 
+# The L4 listener the bulk benchmarks share: `tcp` on 198.18.0.10:5201 to
+# the iperf3 server on 198.18.0.21:5201 (pool `iperf`).
+switchyard_iperf_listener() {
+    cat <<CONF
+[[listener]]
+name = "tcp"
+mode = "l4"
+address = "198.18.0.10:5201"
+pool = "iperf"
+[[pool]]
+name = "iperf"
+backends = [{ name = "i1", address = "198.18.0.21:5201" }]
+CONF
+}
+
 # One ECDSA P-256 certificate for the TLS listeners, for the name
 # switchyard.test (a client that verifies, such as tls-load, trusts cert.pem
 # itself): cert.pem and key.pem in $work, and both in bundle.pem (HAProxy's form).

@@ -51,16 +51,7 @@ sy_config() {
     if [[ $1 =~ ^(.*)\ x([0-9]+)$ ]]; then
         nic=${BASH_REMATCH[1]} workers=${BASH_REMATCH[2]}
     fi
-    switchyard_config "$nic" "$workers" <<EOF
-[[listener]]
-name = "tcp"
-mode = "l4"
-address = "198.18.0.10:5201"
-pool = "iperf"
-[[pool]]
-name = "iperf"
-backends = [{ name = "i1", address = "198.18.0.21:5201" }]
-EOF
+    switchyard_iperf_listener | switchyard_config "$nic" "$workers"
 }
 
 # The candidates: every backend this binary and machine can open.

@@ -60,20 +60,12 @@ bench_certificate
 bench_backends 5201 5202 5203
 
 # The three load balancers, each pinned to CPU 1.
-{ switchyard_https_listener; cat; } <<EOF | switchyard_config "${SBS_NIC:-af_packet:lb0}" > "$work/switchyard.toml"
-[[listener]]
-name = "tcp"
-mode = "l4"
-address = "198.18.0.10:5201"
-pool = "iperf"
+{ switchyard_https_listener; switchyard_iperf_listener; cat; } <<EOF | switchyard_config "${SBS_NIC:-af_packet:lb0}" > "$work/switchyard.toml"
 [[listener]]
 name = "l4-http"
 mode = "l4"
 address = "198.18.0.10:8080"
 pool = "web"
-[[pool]]
-name = "iperf"
-backends = [{ name = "i1", address = "198.18.0.21:5201" }]
 EOF
 ip netns exec "${P}lb" taskset -c 1 "$root/target/release/switchyard" run --config "$work/switchyard.toml" > "$work/switchyard.out" 2>&1 &
 sy_pid=$!
