@@ -691,13 +691,11 @@ impl Port for AfPacketPort {
         if self.in_block && self.pkts_left > 0 {
             return;
         }
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let rx = self.rx_fd.as_raw_fd();
         match self.worker.as_ref().and_then(|w| w.neighbors.as_ref()) {
-            Some((fd, _, _)) => {
-                sys::wait_readable_any(&[self.rx_fd.as_raw_fd(), fd.as_raw_fd()], ms)
-            }
-            None => sys::wait_readable(self.rx_fd.as_raw_fd(), ms),
-        }
+            Some((fd, _, _)) => sys::wait_readable_for(&[rx, fd.as_raw_fd()], timeout),
+            None => sys::wait_readable_for(&[rx], timeout),
+        };
     }
 
     fn wait_also(&mut self, timeout: std::time::Duration, also: std::os::fd::RawFd) {

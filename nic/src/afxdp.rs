@@ -507,8 +507,7 @@ impl Port for AfXdpPort {
         if self.xsk.rx.available() > 0 {
             return;
         }
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        sys::wait_readable(self.xsk.fd.as_raw_fd(), ms);
+        sys::wait_readable_for(&[self.xsk.fd.as_raw_fd()], timeout);
     }
 
     fn starved(&self) -> bool {

@@ -61,15 +61,10 @@ pub fn bind_packet(fd: &OwnedFd, ifindex: u32, protocol: u16) -> io::Result<()> 
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// Waits until `fd` is readable or `timeout_ms` passes (0: just checks).
-pub fn wait_readable(fd: RawFd, timeout_ms: i32) {
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd for the call's duration.
-    unsafe { libc::poll(&mut p, 1, timeout_ms) };
-}
-
 /// Waits until one of `fds` is readable or `timeout` passes, to the
-/// microsecond (`ppoll`; `poll` counts in milliseconds). Returns true when a
+/// microsecond (`ppoll`). Not `poll`, which counts in milliseconds: a timer
+/// due in less than one (a delayed ACK) would make it return at once, and an
+/// idle worker spin through system calls until then. Returns true when a
 /// descriptor is ready. An empty `fds` just sleeps.
 pub fn wait_readable_for(fds: &[RawFd], timeout: std::time::Duration) -> bool {
     let mut p = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; 4];
@@ -399,17 +394,6 @@ pub fn join_fanout(
     let p = fprog(prog)?;
     setsockopt(fd, libc::SOL_PACKET, PACKET_FANOUT_DATA, &p)?;
     Ok(id)
-}
-
-/// Waits until one of `fds` is readable or `timeout_ms` passes.
-pub fn wait_readable_any(fds: &[RawFd], timeout_ms: i32) {
-    let mut p = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; 4];
-    let n = fds.len().min(p.len());
-    for (slot, fd) in p.iter_mut().zip(fds) {
-        slot.fd = *fd;
-    }
-    // SAFETY: `n` valid pollfds for the call's duration.
-    unsafe { libc::poll(p.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
 }
 
 /// Pins the calling thread to CPU `cpu`.

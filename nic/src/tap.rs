@@ -93,8 +93,7 @@ impl Port for TapPort {
     }
 
     fn wait(&mut self, timeout: std::time::Duration) {
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        sys::wait_readable(self.fd.as_raw_fd(), ms);
+        sys::wait_readable_for(&[self.fd.as_raw_fd()], timeout);
     }
 
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
