@@ -15,6 +15,9 @@
 # before and after a change. AB_NIC sets the port (default af_packet:lb0);
 # AB_NIC_B, if set, B's port, for one binary with two port settings:
 #   AB_NIC_B=af_packet:lb0,gso sudo bash bench/ab.sh BIN BIN tcp-bulk
+# AB_PERF=FILE records B's first measured round with `perf record -g` (on the
+# clients' CPU) into FILE, for `perf report -i FILE`; build B with frame
+# pointers (RUSTFLAGS="-C force-frame-pointers=yes") for whole call chains.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/common.sh
@@ -81,7 +84,13 @@ for r in $(seq 1 "$rounds"); do
         sleep 1
         load 1 > /dev/null   # warm up: ARP, pools, the first handshakes
         c0=$(cpu "$pid")
+        perf_pid=
+        if [ -n "${AB_PERF:-}" ] && [ "$which" = B ] && [ "$r" = 1 ]; then
+            taskset -c 0 perf record -q -g -p "$pid" -o "$AB_PERF" -- sleep "$secs" > /dev/null 2>&1 &
+            perf_pid=$!
+        fi
         req=$(load "$secs")
+        [ -n "$perf_pid" ] && wait "$perf_pid"
         c1=$(cpu "$pid")
         kill -INT "$pid"
         wait "$pid" || true
