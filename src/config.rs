@@ -63,6 +63,8 @@ struct RawConfig {
     #[serde(default)]
     http: RawHttp,
     #[serde(default)]
+    tls: RawTlsEngine,
+    #[serde(default)]
     listener: Vec<RawListener>,
     #[serde(default)]
     pool: Vec<RawPool>,
@@ -92,6 +94,13 @@ struct RawTcp {
     max_connections: Option<Spanned<u32>>,
     buffer_size: Option<Spanned<u32>>,
     ephemeral_ports: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTlsEngine {
+    engine: Option<Spanned<String>>,
+    inline_steps: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -425,6 +434,53 @@ pub struct PoolTls {
     pub sni: Vec<String>,
 }
 
+/// Where TLS handshake steps (the public-key work) run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsEngine {
+    /// `inline` when the process may use no more CPUs than it has workers
+    /// (an engine thread would share a worker's core), else `thread`.
+    Auto,
+    /// On an engine thread, off the worker's thread.
+    Thread,
+    /// On the worker's thread between its turns, a bounded number per turn.
+    Inline,
+}
+
+impl TlsEngine {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsEngine::Auto => "auto",
+            TlsEngine::Thread => "thread",
+            TlsEngine::Inline => "inline",
+        }
+    }
+
+    /// Every kind, for configuration parsing.
+    pub const ALL: [TlsEngine; 3] = [TlsEngine::Auto, TlsEngine::Thread, TlsEngine::Inline];
+}
+
+/// The `[tls]` section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsEngineConfig {
+    /// Where handshake steps run.
+    pub engine: TlsEngine,
+    /// With the inline engine: handshake steps run per turn of the worker.
+    pub inline_steps: usize,
+}
+
+impl TlsEngineConfig {
+    /// `engine` with `auto` decided for `workers` workers in a process that
+    /// may run on `cpus` CPUs.
+    pub fn resolve(&self, workers: usize, cpus: usize) -> TlsEngine {
+        match self.engine {
+            TlsEngine::Auto if cpus <= workers => TlsEngine::Inline,
+            TlsEngine::Auto => TlsEngine::Thread,
+            e => e,
+        }
+    }
+}
+
 /// What a listener does.
 #[derive(Debug, Clone)]
 pub enum Mode {
@@ -555,6 +611,8 @@ pub struct Config {
     pub snat_ports: Range<u16>,
     /// HTTP limits and timeouts of L7 listeners (`[http]`).
     pub http: switchyard_l7::Limits,
+    /// Where TLS handshakes run (`[tls]`).
+    pub tls: TlsEngineConfig,
     /// Listeners in file order.
     pub listeners: Vec<Listener>,
     /// Pools in file order.
@@ -575,6 +633,12 @@ impl Config {
             message: format!("cannot read: {e}"),
         })?;
         Config::parse(&file, &src)
+    }
+
+    /// Whether a listener terminates TLS or a pool speaks it to backends.
+    pub fn uses_tls(&self) -> bool {
+        self.pools.iter().any(|p| p.tls.is_some())
+            || self.listeners.iter().any(|l| matches!(&l.mode, Mode::L7 { tls: Some(_), .. }))
     }
 
     /// The embedded demo configuration.
@@ -688,6 +752,19 @@ impl Cx<'_> {
             None => 40960..65535,
         };
         let http = self.http(&raw.http)?;
+        let tls = TlsEngineConfig {
+            engine: self.choice(
+                &raw.tls.engine,
+                "engine",
+                &TlsEngine::ALL,
+                TlsEngine::name,
+                TlsEngine::Auto,
+            )?,
+            inline_steps: match &raw.tls.inline_steps {
+                Some(v) => self.range_u32(v, 1, 1024)? as usize,
+                None => 1,
+            },
+        };
         if snat_ports.start < tcp.ephemeral_ports.end && tcp.ephemeral_ports.start < snat_ports.end
         {
             let span = raw.l4.snat_ports.as_ref().map(|s| s.span()).unwrap_or(0..0);
@@ -1299,6 +1376,7 @@ impl Cx<'_> {
             l4_table_capacity,
             snat_ports,
             http,
+            tls,
             listeners,
             pools,
             sim,
@@ -2078,6 +2156,27 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
             assert_eq!(e.key, "device.nic", "{e}");
             assert!(e.message.contains("the options are"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_tls_engine_is_inline_when_the_workers_have_every_cpu() {
+        let c = Config::parse("t.toml", BASE).unwrap();
+        assert_eq!(c.tls, TlsEngineConfig { engine: TlsEngine::Auto, inline_steps: 1 });
+        // auto: one worker on one CPU, two on two, inline; with a CPU to
+        // spare, a thread.
+        assert_eq!(c.tls.resolve(1, 1), TlsEngine::Inline);
+        assert_eq!(c.tls.resolve(2, 2), TlsEngine::Inline);
+        assert_eq!(c.tls.resolve(1, 2), TlsEngine::Thread);
+        let with = |t: &str| format!("{BASE}\n[tls]\n{t}\n");
+        let c = Config::parse("t.toml", &with("engine = \"thread\"")).unwrap();
+        assert_eq!(c.tls.resolve(4, 1), TlsEngine::Thread);
+        let c = Config::parse("t.toml", &with("engine = \"inline\"\ninline_steps = 4")).unwrap();
+        assert_eq!((c.tls.resolve(1, 8), c.tls.inline_steps), (TlsEngine::Inline, 4));
+        let e = err(&with("engine = \"inlined\""));
+        assert_eq!(e.key, "tls.engine", "{e}");
+        assert!(e.message.contains("did you mean `inline`?"), "{e}");
+        let e = err(&with("inline_steps = 0"));
+        assert_eq!(e.key, "tls.inline_steps", "{e}");
     }
 
     #[cfg(feature = "dpdk")]

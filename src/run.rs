@@ -17,7 +17,7 @@ use switchyard_stack::{Duration, Instant};
 use switchyard_tls::EngineWait;
 
 use crate::admin::{AdminRequest, AdminSocket};
-use crate::config::{Config, NicSpec};
+use crate::config::{Config, NicSpec, TlsEngine};
 use crate::report::Snapshot;
 use crate::worker::Dataplane;
 use crate::world::World;
@@ -611,8 +611,14 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
         if failed || handles.len() < n || (dispatched && dispatch.is_none()) {
             stop.store(true, Ordering::Relaxed);
         } else {
+            let slot = WorkerSlot { index: 0, count: n as u16 };
+            let handshakes = match crate::worker::tls_engine(cfg, slot) {
+                TlsEngine::Inline if cfg.uses_tls() => ", TLS handshakes inline",
+                _ if cfg.uses_tls() => ", TLS handshakes on engine threads",
+                _ => "",
+            };
             println!(
-                "switchyard: running on {}{mode} ({} listeners, {n} worker{}{}){}",
+                "switchyard: running on {}{mode} ({} listeners, {n} worker{}{}{handshakes}){}",
                 nic_label(&cfg.device.nic),
                 cfg.listeners.len(),
                 if n == 1 { "" } else { "s" },

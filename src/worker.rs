@@ -13,9 +13,9 @@ use switchyard_stack::tcp::TcpEvent;
 use switchyard_stack::{
     DropReason, Ingress, Instant, ListenerKind, PacketMeta, Proto, Stack, StackConfig, WorkerSlot,
 };
-use switchyard_tls::{SoftwareEngine, Tls};
+use switchyard_tls::{InlineEngine, SoftwareEngine, Tls};
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, TlsEngine};
 
 /// Packet buffers per worker: enough for a receive burst, socket output and the
 /// frames waiting for ARP, with room to spare.
@@ -86,6 +86,14 @@ fn add_checks(health: &mut HealthChecker, pool: &crate::config::Pool, tag: u16) 
             None => health.add(t, b.addr, check, Instant::from_millis(0)),
         }
     }
+}
+
+/// Where this worker's TLS handshakes run: `[tls] engine`, with `auto`
+/// decided by the CPUs the process may run on (its affinity mask and CPU
+/// quota) against the workers that share them.
+pub fn tls_engine(cfg: &Config, worker: WorkerSlot) -> TlsEngine {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    cfg.tls.resolve(usize::from(worker.count.max(1)), cpus)
 }
 
 impl Dataplane {
@@ -218,12 +226,16 @@ impl Dataplane {
                 .collect(),
             limits: cfg.http.clone(),
         })?;
-        // Handshakes run on engine threads (one unless several listeners
-        // terminate TLS); none are started without a TLS listener or pool.
+        // Handshakes run on an engine thread of this worker's, or inline
+        // between its turns (`[tls] engine`); no thread is started without a
+        // TLS listener or pool.
         let tls_pools = cfg.pools.iter().filter_map(|p| p.tls.as_ref().map(|t| (p, t)));
-        let engine_threads =
-            if tls_listeners.is_empty() && tls_pools.clone().next().is_none() { 0 } else { 1 };
-        let mut tls = Tls::new(tls_listeners, SoftwareEngine::new(engine_threads, 1024));
+        let mut tls = match tls_engine(cfg, worker) {
+            TlsEngine::Inline => {
+                Tls::new(tls_listeners, InlineEngine::new(1024, cfg.tls.inline_steps))
+            }
+            _ => Tls::new(tls_listeners, SoftwareEngine::new(usize::from(cfg.uses_tls()), 1024)),
+        };
         for (p, t) in tls_pools {
             for (b, sni) in p.backends.iter().zip(&t.sni) {
                 // Names were checked at load.

@@ -1025,6 +1025,9 @@ fn http2_with_curl_and_h2load() {
             "  [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"a\"\n  [[listener.route]]\n  pool = \"b\"",
             "  [[listener.route]]\n  path_prefix = \"/h2/\"\n  rewrite_prefix = \"/\"\n  pool = \"h2up\"\n  [[listener.route]]\n  path_prefix = \"/api/\"\n  pool = \"a\"\n  [[listener.route]]\n  pool = \"b\"",
         );
+    // Handshakes on the worker's thread here (the other TLS tests use the
+    // engine thread that `auto` picks with a CPU to spare).
+    let cfg = format!("{cfg}\n[tls]\nengine = \"inline\"\n");
     let mut lb = t.switchyard(&cfg);
     // HTTP/2 to the backend too (an h2c pool): from an HTTP/1.1 client and
     // from an HTTP/2 one, nginx sees HTTP/2.
@@ -1078,6 +1081,7 @@ fn http2_with_curl_and_h2load() {
     assert_eq!(number_after(line, "upstream streams"), Some(4), "{line}");
     assert_eq!(number_after(line, "protocol errors"), Some(0), "{line}");
     assert!(out.contains("TLSv1_3"), "{out}");
+    assert!(out.contains("TLS handshakes inline"), "{out}");
 }
 
 /// TLS passthrough: curl's ClientHello names a host, Switchyard picks the

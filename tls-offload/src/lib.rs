@@ -2,10 +2,11 @@
 //!
 //! The packet path never waits on public-key crypto. A connection accepted on a
 //! TLS listener is handed, with the bytes its client sent, to a crypto engine
-//! behind a queue ([`CryptoEngine`]; [`SoftwareEngine`] runs worker threads):
-//! the rustls connection itself moves to the engine, which runs the handshake
-//! step and hands the connection back with the bytes to send. The worker only
-//! moves bytes meanwhile. Once the handshake is complete rustls gives up the
+//! behind a queue ([`CryptoEngine`]; [`SoftwareEngine`] runs engine threads,
+//! [`InlineEngine`] runs a bounded number of steps between the worker's turns,
+//! for a worker with no core to spare): the rustls connection itself moves to
+//! the engine, which runs the handshake step and hands the connection back
+//! with the bytes to send. The worker only moves bytes meanwhile. Once the handshake is complete rustls gives up the
 //! traffic secrets (`session`), and the worker seals and opens records itself
 //! from them ([`record`]), the way kTLS and NIC inline TLS do: what L7 wrote
 //! during a turn is sealed in one batch at its end ([`Tls::seal`]), and what
@@ -61,9 +62,13 @@ pub struct Job<T> {
 /// a hardware engine later.
 pub trait CryptoEngine<In, Out> {
     /// Queues a job; gives it back if the engine is full.
-    fn submit(&self, job: Job<In>) -> Result<(), Job<In>>;
+    fn submit(&mut self, job: Job<In>) -> Result<(), Job<In>>;
+    /// Once per turn of the worker, before it collects results: an engine
+    /// that runs on the worker's own thread ([`InlineEngine`]) does its
+    /// share of the queued jobs here. Others have nothing to do.
+    fn work(&mut self) {}
     /// Takes one finished job, if any.
-    fn poll(&self) -> Option<Job<Out>>;
+    fn poll(&mut self) -> Option<Job<Out>>;
     /// Before the worker sleeps: a descriptor that becomes readable when a
     /// job finishes, or `None` if results wait already (then it should not
     /// sleep). [`CryptoEngine::disarm`] after waking.
@@ -196,7 +201,9 @@ impl Doorbell {
 }
 
 impl SoftwareEngine {
-    /// Starts `threads` engine threads with a queue of `queue` jobs.
+    /// Starts `threads` engine threads (none: the engine takes jobs and
+    /// never runs them, for a worker without TLS) with a queue of `queue`
+    /// jobs.
     pub fn new(threads: usize, queue: usize) -> SoftwareEngine {
         let (jobs, rx) = crossbeam_channel::bounded::<Job<HandshakeIn>>(queue);
         let (tx, done) = crossbeam_channel::unbounded();
@@ -210,26 +217,13 @@ impl SoftwareEngine {
         };
         let bell =
             Arc::new(Doorbell { armed: false.into(), tx: bell_tx, worker: Default::default() });
-        for i in 0..threads.max(1) {
+        for i in 0..threads {
             let rx = rx.clone();
             let bell = bell.clone();
             let tx: Sender<Job<HandshakeOut>> = tx.clone();
             let _ = std::thread::Builder::new().name(format!("tls-engine-{i}")).spawn(move || {
                 for job in rx.iter() {
-                    // A bug in a handshake (ours or rustls's) fails that
-                    // connection, not the engine and everyone queued on it.
-                    let server = matches!(job.work.conn, Pending::Server(_));
-                    let step = std::panic::AssertUnwindSafe(|| handshake_step(job.work));
-                    let out = std::panic::catch_unwind(step).unwrap_or_else(|_| {
-                        let e = rustls::Error::General("handshake step panicked".into());
-                        let result = if server {
-                            Stepped::Server(ServerStep::Failed(e))
-                        } else {
-                            Stepped::Client(None, Some(e))
-                        };
-                        HandshakeOut { result, output: Vec::new() }
-                    });
-                    if tx.send(Job { tag: job.tag, work: out }).is_err() {
+                    if tx.send(run_job(job)).is_err() {
                         return;
                     }
                     bell.ring();
@@ -241,11 +235,11 @@ impl SoftwareEngine {
 }
 
 impl CryptoEngine<HandshakeIn, HandshakeOut> for SoftwareEngine {
-    fn submit(&self, job: Job<HandshakeIn>) -> Result<(), Job<HandshakeIn>> {
+    fn submit(&mut self, job: Job<HandshakeIn>) -> Result<(), Job<HandshakeIn>> {
         self.jobs.try_send(job).map_err(|e| e.into_inner())
     }
 
-    fn poll(&self) -> Option<Job<HandshakeOut>> {
+    fn poll(&mut self) -> Option<Job<HandshakeOut>> {
         self.done.try_recv().ok()
     }
 
@@ -271,6 +265,81 @@ impl CryptoEngine<HandshakeIn, HandshakeOut> for SoftwareEngine {
         let mut b = [0u8; 16];
         while self.ring.as_ref().is_some_and(|r| r.recv(&mut b).is_ok()) {}
     }
+}
+
+/// Runs one job; a bug in a handshake step (ours or rustls's) fails that
+/// connection, not the engine and every job queued behind it.
+fn run_job(job: Job<HandshakeIn>) -> Job<HandshakeOut> {
+    let server = matches!(job.work.conn, Pending::Server(_));
+    let step = std::panic::AssertUnwindSafe(|| handshake_step(job.work));
+    let out = std::panic::catch_unwind(step).unwrap_or_else(|_| {
+        let e = rustls::Error::General("handshake step panicked".into());
+        let result = if server {
+            Stepped::Server(ServerStep::Failed(e))
+        } else {
+            Stepped::Client(None, Some(e))
+        };
+        HandshakeOut { result, output: Vec::new() }
+    });
+    Job { tag: job.tag, work: out }
+}
+
+/// The engine for a worker with no core to spare: handshake steps run on
+/// the worker's own thread, `per_turn` of them at each
+/// [`CryptoEngine::work`], between turns of the packet path.
+///
+/// An engine thread on the worker's core does the same work, plus two
+/// context switches per step (the worker wakes the engine, the engine rings
+/// the worker's doorbell) and the wake-ups themselves; and once both are
+/// busy, the worker waits for the scheduler's slice (milliseconds) to move
+/// another packet. Inline, other connections' packets wait at most
+/// `per_turn` steps (a full handshake's first step is about 100 µs of CPU).
+pub struct InlineEngine {
+    queue: std::collections::VecDeque<Job<HandshakeIn>>,
+    done: std::collections::VecDeque<Job<HandshakeOut>>,
+    capacity: usize,
+    per_turn: usize,
+}
+
+impl InlineEngine {
+    /// An inline engine holding at most `queue` jobs, running `per_turn`
+    /// (at least one) at each turn.
+    pub fn new(queue: usize, per_turn: usize) -> InlineEngine {
+        InlineEngine {
+            queue: Default::default(),
+            done: Default::default(),
+            capacity: queue.max(1),
+            per_turn: per_turn.max(1),
+        }
+    }
+}
+
+impl CryptoEngine<HandshakeIn, HandshakeOut> for InlineEngine {
+    fn submit(&mut self, job: Job<HandshakeIn>) -> Result<(), Job<HandshakeIn>> {
+        if self.queue.len() >= self.capacity {
+            return Err(job);
+        }
+        self.queue.push_back(job);
+        Ok(())
+    }
+
+    fn work(&mut self) {
+        for _ in 0..self.per_turn {
+            let Some(job) = self.queue.pop_front() else { break };
+            self.done.push_back(run_job(job));
+        }
+    }
+
+    fn poll(&mut self) -> Option<Job<HandshakeOut>> {
+        self.done.pop_front()
+    }
+
+    /// Queued jobs are the worker's own to run: never a reason to sleep.
+    fn arm(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    fn disarm(&self) {}
 }
 
 /// Errors loading certificates and keys.
@@ -868,7 +937,7 @@ pub struct Tls {
     /// Keyed by our own connection handles, not chosen by peers: the fixed
     /// fast hash will do (looked up on every call through [`TlsTcp`]).
     conns: switchyard_stack::FlowMap<ConnId, Conn>,
-    engine: SoftwareEngine,
+    engine: Box<dyn CryptoEngine<HandshakeIn, HandshakeOut> + Send>,
     stats: TlsStats,
     scratch: Vec<u8>,
     /// Connections with ciphertext waiting for TCP room.
@@ -898,7 +967,7 @@ impl Tls {
     /// TLS for `listeners` with handshakes on `engine`.
     pub fn new(
         listeners: Vec<(ListenerId, Arc<rustls::ServerConfig>)>,
-        engine: SoftwareEngine,
+        engine: impl CryptoEngine<HandshakeIn, HandshakeOut> + Send + 'static,
     ) -> Tls {
         // A session cache of this worker's own: the configuration is shared
         // by every worker, and its cache sits behind a lock.
@@ -912,7 +981,7 @@ impl Tls {
             upstreams: HashMap::new(),
             events: Vec::new(),
             conns: switchyard_stack::flow_map(64, 0x746c_735f_636f_6e6e),
-            engine,
+            engine: Box::new(engine),
             stats: TlsStats::default(),
             scratch: vec![0; 16 * 1024 + 512],
             flush: Vec::new(),
@@ -1167,6 +1236,7 @@ impl Tls {
             self.conns.remove(&id);
             tcp.abort(id);
         }
+        self.engine.work();
         while let Some(Job { tag: t, work }) = self.engine.poll() {
             self.in_engine -= 1;
             let id = untag(t);

@@ -14,7 +14,9 @@ use rustls::{AlertDescription, ClientConfig, ClientConnection};
 use switchyard_stack::fake::FakeTcp;
 use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpEvent};
 use switchyard_stack::{Duration, Instant};
-use switchyard_tls::{SoftwareEngine, Tls, TlsOptions, server_config_with};
+use switchyard_tls::{
+    EngineWait, InlineEngine, SoftwareEngine, Tls, TlsOptions, server_config_with,
+};
 
 /// A CA, and certificates it signs, written as PEM files for the server side.
 struct Pki {
@@ -124,11 +126,21 @@ struct T {
 
 impl T {
     fn new(pairs: &[&Issued], opts: TlsOptions) -> T {
+        T::with_engine(pairs, opts, None)
+    }
+
+    /// With `inline`, handshakes run on the test's thread, that many steps
+    /// per poll ([`InlineEngine`]); else on an engine thread.
+    fn with_engine(pairs: &[&Issued], opts: TlsOptions, inline: Option<usize>) -> T {
         let pairs: Vec<(PathBuf, PathBuf)> =
             pairs.iter().map(|i| (i.cert_path.clone(), i.key_path.clone())).collect();
         let cfg = server_config_with(&pairs, &opts).unwrap();
+        let listeners = vec![(LISTENER, cfg)];
         T {
-            tls: Tls::new(vec![(LISTENER, cfg)], SoftwareEngine::new(1, 64)),
+            tls: match inline {
+                Some(n) => Tls::new(listeners, InlineEngine::new(64, n)),
+                None => Tls::new(listeners, SoftwareEngine::new(1, 64)),
+            },
             tcp: FakeTcp::default(),
             now: Instant::from_secs(1),
             l7: Vec::new(),
@@ -281,6 +293,63 @@ fn tls13_and_tls12_carry_a_mebibyte_each_way_byte_exact() {
         let r = &t.tls.stats().records;
         assert!(r.opened >= 64 && r.sealed >= 64 && r.refused == 0, "{name}: {r:?}");
     }
+}
+
+#[test]
+fn the_inline_engine_runs_its_steps_per_turn_and_the_connections_carry_bytes() {
+    let pki = Pki::new("inline");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let mut t = T::with_engine(&[&server], TlsOptions::default(), Some(1));
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    // Three ClientHellos arrive in one turn.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = t.accept();
+        let mut client =
+            ClientConnection::new(cfg.clone(), ServerName::try_from("switchyard.test").unwrap())
+                .unwrap();
+        let mut hello = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut hello).unwrap();
+        }
+        t.tcp.peer_sends(c, &hello);
+        t.event(TcpEvent::Readable { conn: c });
+        clients.push((c, client));
+    }
+    // One step per turn: each poll answers one more of them, in order, and
+    // the worker is told not to sleep while steps wait (never a doorbell).
+    for turn in 0..3 {
+        assert_eq!(t.tls.engine_wait(), EngineWait::Ready, "turn {turn}");
+        let mut out = Vec::new();
+        t.tls.poll(t.now, &mut t.tcp, &mut out);
+        let answered: Vec<bool> =
+            clients.iter().map(|(c, _)| !t.tcp.c(*c).sent.is_empty()).collect();
+        let want: Vec<bool> = (0..3).map(|i| i <= turn).collect();
+        assert_eq!(answered, want, "after turn {turn}");
+    }
+    assert_eq!(t.tls.engine_wait(), EngineWait::Nothing);
+    assert_eq!(t.tls.stats().engine_steps, 3);
+    // The handshakes finish and the connections carry bytes both ways.
+    for (c, mut client) in clients {
+        assert!(t.pump(c, &mut client).is_none());
+        assert!(!client.is_handshaking());
+        let up = pattern(100_000, 3);
+        let mut got = Vec::new();
+        for chunk in up.chunks(16_384) {
+            client.writer().write_all(chunk).unwrap();
+            assert!(t.pump(c, &mut client).is_none());
+            got.extend(t.l7_read(c));
+        }
+        assert!(got == up, "upload differs");
+        let down = pattern(100_000, 9);
+        let mut sent = 0;
+        while sent < down.len() {
+            sent += t.tls.wrap(&mut t.tcp).send(c, &down[sent..]).unwrap();
+            assert!(t.pump(c, &mut client).is_none());
+        }
+        assert!(t.received.remove(&c).unwrap_or_default() == down, "download differs");
+    }
+    assert_eq!(t.tls.stats().handshakes.values().sum::<u64>(), 3);
 }
 
 #[test]
