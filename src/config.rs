@@ -437,8 +437,9 @@ pub struct PoolTls {
 /// Where TLS handshake steps (the public-key work) run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsEngine {
-    /// `inline` when the process may use no more CPUs than it has workers
-    /// (an engine thread would share a worker's core), else `thread`.
+    /// `inline` when the process may use no more CPUs than it has polling
+    /// threads (workers, and a software dispatcher): an engine thread would
+    /// share a worker's core. Else `thread`.
     Auto,
     /// On an engine thread, off the worker's thread.
     Thread,
@@ -470,11 +471,11 @@ pub struct TlsEngineConfig {
 }
 
 impl TlsEngineConfig {
-    /// `engine` with `auto` decided for `workers` workers in a process that
-    /// may run on `cpus` CPUs.
-    pub fn resolve(&self, workers: usize, cpus: usize) -> TlsEngine {
+    /// `engine` with `auto` decided for `pollers` polling threads in a
+    /// process that may run on `cpus` CPUs.
+    pub fn resolve(&self, pollers: usize, cpus: usize) -> TlsEngine {
         match self.engine {
-            TlsEngine::Auto if cpus <= workers => TlsEngine::Inline,
+            TlsEngine::Auto if cpus <= pollers => TlsEngine::Inline,
             TlsEngine::Auto => TlsEngine::Thread,
             e => e,
         }
@@ -633,6 +634,15 @@ impl Config {
             message: format!("cannot read: {e}"),
         })?;
         Config::parse(&file, &src)
+    }
+
+    /// Threads that poll without rest under load: the workers, and the
+    /// software dispatcher that several workers on a one-queue device
+    /// (`tap`, `af_xdp`, `dpdk`) have.
+    pub fn polling_threads(&self) -> usize {
+        let workers = self.device.workers.max(1) as usize;
+        let dispatcher = workers > 1 && !matches!(self.device.nic, NicSpec::AfPacket { .. });
+        workers + usize::from(dispatcher)
     }
 
     /// Whether a listener terminates TLS or a pool speaks it to backends.
@@ -2177,6 +2187,18 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert!(e.message.contains("did you mean `inline`?"), "{e}");
         let e = err(&with("inline_steps = 0"));
         assert_eq!(e.key, "tls.inline_steps", "{e}");
+        // What `auto` counts: workers, and a software dispatcher.
+        let dev = |nic: &str, n: u32| {
+            let mut c = Config::parse("t.toml", BASE).unwrap();
+            c.device.nic =
+                Config::parse("t.toml", &BASE.replace("pcap:in.pcap", nic)).unwrap().device.nic;
+            c.device.workers = n;
+            c.polling_threads()
+        };
+        assert_eq!(dev("af_packet:lb0", 1), 1);
+        assert_eq!(dev("af_packet:lb0", 2), 2);
+        assert_eq!(dev("tap:tap0", 1), 1);
+        assert_eq!(dev("tap:tap0", 2), 3);
     }
 
     #[cfg(feature = "dpdk")]

@@ -611,8 +611,7 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
         if failed || handles.len() < n || (dispatched && dispatch.is_none()) {
             stop.store(true, Ordering::Relaxed);
         } else {
-            let slot = WorkerSlot { index: 0, count: n as u16 };
-            let handshakes = match crate::worker::tls_engine(cfg, slot) {
+            let handshakes = match crate::worker::tls_engine(cfg) {
                 TlsEngine::Inline if cfg.uses_tls() => ", TLS handshakes inline",
                 _ if cfg.uses_tls() => ", TLS handshakes on engine threads",
                 _ => "",

@@ -90,10 +90,11 @@ fn add_checks(health: &mut HealthChecker, pool: &crate::config::Pool, tag: u16) 
 
 /// Where this worker's TLS handshakes run: `[tls] engine`, with `auto`
 /// decided by the CPUs the process may run on (its affinity mask and CPU
-/// quota) against the workers that share them.
-pub fn tls_engine(cfg: &Config, worker: WorkerSlot) -> TlsEngine {
+/// quota) against the polling threads that share them: the workers, and the
+/// software dispatcher that several workers on one queue have.
+pub fn tls_engine(cfg: &Config) -> TlsEngine {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    cfg.tls.resolve(usize::from(worker.count.max(1)), cpus)
+    cfg.tls.resolve(cfg.polling_threads(), cpus)
 }
 
 impl Dataplane {
@@ -230,7 +231,7 @@ impl Dataplane {
         // between its turns (`[tls] engine`); no thread is started without a
         // TLS listener or pool.
         let tls_pools = cfg.pools.iter().filter_map(|p| p.tls.as_ref().map(|t| (p, t)));
-        let mut tls = match tls_engine(cfg, worker) {
+        let mut tls = match tls_engine(cfg) {
             TlsEngine::Inline => {
                 Tls::new(tls_listeners, InlineEngine::new(1024, cfg.tls.inline_steps))
             }
