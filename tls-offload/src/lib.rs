@@ -290,10 +290,9 @@ fn run_job(job: Job<HandshakeIn>) -> Job<HandshakeOut> {
 ///
 /// An engine thread on the worker's core does the same work, plus two
 /// context switches per step (the worker wakes the engine, the engine rings
-/// the worker's doorbell) and the wake-ups themselves; and once both are
-/// busy, the worker waits for the scheduler's slice (milliseconds) to move
-/// another packet. Inline, other connections' packets wait at most
-/// `per_turn` steps (a full handshake's first step is about 100 µs of CPU).
+/// the worker's doorbell) and the wake-ups themselves. Inline, other
+/// connections' packets wait at most `per_turn` steps (a full handshake's
+/// first step is about 100 µs of CPU).
 pub struct InlineEngine {
     queue: std::collections::VecDeque<Job<HandshakeIn>>,
     done: std::collections::VecDeque<Job<HandshakeOut>>,
