@@ -645,6 +645,19 @@ impl Config {
         workers + usize::from(dispatcher)
     }
 
+    /// Where handshakes run on a host that lets the process use `cpus`
+    /// CPUs: `[tls] engine`, with `auto` decided against the polling
+    /// threads. A simulation or a replay runs on virtual time and repeats
+    /// only with handshakes inline (an engine thread finishes on whichever
+    /// turn it happens to), so `auto` is inline there.
+    pub fn tls_engine(&self, cpus: usize) -> TlsEngine {
+        let virtual_time = matches!(self.device.nic, NicSpec::Sim | NicSpec::Pcap { .. });
+        if self.tls.engine == TlsEngine::Auto && virtual_time {
+            return TlsEngine::Inline;
+        }
+        self.tls.resolve(self.polling_threads(), cpus)
+    }
+
     /// Whether a listener terminates TLS or a pool speaks it to backends.
     pub fn uses_tls(&self) -> bool {
         self.pools.iter().any(|p| p.tls.is_some())
@@ -771,7 +784,7 @@ impl Cx<'_> {
                 TlsEngine::Auto,
             )?,
             inline_steps: match &raw.tls.inline_steps {
-                Some(v) => self.range_u32(v, 1, 1024)? as usize,
+                Some(v) => self.range_u32(v, 1, 64)? as usize,
                 None => 1,
             },
         };
@@ -2199,6 +2212,17 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert_eq!(dev("af_packet:lb0", 2), 2);
         assert_eq!(dev("tap:tap0", 1), 1);
         assert_eq!(dev("tap:tap0", 2), 3);
+        // A replay (pcap:in.pcap in BASE) repeats only with handshakes
+        // inline; a live port with a CPU to spare gets the thread.
+        let c = Config::parse("t.toml", BASE).unwrap();
+        assert_eq!(c.tls_engine(8), TlsEngine::Inline);
+        let live = Config::parse("t.toml", &BASE.replace("pcap:in.pcap", "af_packet:lb0")).unwrap();
+        assert_eq!(
+            (live.tls_engine(8), live.tls_engine(1)),
+            (TlsEngine::Thread, TlsEngine::Inline)
+        );
+        let c = Config::parse("t.toml", &with("engine = \"thread\"")).unwrap();
+        assert_eq!(c.tls_engine(8), TlsEngine::Thread);
     }
 
     #[cfg(feature = "dpdk")]

@@ -145,9 +145,19 @@ pub fn pcap(cfg: &Config) -> ExitCode {
     }
     bar.finish();
     let elapsed = wall.elapsed().as_secs_f64();
+    // A second of virtual time for what the capture left in flight
+    // (retransmissions, closes), and the handshake steps still queued for
+    // the inline engine.
     for _ in 0..100 {
         dp.poll(&mut port, now);
         now += Duration::from_millis(10);
+    }
+    for _ in 0..100_000 {
+        if dp.poll_at(now) != Some(now) {
+            break;
+        }
+        dp.poll(&mut port, now);
+        now += Duration::from_micros(1);
     }
     if let Err(e) = port.close_output() {
         eprintln!("error: {e}");
@@ -613,7 +623,8 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
         } else {
             let handshakes = match crate::worker::tls_engine(cfg) {
                 TlsEngine::Inline if cfg.uses_tls() => ", TLS handshakes inline",
-                _ if cfg.uses_tls() => ", TLS handshakes on engine threads",
+                _ if cfg.uses_tls() && n == 1 => ", TLS handshakes on an engine thread",
+                _ if cfg.uses_tls() => ", TLS handshakes on an engine thread per worker",
                 _ => "",
             };
             println!(

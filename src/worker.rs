@@ -88,13 +88,11 @@ fn add_checks(health: &mut HealthChecker, pool: &crate::config::Pool, tag: u16) 
     }
 }
 
-/// Where this worker's TLS handshakes run: `[tls] engine`, with `auto`
+/// Where this worker's TLS handshakes run ([`Config::tls_engine`]), `auto`
 /// decided by the CPUs the process may run on (its affinity mask and CPU
-/// quota) against the polling threads that share them: the workers, and the
-/// software dispatcher that several workers on one queue have.
+/// quota).
 pub fn tls_engine(cfg: &Config) -> TlsEngine {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    cfg.tls.resolve(cfg.polling_threads(), cpus)
+    cfg.tls_engine(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 impl Dataplane {

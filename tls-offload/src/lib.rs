@@ -171,6 +171,8 @@ pub struct SoftwareEngine {
     bell: Arc<Doorbell>,
     /// The worker's end of the doorbell.
     ring: Option<std::os::unix::net::UnixDatagram>,
+    /// Engine threads started.
+    threads: usize,
 }
 
 /// How engine threads wake a worker that sleeps while they work: a datagram
@@ -230,12 +232,13 @@ impl SoftwareEngine {
                 }
             });
         }
-        SoftwareEngine { jobs, done, bell, ring }
+        SoftwareEngine { jobs, done, bell, ring, threads }
     }
 }
 
 impl CryptoEngine<HandshakeIn, HandshakeOut> for SoftwareEngine {
     fn submit(&mut self, job: Job<HandshakeIn>) -> Result<(), Job<HandshakeIn>> {
+        debug_assert!(self.threads > 0, "a job for an engine without threads never runs");
         self.jobs.try_send(job).map_err(|e| e.into_inner())
     }
 

@@ -353,6 +353,42 @@ fn the_inline_engine_runs_its_steps_per_turn_and_the_connections_carry_bytes() {
 }
 
 #[test]
+fn a_full_inline_engine_takes_the_refused_handshake_at_a_later_turn() {
+    let pki = Pki::new("inline-full");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let pairs = vec![(server.cert_path.clone(), server.key_path.clone())];
+    let cfg = server_config_with(&pairs, &TlsOptions::default()).unwrap();
+    let mut t = T::new(&[&server], TlsOptions::default());
+    // Room for one queued step.
+    t.tls = Tls::new(vec![(LISTENER, cfg)], InlineEngine::new(1, 1));
+    let client_cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let c = t.accept();
+        let mut client = ClientConnection::new(
+            client_cfg.clone(),
+            ServerName::try_from("switchyard.test").unwrap(),
+        )
+        .unwrap();
+        let mut hello = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut hello).unwrap();
+        }
+        t.tcp.peer_sends(c, &hello);
+        t.event(TcpEvent::Readable { conn: c });
+        clients.push((c, client));
+    }
+    assert_eq!(t.tls.stats().engine_full, 1, "the second hello found the queue full");
+    // The worker keeps turning; the refused hello goes in once there is room.
+    t.settle();
+    for (c, mut client) in clients {
+        assert!(t.pump(c, &mut client).is_none());
+        assert!(!client.is_handshaking());
+    }
+    assert_eq!(t.tls.stats().handshakes.values().sum::<u64>(), 2);
+}
+
+#[test]
 fn a_key_update_from_the_client_renews_the_keys_both_ways() {
     let pki = Pki::new("keyupdate");
     let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
