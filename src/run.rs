@@ -622,10 +622,10 @@ pub fn live(cfg: &Config, opts: &LiveOptions) -> ExitCode {
             stop.store(true, Ordering::Relaxed);
         } else {
             let handshakes = match crate::worker::tls_engine(cfg) {
-                TlsEngine::Inline if cfg.uses_tls() => ", TLS handshakes inline",
-                _ if cfg.uses_tls() && n == 1 => ", TLS handshakes on an engine thread",
-                _ if cfg.uses_tls() => ", TLS handshakes on an engine thread per worker",
-                _ => "",
+                _ if !cfg.uses_tls() => "",
+                TlsEngine::Inline => ", TLS handshakes inline",
+                _ if n == 1 => ", TLS handshakes on an engine thread",
+                _ => ", TLS handshakes on an engine thread per worker",
             };
             println!(
                 "switchyard: running on {}{mode} ({} listeners, {n} worker{}{}{handshakes}){}",

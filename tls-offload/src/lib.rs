@@ -6,7 +6,8 @@
 //! [`InlineEngine`] runs a bounded number of steps between the worker's turns,
 //! for a worker with no core to spare): the rustls connection itself moves to
 //! the engine, which runs the handshake step and hands the connection back
-//! with the bytes to send. The worker only moves bytes meanwhile. Once the handshake is complete rustls gives up the
+//! with the bytes to send. The worker only moves bytes meanwhile. Once the
+//! handshake is complete rustls gives up the
 //! traffic secrets (`session`), and the worker seals and opens records itself
 //! from them ([`record`]), the way kTLS and NIC inline TLS do: what L7 wrote
 //! during a turn is sealed in one batch at its end ([`Tls::seal`]), and what

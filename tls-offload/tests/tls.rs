@@ -129,16 +129,16 @@ impl T {
         T::with_engine(pairs, opts, None)
     }
 
-    /// With `inline`, handshakes run on the test's thread, that many steps
-    /// per poll ([`InlineEngine`]); else on an engine thread.
-    fn with_engine(pairs: &[&Issued], opts: TlsOptions, inline: Option<usize>) -> T {
+    /// With `inline = Some((queue, per_turn))`, handshakes run on the test's
+    /// thread ([`InlineEngine`]); else on an engine thread.
+    fn with_engine(pairs: &[&Issued], opts: TlsOptions, inline: Option<(usize, usize)>) -> T {
         let pairs: Vec<(PathBuf, PathBuf)> =
             pairs.iter().map(|i| (i.cert_path.clone(), i.key_path.clone())).collect();
         let cfg = server_config_with(&pairs, &opts).unwrap();
         let listeners = vec![(LISTENER, cfg)];
         T {
             tls: match inline {
-                Some(n) => Tls::new(listeners, InlineEngine::new(64, n)),
+                Some((queue, per_turn)) => Tls::new(listeners, InlineEngine::new(queue, per_turn)),
                 None => Tls::new(listeners, SoftwareEngine::new(1, 64)),
             },
             tcp: FakeTcp::default(),
@@ -159,6 +159,25 @@ impl T {
         };
         assert!(self.tls.on_event(ev, &mut self.tcp).is_none(), "L7 waits for the handshake");
         c
+    }
+
+    /// `n` connections accepted, each with its client's ClientHello
+    /// arrived and announced, in one turn.
+    fn hellos(&mut self, cfg: &Arc<ClientConfig>, n: usize) -> Vec<(ConnId, ClientConnection)> {
+        (0..n)
+            .map(|_| {
+                let c = self.accept();
+                let name = ServerName::try_from("switchyard.test").unwrap();
+                let mut client = ClientConnection::new(cfg.clone(), name).unwrap();
+                let mut hello = Vec::new();
+                while client.wants_write() {
+                    client.write_tls(&mut hello).unwrap();
+                }
+                self.tcp.peer_sends(c, &hello);
+                self.event(TcpEvent::Readable { conn: c });
+                (c, client)
+            })
+            .collect()
     }
 
     fn event(&mut self, ev: TcpEvent) {
@@ -299,23 +318,10 @@ fn tls13_and_tls12_carry_a_mebibyte_each_way_byte_exact() {
 fn the_inline_engine_runs_its_steps_per_turn_and_the_connections_carry_bytes() {
     let pki = Pki::new("inline");
     let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
-    let mut t = T::with_engine(&[&server], TlsOptions::default(), Some(1));
+    let mut t = T::with_engine(&[&server], TlsOptions::default(), Some((64, 1)));
     let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
     // Three ClientHellos arrive in one turn.
-    let mut clients = Vec::new();
-    for _ in 0..3 {
-        let c = t.accept();
-        let mut client =
-            ClientConnection::new(cfg.clone(), ServerName::try_from("switchyard.test").unwrap())
-                .unwrap();
-        let mut hello = Vec::new();
-        while client.wants_write() {
-            client.write_tls(&mut hello).unwrap();
-        }
-        t.tcp.peer_sends(c, &hello);
-        t.event(TcpEvent::Readable { conn: c });
-        clients.push((c, client));
-    }
+    let clients = t.hellos(&cfg, 3);
     // One step per turn: each poll answers one more of them, in order, and
     // the worker is told not to sleep while steps wait (never a doorbell).
     for turn in 0..3 {
@@ -356,28 +362,10 @@ fn the_inline_engine_runs_its_steps_per_turn_and_the_connections_carry_bytes() {
 fn a_full_inline_engine_takes_the_refused_handshake_at_a_later_turn() {
     let pki = Pki::new("inline-full");
     let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
-    let pairs = vec![(server.cert_path.clone(), server.key_path.clone())];
-    let cfg = server_config_with(&pairs, &TlsOptions::default()).unwrap();
-    let mut t = T::new(&[&server], TlsOptions::default());
     // Room for one queued step.
-    t.tls = Tls::new(vec![(LISTENER, cfg)], InlineEngine::new(1, 1));
-    let client_cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
-    let mut clients = Vec::new();
-    for _ in 0..2 {
-        let c = t.accept();
-        let mut client = ClientConnection::new(
-            client_cfg.clone(),
-            ServerName::try_from("switchyard.test").unwrap(),
-        )
-        .unwrap();
-        let mut hello = Vec::new();
-        while client.wants_write() {
-            client.write_tls(&mut hello).unwrap();
-        }
-        t.tcp.peer_sends(c, &hello);
-        t.event(TcpEvent::Readable { conn: c });
-        clients.push((c, client));
-    }
+    let mut t = T::with_engine(&[&server], TlsOptions::default(), Some((1, 1)));
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    let clients = t.hellos(&cfg, 2);
     assert_eq!(t.tls.stats().engine_full, 1, "the second hello found the queue full");
     // The worker keeps turning; the refused hello goes in once there is room.
     t.settle();
