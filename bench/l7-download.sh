@@ -6,7 +6,7 @@
 #
 #   sudo bash bench/l7-download.sh [--seconds N]   (N bounds each download, default 20)
 #
-# L7_BUFFERS (default "6144 65536") and L7_NICS (default "af_packet:lb0
+# L7_BUFFERS (default "6144 65536") and L7_NICS (default "af_packet:lb0,nogso
 # af_packet:lb0,gso") choose the settings.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,7 +18,7 @@ bin="$root/target/release/switchyard"
 bench_topology
 bench_backends
 head -c $((64 << 20)) /dev/urandom > "$work/www/big.bin"
-for nic in ${L7_NICS:-af_packet:lb0 af_packet:lb0,gso}; do
+for nic in ${L7_NICS:-af_packet:lb0,nogso af_packet:lb0,gso}; do
     for b in ${L7_BUFFERS:-6144 65536}; do
         { switchyard_config "$nic" < /dev/null; printf '[tcp]\nbuffer_size = %s\n' "$b"; } > "$work/switchyard.toml"
         ip netns exec "${P}lb" taskset -c 1 "$bin" run --config "$work/switchyard.toml" > "$work/sy.out" 2>&1 &

@@ -53,6 +53,7 @@ kill -INT "$sy_pid"
 wait "$sy_pid" || true
 echo "tls-pq: the load balancer's count of handshakes by group:"
 grep -i "handshake" "$work/switchyard.out" | grep -i "x25519" || grep -i "tls" "$work/switchyard.out" | head -5
+grep -E "^(frames in|port: large frames)" "$work/switchyard.out" || true
 echo
 echo "group            connections  LB CPU s  per LB CPU-second  vs x25519"
 awk -F'\t' '{ n[$1] += $3; c[$1] += $6 } END {

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 use switchyard_l4::{DownPolicy, Forwarding, Scheduler};
 use switchyard_l7::{FixedResponse, Route};
+use switchyard_nic::gso::Merge;
 use switchyard_stack::Duration;
 use switchyard_stack::health::{CheckConfig, HttpCheck};
 use switchyard_stack::{Proto, TcpConfig};
@@ -350,9 +351,11 @@ pub enum NicSpec {
         iface: String,
         /// Receive through TPACKET_V3 blocks (`,v3`) instead of V2 frames.
         v3: bool,
-        /// Merge runs of TCP segments into large frames for a TSO-capable
-        /// device to cut (`,gso`; see `switchyard_nic::gso`).
-        gso: bool,
+        /// Which runs of TCP segments are sent as one large frame for a
+        /// TSO-capable device to cut (see `switchyard_nic::gso::Merge`):
+        /// flights of at most three segments by default, every run with
+        /// `,gso`, none with `,nogso`.
+        gso: Merge,
     },
     /// One queue of a Linux interface through an AF_XDP socket and an XDP
     /// program of ours.
@@ -1423,21 +1426,30 @@ impl Cx<'_> {
             s if s.starts_with("tap:") || s.starts_with("af_packet:") => {
                 let (kind, name) = s.split_once(':').unwrap_or((s, ""));
                 let (name, opts) = name.split_once(',').unwrap_or((name, ""));
-                let (mut v3, mut gso) = (false, false);
+                let (mut v3, mut gso) = (false, None);
                 for o in opts.split(',').filter(|o| !o.is_empty()) {
-                    match o {
-                        "v3" if kind == "af_packet" => v3 = true,
-                        "gso" if kind == "af_packet" => gso = true,
+                    let merge = match o {
+                        "v3" if kind == "af_packet" => {
+                            v3 = true;
+                            continue;
+                        }
+                        "gso" if kind == "af_packet" => Merge::All,
+                        "nogso" if kind == "af_packet" => Merge::Off,
                         other => {
                             return Err(self.at(
                                 &d.nic,
                                 format!(
-                                    "`{kind}:` option `{other}`: the options are `af_packet:IFACE,v3` and `,gso`"
+                                    "`{kind}:` option `{other}`: the options are `af_packet:IFACE,v3` and `,gso` or `,nogso`"
                                 ),
                             ));
                         }
+                    };
+                    if gso.is_some_and(|g| g != merge) {
+                        return Err(self.at(&d.nic, "`,gso` and `,nogso` exclude each other"));
                     }
+                    gso = Some(merge);
                 }
+                let gso = gso.unwrap_or(Merge::Flights);
                 if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
                     return Err(self.at(
                         &d.nic,
@@ -2170,15 +2182,20 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         let with = |nic: &str| BASE.replace("nic = \"pcap:in.pcap\"", &format!("nic = \"{nic}\""));
         let nic = |n: &str| Config::parse("t.toml", &with(n)).unwrap().device.nic;
         let spec = |v3, gso| NicSpec::AfPacket { iface: "lb0".into(), v3, gso };
-        assert_eq!(nic("af_packet:lb0"), spec(false, false));
-        assert_eq!(nic("af_packet:lb0,v3"), spec(true, false));
-        assert_eq!(nic("af_packet:lb0,gso"), spec(false, true));
-        assert_eq!(nic("af_packet:lb0,v3,gso"), spec(true, true));
-        for bad in ["af_packet:lb0,nogso", "tap:tap0,gso", "af_packet:lb0,v3,v4"] {
+        assert_eq!(nic("af_packet:lb0"), spec(false, Merge::Flights));
+        assert_eq!(nic("af_packet:lb0,nogso"), spec(false, Merge::Off));
+        assert_eq!(nic("af_packet:lb0,v3,nogso"), spec(true, Merge::Off));
+        assert_eq!(nic("af_packet:lb0,v3"), spec(true, Merge::Flights));
+        assert_eq!(nic("af_packet:lb0,gso"), spec(false, Merge::All));
+        assert_eq!(nic("af_packet:lb0,v3,gso,gso"), spec(true, Merge::All));
+        for bad in ["tap:tap0,gso", "tap:tap0,nogso", "af_packet:lb0,v3,v4"] {
             let e = err(&with(bad));
             assert_eq!(e.key, "device.nic", "{e}");
             assert!(e.message.contains("the options are"), "{bad}: {e}");
         }
+        let e = err(&with("af_packet:lb0,gso,nogso"));
+        assert_eq!(e.key, "device.nic", "{e}");
+        assert!(e.message.contains("exclude each other"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use switchyard_nic::dispatch::Dispatcher;
+use switchyard_nic::gso::Merge;
 use switchyard_nic::pcap::PcapPort;
 use switchyard_nic::steer::Steering;
 use switchyard_nic::{NicError, Port, PortStats};
@@ -478,7 +479,7 @@ fn open_live_port(nic: &NicSpec, mac: [u8; 6]) -> Result<Box<dyn Port + Send>, N
             use switchyard_nic::afpacket::{AfPacketPort, RxRing};
             let mode = if *v3 { RxRing::Blocks } else { RxRing::Frames };
             let p = AfPacketPort::open(iface, mac, mode)?;
-            Ok(Box::new(if *gso { p.with_gso()? } else { p }))
+            Ok(Box::new(p.with_gso(*gso)?))
         }
         NicSpec::AfXdp { iface, queue } => {
             switchyard_nic::afxdp::AfXdpPort::open(iface, *queue, mac).map(|p| Box::new(p) as _)
@@ -516,7 +517,11 @@ fn nic_label(nic: &NicSpec) -> String {
         NicSpec::AfPacket { iface, v3, gso } => format!(
             "af_packet:{iface}{}{}",
             if *v3 { ",v3" } else { "" },
-            if *gso { ",gso" } else { "" }
+            match gso {
+                Merge::Flights => "",
+                Merge::All => ",gso",
+                Merge::Off => ",nogso",
+            }
         ),
         NicSpec::AfXdp { iface, queue } => format!("af_xdp:{iface}/{queue}"),
         NicSpec::Dpdk { eal, port: 0 } => format!("dpdk:{eal}"),
@@ -744,7 +749,7 @@ fn open_worker_ports(cfg: &Config) -> Result<WorkerPorts, NicError> {
             let ports = AfPacketPort::open_workers(iface, cfg.device.mac, mode, &steering)?;
             let mut out: Vec<Box<dyn Port + Send>> = Vec::new();
             for p in ports {
-                out.push(Box::new(if *gso { p.with_gso()? } else { p }));
+                out.push(Box::new(p.with_gso(*gso)?));
             }
             Ok((out, None))
         }

@@ -119,6 +119,8 @@ pub struct AfPacketPort {
 /// [`GSO_DROPS`]).
 struct Gso {
     out: Merger,
+    /// Which runs are sent merged.
+    merge: gso::Merge,
     /// Runs still open in this burst, at most [`OPEN_RUNS`].
     runs: Vec<Run>,
     /// Per frame of the burst: sent.
@@ -313,11 +315,16 @@ impl AfPacketPort {
     }
 
     /// Merges runs of a flow's TCP segments into large frames that a TSO
-    /// device cuts again (`af_packet:IFACE,gso`; see
-    /// [`crate::gso`]). Off by default: on a veth the peer's stack receives
-    /// the large frame whole, so a loss there loses the whole run.
-    pub fn with_gso(mut self) -> Result<AfPacketPort, NicError> {
-        let g = Gso::open(self.ifindex).map_err(|e| err(&self.iface, "offload socket", e))?;
+    /// device cuts again: the runs that `merge` allows (see
+    /// [`gso::Merge`]). On a veth the peer's stack receives the large
+    /// frame whole, so a loss there loses the whole run.
+    pub fn with_gso(mut self, merge: gso::Merge) -> Result<AfPacketPort, NicError> {
+        if merge == gso::Merge::Off {
+            self.gso = None;
+            return Ok(self);
+        }
+        let mut g = Gso::open(self.ifindex).map_err(|e| err(&self.iface, "offload socket", e))?;
+        g.merge = merge;
         self.gso = Some(g);
         Ok(self)
     }
@@ -515,14 +522,22 @@ impl AfPacketPort {
         }
     }
 
-    /// Sends `run`'s frames of `pkts`: one alone through the ring; more as
-    /// one merged frame through `m`, once the kernel has taken all the ring
-    /// holds (a flow's frames stay in order), else through the ring too.
+    /// Sends `run`'s frames of `pkts`: one alone, or a run that `merge`
+    /// does not merge, through the ring; otherwise as one merged frame through `m`, once
+    /// the kernel has taken all the ring holds (a flow's frames stay in
+    /// order), else through the ring too.
     /// Marks `m` refused if the kernel refused merged frames for good: an
     /// error other than ENOBUFS, or ENOBUFS [`GSO_DROPS`] times in a row (a
     /// device that would need the frame cut in software, which the
     /// queue-bypassing transmit path drops rather than does).
-    fn send_run(&mut self, m: &mut Merger, run: &Run, pkts: &[Mbuf], taken: &mut [bool]) {
+    fn send_run(
+        &mut self,
+        m: &mut Merger,
+        merge: gso::Merge,
+        run: &Run,
+        pkts: &[Mbuf],
+        taken: &mut [bool],
+    ) {
         let members = run.members();
         if let [i] = members {
             let i = usize::from(*i);
@@ -530,6 +545,9 @@ impl AfPacketPort {
         }
         if self.tx_blocked {
             return; // left for the caller, with the ring's leftovers
+        }
+        if !merge.merges(members.len()) {
+            return self.ring_members(members, pkts, taken);
         }
         self.kick();
         // A send that found the socket's buffer full leaves frames in the
@@ -559,6 +577,12 @@ impl AfPacketPort {
                 Err(_) => m.refused = true,
             }
         }
+        self.ring_members(members, pkts, taken);
+    }
+
+    /// Frames `members` of `pkts` through the ring, in order, up to the
+    /// first that finds it full.
+    fn ring_members(&mut self, members: &[u16], pkts: &[Mbuf], taken: &mut [bool]) {
         for &i in members {
             let i = usize::from(i);
             if !self.ring_put(pkts[i].data()) {
@@ -578,6 +602,7 @@ impl Gso {
         let _ = sys::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &(4i32 << 20));
         sys::bind_packet(&fd, ifindex, 0)?;
         Ok(Gso {
+            merge: gso::Merge::All,
             out: Merger { fd, buf: Vec::with_capacity(gso::MAX_MERGED), drops: 0, refused: false },
             runs: Vec::with_capacity(OPEN_RUNS),
             taken: Vec::with_capacity(1024),
@@ -628,7 +653,7 @@ impl Port for AfPacketPort {
                 // Not a TCP segment that could merge: after every open run,
                 // in case it belongs to one's flow.
                 for run in g.runs.drain(..) {
-                    self.send_run(&mut g.out, &run, pkts, &mut g.taken);
+                    self.send_run(&mut g.out, g.merge, &run, pkts, &mut g.taken);
                 }
                 self.ring_one(f, &mut g.taken[i]);
                 continue;
@@ -641,13 +666,13 @@ impl Port for AfPacketPort {
                     continue;
                 }
                 let run = g.runs.remove(r);
-                self.send_run(&mut g.out, &run, pkts, &mut g.taken);
+                self.send_run(&mut g.out, g.merge, &run, pkts, &mut g.taken);
             }
             match Run::start(i, s) {
                 Some(run) => {
                     if g.runs.len() == OPEN_RUNS {
                         let old = g.runs.remove(0);
-                        self.send_run(&mut g.out, &old, pkts, &mut g.taken);
+                        self.send_run(&mut g.out, g.merge, &old, pkts, &mut g.taken);
                     }
                     g.runs.push(run);
                 }
@@ -655,7 +680,7 @@ impl Port for AfPacketPort {
             }
         }
         for run in g.runs.drain(..) {
-            self.send_run(&mut g.out, &run, pkts, &mut g.taken);
+            self.send_run(&mut g.out, g.merge, &run, pkts, &mut g.taken);
         }
         self.kick();
         // What was sent goes back to the pool; what was not stays, in order.

@@ -16,6 +16,49 @@
 //! kernel's rule) and the first segment's TCP options: segments merge only
 //! when their options are identical, so this changes nothing.
 
+/// Which runs of segments a port merges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// None: every segment is its own frame.
+    Off,
+    /// Runs of at most [`FLIGHT_SEGMENTS`], such as a TLS server's first
+    /// flight, so merging costs loss recovery nothing (see
+    /// [`Merge::limit`]).
+    Flights,
+    /// Every run, up to 64 KiB.
+    All,
+}
+
+/// The most segments a run may have to merge under [`Merge::Flights`].
+pub const FLIGHT_SEGMENTS: usize = 3;
+
+impl Merge {
+    /// The most segments of a run that is sent merged; a longer run goes
+    /// out as single frames.
+    ///
+    /// Where nothing cuts the merged frame before a loss can hit it (a
+    /// veth), one loss takes the whole run. A run of at most three
+    /// segments is a flight that single frames could not recover by fast
+    /// retransmit either: a loss in it leaves at most two segments behind
+    /// to draw duplicate ACKs, and TCP waits for three. Merging it loses
+    /// nothing and makes a loss less likely (one frame, not three). A
+    /// longer run is where fast retransmit would have helped: `Flights`
+    /// leaves it alone, `All` merges it (for links that cut frames, or
+    /// bulk traffic where the rate is worth the risk).
+    pub fn limit(self) -> usize {
+        match self {
+            Merge::Off => 1,
+            Merge::Flights => FLIGHT_SEGMENTS,
+            Merge::All => MAX_SEGMENTS,
+        }
+    }
+
+    /// Whether a run of `segments` goes out as one merged frame.
+    pub fn merges(self, segments: usize) -> bool {
+        (2..=self.limit()).contains(&segments)
+    }
+}
+
 /// TCP flags.
 const FIN: u8 = 0x01;
 const PSH: u8 = 0x08;
@@ -465,6 +508,14 @@ mod tests {
         let mut bad_off = small.clone();
         bad_off[46] = 0x40; // a 16-byte TCP header
         assert!(Segment::parse(&bad_off).is_none());
+    }
+
+    #[test]
+    fn flights_merge_only_runs_too_short_for_fast_retransmit() {
+        let merged = |m: Merge| (1..=MAX_SEGMENTS + 1).filter(|&n| m.merges(n)).collect::<Vec<_>>();
+        assert_eq!(merged(Merge::Flights), [2, 3]);
+        assert_eq!(merged(Merge::All), (2..=MAX_SEGMENTS).collect::<Vec<_>>());
+        assert!(merged(Merge::Off).is_empty());
     }
 
     #[test]
