@@ -8,6 +8,15 @@ use clap::{Parser, Subcommand};
 use switchyard::config::Config;
 use switchyard::run::{self, SimOptions};
 
+/// The heap: mimalloc by default (feature `mimalloc`). Its thread-local
+/// heaps and size-segregated pages keep each request's short-lived
+/// allocations apart from long-lived connection state; with glibc's malloc
+/// they interleave, and the cost per request grows with the connections
+/// (`bench/L7-CONCURRENCY.md`). `--no-default-features` builds on glibc.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static HEAP: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "switchyard", version, about = "Userspace L4 + L7 load-balancing dataplane")]
 struct Cli {

@@ -38,8 +38,17 @@ use switchyard::config::Config;
 use switchyard::world::{ClientHost, World};
 use switchyard_sim::Duration;
 
+#[cfg(not(feature = "mimalloc"))]
+type Heap = std::alloc::System;
+#[cfg(not(feature = "mimalloc"))]
+const HEAP: Heap = std::alloc::System;
+#[cfg(feature = "mimalloc")]
+type Heap = mimalloc::MiMalloc;
+#[cfg(feature = "mimalloc")]
+const HEAP: Heap = mimalloc::MiMalloc;
+
 #[global_allocator]
-static ALLOC: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+static ALLOC: cap::Cap<Heap> = cap::Cap::new(HEAP, usize::MAX);
 
 fn allocated() -> usize {
     ALLOC.allocated()
