@@ -14,7 +14,7 @@
 # A and B are switchyard binaries, e.g. target/release/switchyard copied aside
 # before and after a change. AB_NIC sets the port (default af_packet:lb0);
 # AB_NIC_B, if set, B's port, for one binary with two port settings:
-#   AB_NIC_B=af_packet:lb0,gso sudo bash bench/ab.sh BIN BIN tcp-bulk
+#   AB_NIC=af_packet:lb0,nogso AB_NIC_B=af_packet:lb0,gso sudo bash bench/ab.sh BIN BIN tcp-bulk
 # AB_PERF=FILE records B's first measured round with `perf record -g` (on the
 # clients' CPU) into FILE, for `perf report -i FILE`; build B with frame
 # pointers (RUSTFLAGS="-C force-frame-pointers=yes") for whole call chains.

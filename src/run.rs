@@ -250,8 +250,8 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
     if ps.tx_gso_frames + ps.tx_gso_refused > 0 {
         let _ = writeln!(
             out,
-            "port: large frames of merged TCP segments {}, refused by the device {}",
-            ps.tx_gso_frames, ps.tx_gso_refused
+            "port: large frames of merged TCP segments {}, segments in them {}, refused by the device {}",
+            ps.tx_gso_frames, ps.tx_gso_segments, ps.tx_gso_refused
         );
     }
     if dp.pool_stats().misses > 0 {

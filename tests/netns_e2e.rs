@@ -412,8 +412,25 @@ fn af_packet_with_segmentation_offload() {
     assert!(out.contains("running on af_packet:lb0,gso"), "{out}");
     let merged = number_after(&out, "large frames of merged TCP segments").unwrap_or(0);
     assert!(merged > 100, "merged frames {merged}:\n{out}");
+    // Runs longer than a short flight among them.
+    let segments = number_after(&out, "segments in them").unwrap_or(0);
+    assert!(segments > 3 * merged, "{merged} frames of {segments} segments:\n{out}");
     assert_eq!(number_after(&out, "refused by the device"), Some(0), "{out}");
     assert!(!out.contains("drop bad_"), "{out}");
+    // The default merges runs of two or three segments only: the same
+    // downloads' long runs leave as single frames.
+    drop(t);
+    let t = Topology::up("syg-");
+    let sum = t.nginx();
+    let mut lb = t.switchyard(&config("af_packet:lb0", "round-robin", "a"));
+    routes_and_downloads(&t, &sum);
+    let out = lb.stop();
+    let flights = number_after(&out, "large frames of merged TCP segments").unwrap_or(0);
+    let short = number_after(&out, "segments in them").unwrap_or(0);
+    println!(
+        "merged: {merged} frames of {segments} segments with ,gso, {flights} of {short} by default"
+    );
+    assert!(flights > 0 && short >= 2 * flights && short <= 3 * flights, "{out}");
 }
 
 /// Two workers on one interface: each has its own AF_PACKET socket in one

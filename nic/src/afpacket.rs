@@ -317,15 +317,23 @@ impl AfPacketPort {
     /// Merges runs of a flow's TCP segments into large frames that a TSO
     /// device cuts again: the runs that `merge` allows (see
     /// [`gso::Merge`]). On a veth the peer's stack receives the large
-    /// frame whole, so a loss there loses the whole run.
+    /// frame whole, so a loss there loses the whole run. Short flights are
+    /// the default, not a request: if the offload socket cannot be opened
+    /// for them, the port goes on without merging; for `All` it is an
+    /// error.
     pub fn with_gso(mut self, merge: gso::Merge) -> Result<AfPacketPort, NicError> {
+        self.gso = None;
         if merge == gso::Merge::Off {
-            self.gso = None;
             return Ok(self);
         }
-        let mut g = Gso::open(self.ifindex).map_err(|e| err(&self.iface, "offload socket", e))?;
-        g.merge = merge;
-        self.gso = Some(g);
+        match Gso::open(self.ifindex) {
+            Ok(mut g) => {
+                g.merge = merge;
+                self.gso = Some(g);
+            }
+            Err(_) if merge == gso::Merge::Flights => {}
+            Err(e) => return Err(err(&self.iface, "offload socket", e)),
+        }
         Ok(self)
     }
 
@@ -567,6 +575,7 @@ impl AfPacketPort {
                     self.stats.tx_bytes +=
                         members.iter().map(|&i| pkts[usize::from(i)].len() as u64).sum::<u64>();
                     self.stats.tx_gso_frames += 1;
+                    self.stats.tx_gso_segments += members.len() as u64;
                     return;
                 }
                 Ok(false) => {} // no room for now: the ring takes them

@@ -22,8 +22,7 @@ pub enum Merge {
     /// None: every segment is its own frame.
     Off,
     /// Runs of at most [`FLIGHT_SEGMENTS`], such as a TLS server's first
-    /// flight, so merging costs loss recovery nothing (see
-    /// [`Merge::limit`]).
+    /// flight (see [`Merge::limit`]).
     Flights,
     /// Every run, up to 64 KiB.
     All,
@@ -37,14 +36,18 @@ impl Merge {
     /// out as single frames.
     ///
     /// Where nothing cuts the merged frame before a loss can hit it (a
-    /// veth), one loss takes the whole run. A run of at most three
-    /// segments is a flight that single frames could not recover by fast
-    /// retransmit either: a loss in it leaves at most two segments behind
-    /// to draw duplicate ACKs, and TCP waits for three. Merging it loses
-    /// nothing and makes a loss less likely (one frame, not three). A
-    /// longer run is where fast retransmit would have helped: `Flights`
-    /// leaves it alone, `All` merges it (for links that cut frames, or
-    /// bulk traffic where the rate is worth the risk).
+    /// veth), one loss takes the whole run. For a whole flight of at most
+    /// three segments that hardly changes the odds of waiting for the
+    /// retransmission timeout: sent singly, the loss of its last segment
+    /// waits for it too (nothing follows to draw duplicate ACKs), and as
+    /// one frame the flight has one chance of being lost, not three. What
+    /// merging does give up is the quick repair of a lost segment that is
+    /// not the last (the peer's SACKed duplicate ACK, see `stack::term`),
+    /// and, where a short run is only a slice of a larger flight (cut by
+    /// a burst's end), some duplicate ACKs for fast retransmit. Longer runs
+    /// are where fast retransmit counts: `Flights` leaves them alone, `All`
+    /// merges them (for links that cut frames, or bulk traffic where the
+    /// rate is worth the risk).
     pub fn limit(self) -> usize {
         match self {
             Merge::Off => 1,
@@ -511,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn flights_merge_only_runs_too_short_for_fast_retransmit() {
+    fn flights_merge_only_runs_of_two_or_three() {
         let merged = |m: Merge| (1..=MAX_SEGMENTS + 1).filter(|&n| m.merges(n)).collect::<Vec<_>>();
         assert_eq!(merged(Merge::Flights), [2, 3]);
         assert_eq!(merged(Merge::All), (2..=MAX_SEGMENTS).collect::<Vec<_>>());

@@ -63,6 +63,8 @@ pub struct PortStats {
     /// Frames that carried a run of TCP segments merged by
     /// [`gso`] (their segments count in `tx_frames`).
     pub tx_gso_frames: u64,
+    /// The segments in those frames.
+    pub tx_gso_segments: u64,
     /// Times the kernel refused a merged frame; merging then stops.
     pub tx_gso_refused: u64,
 }
