@@ -119,8 +119,6 @@ pub struct AfPacketPort {
 /// [`GSO_DROPS`]).
 struct Gso {
     out: Merger,
-    /// Which runs are sent merged.
-    merge: gso::Merge,
     /// Runs still open in this burst, at most [`OPEN_RUNS`].
     runs: Vec<Run>,
     /// Per frame of the burst: sent.
@@ -130,6 +128,8 @@ struct Gso {
 /// Where merged frames are written and sent.
 struct Merger {
     fd: OwnedFd,
+    /// Which runs are sent merged.
+    merge: gso::Merge,
     /// The merged frame being written (capacity [`gso::MAX_MERGED`]).
     buf: Vec<u8>,
     /// Merged frames dropped (ENOBUFS) since the last one sent.
@@ -326,11 +326,8 @@ impl AfPacketPort {
         if merge == gso::Merge::Off {
             return Ok(self);
         }
-        match Gso::open(self.ifindex) {
-            Ok(mut g) => {
-                g.merge = merge;
-                self.gso = Some(g);
-            }
+        match Gso::open(self.ifindex, merge) {
+            Ok(g) => self.gso = Some(g),
             Err(_) if merge == gso::Merge::Flights => {}
             Err(e) => return Err(err(&self.iface, "offload socket", e)),
         }
@@ -530,22 +527,15 @@ impl AfPacketPort {
         }
     }
 
-    /// Sends `run`'s frames of `pkts`: one alone, or a run that `merge`
-    /// does not merge, through the ring; otherwise as one merged frame through `m`, once
-    /// the kernel has taken all the ring holds (a flow's frames stay in
-    /// order), else through the ring too.
+    /// Sends `run`'s frames of `pkts`: one alone, or a run that `m` does
+    /// not merge, through the ring; otherwise as one merged frame through
+    /// `m`, once the kernel has taken all the ring holds (a flow's frames
+    /// stay in order), else through the ring too.
     /// Marks `m` refused if the kernel refused merged frames for good: an
     /// error other than ENOBUFS, or ENOBUFS [`GSO_DROPS`] times in a row (a
     /// device that would need the frame cut in software, which the
     /// queue-bypassing transmit path drops rather than does).
-    fn send_run(
-        &mut self,
-        m: &mut Merger,
-        merge: gso::Merge,
-        run: &Run,
-        pkts: &[Mbuf],
-        taken: &mut [bool],
-    ) {
+    fn send_run(&mut self, m: &mut Merger, run: &Run, pkts: &[Mbuf], taken: &mut [bool]) {
         let members = run.members();
         if let [i] = members {
             let i = usize::from(*i);
@@ -554,7 +544,7 @@ impl AfPacketPort {
         if self.tx_blocked {
             return; // left for the caller, with the ring's leftovers
         }
-        if !merge.merges(members.len()) {
+        if !m.merge.merges(members.len()) {
             return self.ring_members(members, pkts, taken);
         }
         self.kick();
@@ -603,16 +593,22 @@ impl AfPacketPort {
 }
 
 impl Gso {
-    /// The offload socket on interface `ifindex`: bound for sending only.
-    fn open(ifindex: u32) -> io::Result<Gso> {
+    /// The offload socket on interface `ifindex`, merging the runs `merge`
+    /// allows: bound for sending only.
+    fn open(ifindex: u32, merge: gso::Merge) -> io::Result<Gso> {
         let fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, 0)?;
         sys::setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &1i32)?;
         let _ = sys::setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &1i32);
         let _ = sys::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &(4i32 << 20));
         sys::bind_packet(&fd, ifindex, 0)?;
         Ok(Gso {
-            merge: gso::Merge::All,
-            out: Merger { fd, buf: Vec::with_capacity(gso::MAX_MERGED), drops: 0, refused: false },
+            out: Merger {
+                fd,
+                merge,
+                buf: Vec::with_capacity(gso::MAX_MERGED),
+                drops: 0,
+                refused: false,
+            },
             runs: Vec::with_capacity(OPEN_RUNS),
             taken: Vec::with_capacity(1024),
         })
@@ -662,7 +658,7 @@ impl Port for AfPacketPort {
                 // Not a TCP segment that could merge: after every open run,
                 // in case it belongs to one's flow.
                 for run in g.runs.drain(..) {
-                    self.send_run(&mut g.out, g.merge, &run, pkts, &mut g.taken);
+                    self.send_run(&mut g.out, &run, pkts, &mut g.taken);
                 }
                 self.ring_one(f, &mut g.taken[i]);
                 continue;
@@ -675,13 +671,13 @@ impl Port for AfPacketPort {
                     continue;
                 }
                 let run = g.runs.remove(r);
-                self.send_run(&mut g.out, g.merge, &run, pkts, &mut g.taken);
+                self.send_run(&mut g.out, &run, pkts, &mut g.taken);
             }
             match Run::start(i, s) {
                 Some(run) => {
                     if g.runs.len() == OPEN_RUNS {
                         let old = g.runs.remove(0);
-                        self.send_run(&mut g.out, g.merge, &old, pkts, &mut g.taken);
+                        self.send_run(&mut g.out, &old, pkts, &mut g.taken);
                     }
                     g.runs.push(run);
                 }
@@ -689,7 +685,7 @@ impl Port for AfPacketPort {
             }
         }
         for run in g.runs.drain(..) {
-            self.send_run(&mut g.out, g.merge, &run, pkts, &mut g.taken);
+            self.send_run(&mut g.out, &run, pkts, &mut g.taken);
         }
         self.kick();
         // What was sent goes back to the pool; what was not stays, in order.

@@ -48,7 +48,7 @@ impl Merge {
     /// are where fast retransmit counts: `Flights` leaves them alone, `All`
     /// merges them (for links that cut frames, or bulk traffic where the
     /// rate is worth the risk).
-    pub fn limit(self) -> usize {
+    fn limit(self) -> usize {
         match self {
             Merge::Off => 1,
             Merge::Flights => FLIGHT_SEGMENTS,
