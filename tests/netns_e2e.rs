@@ -331,6 +331,15 @@ fn with_route(cfg: String, prefix: &str, addr: &str) -> String {
     )
 }
 
+/// [`routes_and_downloads`] through a Switchyard on port `nic` (round-robin,
+/// backend `a` for L4) in front of `t`'s nginx; what Switchyard printed.
+fn downloads_through(t: &Topology, nic: &str) -> String {
+    let sum = t.nginx();
+    let mut lb = t.switchyard(&config(nic, "round-robin", "a"));
+    routes_and_downloads(t, &sum);
+    lb.stop()
+}
+
 /// Routes answered by the right nginx, over L7 and L4, and a 4 MiB download
 /// byte-exact both ways; the counters agree with what the clients did.
 fn routes_and_downloads(t: &Topology, sum: &str) {
@@ -405,10 +414,7 @@ fn af_packet_with_segmentation_offload() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t = Topology::up("syg-");
-    let sum = t.nginx();
-    let mut lb = t.switchyard(&config("af_packet:lb0,gso", "round-robin", "a"));
-    routes_and_downloads(&t, &sum);
-    let out = lb.stop();
+    let out = downloads_through(&t, "af_packet:lb0,gso");
     assert!(out.contains("running on af_packet:lb0,gso"), "{out}");
     let merged = number_after(&out, "large frames of merged TCP segments").unwrap_or(0);
     assert!(merged > 100, "merged frames {merged}:\n{out}");
@@ -420,11 +426,7 @@ fn af_packet_with_segmentation_offload() {
     // The default merges runs of two or three segments only: the same
     // downloads' long runs leave as single frames.
     drop(t);
-    let t = Topology::up("syg-");
-    let sum = t.nginx();
-    let mut lb = t.switchyard(&config("af_packet:lb0", "round-robin", "a"));
-    routes_and_downloads(&t, &sum);
-    let out = lb.stop();
+    let out = downloads_through(&Topology::up("syg-"), "af_packet:lb0");
     let flights = number_after(&out, "large frames of merged TCP segments").unwrap_or(0);
     let short = number_after(&out, "segments in them").unwrap_or(0);
     println!(
@@ -599,10 +601,7 @@ fn peers_with_transmit_checksum_offload_on() {
         // Segmentation stays off: frames must fit the ring's slots.
         t.exec(ns, "ethtool -K eth0 tx on tso off gso off");
     }
-    let sum = t.nginx();
-    let mut lb = t.switchyard(&config("af_packet:lb0", "round-robin", "a"));
-    routes_and_downloads(&t, &sum);
-    let out = lb.stop();
+    let out = downloads_through(&t, "af_packet:lb0");
     let trusted = number_after(&out, "checksums left to the device").unwrap_or(0);
     let completed = number_after(&out, "completed in software").unwrap_or(0);
     // The L4 download alone is over 2,800 frames each way.
