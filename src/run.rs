@@ -307,14 +307,15 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
             t.handshakes.iter().map(|((v, g), n)| format!("{v} {g}: {n}")).collect();
         let _ = writeln!(
             out,
-            "tls: handshakes [{}], resumed {}, failed {}, abandoned {}, timeouts {}, client certificates {}, engine steps {}",
+            "tls: handshakes [{}], resumed {}, failed {}, abandoned {}, timeouts {}, client certificates {}, engine steps {} (withdrawn {})",
             hs.join(", "),
             t.resumed,
             t.failed,
             t.abandoned,
             t.timeouts,
             t.client_certificates,
-            t.engine_steps
+            t.engine_steps,
+            t.engine_cancelled
         );
         let r = &t.records;
         let _ = writeln!(

@@ -70,6 +70,13 @@ pub trait CryptoEngine<In, Out> {
     fn work(&mut self) {}
     /// Takes one finished job, if any.
     fn poll(&mut self) -> Option<Job<Out>>;
+    /// Withdraws the job tagged `tag` if it has not started: its connection
+    /// is gone. True if it was withdrawn, and then no result comes for it.
+    /// An engine that cannot withdraw jobs runs them and returns false (the
+    /// worker drops the result).
+    fn cancel(&mut self, _tag: u64) -> bool {
+        false
+    }
     /// Before the worker sleeps: a descriptor that becomes readable when a
     /// job finishes, or `None` if results wait already (then it should not
     /// sleep). [`CryptoEngine::disarm`] after waking.
@@ -335,6 +342,15 @@ impl CryptoEngine<HandshakeIn, HandshakeOut> for InlineEngine {
 
     fn poll(&mut self) -> Option<Job<HandshakeOut>> {
         self.done.pop_front()
+    }
+
+    /// A scan of the queue (at most its capacity): paid only when a
+    /// connection goes while its step waits, and it saves that step.
+    fn cancel(&mut self, tag: u64) -> bool {
+        match self.queue.iter().position(|j| j.tag == tag) {
+            Some(i) => self.queue.remove(i).is_some(),
+            None => false,
+        }
     }
 
     /// Queued jobs are the worker's own to run: never a reason to sleep.
@@ -757,6 +773,9 @@ pub struct TlsStats {
     pub engine_steps: u64,
     /// Times the engine queue was full (the step then waits for the next turn).
     pub engine_full: u64,
+    /// Handshake steps withdrawn from the engine before they ran, because
+    /// their connection had gone (an engine on the worker's thread only).
+    pub engine_cancelled: u64,
     /// Handshakes not finished within [`HANDSHAKE_TIMEOUT`] (reset).
     pub timeouts: u64,
     /// Fatal alerts sent, by description (`BadRecordMac`, `UnknownCa`, ...).
@@ -1103,7 +1122,7 @@ impl Tls {
                 }
                 _ => Some(ev),
             },
-            TcpEvent::Closed { conn, .. } => match self.conns.remove(&conn) {
+            TcpEvent::Closed { conn, .. } => match self.forget(conn) {
                 Some(Conn {
                     state: State::Handshake { conn: c, .. },
                     upstream: true,
@@ -1134,6 +1153,18 @@ impl Tls {
                 _ => Some(ev),
             },
         }
+    }
+
+    /// Removes a connection that is gone (closed by TCP, or aborted here).
+    /// A handshake step of its that still waits in the engine is withdrawn,
+    /// so no CPU is spent on it.
+    fn forget(&mut self, id: ConnId) -> Option<Conn> {
+        let c = self.conns.remove(&id)?;
+        if matches!(c.state, State::Handshake { conn: None, .. }) && self.engine.cancel(tag(id)) {
+            self.in_engine -= 1;
+            self.stats.engine_cancelled += 1;
+        }
+        Some(c)
     }
 
     /// A backend's handshake failed: L7 sees its connection close (as if
@@ -1176,7 +1207,7 @@ impl Tls {
                     return;
                 }
                 self.stats.failed += 1;
-                self.conns.remove(&id);
+                self.forget(id);
                 tcp.abort(id);
                 return;
             }
@@ -1236,7 +1267,7 @@ impl Tls {
                 continue;
             }
             self.stats.timeouts += 1;
-            self.conns.remove(&id);
+            self.forget(id);
             tcp.abort(id);
         }
         self.engine.work();

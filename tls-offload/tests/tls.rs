@@ -15,7 +15,8 @@ use switchyard_stack::fake::FakeTcp;
 use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpEvent};
 use switchyard_stack::{Duration, Instant};
 use switchyard_tls::{
-    EngineWait, InlineEngine, SoftwareEngine, Tls, TlsOptions, server_config_with,
+    EngineWait, HANDSHAKE_TIMEOUT, InlineEngine, SoftwareEngine, Tls, TlsOptions,
+    server_config_with,
 };
 
 /// A CA, and certificates it signs, written as PEM files for the server side.
@@ -374,6 +375,44 @@ fn a_full_inline_engine_takes_the_refused_handshake_at_a_later_turn() {
         assert!(!client.is_handshaking());
     }
     assert_eq!(t.tls.stats().handshakes.values().sum::<u64>(), 2);
+}
+
+#[test]
+fn a_step_queued_for_a_connection_that_went_is_withdrawn_and_never_runs() {
+    let pki = Pki::new("inline-cancel");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+
+    // Reset by the client while its ClientHello waits in the queue.
+    let mut t = T::with_engine(&[&server], TlsOptions::default(), Some((64, 1)));
+    let mut clients = t.hellos(&cfg, 3);
+    let (gone, _) = clients.remove(1);
+    t.event(TcpEvent::Closed { conn: gone, reset: true });
+    t.settle();
+    assert_eq!(t.tls.stats().engine_cancelled, 1);
+    assert_eq!(t.tls.stats().abandoned, 1);
+    assert!(t.tcp.c(gone).sent.is_empty(), "no ServerHello for a connection that went");
+    for (c, mut client) in clients {
+        assert!(t.pump(c, &mut client).is_none());
+        assert!(!client.is_handshaking());
+    }
+    assert_eq!(t.tls.stats().handshakes.values().sum::<u64>(), 2);
+    assert_eq!(t.tls.engine_wait(), EngineWait::Nothing, "nothing counted as in the engine");
+
+    // Timed out: the first connection's step ran in the first turn, the
+    // other two wait in the queue when the deadline passes.
+    let mut t = T::with_engine(&[&server], TlsOptions::default(), Some((64, 1)));
+    let clients = t.hellos(&cfg, 3);
+    let mut out = Vec::new();
+    t.tls.poll(t.now, &mut t.tcp, &mut out);
+    t.now += Duration::from_secs(HANDSHAKE_TIMEOUT.as_secs() + 1);
+    t.tls.poll(t.now, &mut t.tcp, &mut out);
+    let s = t.tls.stats();
+    assert_eq!((s.timeouts, s.engine_cancelled, s.engine_steps), (3, 2, 3), "{s:?}");
+    assert_eq!(t.tls.engine_wait(), EngineWait::Nothing);
+    let answered: Vec<bool> = clients.iter().map(|(c, _)| !t.tcp.c(*c).sent.is_empty()).collect();
+    assert_eq!(answered, [true, false, false]);
+    assert!(clients.iter().all(|(c, _)| t.tcp.c(*c).aborted));
 }
 
 #[test]
