@@ -11,7 +11,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use switchyard_nic::{Mbuf, Pool, RxCsum};
-use switchyard_stack::tcp::{TcpApi, TcpEvent};
+use switchyard_stack::tcp::{ConnId, TcpApi, TcpEvent};
 use switchyard_stack::wire::*;
 use switchyard_stack::*;
 
@@ -189,6 +189,7 @@ fn echoes_through_terminated_connections_from_several_clients() {
     // Two rounds of six clients whose SYNs arrive in one burst: the second round
     // reuses the first round's sockets. Each client sends its own bytes, so a
     // connection wired to the wrong socket would show.
+    let mut shards = Vec::new();
     for round in 0..2u16 {
         let mut clients = Vec::new();
         for k in 0..6u16 {
@@ -244,7 +245,9 @@ fn echoes_through_terminated_connections_from_several_clients() {
         for _ in 0..100 {
             b.step(&mut app);
         }
+        shards.push(b.stack.tcp_stats().shards);
     }
+    assert_eq!(shards[0], shards[1], "the second round found room in the first round's shards");
     assert_eq!(accepted.len(), 12);
     assert_eq!(closed, 12);
     let st = b.stack.tcp_stats();
@@ -252,6 +255,26 @@ fn echoes_through_terminated_connections_from_several_clients() {
     // Four sockets per shard: six connections at once need at least two shards.
     assert!(st.shards >= 2, "{st:?}");
     assert!(b.stack.counters().arp_replies_sent >= 1);
+}
+
+#[test]
+fn sockets_of_closed_connections_are_taken_again_before_new_shards_are_made() {
+    let mut b = Bench::new();
+    let mut shards = Vec::new();
+    for _ in 0..3 {
+        // Twelve at once fill three shards of four.
+        let conns: Vec<ConnId> = (0..12)
+            .map(|_| b.stack.tcp().connect(b.now, "198.18.0.101:8080".parse().unwrap()).unwrap())
+            .collect();
+        for c in conns {
+            b.stack.tcp().abort(c);
+        }
+        for _ in 0..10 {
+            b.step(&mut |_, _, _| {});
+        }
+        shards.push(b.stack.tcp_stats().shards);
+    }
+    assert_eq!(shards, [3, 3, 3]);
 }
 
 #[test]
