@@ -19,11 +19,6 @@ use crate::{Duration, Instant};
 
 /// Segments queued for one shard between polls; more are dropped (TCP recovers).
 const SHARD_RX_MAX: usize = 512;
-/// Empty buffers a shard gets before each poll for the segments it sends
-/// (more in further rounds if it uses them all); what is left goes back to
-/// the pool after the poll, so idle shards hold no buffers and the pool's
-/// recently used ones are written next.
-const SHARD_SPARE: usize = 8;
 /// A connection that stops acknowledging for this long is aborted.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -50,8 +45,17 @@ struct ShardDevice {
     rx: VecDeque<Mbuf>,
     done: Vec<Mbuf>,
     tx: Vec<Mbuf>,
-    spare: Vec<Mbuf>,
     mtu: usize,
+}
+
+/// A shard's device while it is polled, with the worker's pool: a segment
+/// smoltcp sends takes its buffer from the pool then, so a poll that sends
+/// nothing touches no buffer (shards used to take eight before every poll
+/// and give back what they did not use: 8% of the instructions per
+/// HTTP/1.1 request).
+struct PollDev<'a> {
+    dev: &'a mut ShardDevice,
+    pool: &'a mut Pool,
 }
 
 struct RxTok<'a> {
@@ -69,50 +73,51 @@ impl phy::RxToken for RxTok<'_> {
 
 struct TxTok<'a> {
     tx: &'a mut Vec<Mbuf>,
-    spare: &'a mut Vec<Mbuf>,
+    pool: &'a mut Pool,
 }
 
 impl phy::TxToken for TxTok<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        // `transmit` and `receive` only hand out a token while a spare buffer
-        // exists; should that ever fail, or the packet not fit (smoltcp is told the
-        // MTU), the packet is built and dropped rather than panicking.
-        if let Some(mut m) = self.spare.pop() {
-            m.reset();
-            if let Some(buf) = m.resize(ETH_LEN + len) {
-                let r = f(&mut buf[ETH_LEN..]);
-                self.tx.push(m);
-                return r;
-            }
-            self.spare.push(m);
+        // Should the packet not fit (smoltcp is told the MTU), it is built
+        // and dropped rather than panicking.
+        let mut m = self.pool.alloc();
+        if let Some(buf) = m.resize(ETH_LEN + len) {
+            let r = f(&mut buf[ETH_LEN..]);
+            self.tx.push(m);
+            return r;
         }
+        self.pool.free(m);
         let mut scratch = vec![0u8; len];
         f(&mut scratch)
     }
 }
 
-impl phy::Device for ShardDevice {
-    type RxToken<'a> = RxTok<'a>;
-    type TxToken<'a> = TxTok<'a>;
+impl phy::Device for PollDev<'_> {
+    type RxToken<'a>
+        = RxTok<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxTok<'a>
+    where
+        Self: 'a;
 
     fn receive(&mut self, _now: smoltcp::time::Instant) -> Option<(RxTok<'_>, TxTok<'_>)> {
-        if self.spare.is_empty() {
-            return None;
-        }
-        let m = self.rx.pop_front()?;
-        Some((
-            RxTok { m, done: &mut self.done },
-            TxTok { tx: &mut self.tx, spare: &mut self.spare },
-        ))
+        let d = &mut *self.dev;
+        let m = d.rx.pop_front()?;
+        Some((RxTok { m, done: &mut d.done }, TxTok { tx: &mut d.tx, pool: self.pool }))
     }
 
     fn transmit(&mut self, _now: smoltcp::time::Instant) -> Option<TxTok<'_>> {
-        if self.spare.is_empty() {
-            return None;
-        }
-        Some(TxTok { tx: &mut self.tx, spare: &mut self.spare })
+        Some(TxTok { tx: &mut self.dev.tx, pool: self.pool })
     }
 
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.dev.capabilities()
+    }
+}
+
+impl ShardDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
@@ -564,16 +569,15 @@ impl TcpTerminator {
             return None;
         }
         let idx = self.shards.len() as u32;
-        let mut dev = ShardDevice {
-            rx: VecDeque::new(),
-            done: Vec::new(),
-            tx: Vec::new(),
-            spare: Vec::new(),
-            mtu: 1500,
-        };
+        let mut dev =
+            ShardDevice { rx: VecDeque::new(), done: Vec::new(), tx: Vec::new(), mtu: 1500 };
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = self.seed ^ (u64::from(idx) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let mut iface = Interface::new(config, &mut dev, now);
+        // smoltcp reads the device's capabilities here; nothing is sent, so
+        // an empty pool will do.
+        let mut none = Pool::new(0, 0);
+        let mut iface =
+            Interface::new(config, &mut PollDev { dev: &mut dev, pool: &mut none }, now);
         iface.set_any_ip(true);
         let mut v4 = false;
         let mut v6 = false;
@@ -969,23 +973,11 @@ impl TcpTerminator {
         let s = &mut self.shards[idx as usize];
         s.dirty = false;
         s.designated.clear();
-        // Keep polling while the shard ran out of buffers for what it sends.
-        for _ in 0..64 {
-            while s.dev.spare.len() < SHARD_SPARE {
-                s.dev.spare.push(pool.alloc());
-            }
-            s.iface.poll(now, &mut s.dev, &mut s.sockets);
-            for m in s.dev.done.drain(..) {
-                pool.free(m);
-            }
-            out.append(&mut s.dev.tx);
-            if !s.dev.spare.is_empty() {
-                break;
-            }
-        }
-        for m in s.dev.spare.drain(..) {
+        s.iface.poll(now, &mut PollDev { dev: &mut s.dev, pool }, &mut s.sockets);
+        for m in s.dev.done.drain(..) {
             pool.free(m);
         }
+        out.append(&mut s.dev.tx);
         let next = s.iface.poll_at(now, &s.sockets);
         if s.poll_at != next {
             if let Some(t) = s.poll_at {
