@@ -100,6 +100,7 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 198.18.0.12:80 backlog=4096;
     location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; } }
   server { listen 198.18.0.12:443 ssl http2 backlog=4096; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
     location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 stream { upstream l4web { server 198.18.0.21:8080; server 198.18.0.22:8080; }
   server { listen 198.18.0.12:5201; proxy_pass 198.18.0.21:5203; }
@@ -358,8 +359,11 @@ out.append("""## Reading the figures
   a time; the kernel proxies move 64 KiB GSO segments through the same path. That
   per-frame cost is what bounds the TCP bulk figure; a DPDK or AF_XDP port on a real
   NIC removes it (not measurable on this machine).
-* HTTPS handshakes run on Switchyard's crypto-engine thread, pinned with the worker
-  to the load balancer's core; wrk on the other core spends more CPU per handshake
+* HTTPS handshakes run on Switchyard's worker thread between its turns (with one
+  core, `[tls] engine = "auto"` runs them inline). wrk resumes each new connection's
+  session: a TLS 1.3 PSK handshake with an X25519 exchange on all three (nginx is told
+  `ssl_protocols TLSv1.2 TLSv1.3`: 1.22's default stops at TLS 1.2, whose resumption
+  has no key exchange at all). wrk on the other core spends more CPU per handshake
   than any of the load balancers, which caps the rate for all three.
 * HTTP/2 reaches Switchyard's proxy by translation: each stream becomes an HTTP/1.1
   request on a virtual connection, so every request is serialized and parsed once
