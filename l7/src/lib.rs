@@ -2436,21 +2436,22 @@ fn replace_front(buf: &mut Vec<u8>, n: usize, with: &[u8]) {
         buf[..with.len()].copy_from_slice(with);
     }
 }
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn replace_front_keeps_what_follows_for_shorter_equal_and_longer_heads() {
         for with in [&b"ab"[..], b"abcd", b"abcdefgh"] {
             let mut buf = b"HEADbody".to_vec();
-            super::replace_front(&mut buf, 4, with);
+            replace_front(&mut buf, 4, with);
             assert_eq!(buf, [with, b"body"].concat());
         }
         let mut buf = b"HEAD".to_vec();
-        super::replace_front(&mut buf, 4, b"");
+        replace_front(&mut buf, 4, b"");
         assert!(buf.is_empty());
     }
-
-    use super::*;
 
     fn accept(v: &str) -> Option<Coding> {
         preferred_coding(&[httparse::Header { name: "Accept-Encoding", value: v.as_bytes() }])

@@ -1174,7 +1174,7 @@ impl Tls {
         if c.closing {
             // Failed before and its alert never left: given up quietly (L7
             // has heard of it once).
-            self.conns.remove(&id);
+            self.forget(id);
             tcp.abort(id);
             return;
         }
@@ -1539,7 +1539,7 @@ impl Tls {
             let handshaking = matches!(c.state, State::Handshake { .. });
             tcp.close(id);
             if handshaking {
-                self.conns.remove(&id);
+                self.forget(id);
             }
         }
     }
@@ -1774,7 +1774,7 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
     }
 
     fn abort(&mut self, conn: ConnId) {
-        self.tls.conns.remove(&conn);
+        self.tls.forget(conn);
         self.tcp.abort(conn);
     }
 
