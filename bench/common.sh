@@ -151,3 +151,5 @@ bench_certificate() {
 
 # CPU seconds (user + system) of process $1 so far.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
+# The part of it spent in the kernel (system time).
+cpu_sys() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", $15 / t }' "/proc/$1/stat"; }

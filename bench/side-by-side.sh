@@ -144,18 +144,20 @@ cdfs="$work/cdf.tsv"
 wrk_run() {
     local scenario=$1 lb=$2 r=$3
     shift 3
-    local c0 c1 out rps total p50 p99 errs cpu_s
+    local c0 c1 k0 k1 out rps total p50 p99 errs cpu_s
     c0=$(cpu "${pid[$lb]}")
+    k0=$(cpu_sys "${pid[$lb]}")
     out=$(n cl taskset -c 0 wrk -t1 -d"${secs}s" --latency -s "$work/cdf.lua" "$@")
     awk -v s="$scenario" -v l="$lb" -v r="$r" '$1 == "CDF" { for (i = 2; i <= NF; i++) { split($i, a, ":"); print s "\t" l "\t" r "\t" a[1] "\t" a[2] } }' <<<"$out" >> "$cdfs"
     c1=$(cpu "${pid[$lb]}")
+    k1=$(cpu_sys "${pid[$lb]}")
     cpu_s=$(echo "$c1 - $c0" | bc)
     rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
     total=$(awk '/requests in/ { print $1 }' <<<"$out")
     p50=$(awk '$1 == "50%" { print $2 }' <<<"$out")
     p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
     errs=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
-    printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$scenario" "$lb" "$r" "$rps" "$total" "$p50" "$p99" "$cpu_s" "${errs:-}" >> "$results"
+    printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$scenario" "$lb" "$r" "$rps" "$total" "$p50" "$p99" "$cpu_s" "${errs:-}" "$(echo "$k1 - $k0" | bc)" >> "$results"
     echo "round $r $scenario $lb: $rps req/s, p50 $p50, p99 $p99, LB CPU $cpu_s s ${errs:-}"
 }
 
@@ -163,17 +165,19 @@ wrk_run() {
 # request time in the p50 column (h2load reports no percentiles).
 h2_run() {
     local scenario=$1 lb=$2 r=$3
-    local c0 c1 out rps total mean errs cpu_s
+    local c0 c1 k0 k1 out rps total mean errs cpu_s
     c0=$(cpu "${pid[$lb]}")
+    k0=$(cpu_sys "${pid[$lb]}")
     out=$(n cl taskset -c 0 h2load -t1 -c10 -m10 -D "$secs" "https://${vip[$lb]}/1k" 2>&1)
     c1=$(cpu "${pid[$lb]}")
+    k1=$(cpu_sys "${pid[$lb]}")
     cpu_s=$(echo "$c1 - $c0" | bc)
     rps=$(awk '/^finished in/ { print $4 }' <<<"$out")
     total=$(awk '/^requests:/ { print $8 }' <<<"$out")
     mean=$(awk '/^time for request:/ { print $6 }' <<<"$out")
     errs=$(awk '/^requests:/ && ($10 != 0 || $12 != 0) { print $10 " failed, " $12 " errored" }' <<<"$out")
     grep -q "Application protocol: h2" <<<"$out" || errs="not HTTP/2 ${errs:-}"
-    printf "%s\t%s\t%s\t%s\t%s\t%s\t\t%s\t%s\n" "$scenario" "$lb" "$r" "$rps" "$total" "$mean" "$cpu_s" "${errs:-}" >> "$results"
+    printf "%s\t%s\t%s\t%s\t%s\t%s\t\t%s\t%s\t%s\n" "$scenario" "$lb" "$r" "$rps" "$total" "$mean" "$cpu_s" "${errs:-}" "$(echo "$k1 - $k0" | bc)" >> "$results"
     echo "round $r $scenario $lb: $rps req/s, mean $mean, LB CPU $cpu_s s ${errs:-}"
 }
 
@@ -198,11 +202,13 @@ for r in $(seq 1 "$rounds"); do
     done
     want tcp-bulk && for lb in "${lbs[@]}"; do
         c0=$(cpu "${pid[$lb]}")
+        k0=$(cpu_sys "${pid[$lb]}")
         j=$(n cl taskset -c 0 iperf3 -c "${vip[$lb]}" -p 5201 -t "$secs" -J)
         c1=$(cpu "${pid[$lb]}")
+        k1=$(cpu_sys "${pid[$lb]}")
         bps=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])' <<<"$j")
         gbps=$(echo "scale=3; $bps / 1000000000" | bc)
-        printf "tcp-bulk\t%s\t%s\t%s\t\t\t\t%s\t\n" "$lb" "$r" "$gbps" "$(echo "$c1 - $c0" | bc)" >> "$results"
+        printf "tcp-bulk\t%s\t%s\t%s\t\t\t\t%s\t\t%s\n" "$lb" "$r" "$gbps" "$(echo "$c1 - $c0" | bc)" "$(echo "$k1 - $k0" | bc)" >> "$results"
         echo "round $r tcp-bulk $lb: $gbps Gbit/s, LB CPU $(echo "$c1 - $c0" | bc) s"
     done
 done
@@ -210,9 +216,9 @@ done
 # Only some scenarios: their rows as one table (rate per LB CPU-second,
 # summed over rounds), and no results page.
 if [ -n "${SBS_ONLY:-}" ]; then
-    echo "side-by-side: scenario, load balancer, rate, LB CPU s, rate per LB CPU-second (over all rounds)"
-    awk -F'\t' '{ k = $1 " " $2; n[k] += $5; c[k] += $8; r[k] += $4; m[k]++ }
-        END { for (k in n) printf "%s\t%.0f\t%.2f\t%.0f\n", k, r[k] / m[k], c[k], (n[k] > 0 ? n[k] : r[k] * m[k]) / (c[k] > 0 ? c[k] : 1) }' "$results" | sort
+    echo "side-by-side: scenario, load balancer, rate, LB CPU s, rate per LB CPU-second, LB kernel share of CPU (over all rounds)"
+    awk -F'\t' '{ k = $1 " " $2; n[k] += $5; c[k] += $8; r[k] += $4; m[k]++; y[k] += $10 }
+        END { for (k in n) printf "%s\t%.0f\t%.2f\t%.0f\t%.0f%%\n", k, r[k] / m[k], c[k], (n[k] > 0 ? n[k] : r[k] * m[k]) / (c[k] > 0 ? c[k] : 1), 100 * y[k] / (c[k] > 0 ? c[k] : 1) }' "$results" | sort
     exit 0
 fi
 
@@ -247,8 +253,8 @@ def mean(xs):
     return statistics.mean(xs) if xs else float("nan")
 def http_table(scenario, title):
     out.append("## %s\n" % title)
-    out.append("| load balancer | requests/s | p50 | p99 | LB CPU s | requests per LB CPU-second | vs best peer |")
-    out.append("|---|---:|---|---|---:|---:|---:|")
+    out.append("| load balancer | requests/s | p50 | p99 | LB CPU s | requests per LB CPU-second | vs best peer | LB CPU µs per request (in the kernel) |")
+    out.append("|---|---:|---|---|---:|---:|---:|---:|")
     eff = {}
     for lb in ("switchyard", "haproxy", "nginx"):
         rs = by.get((scenario, lb), [])
@@ -261,10 +267,14 @@ def http_table(scenario, title):
         rs = by.get((scenario, lb), [])
         if not rs: continue
         errs = "; ".join(r[8] for r in rs if len(r) > 8 and r[8].strip())
-        out.append("| %s | %.0f | %s | %s | %.2f | %.0f | %s |%s" % (
+        total = sum(float(r[4] or 0) for r in rs)
+        kernel = sum(float(r[9] or 0) for r in rs if len(r) > 9)
+        out.append("| %s | %.0f | %s | %s | %.2f | %.0f | %s | %.1f (%.1f) |%s" % (
             lb, mean(r[3] for r in rs), " / ".join(r[5] for r in rs), " / ".join(r[6] for r in rs),
             mean(r[7] for r in rs), eff[lb],
-            "%.2f×" % (eff[lb] / best) if lb == "switchyard" else "", (" errors: " + errs) if errs else ""))
+            "%.2f×" % (eff[lb] / best) if lb == "switchyard" else "",
+            1e6 / eff[lb], 1e6 * kernel / total if total > 0 else float("nan"),
+            (" errors: " + errs) if errs else ""))
     out.append("")
 for c in (10, 100, 1000):
     http_table("http-keepalive-c%d" % c, "HTTP/1.1 keep-alive, %d connections (wrk, 1 KiB bodies)" % c)
@@ -375,7 +385,7 @@ out.append("Not measured here: 100,000 concurrent connections (the file-descript
            "port budget of one client namespace on this machine; bench/L7-CONCURRENCY.md "
            "measures it in the simulation). Other port kinds: `SBS_NIC`, and "
            "bench/NICS.md.\n")
-out.append("Raw rows (scenario, LB, round, rate, requests, p50, p99, LB CPU s, errors):\n")
+out.append("Raw rows (scenario, LB, round, rate, requests, p50, p99, LB CPU s, errors, LB system CPU s):\n")
 out.append("```")
 out.extend("\t".join(r) for r in rows)
 out.append("```")
