@@ -377,10 +377,32 @@ out.append("""## Reading the figures
   than any of the load balancers, which caps the rate for all three.
 * HTTP/2 reaches Switchyard's proxy by translation: each stream becomes an HTTP/1.1
   request on a virtual connection, so every request is serialized and parsed once
-  more than in HAProxy's native HTTP/2 path; that is the gap in the h2 row.
+  more than in HAProxy's native HTTP/2 path. In a `perf` profile of the h2 row the
+  `h2` crate's frame and stream handling is about a fifth of Switchyard's CPU and
+  the second parse a few per cent.
 * At 1,000 connections wrk's single client core is the bottleneck for all three;
   the per-CPU-second figure still compares the load balancers' own cost.
 """)
+# What the kernel's part of the CPU means for a ratio to HAProxy.
+def per_req(scenario, lb):
+    rs = by.get((scenario, lb), [])
+    total = sum(float(r[4] or 0) for r in rs)
+    cpu = sum(float(r[7]) for r in rs)
+    kernel = sum(float(r[9] or 0) for r in rs if len(r) > 9)
+    return (1e6 * cpu / total, 1e6 * kernel / total) if total > 0 else None
+sy, ha = per_req("http-keepalive-c100", "switchyard"), per_req("http-keepalive-c100", "haproxy")
+if sy and ha:
+    out.append("* The last column of each table splits the CPU per request. On veth the receiving "
+               "peer's kernel work (the bridge and its netfilter hooks, then wrk's or nginx's TCP "
+               "receive) runs inside the sender's `sendto` and is charged to the sender: a `perf` "
+               "profile of Switchyard under keep-alive load puts about half of its CPU there. Any "
+               "load balancer that delivers the same frames pays it. At 100 keep-alive connections "
+               "Switchyard spent %.1f µs per request, %.1f µs of it in the kernel; HAProxy %.1f µs, "
+               "%.1f µs in the kernel. Twice HAProxy's requests per LB CPU-second would mean "
+               "%.1f µs per request in all, %s.\n"
+               % (sy[0], sy[1], ha[0], ha[1], ha[0] / 2,
+                  "less than Switchyard's kernel part alone" if sy[1] >= ha[0] / 2 else
+                  "%.1f µs of user time at most" % (ha[0] / 2 - sy[1])))
 out.append("Not measured here: 100,000 concurrent connections (the file-descriptor and "
            "port budget of one client namespace on this machine; bench/L7-CONCURRENCY.md "
            "measures it in the simulation). Other port kinds: `SBS_NIC`, and "
