@@ -492,19 +492,40 @@ pub const MAX_HEADERS: usize = 128;
 
 /// Bytes buffered per direction per connection before the proxy stops reading.
 const BUF_CAP: usize = 64 * 1024;
-/// Closed sessions' buffers kept for new ones: at most this many of each
-/// kind, each at most `SPARE_BUF_MAX` bytes.
+/// Buffers kept for reuse: at most this many, each at most `SPARE_BUF_MAX`
+/// bytes. A connection's buffer is one of these only while it holds bytes
+/// (see [`lend`] and [`settle`]).
 const SPARE_BUFS: usize = 128;
 pub(crate) const SPARE_BUF_MAX: usize = 16 * 1024;
 
-/// Keeps `b`, emptied, among `spares` for reuse, if it holds at most
-/// `SPARE_BUF_MAX` and fewer than `most` are kept.
+/// Keeps `b`, emptied, among `spares` for reuse, if it has memory, at most
+/// `SPARE_BUF_MAX`, and fewer than `most` are kept.
 pub(crate) fn keep_buf(spares: &mut Vec<Vec<u8>>, mut b: Vec<u8>, most: usize) {
-    if spares.len() < most && b.capacity() <= SPARE_BUF_MAX {
+    if spares.len() < most && (1..=SPARE_BUF_MAX).contains(&b.capacity()) {
         b.clear();
         spares.push(b);
     }
 }
+/// Gives an empty buffer with no memory one of the spares, before bytes are
+/// written to it. The spares were used last (they are a stack), so the bytes
+/// land in memory likely in the cache, not in the cold buffer of a connection
+/// that was idle since its last request.
+fn lend(spares: &mut Vec<Vec<u8>>, b: &mut Vec<u8>) {
+    if b.capacity() == 0
+        && let Some(spare) = spares.pop()
+    {
+        *b = spare;
+    }
+}
+
+/// Hands the memory of an emptied buffer back to the spares (or frees it):
+/// a connection between requests holds no buffer of the proxy's.
+fn settle(spares: &mut Vec<Vec<u8>>, b: &mut Vec<u8>) {
+    if b.is_empty() && b.capacity() > 0 {
+        keep_buf(spares, std::mem::take(b), SPARE_BUFS);
+    }
+}
+
 /// Retry copies kept for new requests, up to this many (each at most
 /// `SPARE_BUF_MAX`).
 const SPARE_RETRIES: usize = 1024;
@@ -1052,6 +1073,17 @@ impl L7 {
         self.by_id.get(&id).map(|&i| &self.listeners[i].stats)
     }
 
+    /// Bytes of memory the buffers of open client and upstream connections
+    /// hold now (not counting the spares kept for reuse); a scan of every
+    /// connection. Between requests a connection holds none.
+    pub fn held_buffer_bytes(&self) -> usize {
+        let sessions =
+            self.sessions.iter().flatten().map(|x| x.inbuf.capacity() + x.out.capacity());
+        let upstreams =
+            self.upstreams.iter().flatten().map(|u| u.inbuf.capacity() + u.out.capacity());
+        sessions.chain(upstreams).sum()
+    }
+
     /// Most bytes the proxy's buffers held at once for one client connection
     /// and its upstream connection together (the TCP stack's socket buffers
     /// come on top). Bodies stream through; this stays bounded however large
@@ -1093,8 +1125,8 @@ impl L7 {
                     listener: li,
                     peer_ip: Some(peer.ip()),
                     phase: Phase::Head,
-                    inbuf: self.spare_bufs.pop().unwrap_or_default(),
-                    out: self.spare_bufs.pop().unwrap_or_default(),
+                    inbuf: Vec::new(),
+                    out: Vec::new(),
                     upstream: None,
                     keep_alive: true,
                     head_request: false,
@@ -1140,11 +1172,18 @@ impl L7 {
                         up.connected = true;
                     }
                     self.flush_up(u, now, tcp);
+                    self.settle_upstream(u);
                 }
             }
             TcpEvent::Readable { conn } => match self.owners.get(&conn).copied() {
-                Some(Owner::Client(s)) => self.read_client(s, now, tcp),
-                Some(Owner::Upstream(u)) => self.read_upstream(u, now, tcp),
+                Some(Owner::Client(s)) => {
+                    self.read_client(s, now, tcp);
+                    self.settle_session(s);
+                }
+                Some(Owner::Upstream(u)) => {
+                    self.read_upstream(u, now, tcp);
+                    self.settle_upstream(u);
+                }
                 None => {}
             },
             TcpEvent::Writable { conn } => match self.owners.get(&conn).copied() {
@@ -1153,6 +1192,7 @@ impl L7 {
                     if let Some(u) = self.sess(s).and_then(|x| x.upstream) {
                         self.pump_down(u, now, tcp);
                     }
+                    self.settle_session(s);
                 }
                 Some(Owner::Upstream(u)) => {
                     self.flush_up(u, now, tcp);
@@ -1162,6 +1202,7 @@ impl L7 {
                     if let Some(s) = self.up(u).and_then(|x| x.session) {
                         self.read_client(s, now, tcp);
                     }
+                    self.settle_upstream(u);
                 }
                 None => {}
             },
@@ -1208,6 +1249,29 @@ impl L7 {
         }
     }
 
+    /// Gives back the memory of session `s`'s emptied buffers and of its
+    /// upstream's, at the end of an event.
+    fn settle_session(&mut self, s: u32) {
+        let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
+        settle(&mut self.spare_bufs, &mut x.inbuf);
+        settle(&mut self.spare_bufs, &mut x.out);
+        if let Some(up) = x.upstream.and_then(|u| self.upstreams.get_mut(u as usize)?.as_mut()) {
+            settle(&mut self.spare_bufs, &mut up.inbuf);
+            settle(&mut self.spare_bufs, &mut up.out);
+        }
+    }
+
+    /// The same for upstream `u` and its session, if it serves one.
+    fn settle_upstream(&mut self, u: u32) {
+        let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) else { return };
+        settle(&mut self.spare_bufs, &mut up.inbuf);
+        settle(&mut self.spare_bufs, &mut up.out);
+        if let Some(x) = up.session.and_then(|s| self.sessions.get_mut(s as usize)?.as_mut()) {
+            settle(&mut self.spare_bufs, &mut x.inbuf);
+            settle(&mut self.spare_bufs, &mut x.out);
+        }
+    }
+
     /// The counters of the route of session `s`'s request, if it has one.
     fn route_of(&mut self, s: u32) -> Option<&mut RouteStats> {
         let x = self.sessions.get(s as usize).and_then(Option::as_ref)?;
@@ -1234,6 +1298,7 @@ impl L7 {
             match tcp.recv(conn, &mut scratch[..room]) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    lend(&mut self.spare_bufs, &mut x.inbuf);
                     x.inbuf.extend_from_slice(&scratch[..n]);
                     x.last_active = now;
                     got += n;
@@ -1553,8 +1618,9 @@ impl L7 {
                     self.pools[pool].active[b] += 1;
                 }
                 let raw = self.sess(s).is_some_and(|x| x.raw);
-                if let Some(up) = self.up(u) {
+                if let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) {
                     up.session = Some(s);
+                    lend(&mut self.spare_bufs, &mut up.out);
                     up.out.extend_from_slice(head);
                     up.head_request = head_request;
                     // A tunnel's "response" is every byte until the close.
@@ -1803,6 +1869,9 @@ impl L7 {
                     Framing::UntilClose => avail,
                     Framing::None => 0,
                 };
+                if take > 0 {
+                    lend(&mut self.spare_bufs, &mut up.out);
+                }
                 up.out.extend_from_slice(&x.inbuf[..take]);
                 x.inbuf.drain(..take);
                 moved = take;
@@ -1850,7 +1919,10 @@ impl L7 {
             let room = (BUF_CAP - up.inbuf.len()).min(scratch.len());
             match tcp.recv(up.conn, &mut scratch[..room]) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => up.inbuf.extend_from_slice(&scratch[..n]),
+                Ok(n) => {
+                    lend(&mut self.spare_bufs, &mut up.inbuf);
+                    up.inbuf.extend_from_slice(&scratch[..n]);
+                }
             }
         }
         self.scratch = scratch;

@@ -159,6 +159,30 @@ fn keep_alive_reuses_one_upstream_connection() {
 }
 
 #[test]
+fn idle_keep_alive_connections_hold_no_proxy_buffers() {
+    let mut h = H::new();
+    let c = h.client();
+    h.write(c, b"GET /one/a HTTP/1.1\r\nHost: vip\r\n\r\n");
+    // The request waits in a buffer until the upstream connection is up.
+    assert!(h.l7.held_buffer_bytes() > 0);
+    let u = h.accept_upstreams()[0];
+    assert!(header_block(&h.take(u)).starts_with("GET /one/a "));
+    assert_eq!(h.l7.held_buffer_bytes(), 0);
+    h.write(u, &response(&[b'x'; 3000], ""));
+    assert!(h.take(c).ends_with(&[b'x'; 3000]));
+    // Both connections stay open (the upstream idle in its pool) and hold
+    // nothing of the proxy's; the next request reuses a spare buffer.
+    assert_eq!(h.l7.held_buffer_bytes(), 0);
+    assert!(!h.tcp.c(c).closed && !h.tcp.c(u).closed);
+    h.write(c, b"GET /one/b HTTP/1.1\r\nHost: vip\r\n\r\n");
+    assert!(h.accept_upstreams().is_empty());
+    assert!(header_block(&h.take(u)).starts_with("GET /one/b "));
+    h.write(u, &response(b"again", ""));
+    assert!(h.take(c).ends_with(b"again"));
+    assert_eq!(h.l7.held_buffer_bytes(), 0);
+}
+
+#[test]
 fn round_robin_alternates_backends() {
     let mut h = H::new();
     let mut seen = Vec::new();
