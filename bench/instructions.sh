@@ -10,7 +10,9 @@
 #   bash bench/instructions.sh l7 [http|h2c] [CONNS] per proxied request: the load balancer's turns
 #                                                    (Dataplane::poll) in l7-sim-bench at CONNS
 #                                                    connections (default http, 10; 20,000 requests,
-#                                                    MIN_REQUESTS to change), ramp included
+#                                                    MIN_REQUESTS to change), ramp included;
+#                                                    CACHE=1 adds a cache simulation (48 KiB D1,
+#                                                    4 MiB last level) and prints misses per request
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
@@ -38,13 +40,22 @@ if [ "${1:-}" = l7 ]; then
   proto=${2:-http}
   conns=${3:-10}
   cargo build --release -q --bin l7-sim-bench
-  PROTOCOL=$proto MIN_REQUESTS=${MIN_REQUESTS:-20000} valgrind --tool=callgrind \
+  cache=()
+  [ "${CACHE:-0}" = 1 ] && cache=(--cache-sim=yes --D1=49152,12,64 --I1=32768,8,64 --LL=4194304,16,64)
+  PROTOCOL=$proto MIN_REQUESTS=${MIN_REQUESTS:-20000} valgrind --tool=callgrind "${cache[@]}" \
     --callgrind-out-file="$out/cg" --toggle-collect='switchyard::worker::Dataplane::poll*' \
     target/release/l7-sim-bench "$conns" 2>/dev/null | tee "$out/stdout"
   req=$(awk -v n="$conns" '$1 == n { print $2 }' "$out/stdout")
-  ins=$(callgrind_annotate "$out/cg" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  callgrind_annotate "$out/cg" 2>/dev/null > "$out/annotate"
+  ins=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' "$out/annotate")
   awk -v p="$proto" -v n="$conns" -v i="$ins" -v r="$req" \
     'BEGIN { printf "instructions l7 %s at %d connections: %.0f / %d requests = %.0f per request\n", p, n, i, r, i / r }'
+  if [ ${#cache[@]} -gt 0 ]; then
+    # Columns: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
+    awk -v r="$req" '/PROGRAM TOTALS/ { gsub(/\([^)]*\)/, ""); gsub(",", ""); $0 = $0;
+      printf "per request: D1 misses %.1f (read %.1f, write %.1f), last-level misses %.1f (read %.1f, write %.1f)\n",
+        ($5 + $6) / r, $5 / r, $6 / r, ($8 + $9) / r, $8 / r, $9 / r }' "$out/annotate"
+  fi
   exit 0
 fi
 
