@@ -956,7 +956,7 @@ const SERVER_SESSIONS: usize = 8192;
 
 /// TLS termination for the listeners that have certificates.
 pub struct Tls {
-    listeners: HashMap<ListenerId, Arc<rustls::ServerConfig>>,
+    listeners: HashMap<ListenerId, ListenerTls>,
     /// Backends reached over TLS: the client configuration and the name
     /// sent (SNI) and verified.
     upstreams: HashMap<std::net::SocketAddr, (Arc<rustls::ClientConfig>, ServerName<'static>)>,
@@ -984,6 +984,16 @@ pub struct Tls {
     sealing: Vec<ConnId>,
 }
 
+/// A listener's server configurations.
+struct ListenerTls {
+    cfg: Arc<rustls::ServerConfig>,
+    /// The same, sending at most one TLS 1.3 ticket, for clients that offer
+    /// one back (as OpenSSL does: a client that resumes has its tickets
+    /// replaced one for one; a new client gets two, for two connections at
+    /// once).
+    resuming: Arc<rustls::ServerConfig>,
+}
+
 fn tag(c: ConnId) -> u64 {
     (u64::from(c.slot) << 32) | u64::from(c.generation)
 }
@@ -1003,7 +1013,9 @@ impl Tls {
         let own = |cfg: Arc<rustls::ServerConfig>| {
             let mut c = (*cfg).clone();
             c.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_SESSIONS);
-            Arc::new(c)
+            let mut resuming = c.clone();
+            resuming.send_tls13_tickets = c.send_tls13_tickets.min(1);
+            ListenerTls { cfg: Arc::new(c), resuming: Arc::new(resuming) }
         };
         Tls {
             listeners: listeners.into_iter().map(|(l, c)| (l, own(c))).collect(),
@@ -1061,7 +1073,9 @@ impl Tls {
     pub fn on_event<T: TcpApi>(&mut self, ev: TcpEvent, tcp: &mut T) -> Option<TcpEvent> {
         match ev {
             TcpEvent::Accepted { conn, listener, peer, local } => {
-                let Some(cfg) = self.listeners.get(&listener).cloned() else { return Some(ev) };
+                let Some(cfg) = self.listeners.get(&listener).map(|l| l.cfg.clone()) else {
+                    return Some(ev);
+                };
                 let Ok(hs) = ServerHs::new(cfg) else {
                     tcp.abort(conn);
                     self.stats.failed += 1;
@@ -1229,6 +1243,12 @@ impl Tls {
         let State::Handshake { conn, input } = &mut c.state else { return };
         if input.is_empty() && !matches!(conn, Some(Pending::Start(..))) {
             return;
+        }
+        // A client resuming gets one ticket in place of the one it used.
+        if let Some(Pending::Server(hs)) = conn
+            && let Some(l) = self.listeners.get(&c.listener)
+        {
+            hs.prefer_when_resuming(input, &l.resuming);
         }
         if let Some(sc) = conn.take() {
             let job =

@@ -558,18 +558,77 @@ fn sni_picks_the_certificate_and_alpn_offers_h2_first() {
     assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
 }
 
+/// A client's session store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
 #[test]
-fn the_second_connection_resumes() {
+fn the_second_connection_resumes_and_gets_one_ticket_for_the_one_it_used() {
     let pki = Pki::new("resume");
     let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
     let mut t = T::new(&[&server], TlsOptions::default());
-    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
+    let store = Arc::new(CountingStore {
+        inner: rustls::client::ClientSessionMemoryCache::new(8),
+        tickets: Default::default(),
+    });
+    let mut cfg = (*client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"])).clone();
+    cfg.resumption = rustls::client::Resumption::store(store.clone());
+    let cfg = Arc::new(cfg);
+    let tickets = || store.tickets.load(std::sync::atomic::Ordering::Relaxed);
     let (_, first, _) = t.connect(&cfg, "switchyard.test");
     assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
-    let (_, second, err) = t.connect(&cfg, "switchyard.test");
-    assert!(err.is_none(), "{err:?}");
-    assert_eq!(second.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
-    assert_eq!(t.tls.stats().resumed, 1);
+    // Two tickets after a full handshake, so two connections can resume at once.
+    assert_eq!(tickets(), 2);
+    for n in 1..=2 {
+        let (_, again, err) = t.connect(&cfg, "switchyard.test");
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(again.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        assert_eq!(t.tls.stats().resumed, n);
+        // One after each resumption: the client still holds two.
+        assert_eq!(tickets(), 2 + n as usize);
+    }
 }
 
 #[test]
