@@ -725,7 +725,8 @@ impl H2Front {
                 Poll::Ready(Some(Ok(data))) => {
                     let _ = recv.flow_control().release_capacity(data.len());
                     if st.req_chunked && !data.is_empty() {
-                        st.req.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        use std::io::Write as _;
+                        let _ = write!(st.req, "{:x}\r\n", data.len());
                         st.req.extend_from_slice(&data);
                         st.req.extend_from_slice(b"\r\n");
                     } else {
@@ -823,7 +824,7 @@ impl H2Front {
                 }
                 End::Trailers(t) => {
                     if let Some(s) = t.get("grpc-status").and_then(|v| v.to_str().ok()) {
-                        *self.stats.grpc_status.entry(s.to_string()).or_default() += 1;
+                        count_grpc_status(&mut self.stats.grpc_status, s);
                     }
                     let _ = send.send_trailers(t);
                     progress = true;
@@ -980,8 +981,10 @@ impl H2Front {
                     if let Some(h) =
                         r.headers.iter().find(|h| h.name.eq_ignore_ascii_case("grpc-status"))
                     {
-                        let s = String::from_utf8_lossy(h.value).trim().to_string();
-                        *self.stats.grpc_status.entry(s).or_default() += 1;
+                        count_grpc_status(
+                            &mut self.stats.grpc_status,
+                            String::from_utf8_lossy(h.value).trim(),
+                        );
                     }
                     let rest = &src[n..];
                     let status = http::StatusCode::from_u16(status);
@@ -1301,5 +1304,16 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
         }
         let st = self.front.streams.get(&conn)?;
         self.front.conns.get(&st.conn).map(|c| c.peer)
+    }
+}
+
+/// Counts a gRPC status; a key is made only for a status not seen before
+/// (not one string per response).
+fn count_grpc_status(counts: &mut std::collections::BTreeMap<String, u64>, s: &str) {
+    match counts.get_mut(s) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(s.to_string(), 1);
+        }
     }
 }
