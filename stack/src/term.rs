@@ -806,10 +806,12 @@ impl TcpTerminator {
         // it too): the old socket is let go at once and the SYN goes to the
         // listener. Clients reuse ports this way when the server closes
         // first, as after `Connection: close`. Only for our listeners: a
-        // connection we opened keeps its TIME-WAIT (RFC 1337). (Aborting the
-        // old socket sends a reset for the old connection; its
-        // acknowledgment number cannot be acceptable to the client's new
-        // SYN-SENT connection, which ignores it.)
+        // connection we opened keeps its TIME-WAIT (RFC 1337). The old
+        // socket goes without a word: it is cleared before it is freed, as
+        // Linux drops a TIME-WAIT socket for such a SYN. (Freed as it was, it
+        // sent a reset that the client's new connection ignores, its
+        // acknowledgment number being the old one's: a frame for nothing,
+        // whenever the new connection's socket was not the old one reused.)
         if let Some(i) = known
             && flags & (SYN | ACK | RST) == SYN
             && listener.is_some()
@@ -818,9 +820,14 @@ impl TcpTerminator {
                 (self.slots[i as usize].peer_fin_end, seq_span(pkt.data()))
             && (seq.wrapping_sub(fin_end) as i32) > 0
         {
-            // The old shard is polled in this turn, before the new SYN's
-            // shard, so the reset goes out first.
-            let old = self.slots[i as usize].shard;
+            let (old, h) = (self.slots[i as usize].shard, self.slots[i as usize].handle);
+            let sock = self.shards[old as usize].sockets.get_mut::<tcp::Socket>(h);
+            if sock.state() == State::TimeWait {
+                // `listen` clears a closed socket's connection (TIME-WAIT
+                // counts as closed), so the abort in `free_slot` finds no
+                // peer to reset.
+                let _ = sock.listen(dst.port());
+            }
             self.free_slot(i);
             self.mark_dirty(old);
             self.stats.time_wait_reopened += 1;
