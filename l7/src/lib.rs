@@ -2250,6 +2250,13 @@ impl L7 {
         self.pools[pool].stats.backends[b].responses += 1;
         self.pools[pool].active[b] = self.pools[pool].active[b].saturating_sub(1);
         if reusable && self.pools[pool].idle[b].len() < max_idle {
+            // Idle in the pool with no buffer of the proxy's (its session,
+            // which settles the pair at the end of the event, is no longer
+            // its own).
+            if let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) {
+                settle(&mut self.spare_bufs, &mut up.inbuf);
+                settle(&mut self.spare_bufs, &mut up.out);
+            }
             self.pools[pool].idle[b].push(u);
         } else {
             tcp.close(upconn);

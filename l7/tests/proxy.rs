@@ -180,6 +180,21 @@ fn idle_keep_alive_connections_hold_no_proxy_buffers() {
     h.write(u, &response(b"again", ""));
     assert!(h.take(c).ends_with(b"again"));
     assert_eq!(h.l7.held_buffer_bytes(), 0);
+    // A response larger than the client's window ends in a Writable event
+    // of the client's: the upstream goes back to the pool holding nothing.
+    h.tcp.c(c).window = 4096;
+    h.write(c, b"GET /one/c HTTP/1.1\r\nHost: vip\r\n\r\n");
+    assert!(header_block(&h.take(u)).starts_with("GET /one/c "));
+    let big = response(&[b'y'; 6000], "");
+    h.write(u, &big);
+    let mut got = h.take(c);
+    assert!(got.len() < big.len(), "the window holds part of it back");
+    for _ in 0..10 {
+        h.ev(TcpEvent::Writable { conn: c });
+        got.extend_from_slice(&h.take(c));
+    }
+    assert!(got.ends_with(&[b'y'; 6000]));
+    assert_eq!(h.l7.held_buffer_bytes(), 0);
 }
 
 #[test]
