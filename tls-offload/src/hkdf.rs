@@ -11,6 +11,11 @@
 //! states computed when it is made, each expand is then one HMAC of the label
 //! from copies of those states. The outputs are HKDF's (RFC 5869) either way;
 //! `hkdf_matches_rfc5869` below checks the RFC's test vectors against both.
+//!
+//! rustls counts [`HkdfUsingHmac`] as not FIPS-approved, so a configuration
+//! with these suites reports `fips() == false`. That changes nothing here
+//! (aws-lc-rs is not built in its FIPS mode); a FIPS build would keep the
+//! provider's own suites.
 
 use std::sync::LazyLock;
 
