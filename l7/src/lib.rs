@@ -1267,27 +1267,30 @@ impl L7 {
         }
     }
 
-    /// Gives back the memory of session `s`'s emptied buffers and of its
-    /// upstream's, at the end of an event.
-    fn settle_session(&mut self, s: u32) {
-        let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
-        settle(&mut self.spare_bufs, &mut x.inbuf);
-        settle(&mut self.spare_bufs, &mut x.out);
-        if let Some(up) = x.upstream.and_then(|u| self.upstreams.get_mut(u as usize)?.as_mut()) {
+    /// Gives back the memory of the emptied buffers of session `s` and
+    /// upstream `u` (either may be absent).
+    fn settle_bufs(&mut self, s: Option<u32>, u: Option<u32>) {
+        if let Some(x) = s.and_then(|s| self.sessions.get_mut(s as usize)?.as_mut()) {
+            settle(&mut self.spare_bufs, &mut x.inbuf);
+            settle(&mut self.spare_bufs, &mut x.out);
+        }
+        if let Some(up) = u.and_then(|u| self.upstreams.get_mut(u as usize)?.as_mut()) {
             settle(&mut self.spare_bufs, &mut up.inbuf);
             settle(&mut self.spare_bufs, &mut up.out);
         }
     }
 
+    /// [`L7::settle_bufs`] for session `s` and its upstream, at the end of
+    /// an event.
+    fn settle_session(&mut self, s: u32) {
+        let u = self.sess(s).and_then(|x| x.upstream);
+        self.settle_bufs(Some(s), u);
+    }
+
     /// The same for upstream `u` and its session, if it serves one.
     fn settle_upstream(&mut self, u: u32) {
-        let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) else { return };
-        settle(&mut self.spare_bufs, &mut up.inbuf);
-        settle(&mut self.spare_bufs, &mut up.out);
-        if let Some(x) = up.session.and_then(|s| self.sessions.get_mut(s as usize)?.as_mut()) {
-            settle(&mut self.spare_bufs, &mut x.inbuf);
-            settle(&mut self.spare_bufs, &mut x.out);
-        }
+        let s = self.up(u).and_then(|x| x.session);
+        self.settle_bufs(s, Some(u));
     }
 
     /// The counters of the route of session `s`'s request, if it has one.
@@ -2253,10 +2256,7 @@ impl L7 {
             // Idle in the pool with no buffer of the proxy's (its session,
             // which settles the pair at the end of the event, is no longer
             // its own).
-            if let Some(up) = self.upstreams.get_mut(u as usize).and_then(Option::as_mut) {
-                settle(&mut self.spare_bufs, &mut up.inbuf);
-                settle(&mut self.spare_bufs, &mut up.out);
-            }
+            self.settle_bufs(None, Some(u));
             self.pools[pool].idle[b].push(u);
         } else {
             tcp.close(upconn);
