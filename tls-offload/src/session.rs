@@ -32,8 +32,10 @@ pub(crate) struct ServerHs {
     given: usize,
     /// Where the record rustls is reading ends in `rest`.
     record_end: usize,
-    /// Whether rustls has been shown anything.
-    started: bool,
+    /// Whether the configuration is settled: rustls has been shown bytes,
+    /// or the resuming configuration was taken (so a step the engine
+    /// refused, submitted again, does not build the connection again).
+    config_final: bool,
 }
 
 impl ServerHs {
@@ -46,12 +48,12 @@ impl ServerHs {
             rest: Vec::new(),
             given: 0,
             record_end: 0,
-            started: false,
+            config_final: false,
         })
     }
 
     /// Starts over with `cfg` if rustls has seen nothing of the client yet
-    /// and `input` begins with a ClientHello that offers a pre-shared key
+    /// (and this was not done already) and `input` begins with a ClientHello that offers a pre-shared key
     /// ([`offers_psk`]). `cfg` differs from the first configuration only
     /// in what rustls does not check (the number of tickets), so it is
     /// taken.
@@ -60,11 +62,12 @@ impl ServerHs {
         input: &[u8],
         cfg: &std::sync::Arc<rustls::ServerConfig>,
     ) {
-        if !self.started
+        if !self.config_final
             && offers_psk(input)
             && let Ok(conn) = UnbufferedServerConnection::new(cfg.clone())
         {
             self.conn = conn;
+            self.config_final = true;
         }
     }
 
@@ -163,7 +166,7 @@ pub(crate) enum ServerStep {
 /// Runs the handshake on what the client sent (`input` behind what was left
 /// from before) as far as it goes; the records to send go to `out`.
 pub(crate) fn server_step(mut hs: ServerHs, input: &[u8], out: &mut Vec<u8>) -> ServerStep {
-    hs.started = true;
+    hs.config_final = true;
     hs.rest.extend_from_slice(input);
     // Application data rustls opened itself: none, as it is shown no
     // record past the client's Finished, but kept for the record layer
