@@ -653,7 +653,16 @@ impl TcpTerminator {
 
     fn release_socket(&mut self, shard: u32, h: SocketHandle) {
         let s = &mut self.shards[shard as usize];
-        s.sockets.get_mut::<tcp::Socket>(h).abort();
+        let sock = s.sockets.get_mut::<tcp::Socket>(h);
+        if sock.state() == State::TimeWait {
+            // The connection is over: it goes without a reset, as Linux lets
+            // a TIME-WAIT socket go. `listen` clears a closed socket's
+            // connection (TIME-WAIT counts as closed), so the abort finds no
+            // peer to reset; the port only has to be non-zero.
+            let port = sock.local_endpoint().map_or(1, |e| e.port);
+            let _ = sock.listen(port);
+        }
+        sock.abort();
         s.used = s.used.saturating_sub(1);
         s.free.push(h);
         if !s.roomy {
@@ -807,11 +816,8 @@ impl TcpTerminator {
         // listener. Clients reuse ports this way when the server closes
         // first, as after `Connection: close`. Only for our listeners: a
         // connection we opened keeps its TIME-WAIT (RFC 1337). The old
-        // socket goes without a word: it is cleared before it is freed, as
-        // Linux drops a TIME-WAIT socket for such a SYN. (Freed as it was, it
-        // sent a reset that the client's new connection ignores, its
-        // acknowledgment number being the old one's: a frame for nothing,
-        // whenever the new connection's socket was not the old one reused.)
+        // socket goes without a reset (`release_socket`), as Linux drops a
+        // TIME-WAIT socket for such a SYN.
         if let Some(i) = known
             && flags & (SYN | ACK | RST) == SYN
             && listener.is_some()
@@ -820,14 +826,7 @@ impl TcpTerminator {
                 (self.slots[i as usize].peer_fin_end, seq_span(pkt.data()))
             && (seq.wrapping_sub(fin_end) as i32) > 0
         {
-            let (old, h) = (self.slots[i as usize].shard, self.slots[i as usize].handle);
-            let sock = self.shards[old as usize].sockets.get_mut::<tcp::Socket>(h);
-            if sock.state() == State::TimeWait {
-                // `listen` clears a closed socket's connection (TIME-WAIT
-                // counts as closed), so the abort in `free_slot` finds no
-                // peer to reset.
-                let _ = sock.listen(dst.port());
-            }
+            let old = self.slots[i as usize].shard;
             self.free_slot(i);
             self.mark_dirty(old);
             self.stats.time_wait_reopened += 1;
