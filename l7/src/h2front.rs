@@ -811,8 +811,14 @@ impl H2Front {
                 break;
             }
             let n = cap.min(st.pending.len());
+            // The body's last bytes carry the end of the stream: no empty
+            // DATA frame of its own behind them.
+            let last = n == st.pending.len() && matches!(st.end, End::Eos);
             let chunk = st.pending.split_to(n).freeze();
-            let _ = send.send_data(chunk, false);
+            let _ = send.send_data(chunk, last);
+            if last {
+                st.end = End::None;
+            }
             progress = true;
         }
         if st.pending.is_empty() {

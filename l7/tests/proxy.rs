@@ -1194,6 +1194,8 @@ mod h2_client {
         pipe: Rc<RefCell<Bufs>>,
         pub client: h2::client::SendRequest<Bytes>,
         connection: h2::client::Connection<Pipe, Bytes>,
+        /// Every byte the front sent the client, for [`H2::frames`].
+        pub from_front: Vec<u8>,
     }
 
     /// A backend's HTTP/2 server side.
@@ -1233,7 +1235,7 @@ mod h2_client {
                 Poll::Ready(Ok(x)) => x,
                 _ => panic!("client handshake is immediate"),
             };
-            let mut s = H2 { h, front, conn, pipe, client, connection };
+            let mut s = H2 { h, front, conn, pipe, client, connection, from_front: Vec::new() };
             s.run();
             s
         }
@@ -1247,6 +1249,7 @@ mod h2_client {
                 let sent = std::mem::take(&mut self.h.tcp.c(self.conn).sent);
                 let moved = !out.is_empty() || !sent.is_empty() || self.front.has_events();
                 self.pipe.borrow_mut().rx.extend_from_slice(&sent);
+                self.from_front.extend_from_slice(&sent);
                 if !out.is_empty() {
                     self.h.tcp.c(self.conn).to_l7.extend(out.iter().copied());
                     self.event(TcpEvent::Readable { conn: self.conn });
@@ -1258,6 +1261,20 @@ mod h2_client {
                 }
             }
             panic!("no quiescence");
+        }
+
+        /// The frames the front sent the client so far, as (type, flags,
+        /// stream, payload length).
+        pub fn frames(&self) -> Vec<(u8, u8, u32, usize)> {
+            let mut out = Vec::new();
+            let mut b = &self.from_front[..];
+            while b.len() >= 9 {
+                let len = usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]);
+                let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
+                out.push((b[3], b[4], stream, len));
+                b = &b[(9 + len).min(b.len())..];
+            }
+            out
         }
 
         /// An event of the fake TCP, through the front to the proxy.
@@ -1358,6 +1375,28 @@ mod h2_client {
             }
         }
     }
+}
+
+/// An HTTP/1.1 response with a length ends its HTTP/2 stream on its last
+/// DATA frame, not on an empty one behind it (one frame less per response).
+#[test]
+fn an_http2_response_ends_on_its_last_data_frame() {
+    let mut t = h2_client::H2::new();
+    let req = http::Request::builder().uri("http://v/api/x").body(()).unwrap();
+    let (resp, _) = t.client.send_request(req, true).unwrap();
+    t.run();
+    let ups = t.h.accept_upstreams();
+    assert_eq!(ups.len(), 1);
+    t.run();
+    t.upstream_writes(ups[0], b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+    let mut resp = Box::pin(resp);
+    let resp = t.poll(&mut resp).expect("response").expect("ok");
+    let (got, _) = t.read_body(&mut resp.into_body());
+    assert_eq!(got, b"hello");
+    const DATA: u8 = 0;
+    const END_STREAM: u8 = 1;
+    let data: Vec<_> = t.frames().into_iter().filter(|f| f.0 == DATA && f.2 == 1).collect();
+    assert_eq!(data, [(DATA, END_STREAM, 1, 5)]);
 }
 
 /// HTTP/2 to HTTP/1.1: a request body and trailers become a chunked request;
