@@ -14,13 +14,13 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, RecvStream, SendStream};
 use switchyard_stack::Instant;
 use switchyard_stack::tcp::{ConnId, TcpApi, TcpError, TcpEvent};
 
-use crate::h2front::{Chunk, End, H2Front, Pipe, PipeBufs, decode_chunks, trailers};
+use crate::h2front::{Chunk, End, H2Front, Pipe, PipeBufs, decode_chunks, send_body, trailers};
 
 /// The client side of a backend's HTTP/2 connection.
 pub(crate) type Handshaking = Pin<
@@ -69,7 +69,7 @@ pub(crate) struct UStream {
     pub(crate) req: Req,
     pub(crate) head_request: bool,
     /// Request body bytes waiting for stream window, then what follows.
-    pub(crate) pending: Vec<u8>,
+    pub(crate) pending: BytesMut,
     pub(crate) end: End,
     pub(crate) trailer_buf: Vec<u8>,
     pub(crate) send: Option<SendStream<Bytes>>,
@@ -142,7 +142,7 @@ impl H2Front {
                 conn,
                 req: Req::Head(Vec::new()),
                 head_request: false,
-                pending: Vec::new(),
+                pending: BytesMut::new(),
                 end: End::None,
                 trailer_buf: Vec::new(),
                 send: None,
@@ -273,38 +273,11 @@ impl H2Front {
         }
         // Request body out, as the window allows.
         if let Some(send) = st.send.as_mut() {
-            while !st.pending.is_empty() {
-                send.reserve_capacity(st.pending.len());
-                let cap = match send.poll_capacity(cx) {
-                    Poll::Ready(Some(Ok(n))) => n,
-                    Poll::Ready(_) => {
-                        st.pending.clear();
-                        break;
-                    }
-                    Poll::Pending => 0,
-                };
-                if cap == 0 {
-                    break;
-                }
-                let n = cap.min(st.pending.len());
-                let _ = send.send_data(Bytes::copy_from_slice(&st.pending[..n]), false);
-                st.pending.drain(..n);
+            let before = st.pending.len();
+            if send_body(send, &mut st.pending, &mut st.end, cx, |_| {}) {
                 progress = true;
-                if st.pending.len() < REQ_BUF / 2 {
+                if st.pending.len() < before && st.pending.len() < REQ_BUF / 2 {
                     self.events.push(TcpEvent::Writable { conn: v });
-                }
-            }
-            if st.pending.is_empty() {
-                match std::mem::replace(&mut st.end, End::None) {
-                    End::None => {}
-                    End::Eos => {
-                        let _ = send.send_data(Bytes::new(), true);
-                        progress = true;
-                    }
-                    End::Trailers(t) => {
-                        let _ = send.send_trailers(t);
-                        progress = true;
-                    }
                 }
             }
         }

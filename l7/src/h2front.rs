@@ -795,48 +795,13 @@ impl H2Front {
             }
             return false;
         };
-        let mut progress = false;
         st.big_body |= st.pending.len() > SPARE_BUF_MAX;
-        while !st.pending.is_empty() {
-            send.reserve_capacity(st.pending.len());
-            let cap = match send.poll_capacity(cx) {
-                Poll::Ready(Some(Ok(n))) => n,
-                Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
-                    st.pending.clear();
-                    break;
-                }
-                Poll::Pending => 0,
-            };
-            if cap == 0 {
-                break;
+        let grpc = &mut self.stats.grpc_status;
+        let mut progress = send_body(send, &mut st.pending, &mut st.end, cx, |t| {
+            if let Some(s) = t.get("grpc-status").and_then(|v| v.to_str().ok()) {
+                count_grpc_status(grpc, s);
             }
-            let n = cap.min(st.pending.len());
-            // The body's last bytes carry the end of the stream: no empty
-            // DATA frame of its own behind them.
-            let last = n == st.pending.len() && matches!(st.end, End::Eos);
-            let chunk = st.pending.split_to(n).freeze();
-            let _ = send.send_data(chunk, last);
-            if last {
-                st.end = End::None;
-            }
-            progress = true;
-        }
-        if st.pending.is_empty() {
-            match std::mem::replace(&mut st.end, End::None) {
-                End::None => {}
-                End::Eos => {
-                    let _ = send.send_data(Bytes::new(), true);
-                    progress = true;
-                }
-                End::Trailers(t) => {
-                    if let Some(s) = t.get("grpc-status").and_then(|v| v.to_str().ok()) {
-                        count_grpc_status(&mut self.stats.grpc_status, s);
-                    }
-                    let _ = send.send_trailers(t);
-                    progress = true;
-                }
-            }
-        }
+        });
         if st.blocked && st.pending.len() < RESP_BUF / 2 && !st.l7_closed {
             st.blocked = false;
             self.events.push(TcpEvent::Writable { conn: v });
@@ -1052,6 +1017,58 @@ impl H2Front {
         }
         total - data.len()
     }
+}
+
+/// Sends on `send` what its stream window allows of `pending`, then, once
+/// all of it is sent, `end`: the end of the stream rides on the body's last
+/// DATA frame (no empty frame behind it), trailers go after it, shown to
+/// `on_trailers` first. `pending` is dropped if the stream is gone. Returns
+/// whether anything was sent. (Both directions: responses to HTTP/2
+/// clients, requests to HTTP/2 backends.)
+pub(crate) fn send_body(
+    send: &mut h2::SendStream<Bytes>,
+    pending: &mut BytesMut,
+    end: &mut End,
+    cx: &mut Context<'_>,
+    on_trailers: impl FnOnce(&http::HeaderMap),
+) -> bool {
+    let mut progress = false;
+    while !pending.is_empty() {
+        send.reserve_capacity(pending.len());
+        let cap = match send.poll_capacity(cx) {
+            Poll::Ready(Some(Ok(n))) => n,
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
+                pending.clear();
+                break;
+            }
+            Poll::Pending => 0,
+        };
+        if cap == 0 {
+            break;
+        }
+        let n = cap.min(pending.len());
+        let last = n == pending.len() && matches!(end, End::Eos);
+        let _ = send.send_data(pending.split_to(n).freeze(), last);
+        if last {
+            *end = End::None;
+        }
+        progress = true;
+    }
+    if pending.is_empty() {
+        match std::mem::replace(end, End::None) {
+            End::None => {}
+            End::Eos => {
+                let _ = send.send_data(Bytes::new(), true);
+                progress = true;
+            }
+            End::Trailers(t) => {
+                on_trailers(&t);
+                let _ = send.send_trailers(t);
+                progress = true;
+            }
+        }
+    }
+    progress
 }
 
 /// Decodes chunked coding (already validated by the proxy) into `body`,

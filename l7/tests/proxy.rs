@@ -1186,6 +1186,18 @@ mod h2_client {
         }
     }
 
+    /// The HTTP/2 frames in `b`, as (type, flags, stream, payload length).
+    pub fn frames(mut b: &[u8]) -> Vec<(u8, u8, u32, usize)> {
+        let mut out = Vec::new();
+        while b.len() >= 9 {
+            let len = usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]);
+            let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
+            out.push((b[3], b[4], stream, len));
+            b = &b[(9 + len).min(b.len())..];
+        }
+        out
+    }
+
     /// The proxy with its HTTP/2 front, and one HTTP/2 client connection.
     pub struct H2 {
         pub h: H,
@@ -1207,6 +1219,8 @@ mod h2_client {
             Pin<Box<dyn Future<Output = Result<h2::server::Connection<Pipe, Bytes>, h2::Error>>>>,
         >,
         server: Option<h2::server::Connection<Pipe, Bytes>>,
+        /// Every byte the proxy sent this server.
+        pub from_proxy: Vec<u8>,
     }
 
     impl H2 {
@@ -1263,18 +1277,9 @@ mod h2_client {
             panic!("no quiescence");
         }
 
-        /// The frames the front sent the client so far, as (type, flags,
-        /// stream, payload length).
+        /// The frames the front sent the client so far.
         pub fn frames(&self) -> Vec<(u8, u8, u32, usize)> {
-            let mut out = Vec::new();
-            let mut b = &self.from_front[..];
-            while b.len() >= 9 {
-                let len = usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]);
-                let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
-                out.push((b[3], b[4], stream, len));
-                b = &b[(9 + len).min(b.len())..];
-            }
-            out
+            frames(&self.from_front)
         }
 
         /// An event of the fake TCP, through the front to the proxy.
@@ -1305,7 +1310,7 @@ mod h2_client {
             self.event(TcpEvent::Connected { conn: u });
             let pipe = Rc::new(RefCell::new(Bufs::default()));
             let hs = Box::pin(h2::server::handshake(Pipe(pipe.clone())));
-            Server { conn: u, pipe, hs: Some(hs), server: None }
+            Server { conn: u, pipe, hs: Some(hs), server: None, from_proxy: Vec::new() }
         }
 
         /// Moves bytes between the proxy and `srv` until nothing moves;
@@ -1320,6 +1325,7 @@ mod h2_client {
                 self.run();
                 let from_proxy = std::mem::take(&mut self.h.tcp.c(srv.conn).sent);
                 srv.pipe.borrow_mut().rx.extend_from_slice(&from_proxy);
+                srv.from_proxy.extend_from_slice(&from_proxy);
                 if let Some(hs) = srv.hs.as_mut()
                     && let Poll::Ready(r) = hs.as_mut().poll(&mut cx)
                 {
@@ -1377,10 +1383,10 @@ mod h2_client {
     }
 }
 
-/// An HTTP/1.1 response with a length ends its HTTP/2 stream on its last
-/// DATA frame, not on an empty one behind it (one frame less per response).
+/// An HTTP/1.1 message with a length ends its HTTP/2 stream on its last
+/// DATA frame, not on an empty one behind it (one frame less per message), in both directions.
 #[test]
-fn an_http2_response_ends_on_its_last_data_frame() {
+fn an_http2_message_with_a_length_ends_on_its_last_data_frame() {
     let mut t = h2_client::H2::new();
     let req = http::Request::builder().uri("http://v/api/x").body(()).unwrap();
     let (resp, _) = t.client.send_request(req, true).unwrap();
@@ -1396,6 +1402,30 @@ fn an_http2_response_ends_on_its_last_data_frame() {
     const DATA: u8 = 0;
     const END_STREAM: u8 = 1;
     let data: Vec<_> = t.frames().into_iter().filter(|f| f.0 == DATA && f.2 == 1).collect();
+    assert_eq!(data, [(DATA, END_STREAM, 1, 5)]);
+
+    // The same for a request with a length from an HTTP/1.1 client to an
+    // HTTP/2 backend.
+    const ONE: &str = "198.18.0.51:8080";
+    let mut t = h2_client::H2::with_h2c(&[ONE]);
+    let peer = "198.18.0.102:40000".parse().unwrap();
+    let c = t.h.tcp.new_conn(peer, ConnState::Established);
+    let local = "198.18.0.10:80".parse().unwrap();
+    t.event(TcpEvent::Accepted { conn: c, listener: 3, peer, local });
+    t.h.tcp.c(c).to_l7.extend(b"POST /one/x HTTP/1.1\r\nHost: v\r\nContent-Length: 5\r\n\r\nhello");
+    t.event(TcpEvent::Readable { conn: c });
+    t.run();
+    let ups = t.h.accept_upstreams();
+    assert_eq!(ups.len(), 1);
+    let mut srv = t.h2_server(ups[0]);
+    let reqs = t.serve(&mut srv);
+    assert_eq!(reqs.len(), 1);
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".len();
+    assert!(srv.from_proxy.len() > preface);
+    let data: Vec<_> = h2_client::frames(&srv.from_proxy[preface..])
+        .into_iter()
+        .filter(|f| f.0 == DATA && f.2 == 1)
+        .collect();
     assert_eq!(data, [(DATA, END_STREAM, 1, 5)]);
 }
 
