@@ -1384,7 +1384,8 @@ mod h2_client {
 }
 
 /// An HTTP/1.1 message with a length ends its HTTP/2 stream on its last
-/// DATA frame, not on an empty one behind it (one frame less per message), in both directions.
+/// DATA frame, not on an empty one behind it (one frame less per message):
+/// a response to an HTTP/2 client, a request to an HTTP/2 backend.
 #[test]
 fn an_http2_message_with_a_length_ends_on_its_last_data_frame() {
     let mut t = h2_client::H2::new();
