@@ -1206,7 +1206,7 @@ mod h2_client {
         pipe: Rc<RefCell<Bufs>>,
         pub client: h2::client::SendRequest<Bytes>,
         connection: h2::client::Connection<Pipe, Bytes>,
-        /// Every byte the front sent the client, for [`H2::frames`].
+        /// Every byte the front sent the client.
         pub from_front: Vec<u8>,
     }
 
@@ -1275,11 +1275,6 @@ mod h2_client {
                 }
             }
             panic!("no quiescence");
-        }
-
-        /// The frames the front sent the client so far.
-        pub fn frames(&self) -> Vec<(u8, u8, u32, usize)> {
-            frames(&self.from_front)
         }
 
         /// An event of the fake TCP, through the front to the proxy.
@@ -1402,7 +1397,8 @@ fn an_http2_message_with_a_length_ends_on_its_last_data_frame() {
     assert_eq!(got, b"hello");
     const DATA: u8 = 0;
     const END_STREAM: u8 = 1;
-    let data: Vec<_> = t.frames().into_iter().filter(|f| f.0 == DATA && f.2 == 1).collect();
+    let data: Vec<_> =
+        h2_client::frames(&t.from_front).into_iter().filter(|f| f.0 == DATA && f.2 == 1).collect();
     assert_eq!(data, [(DATA, END_STREAM, 1, 5)]);
 
     // The same for a request with a length from an HTTP/1.1 client to an

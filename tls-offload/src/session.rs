@@ -53,10 +53,10 @@ impl ServerHs {
     }
 
     /// Starts over with `cfg` if rustls has seen nothing of the client yet
-    /// (and this was not done already) and `input` begins with a ClientHello that offers a pre-shared key
-    /// ([`offers_psk`]). `cfg` differs from the first configuration only
-    /// in what rustls does not check (the number of tickets), so it is
-    /// taken.
+    /// (and this was not done already) and `input` begins with a
+    /// ClientHello that offers a pre-shared key ([`offers_psk`]). `cfg`
+    /// differs from the first configuration only in what rustls does not
+    /// check (the number of tickets), so it is taken.
     pub(crate) fn prefer_when_resuming(
         &mut self,
         input: &[u8],
