@@ -1102,6 +1102,14 @@ impl L7 {
         sessions.chain(upstreams).sum()
     }
 
+    /// Emptied buffers kept for the next connections to write into. Every
+    /// buffer the proxy writes to is taken from these first, so under a
+    /// steady load their number stays put: a growing number means buffers
+    /// were allocated afresh.
+    pub fn spare_buffers(&self) -> usize {
+        self.spare_bufs.len()
+    }
+
     /// Most bytes the proxy's buffers held at once for one client connection
     /// and its upstream connection together (the TCP stack's socket buffers
     /// come on top). Bodies stream through; this stays bounded however large
@@ -2375,6 +2383,7 @@ impl L7 {
         let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else { return };
         x.phase = Phase::Closing;
         x.inbuf.clear();
+        lend(&mut self.spare_bufs, &mut x.out);
         let reason = http1::reason(r.status);
         let _ = write!(
             x.out,
@@ -2416,6 +2425,7 @@ impl L7 {
         }
         x.phase = Phase::Closing;
         x.inbuf.clear();
+        lend(&mut self.spare_bufs, &mut x.out);
         error_response(code, reason, &mut x.out);
         let st = &mut self.listeners[x.listener].stats;
         st.errors += 1;

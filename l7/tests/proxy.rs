@@ -375,6 +375,44 @@ fn malformed_and_ambiguous_requests_get_their_status_and_never_reach_a_backend()
     assert!(checked >= 40, "only {checked} cases");
 }
 
+/// Refusing a request costs no allocation once the proxy is warm: the error
+/// response is written into a spare buffer, which goes back with the
+/// connection, so the spares neither grow nor shrink however many requests
+/// are refused (and the same holds for fixed responses).
+#[test]
+fn refused_requests_write_their_answers_into_spare_buffers() {
+    let mut h = H::with(|cfg| {
+        cfg.listeners[0].routes.push(Route {
+            path_prefix: "/moved".into(),
+            fixed: Some(FixedResponse {
+                status: 301,
+                body: "moved".into(),
+                location: Some("https://vip/".into()),
+            }),
+            ..Route::default()
+        })
+    });
+    let mut spares = Vec::new();
+    for i in 0..12 {
+        let c = h.client();
+        let req: &[u8] = match i % 3 {
+            0 => b"GET /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            1 => b"GET /nowhere HTTP/1.1\r\nHost: v\r\n\r\n",
+            _ => b"GET /moved HTTP/1.1\r\nHost: v\r\n\r\n",
+        };
+        h.write(c, req);
+        let status = [" 400 ", " 404 ", " 301 "][i % 3];
+        assert!(header_block(&h.take(c)).contains(status), "request {i}");
+        assert!(h.tcp.c(c).closed, "request {i}");
+        h.ev(TcpEvent::Closed { conn: c, reset: false });
+        spares.push(h.l7.spare_buffers());
+    }
+    assert!(h.tcp.connects.is_empty());
+    // The first connection allocates its two buffers (head and answer);
+    // every later one borrows them and gives them back.
+    assert!(spares.iter().all(|&n| n == spares[0]), "spare buffers after each: {spares:?}");
+}
+
 /// A bad chunk that arrives after the head went upstream: the upstream
 /// connection is aborted (the backend never sees a complete request) and the
 /// client gets 400.
