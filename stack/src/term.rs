@@ -195,6 +195,39 @@ struct Slot {
     rtt: Duration,
 }
 
+impl Slot {
+    /// A slot for a connection between `local` and `remote` that is not
+    /// established yet, made at `now`.
+    fn new(
+        phase: Phase,
+        shard: u32,
+        handle: SocketHandle,
+        local: SocketAddr,
+        remote: SocketAddr,
+        now: Instant,
+    ) -> Slot {
+        Slot {
+            generation: 0,
+            phase,
+            shard,
+            handle,
+            local,
+            remote,
+            established: false,
+            peer_closed: false,
+            user_closed: false,
+            want_write: false,
+            peer_ack: 0,
+            peer_win: 0,
+            hole: false,
+            peer_fin_end: None,
+            grown: false,
+            opened: now,
+            rtt: Duration::from_millis(0),
+        }
+    }
+}
+
 /// The 4-tuple demux: which slot a segment's (local, remote) addresses
 /// belong to. The table holds only slot numbers (4 bytes a bucket, not the
 /// 68 of both addresses and the number), and a candidate is compared with
@@ -918,25 +951,7 @@ impl TcpTerminator {
         let pos = sh.listening.iter().position(|(x, _)| *x == l)?;
         let (_, handle) = sh.listening.swap_remove(pos);
         sh.designated.push(l);
-        let slot = Slot {
-            generation: 0,
-            phase: Phase::Pending(l),
-            shard,
-            handle,
-            local,
-            remote,
-            established: false,
-            peer_closed: false,
-            user_closed: false,
-            want_write: false,
-            peer_ack: 0,
-            peer_win: 0,
-            hole: false,
-            peer_fin_end: None,
-            grown: false,
-            opened: now,
-            rtt: Duration::from_millis(0),
-        };
+        let slot = Slot::new(Phase::Pending(l), shard, handle, local, remote, now);
         let Some(i) = self.new_slot(slot) else {
             // Give the listening socket back.
             self.shards[shard as usize].listening.push((l, handle));
@@ -1190,25 +1205,7 @@ impl TcpApi for TcpTerminator {
         let local = local.ok_or(TcpError::NoLocalPort)?;
         let shard = self.shard_with_room(now, None).ok_or(TcpError::TableFull)?;
         let handle = self.new_socket(shard);
-        let slot = Slot {
-            generation: 0,
-            phase: Phase::Open,
-            shard,
-            handle,
-            local,
-            remote,
-            established: false,
-            peer_closed: false,
-            user_closed: false,
-            want_write: false,
-            peer_ack: 0,
-            peer_win: 0,
-            hole: false,
-            peer_fin_end: None,
-            grown: false,
-            opened: now,
-            rtt: Duration::from_millis(0),
-        };
+        let slot = Slot::new(Phase::Open, shard, handle, local, remote, now);
         let Some(i) = self.new_slot(slot) else {
             self.release_socket(shard, handle);
             return Err(TcpError::TableFull);
