@@ -1103,9 +1103,9 @@ impl L7 {
     }
 
     /// Emptied buffers kept for the next connections to write into. Every
-    /// buffer the proxy writes to is taken from these first, so under a
-    /// steady load their number stays put: a growing number means buffers
-    /// were allocated afresh.
+    /// client and upstream connection's input and output buffer is taken
+    /// from these first, so under a steady load their number stays put: a
+    /// growing number means such buffers were allocated afresh.
     pub fn spare_buffers(&self) -> usize {
         self.spare_bufs.len()
     }

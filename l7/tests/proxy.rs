@@ -376,8 +376,8 @@ fn malformed_and_ambiguous_requests_get_their_status_and_never_reach_a_backend()
 }
 
 /// Refusing a request costs no allocation once the proxy is warm: the error
-/// response is written into a spare buffer, which goes back with the
-/// connection, so the spares neither grow nor shrink however many requests
+/// response is written into a spare buffer, which goes back once the
+/// answer is sent, so the spares neither grow nor shrink however many requests
 /// are refused (and the same holds for fixed responses).
 #[test]
 fn refused_requests_write_their_answers_into_spare_buffers() {

@@ -104,7 +104,7 @@ impl ClientHello<'_> {
         while !r.0.is_empty() {
             let t = r.u16()?;
             let data = r.vec16()?;
-            if t == ty as usize {
+            if t == usize::from(ty) {
                 return Some(data);
             }
         }
@@ -258,6 +258,36 @@ mod tests {
         assert!(matches!(c.exts, Cow::Borrowed(_)));
     }
 
+    /// The handshake message of the one-record `hello`, in records of at
+    /// most `n` bytes.
+    fn records(hello: &[u8], n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for frag in hello[5..].chunks(n) {
+            out.extend_from_slice(&[22, 3, 1]);
+            out.extend_from_slice(&(frag.len() as u16).to_be_bytes());
+            out.extend_from_slice(frag);
+        }
+        out
+    }
+
+    #[test]
+    fn a_hello_in_records_of_any_size_reads_as_in_one() {
+        let psk = vec![0, 4, 1, 2, 3, 4];
+        let one = hello(&[sni("a.example"), pad(50), (ext::PRE_SHARED_KEY, psk.clone())]);
+        for n in [1, 2, 3, 4, 5, 100] {
+            let split = records(&one, n);
+            let Hello::Complete(h) = read(&split) else { panic!("records of {n}") };
+            assert!(matches!(h.exts, Cow::Owned(_)), "records of {n}");
+            assert_eq!(h.extension(ext::PRE_SHARED_KEY), Some(&psk[..]), "records of {n}");
+            assert_eq!(h.server_name(), Ok(Some("a.example")), "records of {n}");
+            assert_eq!(read(&split[..split.len() - 1]), Hello::Partial, "records of {n}");
+        }
+        // Past 16 KiB, the key comes from the second record.
+        let big = hello(&[pad(20_000), (ext::PRE_SHARED_KEY, psk.clone())]);
+        let Hello::Complete(h) = read(&big) else { panic!("not read") };
+        assert_eq!(h.extension(ext::PRE_SHARED_KEY), Some(&psk[..]));
+    }
+
     #[test]
     fn extensions_are_found_by_type() {
         let psk = vec![0, 4, 1, 2, 3, 4];
@@ -292,12 +322,15 @@ mod tests {
         // parse, is the extension's fault: the hello itself is well framed.
         assert_eq!(name(&hello(&[sni("bad name!")])), Some(Err(BadServerName)));
         assert_eq!(name(&hello(&[(ext::SERVER_NAME, vec![0, 9, 0])])), Some(Err(BadServerName)));
-        // Every byte flipped: an answer, never a panic.
-        for i in 0..good.len() {
-            for v in [0, 0x80, 0xff] {
-                let mut h = good.clone();
-                h[i] = v;
-                let _ = name(&h);
+        // Every byte flipped, in one record and in records of three bytes
+        // (reassembled): an answer, never a panic.
+        for hello in [good.clone(), records(&good, 3)] {
+            for i in 0..hello.len() {
+                for v in [0, 0x80, 0xff] {
+                    let mut h = hello.clone();
+                    h[i] = v;
+                    let _ = name(&h);
+                }
             }
         }
     }

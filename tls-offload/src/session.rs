@@ -510,7 +510,7 @@ mod tests {
     fn what_is_not_a_whole_client_hello_offers_no_key() {
         assert!(!offers_psk(b""));
         assert!(!offers_psk(b"GET / HTTP/1.1\r\n\r\n"));
-        // A handshake record cut in its header: more may come, but rustls
+        // A ClientHello cut after its headers: more may come, but rustls
         // sees the bytes first.
         assert!(!offers_psk(&[22, 3, 1, 0, 200, 1, 0, 0, 196]));
     }
