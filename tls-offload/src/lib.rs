@@ -927,7 +927,9 @@ struct Conn {
     out: Vec<u8>,
     /// Close once `out` is flushed.
     closing: bool,
-    /// The peer sent FIN while the engine had the handshake.
+    /// The peer sent FIN while the engine had the handshake (L7 hears it
+    /// when the handshake is done), or L7 has heard that the peer closed:
+    /// a FIN, or after the handshake a close_notify.
     peer_closed: bool,
     /// The verified client certificate's subject (mutual TLS).
     identity: Option<String>,
@@ -1141,7 +1143,13 @@ impl Tls {
                     tcp.close(conn);
                     None
                 }
-                _ => Some(ev),
+                // L7 heard it already, from the peer's close_notify.
+                Some(c) if c.peer_closed => None,
+                Some(c) => {
+                    c.peer_closed = true;
+                    Some(ev)
+                }
+                None => Some(ev),
             },
             TcpEvent::Closed { conn, .. } => match self.forget(conn) {
                 Some(Conn {
@@ -1577,6 +1585,16 @@ impl Tls {
     }
 }
 
+/// The peer's close_notify has been read: L7 hears it as it would a FIN
+/// (which may not come soon: a peer may wait for our close_notify first),
+/// once; the FIN when it comes is then not news (see `on_event`).
+fn heard_close(peer_closed: &mut bool, events: &mut Vec<TcpEvent>, conn: ConnId) {
+    if !*peer_closed {
+        *peer_closed = true;
+        events.push(TcpEvent::PeerClosed { conn });
+    }
+}
+
 /// L7's view of TCP with TLS terminated: see [`Tls::wrap`].
 pub struct TlsTcp<'a, T: TcpApi> {
     tls: &'a mut Tls,
@@ -1626,7 +1644,8 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                     return Ok(n);
                 }
                 if s.peer_closed {
-                    return Ok(0); // close_notify: the TCP FIN follows
+                    heard_close(&mut c.peer_closed, events, conn);
+                    return Ok(0);
                 }
                 match s.open(buf, &mut c.out, &mut stats.records) {
                     Ok(n) => {
@@ -1638,6 +1657,7 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                             return Ok(n);
                         }
                         if s.peer_closed {
+                            heard_close(&mut c.peer_closed, events, conn);
                             return Ok(0);
                         }
                     }
@@ -1679,7 +1699,10 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
         loop {
             match sc.reader().read(buf) {
                 Ok(n) if n > 0 => return Ok(n),
-                Ok(_) => return Ok(0), // close_notify: the TCP FIN follows
+                Ok(_) => {
+                    heard_close(&mut c.peer_closed, events, conn);
+                    return Ok(0);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Ok(0),
             }

@@ -48,14 +48,13 @@ pub enum Version {
 /// Why a record could not be opened: each is a fatal alert to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordError {
-    /// The tag did not verify (`bad_record_mac`).
+    /// The tag did not verify, or there is no room for one
+    /// (`bad_record_mac`, RFC 8446 5.2).
     BadMac,
     /// Longer than the protocol allows (`record_overflow`).
     Overflow,
-    /// Too short to hold a tag, or no content type (`decode_error`,
-    /// `unexpected_message` for TLS 1.3 padding only).
-    Malformed,
-    /// A content type that has no business here (`unexpected_message`).
+    /// A content type that has no business here, or none at all (a TLS
+    /// 1.3 inner plaintext of nothing but zeros) (`unexpected_message`).
     Unexpected,
     /// The sequence number would wrap: the connection must end.
     Exhausted,
@@ -68,7 +67,6 @@ impl RecordError {
         match self {
             RecordError::BadMac => A::BadRecordMac,
             RecordError::Overflow => A::RecordOverflow,
-            RecordError::Malformed => A::DecodeError,
             RecordError::Unexpected => A::UnexpectedMessage,
             RecordError::Exhausted => A::InternalError,
         }
@@ -234,8 +232,11 @@ impl Keys {
                 if outer != content::APPLICATION_DATA {
                     return Err(RecordError::Unexpected);
                 }
-                if len < TAG + 1 {
-                    return Err(RecordError::Malformed);
+                // Too short to hold a tag cannot be authentic; a tag and
+                // nothing else opens to an empty TLSInnerPlaintext, which
+                // has no content type (below).
+                if len < TAG {
+                    return Err(RecordError::BadMac);
                 }
                 let mut h = [0u8; HEADER];
                 h.copy_from_slice(&buf[..HEADER]);
@@ -266,7 +267,7 @@ impl Keys {
                 }
                 let lead = if self.explicit { EXPLICIT_NONCE } else { 0 };
                 if len < lead + TAG {
-                    return Err(RecordError::Malformed);
+                    return Err(RecordError::BadMac);
                 }
                 let mut nonce = self.nonce();
                 if self.explicit {
@@ -367,36 +368,50 @@ mod tests {
             let mut big = vec![content::APPLICATION_DATA, 3, 3, 0x50, 0x00];
             big.resize(HEADER + 0x5000, 0);
             assert_eq!(rx.open(&mut big), Err(RecordError::Overflow));
-            // Too short for a tag.
+            // Too short for a tag: it cannot be authentic.
             let mut short = vec![content::APPLICATION_DATA, 3, 3, 0, 4, 1, 2, 3, 4];
-            assert_eq!(rx.open(&mut short), Err(RecordError::Malformed));
+            assert_eq!(rx.open(&mut short), Err(RecordError::BadMac));
+            // The longest record the protocol allows is opened (and fails
+            // its tag); one byte more is an overflow before that. TLS 1.3
+            // bounds the ciphertext (2^14 + 256), TLS 1.2 the plaintext
+            // (2^14) inside it.
+            let most = match v {
+                Version::Tls13 => MAX_CIPHER_13,
+                Version::Tls12 => MAX_PLAIN + tx.overhead() - HEADER,
+            };
+            for (len, want) in [(most, RecordError::BadMac), (most + 1, RecordError::Overflow)] {
+                let mut rec = vec![content::APPLICATION_DATA, 3, 3];
+                rec.extend_from_slice(&(len as u16).to_be_bytes());
+                rec.resize(HEADER + len, 0x5a);
+                assert_eq!(rx.open(&mut rec), Err(want), "{v:?} {len}");
+            }
             // The good record still opens: failures consumed no sequence number.
             assert!(rx.open(&mut wire).unwrap().is_some());
         }
     }
 
+    /// A TLS 1.3 record of `inner` (TLSInnerPlaintext: content, type,
+    /// padding) sealed by hand under `tx`'s next sequence number.
+    fn seal_inner(tx: &mut Keys, inner: &[u8]) -> Vec<u8> {
+        let mut wire = vec![content::APPLICATION_DATA, 3, 3];
+        wire.extend_from_slice(&((inner.len() + TAG) as u16).to_be_bytes());
+        let h: [u8; HEADER] = wire[..].try_into().unwrap();
+        wire.extend_from_slice(inner);
+        let nonce = Nonce::assume_unique_for_key(tx.nonce());
+        let tag = tx.key.seal_in_place_separate_tag(nonce, Aad::from(h), &mut wire[HEADER..]);
+        wire.extend_from_slice(tag.unwrap().as_ref());
+        tx.next().unwrap();
+        wire
+    }
+
     #[test]
     fn tls13_padding_is_stripped_and_a_stray_change_cipher_spec_refused() {
-        let (tx, mut rx) = pair(Version::Tls13, 2);
-        // A record padded with zeros behind its content type, sealed by hand.
-        let mut wire = Vec::new();
+        let (mut tx, mut rx) = pair(Version::Tls13, 2);
+        // A record padded with zeros behind its content type.
         let mut inner = b"pad".to_vec();
         inner.push(content::APPLICATION_DATA);
         inner.extend_from_slice(&[0; 20]);
-        let body = inner.len() + TAG;
-        wire.extend_from_slice(&[content::APPLICATION_DATA, 3, 3]);
-        wire.extend_from_slice(&(body as u16).to_be_bytes());
-        let h: [u8; HEADER] = wire[..].try_into().unwrap();
-        wire.extend_from_slice(&inner);
-        let tag = tx
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(tx.nonce()),
-                Aad::from(h),
-                &mut wire[HEADER..],
-            )
-            .unwrap();
-        wire.extend_from_slice(tag.as_ref());
+        let mut wire = seal_inner(&mut tx, &inner);
         let o = rx.open(&mut wire).unwrap().unwrap();
         assert_eq!(
             (o.typ, &wire[o.start..o.start + o.len]),
@@ -404,5 +419,31 @@ mod tests {
         );
         let mut ccs = vec![content::CHANGE_CIPHER_SPEC, 3, 3, 0, 1, 1];
         assert_eq!(rx.open(&mut ccs), Err(RecordError::Unexpected));
+    }
+
+    /// RFC 8446 5.4: an inner plaintext with no content type (empty, or
+    /// nothing but padding) is `unexpected_message`; one longer than
+    /// 2^14 + 1 bytes is `record_overflow`, though its ciphertext is
+    /// within the record limit.
+    #[test]
+    fn tls13_inner_plaintext_without_a_type_or_too_long_is_refused() {
+        let (mut tx, mut rx) = pair(Version::Tls13, 0);
+        let mut empty = seal_inner(&mut tx, &[]);
+        assert_eq!(empty.len(), HEADER + TAG);
+        assert_eq!(rx.open(&mut empty), Err(RecordError::Unexpected));
+        let (mut tx, mut rx) = pair(Version::Tls13, 0);
+        let mut zeros = seal_inner(&mut tx, &[0; 40]);
+        assert_eq!(rx.open(&mut zeros), Err(RecordError::Unexpected));
+        for (content_len, want) in [(MAX_PLAIN, None), (MAX_PLAIN + 1, Some(RecordError::Overflow))]
+        {
+            let (mut tx, mut rx) = pair(Version::Tls13, 1);
+            let mut inner = vec![7u8; content_len];
+            inner.push(content::APPLICATION_DATA);
+            let mut wire = seal_inner(&mut tx, &inner);
+            match want {
+                None => assert_eq!(rx.open(&mut wire).unwrap().unwrap().len, MAX_PLAIN),
+                Some(e) => assert_eq!(rx.open(&mut wire), Err(e)),
+            }
+        }
     }
 }

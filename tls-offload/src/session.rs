@@ -273,6 +273,7 @@ fn established(hs: ServerHs, early_plain: Vec<u8>, peer_closed: bool) -> ServerS
         peer_closed,
         key_update_due: false,
         renegotiations: 0,
+        temper: Temper::default(),
         closed: false,
     };
     ServerStep::Done(Box::new(session), info)
@@ -284,6 +285,43 @@ const KEY_UPDATE_AFTER: u64 = 1 << 24;
 
 /// `KeyUpdate` handshake message type (RFC 8446 4).
 const KEY_UPDATE: u8 = 24;
+
+/// What a peer may do that the protocol allows but that costs us and gives
+/// nothing: the limits rustls (and BoringSSL) set, kept here as the record
+/// layer left rustls. A peer past one is refused with `unexpected_message`.
+#[derive(Debug)]
+struct Temper {
+    /// Warning alerts (TLS 1.3 `user_canceled`, any TLS 1.2 warning) left.
+    warnings: u8,
+    /// Empty application-data records left before one with data.
+    empty: u8,
+    /// Key updates asking for ours (each costs a derivation and a record)
+    /// left before application data comes.
+    key_update_requests: u8,
+}
+
+impl Temper {
+    const WARNINGS: u8 = 4;
+    const EMPTY: u8 = 32;
+    const KEY_UPDATE_REQUESTS: u8 = 32;
+
+    /// Takes one of `left`; false once none is.
+    fn take(left: &mut u8) -> bool {
+        let ok = *left > 0;
+        *left = left.saturating_sub(1);
+        ok
+    }
+}
+
+impl Default for Temper {
+    fn default() -> Temper {
+        Temper {
+            warnings: Temper::WARNINGS,
+            empty: Temper::EMPTY,
+            key_update_requests: Temper::KEY_UPDATE_REQUESTS,
+        }
+    }
+}
 
 /// How a record-layer connection failed: the alert to send or the one
 /// received.
@@ -337,6 +375,7 @@ pub(crate) struct Session {
     key_update_due: bool,
     /// TLS 1.2 renegotiation attempts declined.
     renegotiations: u8,
+    temper: Temper,
     /// Our close_notify is sealed: nothing more goes out.
     closed: bool,
 }
@@ -403,16 +442,34 @@ impl Session {
             match opened.typ {
                 content::APPLICATION_DATA => {
                     let d = &self.rx_buf[data];
+                    if d.is_empty() {
+                        if !Temper::take(&mut self.temper.empty) {
+                            break Err(Failure::Send(AlertDescription::UnexpectedMessage));
+                        }
+                        continue;
+                    }
+                    self.temper.empty = Temper::EMPTY;
+                    self.temper.key_update_requests = Temper::KEY_UPDATE_REQUESTS;
                     let n = d.len().min(buf.len() - filled);
                     buf[filled..filled + n].copy_from_slice(&d[..n]);
                     filled += n;
                     self.plain.extend_from_slice(&d[n..]);
                 }
                 content::ALERT => match self.rx_buf[data] {
+                    // An empty alert is refused as RFC 8446 5.4 says.
+                    [] => break Err(Failure::Send(AlertDescription::UnexpectedMessage)),
+                    [level, _] if level != 1 && level != 2 => {
+                        break Err(Failure::Send(AlertDescription::IllegalParameter));
+                    }
                     [_, 0] => self.peer_closed = true,
-                    // user_canceled, and any TLS 1.2 warning, are not fatal.
-                    [_, 90] => {}
-                    [1, _] if self.version == Version::Tls12 => {}
+                    // user_canceled, and any TLS 1.2 warning, are not fatal,
+                    // up to a few; TLS 1.3 has no other warnings.
+                    [1, d] if d == 90 || self.version == Version::Tls12 => {
+                        if !Temper::take(&mut self.temper.warnings) {
+                            break Err(Failure::Send(AlertDescription::UnexpectedMessage));
+                        }
+                    }
+                    [1, _] => break Err(Failure::Send(AlertDescription::DecodeError)),
                     [_, d] => break Err(Failure::Received(AlertDescription::from(d))),
                     _ => break Err(Failure::Send(AlertDescription::DecodeError)),
                 },
@@ -436,6 +493,9 @@ impl Session {
                         }
                         _ => break Err(Failure::Send(AlertDescription::UnexpectedMessage)),
                     };
+                    if requested && !Temper::take(&mut self.temper.key_update_requests) {
+                        break Err(Failure::Send(AlertDescription::UnexpectedMessage));
+                    }
                     let Ok((seq, secrets)) = self.kernel.update_rx_secret() else {
                         break Err(Failure::Send(AlertDescription::InternalError));
                     };

@@ -1298,3 +1298,155 @@ fn client_configuration_errors_name_the_file() {
     let e = switchyard_tls::client_config(&opts).unwrap_err().to_string();
     assert!(e.contains("lb.pem") && e.contains("other.key"), "{e}");
 }
+
+/// An established TLS 1.3 connection whose client is given up for its
+/// record keys, so a test can send records no rustls client would.
+struct RawClient {
+    c: ConnId,
+    tx: switchyard_tls::record::Keys,
+    rx: switchyard_tls::record::Keys,
+}
+
+impl RawClient {
+    fn new(t: &mut T, pki: &Pki) -> RawClient {
+        let mut cfg = (*client_config(pki, &[&rustls::version::TLS13], None, &[])).clone();
+        cfg.enable_secret_extraction = true;
+        let (c, client, err) = t.connect(&Arc::new(cfg), "switchyard.test");
+        assert!(err.is_none(), "{err:?}");
+        let s = client.dangerous_extract_secrets().unwrap();
+        let v = switchyard_tls::record::Version::Tls13;
+        let tx = switchyard_tls::record::Keys::new(v, s.tx.0, s.tx.1).ok().unwrap();
+        let rx = switchyard_tls::record::Keys::new(v, s.rx.0, s.rx.1).ok().unwrap();
+        RawClient { c, tx, rx }
+    }
+
+    /// Seals a record of `typ` and `plain` and hands it to the server;
+    /// L7 then reads what it can.
+    fn send(&mut self, t: &mut T, typ: u8, plain: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        self.tx.seal(typ, plain, &mut wire).unwrap();
+        t.tcp.peer_sends(self.c, &wire);
+        t.event(TcpEvent::Readable { conn: self.c });
+        t.l7_read(self.c)
+    }
+
+    /// The alerts the server sent, opened.
+    fn alerts(&mut self, t: &mut T) -> Vec<[u8; 2]> {
+        use switchyard_tls::record::content;
+        let mut wire = t.tcp.take(self.c);
+        let mut got = Vec::new();
+        let mut at = 0;
+        while let Ok(Some(o)) = self.rx.open(&mut wire[at..]) {
+            let d = &wire[at + o.start..at + o.start + o.len];
+            if o.typ == content::ALERT {
+                got.push([d[0], d[1]]);
+            }
+            at += o.consumed;
+        }
+        got
+    }
+}
+
+/// RFC 8446 5.4 and the limits rustls keeps on what the protocol allows but
+/// a peer may abuse (warning alerts, empty records, key update requests):
+/// each refused with its alert, the connection closed, others untouched.
+#[test]
+fn records_no_client_sends_get_their_alerts() {
+    use switchyard_tls::record::content;
+    let pki = Pki::new("raw");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let mut t = T::new(&[&server], TlsOptions::default());
+    let unexpected = u8::from(AlertDescription::UnexpectedMessage);
+
+    // An alert with no content.
+    let mut r = RawClient::new(&mut t, &pki);
+    assert!(r.send(&mut t, content::ALERT, &[]).is_empty());
+    assert!(t.tcp.c(r.c).closed);
+    assert_eq!(r.alerts(&mut t), [[2, unexpected]]);
+
+    // Four user_canceled warnings are let pass; the fifth is refused.
+    let mut r = RawClient::new(&mut t, &pki);
+    for _ in 0..4 {
+        r.send(&mut t, content::ALERT, &[1, 90]);
+    }
+    assert_eq!(r.send(&mut t, content::APPLICATION_DATA, b"GET"), b"GET");
+    assert!(!t.tcp.c(r.c).closed);
+    r.send(&mut t, content::ALERT, &[1, 90]);
+    assert!(t.tcp.c(r.c).closed);
+    assert_eq!(r.alerts(&mut t), [[2, unexpected]]);
+
+    // A TLS 1.3 warning other than user_canceled.
+    let mut r = RawClient::new(&mut t, &pki);
+    r.send(&mut t, content::ALERT, &[1, u8::from(AlertDescription::BadCertificate)]);
+    assert_eq!(r.alerts(&mut t), [[2, u8::from(AlertDescription::DecodeError)]]);
+
+    // 32 empty records in a row pass, data resets the count, then 33 do not.
+    let mut r = RawClient::new(&mut t, &pki);
+    for _ in 0..32 {
+        r.send(&mut t, content::APPLICATION_DATA, b"");
+    }
+    assert_eq!(r.send(&mut t, content::APPLICATION_DATA, b"x"), b"x");
+    for _ in 0..32 {
+        r.send(&mut t, content::APPLICATION_DATA, b"");
+    }
+    assert!(!t.tcp.c(r.c).closed);
+    r.send(&mut t, content::APPLICATION_DATA, b"");
+    assert!(t.tcp.c(r.c).closed);
+    assert_eq!(r.alerts(&mut t), [[2, unexpected]]);
+
+    // Key updates asking for ours (a rustls client's, as the keys change):
+    // 32 answered with no data between them, the 33rd refused.
+    let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[]);
+    let (c, mut client, err) = t.connect(&cfg, "switchyard.test");
+    assert!(err.is_none());
+    for i in 1..=33 {
+        client.refresh_traffic_keys().unwrap();
+        assert!(t.pump(c, &mut client).is_none());
+        assert!(t.l7_read(c).is_empty());
+        let err = t.pump(c, &mut client);
+        if i <= 32 {
+            assert!(err.is_none() && !t.tcp.c(c).closed, "update {i}: {err:?}");
+        } else {
+            assert_eq!(
+                err,
+                Some(rustls::Error::AlertReceived(AlertDescription::UnexpectedMessage))
+            );
+        }
+    }
+    assert!(t.tcp.c(c).closed);
+
+    // A record too short to hold a tag is a MAC failure, not a decode error.
+    let mut r = RawClient::new(&mut t, &pki);
+    let mut short = vec![content::APPLICATION_DATA, 3, 3, 0, 15];
+    short.resize(5 + 15, 0);
+    t.tcp.peer_sends(r.c, &short);
+    t.event(TcpEvent::Readable { conn: r.c });
+    assert!(t.l7_read(r.c).is_empty());
+    assert_eq!(r.alerts(&mut t), [[2, u8::from(AlertDescription::BadRecordMac)]]);
+}
+
+/// A client's close_notify reaches L7 as the peer closing, though the TCP
+/// FIN has not come (a client may wait for our close_notify first); the
+/// FIN when it comes is not told twice; in TLS 1.3 and 1.2.
+#[test]
+fn a_close_notify_is_heard_by_l7_before_the_fin() {
+    let pki = Pki::new("closenotify");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let mut t = T::new(&[&server], TlsOptions::default());
+    for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let cfg = client_config(&pki, &[v], None, &[]);
+        let (c, mut client, err) = t.connect(&cfg, "switchyard.test");
+        assert!(err.is_none(), "{err:?}");
+        let closed = |t: &T| {
+            t.l7.iter().filter(|e| matches!(e, TcpEvent::PeerClosed { conn } if *conn == c)).count()
+        };
+        client.writer().write_all(b"last words").unwrap();
+        client.send_close_notify();
+        assert!(t.pump(c, &mut client).is_none());
+        assert_eq!(t.l7_read(c), b"last words", "{v:?}");
+        t.settle();
+        assert_eq!(closed(&t), 1, "{v:?}: L7 hears the close_notify");
+        t.event(TcpEvent::PeerClosed { conn: c });
+        assert_eq!(closed(&t), 1, "{v:?}: and not the FIN again");
+    }
+}
