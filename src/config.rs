@@ -258,7 +258,7 @@ struct RawSim {
     #[serde(default = "ten")]
     seconds: Spanned<u32>,
     #[serde(default = "default_body")]
-    body_size: u32,
+    body_size: Spanned<u32>,
     host_buffer: Option<Spanned<u32>>,
     origin_backlog: Option<Spanned<u32>>,
     #[serde(default)]
@@ -270,7 +270,7 @@ struct RawSim {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSimAdmin {
-    at_ms: u64,
+    at_ms: Spanned<u64>,
     command: Spanned<String>,
 }
 
@@ -278,8 +278,8 @@ fn ten() -> Spanned<u32> {
     Spanned::new(0..0, 10)
 }
 
-fn default_body() -> u32 {
-    1024
+fn default_body() -> Spanned<u32> {
+    Spanned::new(0..0, 1024)
 }
 
 #[derive(Deserialize)]
@@ -1694,13 +1694,19 @@ impl Cx<'_> {
                 Ok(_) => {}
                 Err(e) => return Err(self.at(&a.command, e)),
             }
-            admin.push((Duration::from_millis(a.at_ms), line.clone()));
+            // Within the longest run (`seconds` is at most a day).
+            let at = *a.at_ms.get_ref();
+            if at > 86_400_000 {
+                return Err(self.at(&a.at_ms, format!("{at} is out of range 0..=86400000")));
+            }
+            admin.push((Duration::from_millis(at), line.clone()));
         }
         admin.sort_by_key(|a| a.0);
         Ok(Sim {
             seed: s.seed,
             seconds: self.range_u32(&s.seconds, 1, 86_400)?,
-            body_size: s.body_size,
+            // Each origin holds a body of this size per path.
+            body_size: self.range_u32(&s.body_size, 0, 64 << 20)?,
             host_buffer: match &s.host_buffer {
                 Some(v) => self.range_u32(v, 1024, 16 << 20)? as usize,
                 None => 65536,
@@ -2133,6 +2139,26 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert!(e.message.contains("path `a b`"), "{e}");
         let e = err(&sim("web", "[\"/a\"]").replace("\"h2c\"", "\"h3\""));
         assert!(e.message.contains("expected `http`, `h2c`, `bulk` or `udp`"), "{e}");
+    }
+
+    /// Sim values that would overflow a time or allocate gigabytes are
+    /// errors at their key, not a panic or an abort later.
+    #[test]
+    fn sim_times_and_sizes_are_bounded() {
+        let sim = |extra: &str| {
+            format!(
+                "{BASE}\n[sim]\nseed = 1\nseconds = 1\n{extra}\n[[sim.client]]\nname = \"c\"\nkind = \"http\"\nlistener = \"web\"\naddress = \"198.18.0.101\"\npaths = [\"/a\"]\n"
+            )
+        };
+        assert!(Config::parse("t.toml", &sim("body_size = 65536\n")).is_ok());
+        let e = err(&sim("body_size = 4294967295\n"));
+        assert_eq!(e.key, "sim.body_size", "{e}");
+        assert!(e.message.contains("out of range"), "{e}");
+        let admin = |at: &str| sim(&format!("[[sim.admin]]\nat_ms = {at}\ncommand = \"help\"\n"));
+        assert!(Config::parse("t.toml", &admin("500")).is_ok());
+        let e = err(&admin("9223372036854775807"));
+        assert_eq!(e.key, "sim.admin[0].at_ms", "{e}");
+        assert!(e.message.contains("out of range"), "{e}");
     }
 
     #[test]

@@ -919,7 +919,7 @@ fn relay_icmp(
     let f = pkt.data_mut();
     match (osrc, odst, qsrc.ip(), qdst.ip()) {
         (IpAddr::V4(os), IpAddr::V4(od), IpAddr::V4(qs), IpAddr::V4(qd)) => {
-            if f.len() < ql4 + 8 || icmp < ETH_LEN + 20 || qip + 20 > ql4 {
+            if f.len() < ql4 + 8 || icmp < ETH_LEN + 20 || qip + 20 > ql4 || f[ETH_LEN] >> 4 != 4 {
                 return Err(L4Drop::Malformed);
             }
             let ttl = f[ETH_LEN + 8];
@@ -936,14 +936,15 @@ fn relay_icmp(
             f[ql4..ql4 + 2].copy_from_slice(&qsrc.port().to_be_bytes());
             f[ql4 + 2..ql4 + 4].copy_from_slice(&qdst.port().to_be_bytes());
             let end = ETH_LEN + usize::from(u16::from_be_bytes([f[ETH_LEN + 2], f[ETH_LEN + 3]]));
-            let msg = f.get_mut(icmp..end).ok_or(L4Drop::Malformed)?;
+            let msg = f.get_mut(icmp..end).filter(|m| m.len() >= 8).ok_or(L4Drop::Malformed)?;
             msg[2] = 0;
             msg[3] = 0;
             let c = fold(sum(0, msg));
             f[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
         }
         (IpAddr::V6(os), IpAddr::V6(od), IpAddr::V6(qs), IpAddr::V6(qd)) => {
-            if f.len() < ql4 + 8 || icmp != ETH_LEN + 40 || qip + 40 != ql4 {
+            if f.len() < ql4 + 8 || icmp != ETH_LEN + 40 || qip + 40 != ql4 || f[ETH_LEN] >> 4 != 6
+            {
                 return Err(L4Drop::Malformed);
             }
             let hops = f[ETH_LEN + 7];

@@ -40,7 +40,8 @@ fn icmp_error(from: IpAddr, to: IpAddr, kind: [u8; 2], rest: [u8; 4], quoted: &[
     };
     let mut msg = vec![kind[0], kind[1], 0, 0];
     msg.extend_from_slice(&rest);
-    msg.extend_from_slice(&quoted[ETH_LEN..ETH_LEN + hdr + 8]);
+    let qhdr = if quoted[ETH_LEN] >> 4 == 4 { 20 } else { 40 };
+    msg.extend_from_slice(&quoted[ETH_LEN..ETH_LEN + qhdr + 8]);
     if from.is_ipv4() {
         let c = fold(sum(0, &msg));
         put16(&mut msg, 2, c);
@@ -67,10 +68,16 @@ impl Lb {
     }
 
     fn with(addr: &str, prefix: u8, vip: &str, backend: &str) -> Lb {
+        Lb::with_addresses(&[(addr, prefix)], vip, backend)
+    }
+
+    fn with_addresses(addrs: &[(&str, u8)], vip: &str, backend: &str) -> Lb {
+        let addrs: Vec<(IpAddr, u8)> =
+            addrs.iter().map(|(a, p)| (a.parse().unwrap(), *p)).collect();
         let mut stack = Stack::new(
             StackConfig {
                 mac: LB_MAC,
-                addresses: vec![(addr.parse().unwrap(), prefix)],
+                addresses: addrs.clone(),
                 gateway: None,
                 tcp: TcpConfig::default(),
                 worker: Default::default(),
@@ -90,7 +97,7 @@ impl Lb {
                 forwarding: Forwarding::FullNat,
                 on_backend_down: DownPolicy::Keep,
             }],
-            snat_addrs: vec![addr.parse().unwrap()],
+            snat_addrs: addrs.iter().map(|a| a.0).collect(),
             snat_ports: 40960..65535,
             table_capacity: 64,
             timeouts: Timeouts::default(),
@@ -236,6 +243,33 @@ fn packet_too_big_over_ipv6_is_relayed_both_ways() {
     let stray = tcp(sa("[2001:2::2]:50000"), m.dst, 0x02);
     assert!(lb.input(&icmp_error(router, m.src.ip(), [2, 0], [0; 4], &stray)).is_none());
     assert_eq!(lb.l4.counters().dropped(L4Drop::UnknownFlow), 1);
+}
+
+/// An ICMPv6 error quoting an IPv4 packet of a flow (or ICMPv4 quoting
+/// IPv6) is about no flow of ours: ignored and counted. L4 used to rewrite
+/// it as the quote's family, reading IPv4 fields out of the IPv6 header (a
+/// flow label of 40 made it index past the message).
+#[test]
+fn an_icmp_error_quoting_the_other_family_is_ignored() {
+    let mut lb = Lb::with_addresses(
+        &[("198.18.0.2", 24), ("2001:2::2", 64)],
+        "198.18.0.10:5432",
+        "198.18.0.21:5432",
+    );
+    let (client, vip) = (sa("198.18.0.101:33000"), sa("198.18.0.10:5432"));
+    lb.input(&tcp(client, vip, 0x02)).expect("SYN forwarded");
+    let router: IpAddr = "2001:2::99".parse().unwrap();
+    let lb6: IpAddr = "2001:2::2".parse().unwrap();
+    for label in [0u16, 40, 41, 43, 0xffff] {
+        let mut err = icmp_error(router, lb6, [1, 4], [0; 4], &tcp(vip, client, 0x12));
+        err[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&label.to_be_bytes());
+        assert!(lb.input(&err).is_none(), "flow label {label}");
+    }
+    // ICMPv4 from the client's side quoting an IPv6 packet.
+    let six = tcp(sa("[2001:2::10]:5432"), sa("[2001:2::101]:33000"), 0x12);
+    assert!(lb.input(&icmp_error(client.ip(), vip.ip(), [3, 4], [0; 4], &six)).is_none());
+    assert_eq!(lb.stack.counters().dropped(DropReason::IcmpIgnored), 6);
+    assert_eq!(lb.l4.counters().icmp_relayed, 0);
 }
 
 /// Mutated ICMP errors, data packets and replies through classifier and L4:

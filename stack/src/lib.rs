@@ -571,7 +571,7 @@ impl Stack {
         // Destination unreachable (fragmentation needed among them), time
         // exceeded, parameter problem: errors about a flow L4 may own.
         if matches!(msg[0], 3 | 11 | 12) {
-            if let Some(err) = self.icmp_error(msg, ip.l4_offset) {
+            if let Some(err) = self.icmp_error(msg, ip.l4_offset, 4) {
                 self.counters.to_l4 += 1;
                 return Ingress::L4Icmp { pkt, err };
             }
@@ -609,10 +609,17 @@ impl Stack {
     /// SNAT ports (an error from the backend side) or an L4 VIP (from a client).
     ///
     /// ICMPv6 errors quote an IPv6 header (RFC 4443 2.4); a quoted packet with
-    /// extension headers before TCP/UDP is not looked into.
-    fn icmp_error(&self, msg: &[u8], icmp_offset: usize) -> Option<IcmpError> {
+    /// extension headers before TCP/UDP is not looked into. The quote must be
+    /// of the error's own IP `version`: ICMPv4 about an IPv6 packet (or the
+    /// other way round) is about no flow of ours, and L4 rewrites the error
+    /// as one family.
+    fn icmp_error(&self, msg: &[u8], icmp_offset: usize, version: u8) -> Option<IcmpError> {
         let q = msg.get(8..)?;
-        let (hdr, proto, src, dst) = match q.first()? >> 4 {
+        let quoted = q.first()? >> 4;
+        if quoted != version {
+            return None;
+        }
+        let (hdr, proto, src, dst) = match quoted {
             4 if q.len() >= 28 => {
                 let ihl = usize::from(q[0] & 0x0f) * 4;
                 if ihl < 20 {
@@ -760,7 +767,7 @@ impl Stack {
             }
             // Destination unreachable, packet too big, time exceeded,
             // parameter problem (RFC 4443 3): errors about a flow L4 may own.
-            (1..=4, _) => match self.icmp_error(msg, ip.l4_offset) {
+            (1..=4, _) => match self.icmp_error(msg, ip.l4_offset, 6) {
                 Some(err) => {
                     self.counters.to_l4 += 1;
                     return Ingress::L4Icmp { pkt, err };
