@@ -25,7 +25,8 @@ pub enum Reject {
     ContentLengthAndTransferEncoding,
     /// Content-Length repeated, or not a decimal number (400).
     BadContentLength,
-    /// A transfer coding other than `chunked` (501).
+    /// A transfer coding we do not apply before a final `chunked` (501,
+    /// RFC 9112 6.1).
     UnsupportedTransferEncoding,
     /// HTTP/1.1 without exactly one Host header (400).
     BadHost,
@@ -45,11 +46,19 @@ pub enum Reject {
     RequestLineTooLong,
     /// Chunk extensions longer than [`MAX_CHUNK_EXT`] on one chunk (400).
     ExtensionTooLong,
+    /// Transfer-Encoding whose final coding is not `chunked`, or with
+    /// `chunked` more than once, over all its fields (`xchunked`,
+    /// `chunked, identity`, two fields): the length cannot be known (400,
+    /// RFC 9112 6.3 item 4, and 7.1).
+    TransferEncodingNotChunked,
+    /// A request target in absolute form whose authority is empty or not a
+    /// valid host (400, RFC 9112 3.2.2, RFC 9110 4.2.1).
+    BadTarget,
 }
 
 impl Reject {
     /// Every reason, in [`Reject::index`] order.
-    pub const ALL: [Reject; 12] = [
+    pub const ALL: [Reject; 14] = [
         Reject::Malformed,
         Reject::ContentLengthAndTransferEncoding,
         Reject::BadContentLength,
@@ -62,6 +71,8 @@ impl Reject {
         Reject::BadVersion,
         Reject::RequestLineTooLong,
         Reject::ExtensionTooLong,
+        Reject::TransferEncodingNotChunked,
+        Reject::BadTarget,
     ];
 
     /// The status code and reason phrase to answer with.
@@ -96,6 +107,8 @@ impl Reject {
             Reject::BadVersion => "bad_version",
             Reject::RequestLineTooLong => "request_line_too_long",
             Reject::ExtensionTooLong => "chunk_ext_too_long",
+            Reject::TransferEncodingNotChunked => "te_not_chunked",
+            Reject::BadTarget => "bad_target",
         }
     }
 }
@@ -118,7 +131,11 @@ pub struct RequestInfo {
 pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Reject> {
     let version = req.version.ok_or(Reject::Malformed)?;
     let mut content_length: Option<u64> = None;
-    let mut te: Option<&[u8]> = None;
+    // Transfer-Encoding over all its fields, as one list (RFC 9110 5.3).
+    let mut te = false;
+    let mut te_chunked = 0usize;
+    let mut te_last_chunked = false;
+    let mut te_other = false;
     let mut hosts = 0;
     let mut close = version == 0;
     let mut conn_upgrade = false;
@@ -130,10 +147,12 @@ pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Rej
             }
             content_length = Some(parse_decimal(h.value).ok_or(Reject::BadContentLength)?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if te.is_some() {
-                return Err(Reject::UnsupportedTransferEncoding);
+            te = true;
+            for coding in h.value.split(|b| *b == b',').map(trim).filter(|c| !c.is_empty()) {
+                te_last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                te_chunked += usize::from(te_last_chunked);
+                te_other |= !te_last_chunked;
             }
-            te = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
             if !valid_host(h.value) {
@@ -158,12 +177,15 @@ pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Rej
         return Err(Reject::BadHost);
     }
     let framing = match (te, content_length) {
-        (Some(_), Some(_)) => return Err(Reject::ContentLengthAndTransferEncoding),
-        (Some(_), None) if version == 0 => return Err(Reject::Http10TransferEncoding),
-        (Some(v), None) if trim(v).eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
-        (Some(_), None) => return Err(Reject::UnsupportedTransferEncoding),
-        (None, Some(0)) | (None, None) => Framing::None,
-        (None, Some(n)) => Framing::Length(n),
+        (true, Some(_)) => return Err(Reject::ContentLengthAndTransferEncoding),
+        (true, None) if version == 0 => return Err(Reject::Http10TransferEncoding),
+        (true, None) if !te_last_chunked || te_chunked > 1 => {
+            return Err(Reject::TransferEncodingNotChunked);
+        }
+        (true, None) if te_other => return Err(Reject::UnsupportedTransferEncoding),
+        (true, None) => Framing::Chunked,
+        (false, Some(0)) | (false, None) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
     };
     // h2c upgrades are hop-by-hop: answered (or not) by the proxy, never
     // passed on.
@@ -171,6 +193,29 @@ pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Rej
         && conn_upgrade
         && upgrade_to.is_some_and(|u| !u.is_empty() && !u.eq_ignore_ascii_case(b"h2c"));
     Ok(RequestInfo { framing, keep_alive: !close, head: req.method == Some("HEAD"), upgrade })
+}
+
+/// A request target for routing and forwarding (RFC 9112 3.2): in absolute
+/// form (`http://host:8080/path?q`, scheme in any case) its authority, which
+/// replaces Host (3.2.2), and what follows it; in any other form (origin,
+/// `*`, a CONNECT authority) no authority and the target as it is. Only a
+/// target that starts with the scheme is absolute: a `://` in a path or
+/// query is just bytes.
+pub fn split_target(target: &str) -> Result<(Option<&str>, &str), Reject> {
+    let b = target.as_bytes();
+    let rest = if b.get(..7).is_some_and(|p| p.eq_ignore_ascii_case(b"http://")) {
+        &target[7..]
+    } else if b.get(..8).is_some_and(|p| p.eq_ignore_ascii_case(b"https://")) {
+        &target[8..]
+    } else {
+        return Ok((None, target));
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    // No userinfo (RFC 9110 4.2.4): `@` is not in a valid host.
+    if authority.is_empty() || !valid_host(authority.as_bytes()) {
+        return Err(Reject::BadTarget);
+    }
+    Ok((Some(authority), path))
 }
 
 /// What the proxy needs from a parsed response head.
@@ -565,8 +610,11 @@ mod tests {
             (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", BadContentLength),
             (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", BadContentLength),
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", UnsupportedTransferEncoding),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", UnsupportedTransferEncoding),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", UnsupportedTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", TransferEncodingNotChunked),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", TransferEncodingNotChunked),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n", TransferEncodingNotChunked),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", UnsupportedTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n", TransferEncodingNotChunked),
             (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Http10TransferEncoding),
             (b"GET / HTTP/1.1\r\n\r\n", BadHost),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", BadHost),

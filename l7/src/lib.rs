@@ -202,12 +202,14 @@ pub struct FixedResponse {
 }
 
 impl Route {
-    /// Whether a request matches the route; `subject` is its connection's
+    /// Whether a request matches the route; `host` is its Host (or its
+    /// absolute-form target's authority), `subject` its connection's
     /// verified client certificate subject, if any.
     pub fn matches(
         &self,
         method: &str,
         path: &str,
+        host: Option<&str>,
         headers: &[httparse::Header<'_>],
         subject: Option<&str>,
     ) -> bool {
@@ -234,10 +236,10 @@ impl Route {
             headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
         };
         if let Some(want) = &self.host {
-            let Some(got) = header("host").and_then(|v| std::str::from_utf8(v).ok()) else {
+            let Some(got) = host else {
                 return false;
             };
-            if !sni::name_matches(want, host_without_port(got.trim())) {
+            if !sni::name_matches(want, host_without_port(got)) {
                 return false;
             }
         }
@@ -1419,11 +1421,26 @@ impl L7 {
                 return;
             }
         }
-        let path = req.path.unwrap_or("/");
-        let path_only = match path.find("://") {
-            Some(i) => path[i + 3..].find('/').map_or("/", |j| &path[i + 3 + j..]),
-            None => path,
+        // An absolute-form target's authority stands in for Host, for the
+        // route and upstream, where the target goes in origin form.
+        let (authority, path) = match http1::split_target(req.path.unwrap_or("/")) {
+            Ok(t) => t,
+            Err(r) => {
+                self.reject(s, r, tcp);
+                return;
+            }
         };
+        let path_only: std::borrow::Cow<'_, str> = if authority.is_some() && !path.starts_with('/')
+        {
+            format!("/{path}").into() // `http://h` or `http://h?q`: rare
+        } else {
+            path.into()
+        };
+        let path_only = &*path_only;
+        let host = authority.or_else(|| {
+            let h = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host"))?;
+            std::str::from_utf8(h.value).ok().map(str::trim)
+        });
         let li = x.listener;
         let method = req.method.unwrap_or("GET");
         let subject: Option<String> = if self.listeners[li].wants_identity {
@@ -1435,7 +1452,7 @@ impl L7 {
             .cfg
             .routes
             .iter()
-            .position(|r| r.matches(method, path_only, req.headers, subject.as_deref()))
+            .position(|r| r.matches(method, path_only, host, req.headers, subject.as_deref()))
         else {
             self.reject(s, Reject::NoRoute, tcp);
             return;
@@ -1480,7 +1497,7 @@ impl L7 {
                 head.extend_from_slice(to.as_bytes());
                 head.extend_from_slice(&path_only.as_bytes()[route.path_prefix.len()..]);
             }
-            _ => head.extend_from_slice(path.as_bytes()),
+            _ => head.extend_from_slice(path_only.as_bytes()),
         }
         head.extend_from_slice(b" HTTP/1.1\r\n");
         let cert_header = self.listeners[li].cfg.client_cert_header.as_deref();
@@ -1504,6 +1521,7 @@ impl L7 {
                 || n.eq_ignore_ascii_case("x-forwarded-for")
                 || n.eq_ignore_ascii_case("x-forwarded-proto")
                 || n.eq_ignore_ascii_case("forwarded")
+                || (authority.is_some() && n.eq_ignore_ascii_case("host"))
                 || route.remove_request_headers.iter().any(|r| r.eq_ignore_ascii_case(n))
                 || cert_header.is_some_and(|c| c.eq_ignore_ascii_case(n))
                 || route.set_request_headers.iter().any(|(r, _)| r.eq_ignore_ascii_case(n))
@@ -1513,6 +1531,13 @@ impl L7 {
             head.extend_from_slice(n.as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(h.value);
+            head.extend_from_slice(b"\r\n");
+        }
+        let sets_host =
+            route.set_request_headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host"));
+        if let Some(a) = authority.filter(|_| !sets_host) {
+            head.extend_from_slice(b"Host: ");
+            head.extend_from_slice(a.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
         for (n, v) in &route.set_request_headers {

@@ -270,17 +270,20 @@ fn malformed_and_ambiguous_requests_get_their_status_and_never_reach_a_backend()
         ("CL 0 with TE".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n", 400, ContentLengthAndTransferEncoding),
         ("TE mixed case with CL".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\ntRaNsFeR-eNcOdInG: cHuNkEd\r\nContent-Length: 4\r\n\r\n", 400, ContentLengthAndTransferEncoding),
         // TE.TE: obfuscated transfer codings.
-        ("TE xchunked".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: xchunked\r\n\r\n", 501, UnsupportedTransferEncoding),
-        ("TE chunk".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunk\r\n\r\n", 501, UnsupportedTransferEncoding),
-        ("TE quoted".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", 501, UnsupportedTransferEncoding),
-        ("TE twice".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n", 501, UnsupportedTransferEncoding),
-        ("TE list chunked first".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 501, UnsupportedTransferEncoding),
+        ("TE xchunked".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: xchunked\r\n\r\n", 400, TransferEncodingNotChunked),
+        ("TE chunk".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunk\r\n\r\n", 400, TransferEncodingNotChunked),
+        ("TE quoted".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", 400, TransferEncodingNotChunked),
+        ("TE twice".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n", 400, TransferEncodingNotChunked),
+        ("TE list chunked first".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400, TransferEncodingNotChunked),
         ("TE list chunked last".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501, UnsupportedTransferEncoding),
         ("TE space before colon".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding : chunked\r\n\r\n", 400, Malformed),
         ("TE vertical tab".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding:\x0bchunked\r\n\r\n", 400, Malformed),
         ("TE trailing NUL".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked\x00\r\n\r\n", 400, Malformed),
         ("TE folded onto previous line".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nX: y\r\n Transfer-Encoding: chunked\r\n\r\n", 400, Malformed),
         ("TE in HTTP/1.0".into(), b"POST /api/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, Http10TransferEncoding),
+        // Absolute-form targets whose authority is no host.
+        ("absolute form, empty host".into(), b"GET http:///api/ HTTP/1.1\r\nHost: v\r\n\r\n", 400, BadTarget),
+        ("absolute form, userinfo".into(), b"GET http://u:p@v/api/ HTTP/1.1\r\nHost: v\r\n\r\n", 400, BadTarget),
         // Content-Length: duplicates and anything but one decimal number.
         ("CL twice, equal".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400, BadContentLength),
         ("CL twice, different".into(), b"POST /api/ HTTP/1.1\r\nHost: v\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, BadContentLength),
@@ -638,6 +641,16 @@ fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
         ("GET /x?debugging=1 HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.41:8080")),
         ("GET /old HTTP/1.1\r\nHost: v\r\n\r\n", None),
         ("GET /old/page HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.41:8080")),
+        // A `://` in the query is not an absolute-form target: the path is
+        // `/x`, not `/old` (which used to take the fixed route).
+        ("GET /x?r=http://h/old HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.41:8080")),
+        // Absolute form: the authority is the host (RFC 9112 3.2.2).
+        ("GET http://api.example/x HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.31:8080")),
+        (
+            "GET HTTP://A.TENANT.EXAMPLE:8080/x HTTP/1.1\r\nHost: api.example\r\n\r\n",
+            Some("198.18.0.51:8080"),
+        ),
+        ("GET http://v/old HTTP/1.1\r\nHost: v\r\n\r\n", None),
     ];
     for (req, want) in cases {
         let c = h.client();
@@ -657,7 +670,17 @@ fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
         }
         h.ev(TcpEvent::Closed { conn: c, reset: true });
     }
-    assert_eq!(h.l7.listener_stats(3).unwrap().fixed_responses, 1);
+    assert_eq!(h.l7.listener_stats(3).unwrap().fixed_responses, 2);
+
+    // Upstream, an absolute-form request goes in origin form with the
+    // authority as its one Host.
+    let c = h.client();
+    h.write(c, b"GET http://api.example:8080/x?q=1 HTTP/1.1\r\nHost: v\r\n\r\n");
+    let u = h.accept_upstreams()[0];
+    let up = header_block(&h.take(u));
+    assert!(up.starts_with("GET /x?q=1 HTTP/1.1\r\n"), "{up}");
+    assert!(up.contains("\r\nHost: api.example:8080\r\n"), "{up}");
+    assert_eq!(up.matches("Host:").count(), 1, "{up}");
 }
 
 /// Two requests in one segment: the second waits for the first's response and
