@@ -231,9 +231,10 @@ pub struct ResponseInfo {
 
 /// The response head as relayed to the client: HTTP/1.1 status line, the
 /// upstream's headers minus its connection-specific ones (RFC 9110 7.6.1:
-/// `Connection`, the headers it names, `Keep-Alive`, `Proxy-Connection`),
-/// and `Connection: close` when the client connection ends after this
-/// response. The upstream connection's keep-alive is not the client's.
+/// `Connection`, the headers it names, `Keep-Alive`, `Proxy-Connection`)
+/// and, when Transfer-Encoding is there too, Content-Length (RFC 9112 6.3
+/// item 3); plus `Connection: close` when the client connection ends after
+/// this response. The upstream connection's keep-alive is not the client's.
 /// A route's `set` headers replace the backend's of the same name and its
 /// `remove` ones are dropped. `upgrade`: a 101 switching the client's
 /// connection, which keeps `Upgrade` and says `Connection: Upgrade`.
@@ -258,20 +259,23 @@ pub fn client_response_head(
     h.push(b' ');
     h.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     h.extend_from_slice(b"\r\n");
-    let named: Vec<&[u8]> = resp
-        .headers
-        .iter()
-        .filter(|x| x.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|x| x.value.split(|b| *b == b','))
-        .map(|t| t.trim_ascii())
-        .collect();
+    // Headers the backend's Connection names (no list kept: a response
+    // allocates nothing here).
+    let named = |n: &str| {
+        resp.headers
+            .iter()
+            .filter(|x| x.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|x| x.value.split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(n.as_bytes()))
+    };
+    let te = resp.headers.iter().any(|x| x.name.eq_ignore_ascii_case("transfer-encoding"));
     for x in resp.headers.iter() {
         let n = x.name;
         let hop = ["connection", "keep-alive", "proxy-connection"]
             .iter()
             .any(|h| n.eq_ignore_ascii_case(h))
-            || (named.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
-                && !(upgrade && n.eq_ignore_ascii_case("upgrade")))
+            || (te && n.eq_ignore_ascii_case("content-length"))
+            || (named(n) && !(upgrade && n.eq_ignore_ascii_case("upgrade")))
             || remove.iter().any(|r| r.eq_ignore_ascii_case(n))
             || set.iter().any(|(r, _)| r.eq_ignore_ascii_case(n));
         if hop {
@@ -307,7 +311,8 @@ pub fn check_response(
     let version = resp.version.ok_or(Reject::Malformed)?;
     let status = resp.code.ok_or(Reject::Malformed)?;
     let mut content_length: Option<u64> = None;
-    let mut te: Option<&[u8]> = None;
+    // Transfer-Encoding over all its fields; chunked if that is the last.
+    let mut te: Option<bool> = None;
     let mut close = version == 0;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -317,7 +322,10 @@ pub fn check_response(
             }
             content_length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            te = Some(h.value);
+            for coding in h.value.split(|b| *b == b',').map(trim).filter(|c| !c.is_empty()) {
+                te = Some(coding.eq_ignore_ascii_case(b"chunked"));
+            }
+            te.get_or_insert(false);
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|b| *b == b',') {
                 let t = trim(token);
@@ -333,9 +341,11 @@ pub fn check_response(
     {
         Framing::None
     } else {
+        // Transfer-Encoding overrides Content-Length (RFC 9112 6.3 item 3),
+        // which `client_response_head` then does not pass on.
         match (te, content_length) {
-            (Some(v), _) if trim(v).eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
-            (Some(_), _) => Framing::UntilClose,
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
             (None, Some(0)) => Framing::None,
             (None, Some(n)) => Framing::Length(n),
             (None, None) => Framing::UntilClose,

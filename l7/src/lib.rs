@@ -282,6 +282,33 @@ impl Route {
     }
 }
 
+/// The first field `name`'s value as text, trimmed.
+fn header_str<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<&'h str> {
+    let h = headers.iter().find(|h| h.name.eq_ignore_ascii_case(name))?;
+    std::str::from_utf8(h.value).ok().map(str::trim)
+}
+
+/// The response's `Vary` with `Accept-Encoding` added, as a compressed
+/// response needs (RFC 9110 12.5.5): the backend's own reasons stay.
+fn vary_with_accept_encoding(headers: &[httparse::Header<'_>]) -> String {
+    let mut v = String::new();
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("vary")) {
+        let Ok(t) = std::str::from_utf8(h.value) else { continue };
+        for f in t.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            if f == "*" {
+                return "*".into();
+            }
+            if f.eq_ignore_ascii_case("accept-encoding") {
+                continue;
+            }
+            v.push_str(f);
+            v.push_str(", ");
+        }
+    }
+    v.push_str("Accept-Encoding");
+    v
+}
+
 /// The value of cookie `name` (RFC 6265 `Cookie` pairs), if sent.
 fn cookie<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<&'h [u8]> {
     headers
@@ -2028,7 +2055,6 @@ impl L7 {
                 match http1::check_response(&resp, up.head_request) {
                     Ok(info) => {
                         let x = self.sessions.get(s as usize).and_then(Option::as_ref);
-                        let client_keep = x.is_some_and(|x| x.keep_alive);
                         let upgrade = info.status == 101 && x.is_some_and(|x| x.upgrade);
                         let route =
                             x.and_then(|x| self.listeners[x.listener].cfg.routes.get(x.route?));
@@ -2044,6 +2070,11 @@ impl L7 {
                                 && !up.head_request
                                 && compressible(resp.headers)
                         });
+                        // A body that ends when the backend closes ends the
+                        // client's connection too: it has no other end the
+                        // client could find (unless coded, then chunked).
+                        let client_keep = x.is_some_and(|x| x.keep_alive)
+                            && !(info.framing == Framing::UntilClose && coding.is_none());
                         // With a coding the length and coding change: say so.
                         // (A coded response is a 200, so never an upgrade.)
                         let (coded_set, coded_remove);
@@ -2051,11 +2082,21 @@ impl L7 {
                             Some(c) => {
                                 let mut set = set.to_vec();
                                 set.push(("Content-Encoding".into(), c.token().into()));
-                                set.push(("Vary".into(), "Accept-Encoding".into()));
+                                set.push(("Vary".into(), vary_with_accept_encoding(resp.headers)));
                                 set.push(("Transfer-Encoding".into(), "chunked".into()));
+                                // The coded body is not the backend's bytes:
+                                // a strong validator becomes a weak one
+                                // (RFC 9110 8.8.1).
+                                if let Some(e) = header_str(resp.headers, "etag") {
+                                    let weak = if e.starts_with("W/") {
+                                        e.into()
+                                    } else {
+                                        format!("W/{e}")
+                                    };
+                                    set.push(("ETag".into(), weak));
+                                }
                                 let mut remove = remove.to_vec();
                                 remove.push("Content-Length".into());
-                                remove.push("ETag".into());
                                 coded_set = set;
                                 coded_remove = remove;
                                 (&coded_set[..], &coded_remove[..])
@@ -2120,6 +2161,13 @@ impl L7 {
         }
         if let Some(r) = self.route_of(s).filter(|_| info.status >= 200 || info.status == 101) {
             r.status(info.status);
+        }
+        if info.framing == Framing::UntilClose && coding.is_none() {
+            // Relayed until the backend closes, then the client is closed
+            // (its response head says `Connection: close`).
+            if let Some(x) = self.sess(s) {
+                x.keep_alive = false;
+            }
         }
         if info.status == 101 {
             // Switched: from here on bytes go both ways unchanged until one

@@ -801,6 +801,46 @@ fn connection_headers_are_the_clients_not_the_backends() {
     }
 }
 
+/// A response framed by the backend's close (no length, as HTTP/1.0
+/// origins send) tells the client `Connection: close` and closes it after
+/// the body: a kept-alive client could not find its end, and the next
+/// response would run into it. A response with both Transfer-Encoding and
+/// Content-Length goes on chunked, without the length (RFC 9112 6.3 item
+/// 3); `gzip, chunked` is chunked too.
+#[test]
+fn a_response_until_close_closes_the_client_and_a_chunked_one_drops_its_length() {
+    let mut h = H::new();
+    let c = h.client();
+    h.write(c, b"GET /api/x HTTP/1.1\r\nHost: v\r\n\r\n");
+    let u = h.accept_upstreams()[0];
+    h.take(u);
+    h.write(u, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end");
+    let got = header_block(&h.take(c));
+    assert!(got.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{got}");
+    assert!(got.ends_with("until the end"), "{got}");
+    assert!(!h.tcp.c(c).closed, "the body may go on");
+    h.ev(TcpEvent::PeerClosed { conn: u });
+    assert!(h.tcp.c(c).closed, "the end of the body is the end of the connection");
+
+    for te in ["chunked", "gzip, chunked"] {
+        let c = h.client();
+        h.write(c, b"GET /api/x HTTP/1.1\r\nHost: v\r\n\r\n");
+        let ups = h.accept_upstreams();
+        let u = *ups.iter().find(|u| !h.tcp.c(**u).sent.is_empty()).expect("sent upstream");
+        h.take(u);
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        h.write(u, resp.as_bytes());
+        let got = header_block(&h.take(c));
+        let head = got.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(!head.contains("content-length"), "{te}: {got}");
+        assert!(!head.contains("connection: close"), "{te}: {got}");
+        assert!(got.ends_with("5\r\nhello\r\n0\r\n\r\n"), "{te}: {got}");
+        assert!(!h.tcp.c(c).closed, "{te}: kept alive");
+    }
+}
+
 /// Where an upstream connection goes.
 fn remote(h: &mut H, u: ConnId) -> SocketAddr {
     h.tcp.c(u).remote
@@ -1849,7 +1889,7 @@ fn compression_by_accept_encoding_and_content_type() {
         (String::from_utf8_lossy(&raw[..i]).into_owned(), raw[i..].to_vec())
     };
     // Fixed length upstream, arriving in two pieces.
-    let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nETag: \"abc\"\r\n\r\n", text.len()).into_bytes();
+    let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nETag: \"abc\"\r\nVary: Origin\r\n\r\n", text.len()).into_bytes();
     resp.extend_from_slice(&text[..7000]);
     let got = ask(
         &mut h,
@@ -1858,14 +1898,18 @@ fn compression_by_accept_encoding_and_content_type() {
     );
     let (head, body) = split(&got);
     assert!(
-        head.contains("Content-Encoding: gzip\r\n") && head.contains("Vary: Accept-Encoding\r\n"),
-        "{head}"
+        head.contains("Content-Encoding: gzip\r\n")
+            && head.contains("Vary: Origin, Accept-Encoding\r\n"),
+        "the backend's Vary keeps its reasons: {head}"
     );
     assert!(
         head.contains("Transfer-Encoding: chunked\r\n") && !head.contains("Content-Length"),
         "{head}"
     );
-    assert!(!head.contains("ETag"), "a strong ETag names the uncompressed bytes: {head}");
+    assert!(
+        head.contains("ETag: W/\"abc\"\r\n") && !head.contains("ETag: \"abc\""),
+        "a strong ETag names the uncompressed bytes: weakened, {head}"
+    );
     let zipped = dechunk(&body);
     assert!(zipped.len() < text.len() / 10, "compressed to {} bytes", zipped.len());
     assert_eq!(gunzip(&zipped), text);
