@@ -1817,6 +1817,17 @@ impl L7 {
         }
     }
 
+    /// Whether [`L7::pick_backend`] would find a backend of `pool` outside
+    /// `exclude` (ejected ones count, as they do there when nothing else is
+    /// left).
+    fn another_backend(&self, pool: usize, exclude: u64) -> bool {
+        let p = &self.pools[pool];
+        (0..p.cfg.backends.len()).any(|b| {
+            let excluded = b < 64 && exclude & (1 << b) != 0;
+            !p.drained[b] && p.up[b] && p.cfg.backends[b].weight > 0 && !excluded
+        })
+    }
+
     /// A backend of `pool`, by its balance, among those not drained, down,
     /// weighted 0, ejected or in `exclude`; when only ejected ones remain,
     /// among those (an ejection never empties a pool). `key` is the request's
@@ -2150,8 +2161,17 @@ impl L7 {
                 self.pools[pool].stats.backends[b].responses_5xx += 1;
             }
             self.backend_result(pool, b, !failed, now);
+            // Only when another backend could answer: with none, the
+            // backend's own 502 or 503 (its Retry-After, its body) is a
+            // better answer than ours.
+            let tried = |r: &Retry| r.tried | if b < 64 { 1 << b } else { 0 };
             let retry = matches!(info.status, 502 | 503)
-                && self.sess(s).and_then(|x| x.retry.as_ref()).is_some_and(|r| r.left > 0);
+                && self
+                    .sessions
+                    .get(s as usize)
+                    .and_then(Option::as_ref)
+                    .and_then(|x| x.retry.as_ref())
+                    .is_some_and(|r| r.left > 0 && self.another_backend(pool, tried(r)));
             if retry {
                 // Not relayed: the request goes to another backend, on a
                 // fresh connection.

@@ -904,6 +904,24 @@ fn idempotent_requests_are_retried_on_another_backend() {
     assert_eq!(h.l7.listener_stats(3).unwrap().retries, 2);
 }
 
+/// A 503 from the only backend that could answer is the client's answer,
+/// Retry-After and body included: a retry would find no other backend and
+/// end in a 502 of our own.
+#[test]
+fn a_503_with_no_other_backend_is_relayed_not_retried() {
+    let mut h = H::with(|c| c.listeners[0].routes[1].retries = 1);
+    let c = h.client();
+    h.write(c, b"GET /one/a HTTP/1.1\r\nHost: v\r\n\r\n");
+    let u = h.accept_upstreams()[0];
+    h.take(u);
+    h.write(u, b"HTTP/1.1 503 Busy\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\nbusy");
+    let got = header_block(&h.take(c));
+    assert!(got.starts_with("HTTP/1.1 503 Busy\r\n"), "{got}");
+    assert!(got.contains("Retry-After: 7\r\n") && got.ends_with("busy"), "{got}");
+    assert!(h.accept_upstreams().is_empty(), "no second attempt");
+    assert_eq!(h.l7.listener_stats(3).unwrap().retries, 0);
+}
+
 #[test]
 fn without_retries_a_reset_is_a_502_and_retries_stop_when_backends_run_out() {
     // retries = 0: the client gets the 502.
