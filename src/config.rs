@@ -112,6 +112,7 @@ struct RawHttp {
     max_headers: Option<Spanned<u32>>,
     request_timeout_ms: Option<Spanned<u32>>,
     idle_timeout_ms: Option<Spanned<u32>>,
+    head_timeout_ms: Option<Spanned<u32>>,
     connect_timeout_ms: Option<Spanned<u32>>,
     idle_upstreams_per_backend: Option<Spanned<u32>>,
 }
@@ -1798,6 +1799,9 @@ impl Cx<'_> {
         if let Some(v) = &h.idle_timeout_ms {
             l.idle_timeout = ms(self.range_u32(v, 1, 3_600_000)?);
         }
+        if let Some(v) = &h.head_timeout_ms {
+            l.head_timeout = ms(self.range_u32(v, 1, 3_600_000)?);
+        }
         if let Some(v) = &h.connect_timeout_ms {
             l.connect_timeout = ms(self.range_u32(v, 1, 600_000)?);
         }
@@ -2573,12 +2577,13 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
     fn http_limits_are_read_and_checked() {
         let src = BASE.replace(
             "[[listener]]\nname = \"pg\"",
-            "[http]\nmax_request_line_bytes = 1024\nmax_headers = 20\nrequest_timeout_ms = 2500\n\n[[listener]]\nname = \"pg\"",
+            "[http]\nmax_request_line_bytes = 1024\nmax_headers = 20\nrequest_timeout_ms = 2500\nhead_timeout_ms = 4000\n\n[[listener]]\nname = \"pg\"",
         );
         let c = Config::parse("t.toml", &src).unwrap();
         assert_eq!(c.http.max_request_line, 1024);
         assert_eq!(c.http.max_headers, 20);
         assert_eq!(c.http.request_timeout, Duration::from_millis(2500));
+        assert_eq!(c.http.head_timeout, Duration::from_millis(4000));
         assert_eq!(c.http.max_head, switchyard_l7::Limits::default().max_head);
         let e = err(&src.replace("max_headers = 20", "max_headers = 1000"));
         assert_eq!(e.key, "http.max_headers", "{e}");

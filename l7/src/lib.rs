@@ -370,10 +370,16 @@ pub struct Limits {
     pub max_headers: usize,
     /// Idle upstream connections kept per backend.
     pub max_idle_upstream_per_backend: usize,
-    /// Time from a request to its response head.
+    /// Time from a request (its body's end, if it has one) to its response
+    /// head (504 beyond).
     pub request_timeout: Duration,
-    /// Time a client connection may sit idle between requests.
+    /// Time a client connection may sit idle between requests, or send
+    /// nothing of a request body still to come (408 then).
     pub idle_timeout: Duration,
+    /// Time from a request head's first byte to its last (408 beyond): a
+    /// client trickling a head (slowloris) holds a connection this long at
+    /// most.
+    pub head_timeout: Duration,
     /// Time to establish an upstream connection.
     pub connect_timeout: Duration,
 }
@@ -387,6 +393,7 @@ impl Default for Limits {
             max_idle_upstream_per_backend: 512,
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            head_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
         }
     }
@@ -441,6 +448,10 @@ pub struct ListenerStats {
     pub fixed_responses: u64,
     /// Requests sent again to another backend.
     pub retries: u64,
+    /// Clients answered 408: a request head not complete within
+    /// [`Limits::head_timeout`], or a body stalled for
+    /// [`Limits::idle_timeout`].
+    pub timeouts: u64,
     /// Requests refused before reaching a backend, by [`Reject::index`].
     pub rejected: [u64; Reject::ALL.len()],
 }
@@ -623,6 +634,12 @@ struct Session {
     body_done: bool,
     started: Instant,
     last_active: Instant,
+    /// When the request head being read began (its first byte, or the end
+    /// of the previous response for bytes already waiting).
+    head_since: Instant,
+    /// When the request was all sent (head, and body if any): the
+    /// request timeout runs from here.
+    waiting_since: Instant,
     peer_closed: bool,
     response_started: bool,
     /// What is needed to send the request again, when its route retries.
@@ -1202,6 +1219,8 @@ impl L7 {
                     retry_keep: false,
                     coding: None,
                     request_timeout: self.limits.request_timeout,
+                    head_since: now,
+                    waiting_since: now,
                 };
                 let i = match self.free_sessions.pop() {
                     Some(i) => {
@@ -1356,6 +1375,9 @@ impl L7 {
             match tcp.recv(conn, &mut scratch[..room]) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if x.phase == Phase::Head && x.inbuf.is_empty() {
+                        x.head_since = now;
+                    }
                     lend(&mut self.spare_bufs, &mut x.inbuf);
                     x.inbuf.extend_from_slice(&scratch[..n]);
                     x.last_active = now;
@@ -1622,6 +1644,7 @@ impl L7 {
         x.chunks = ChunkScanner::default();
         x.body_done = info.framing == Framing::None;
         x.started = now;
+        x.waiting_since = now;
         x.response_started = false;
         x.phase = Phase::Request;
 
@@ -1944,11 +1967,13 @@ impl L7 {
                         let t = (x.body_left.min(avail as u64)) as usize;
                         x.body_left -= t as u64;
                         x.body_done = x.body_left == 0;
+                        x.waiting_since = now;
                         t
                     }
                     Framing::Chunked => match x.chunks.scan(&x.inbuf[..avail]) {
                         Ok(t) => {
                             x.body_done = x.chunks.done();
+                            x.waiting_since = now;
                             t
                         }
                         Err(r) => {
@@ -2366,6 +2391,7 @@ impl L7 {
         let Some(x) = self.sess(s) else { return };
         if client_keep {
             x.phase = Phase::Head;
+            x.head_since = now;
             if !x.inbuf.is_empty() {
                 self.process_client(s, now, tcp);
             }
@@ -2551,7 +2577,7 @@ impl L7 {
             _ => return,
         }
         self.next_check = Some(now + CHECK_EVERY);
-        let idle_timeout = self.limits.idle_timeout;
+        let (idle_timeout, head_timeout) = (self.limits.idle_timeout, self.limits.head_timeout);
         for s in 0..self.sessions.len() as u32 {
             let Some(x) = self.sessions.get_mut(s as usize).and_then(Option::as_mut) else {
                 continue;
@@ -2561,9 +2587,35 @@ impl L7 {
                     x.phase = Phase::Closing;
                     self.flush_client(s, tcp);
                 }
+                Phase::Head if !x.inbuf.is_empty() && now >= x.head_since + head_timeout => {
+                    self.listeners[x.listener].stats.timeouts += 1;
+                    self.fail(s, 408, "Request Timeout", tcp);
+                }
+                // A body still coming: the client's pace, not the backend's
+                // answer, is what may run out.
+                Phase::Request
+                    if !x.response_started
+                        && !x.body_done
+                        && !x.raw
+                        && now >= x.last_active + idle_timeout =>
+                {
+                    self.listeners[x.listener].stats.timeouts += 1;
+                    if let Some(u) = x.upstream {
+                        if let Some(conn) = self.up(u).map(|up| up.conn) {
+                            tcp.abort(conn);
+                        }
+                        self.remove_upstream(u);
+                    }
+                    if let Some(x) = self.sess(s) {
+                        x.upstream = None;
+                    }
+                    self.fail(s, 408, "Request Timeout", tcp);
+                }
                 Phase::Request if !x.response_started => {
                     let Some(u) = x.upstream else { continue };
-                    let (started, request_timeout) = (x.started, x.request_timeout);
+                    let (started, request_timeout) = (x.waiting_since, x.request_timeout);
+                    // A body still coming is timed by the arm above.
+                    let sent = x.body_done || x.raw;
                     let Some(up) = self.up(u) else { continue };
                     let (connected, opened, conn, pool, b) =
                         (up.connected, up.opened, up.conn, up.pool, up.backend);
@@ -2571,7 +2623,7 @@ impl L7 {
                         self.pools[pool].stats.backends[b].connect_failures += 1;
                         self.backend_result(pool, b, false, now);
                         self.drop_upstream_and_retry(u, s, b, now, tcp);
-                    } else if now >= started + request_timeout {
+                    } else if sent && now >= started + request_timeout {
                         tcp.abort(conn);
                         self.remove_upstream(u);
                         if let Some(x) = self.sess(s) {

@@ -454,6 +454,61 @@ fn a_reset_upstream_gives_502_and_a_silent_one_504() {
     assert_eq!(h.l7.listener_stats(3).unwrap().responses_5xx, 2);
 }
 
+/// A head trickled a byte a second (slowloris) gets 408 at the head
+/// timeout, though every byte resets the idle clock; an upload slower than
+/// the request timeout is not cut off while it moves (the request timeout
+/// runs from its end), and one that stops gets 408 at the idle timeout.
+#[test]
+fn a_trickled_head_times_out_and_a_slow_upload_does_not_until_it_stalls() {
+    let mut h = H::new();
+    let c = h.client();
+    let head = b"GET /one/ HTTP/1.1\r\nHost: v\r\nX-Pad: aaaaaaaaaaaaaaaaaaaa\r\n";
+    for (i, b) in head.iter().enumerate().take(12) {
+        h.write(c, &[*b]);
+        h.now += Duration::from_secs(1);
+        h.l7.poll(h.now, &mut h.tcp);
+        if i < 9 {
+            assert!(h.take(c).is_empty(), "second {i}");
+        }
+    }
+    let got = header_block(&h.take(c));
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+    assert!(h.tcp.c(c).closed);
+    assert!(h.tcp.connects.is_empty(), "nothing went upstream");
+    assert_eq!(h.l7.listener_stats(3).unwrap().timeouts, 1);
+
+    // 100 bytes over 50 s, 10 every 5 s: longer than the 30 s request
+    // timeout, answered once complete.
+    let c = h.client();
+    h.write(c, b"POST /one/ HTTP/1.1\r\nHost: v\r\nContent-Length: 100\r\n\r\n");
+    let u = h.accept_upstreams()[0];
+    for _ in 0..10 {
+        h.now += Duration::from_secs(5);
+        h.l7.poll(h.now, &mut h.tcp);
+        h.write(c, &[b'x'; 10]);
+    }
+    assert!(h.take(c).is_empty(), "no 504 while the body moves");
+    let up = h.take(u);
+    assert!(up.ends_with(&[b'x'; 100]), "{}", String::from_utf8_lossy(&up));
+    h.now += Duration::from_secs(20);
+    h.l7.poll(h.now, &mut h.tcp);
+    h.write(u, &response(b"got it", ""));
+    assert!(h.take(c).ends_with(b"got it"));
+
+    // A body that stops half way: 408 after the idle timeout, and the
+    // upstream, which has half a request, is dropped.
+    h.write(c, b"POST /one/ HTTP/1.1\r\nHost: v\r\nContent-Length: 100\r\n\r\nhalf");
+    h.now += Duration::from_secs(59);
+    h.l7.poll(h.now, &mut h.tcp);
+    let early = h.take(c);
+    assert!(early.is_empty(), "{}", String::from_utf8_lossy(&early));
+    h.now += Duration::from_secs(2);
+    h.l7.poll(h.now, &mut h.tcp);
+    assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 408 "));
+    assert!(h.tcp.c(u).aborted, "the backend never sees a complete request");
+    assert_eq!(h.l7.listener_stats(3).unwrap().timeouts, 2);
+}
+
 #[test]
 fn a_slow_client_gets_every_byte_of_a_large_response() {
     let mut h = H::new();
