@@ -447,6 +447,9 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
             if !refused.is_empty() {
                 let _ = writeln!(out, "  refused: {}", refused.join(", "));
             }
+            if s.timeouts > 0 {
+                let _ = writeln!(out, "  timed out (408): {}", s.timeouts);
+            }
             for (ri, r) in dp.l7.route_stats(i as u16).unwrap_or(&[]).iter().enumerate() {
                 if r.requests == 0 {
                     continue;
