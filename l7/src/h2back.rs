@@ -410,7 +410,9 @@ impl H2Front {
                                 host = std::str::from_utf8(h.value).unwrap_or("");
                                 continue;
                             }
-                            "connection" | "keep-alive" | "proxy-connection" | "upgrade" => {
+                            // TE is hop-by-hop; HTTP/2 allows only
+                            // `trailers`, added below (RFC 9113 8.2.2).
+                            "connection" | "keep-alive" | "proxy-connection" | "upgrade" | "te" => {
                                 continue;
                             }
                             "transfer-encoding" => {
@@ -429,6 +431,9 @@ impl H2Front {
                         }
                         builder = builder.header(name.as_str(), h.value);
                     }
+                    // We pass trailers on both ways, and gRPC servers
+                    // refuse a call without this (gRPC over HTTP/2).
+                    builder = builder.header("te", "trailers");
                     let uri =
                         format!("http://{}{path}", if host.is_empty() { "backend" } else { host });
                     let head_request = method == "HEAD";

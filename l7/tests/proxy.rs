@@ -1827,6 +1827,7 @@ fn grpc_over_http2_on_both_sides_keeps_trailers() {
         assert_eq!(req.method(), "POST");
         assert_eq!(req.uri().path(), "/one/helloworld.Greeter/SayHello");
         assert_eq!(req.headers()["content-type"], "application/grpc");
+        assert_eq!(req.headers()["te"], "trailers", "gRPC servers need it");
         let mut rb = req.into_body();
         let mut got = Vec::new();
         let mut cx = Context::from_waker(Waker::noop());
