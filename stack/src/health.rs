@@ -72,7 +72,11 @@ impl HttpCheck {
         match &self.body_contains {
             None => Some(true),
             Some(needle) => {
-                let found = buf.windows(needle.len().max(1)).any(|w| w == needle.as_slice());
+                // In the body: a header (a Server, a cookie) proves nothing.
+                let body = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &buf[i + 4..]);
+                let found = body.is_some_and(|b| {
+                    b.windows(needle.len().max(1)).any(|w| w == needle.as_slice())
+                });
                 if found {
                     Some(true)
                 } else if complete {
@@ -333,5 +337,9 @@ mod tests {
         assert_eq!(c.verdict(head, true), Some(false), "ended without the body text");
         assert_eq!(c.verdict(&[&head[..], b"not ready"].concat(), false), Some(true));
         assert_eq!(c.verdict(b"HTTP/1.1 500 x\r\n\r\nready", false), Some(false));
+        // The text in a header is not the body's.
+        let in_header = b"HTTP/1.1 200 OK\r\nX-State: ready\r\n\r\nbooting";
+        assert_eq!(c.verdict(in_header, false), None);
+        assert_eq!(c.verdict(in_header, true), Some(false));
     }
 }
