@@ -888,11 +888,11 @@ impl Cx<'_> {
             };
             let tls = self.pool_tls(p, &backends, &pools)?;
             if let Some(path) = p.health.as_ref().and_then(|h| h.http_path.as_ref())
-                && (h2c || tls.is_some())
+                && h2c
             {
                 return Err(self.at(
                     path,
-                    "HTTP health checks speak cleartext HTTP/1.1, which this pool's backends (HTTP/2 or TLS) do not: leave out `http_path` for a TCP check",
+                    "HTTP health checks speak HTTP/1.1, which this pool's HTTP/2 backends do not: leave out `http_path` for a TCP check",
                 ));
             }
             pools.push(Pool {
@@ -2623,7 +2623,7 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert!(e.message.contains("need `http_path`"), "{e}");
         let e = err(&src.replace("  [pool.health]", "protocol = \"h2c\"\n  [pool.health]"));
         assert_eq!(e.key, "pool.health.http_path", "{e}");
-        assert!(e.message.contains("cleartext HTTP/1.1"), "{e}");
+        assert!(e.message.contains("speak HTTP/1.1"), "{e}");
         let e = err(&BASE.replace("  pool = \"db\"", "  pool = \"db\"\n  retries = 11"));
         assert!(e.message.contains("out of range 0..=10"), "{e}");
     }
