@@ -734,7 +734,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
     }
 }
 
-/// Chooses a certificate by the ClientHello's server name.
+/// Chooses a certificate by the ClientHello's server name and, among those
+/// for the name (an ECDSA and an RSA one, say), by the signature schemes
+/// the client accepts: the first in the list that it can verify. With no
+/// certificate for the name, the first in the list the client can verify
+/// (the default, the first, if it can). With none the client can verify,
+/// the first candidate, and the handshake fails as it must.
 #[derive(Debug)]
 struct SniResolver {
     certs: Vec<Arc<rustls::sign::CertifiedKey>>,
@@ -745,21 +750,25 @@ impl rustls::server::ResolvesServerCert for SniResolver {
         &self,
         hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let schemes = hello.signature_schemes();
+        let usable =
+            |ck: &&Arc<rustls::sign::CertifiedKey>| ck.key.choose_scheme(schemes).is_some();
         let name = hello
             .server_name()
             .and_then(|n| rustls::pki_types::ServerName::try_from(n.to_string()).ok());
         if let Some(name) = name {
-            for ck in &self.certs {
-                let ok = ck.cert.first().is_some_and(|der| {
+            let for_name = |ck: &&Arc<rustls::sign::CertifiedKey>| {
+                ck.cert.first().is_some_and(|der| {
                     webpki::EndEntityCert::try_from(der)
                         .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
-                });
-                if ok {
-                    return Some(ck.clone());
-                }
+                })
+            };
+            let mut named = self.certs.iter().filter(for_name).peekable();
+            if let Some(first) = named.peek().copied() {
+                return Some(named.find(usable).unwrap_or(first).clone());
             }
         }
-        self.certs.first().cloned()
+        self.certs.iter().find(usable).or(self.certs.first()).cloned()
     }
 }
 

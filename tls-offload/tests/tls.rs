@@ -55,7 +55,23 @@ impl Pki {
     /// A certificate for `names` with common name `cn`, valid now unless
     /// `expired`.
     fn issue(&self, file: &str, cn: &str, names: &[&str], expired: bool) -> Issued {
-        let key = KeyPair::generate().unwrap();
+        self.issue_with(KeyPair::generate().unwrap(), file, cn, names, expired)
+    }
+
+    /// As [`Pki::issue`], with an RSA 2048 key.
+    fn issue_rsa(&self, file: &str, names: &[&str]) -> Issued {
+        let key = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048);
+        self.issue_with(key.unwrap(), file, "rsa", names, false)
+    }
+
+    fn issue_with(
+        &self,
+        key: KeyPair,
+        file: &str,
+        cn: &str,
+        names: &[&str],
+        expired: bool,
+    ) -> Issued {
         let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap();
         p.distinguished_name.push(DnType::OrganizationName, "Switchyard Test");
@@ -1448,5 +1464,42 @@ fn a_close_notify_is_heard_by_l7_before_the_fin() {
         assert_eq!(closed(&t), 1, "{v:?}: L7 hears the close_notify");
         t.event(TcpEvent::PeerClosed { conn: c });
         assert_eq!(closed(&t), 1, "{v:?}: and not the FIN again");
+    }
+}
+
+/// Two certificates for one name, ECDSA first and RSA second: a client
+/// that verifies ECDSA gets the first; one that verifies only RSA gets the
+/// RSA one (rather than a certificate it cannot verify).
+#[test]
+fn of_two_certificates_for_a_name_the_client_gets_one_it_can_verify() {
+    let pki = Pki::new("dualcert");
+    let ecdsa = pki.issue("ecdsa", "switchyard.test", &["switchyard.test"], false);
+    let rsa = pki.issue_rsa("rsa", &["switchyard.test"]);
+    let mut t = T::new(&[&ecdsa, &rsa], TlsOptions::default());
+    let any = client_config(&pki, &[&rustls::version::TLS13], None, &[]);
+    let base = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+    let mapping: Vec<_> = base
+        .mapping
+        .iter()
+        .filter(|(s, _)| format!("{s:?}").starts_with("RSA_"))
+        .cloned()
+        .collect();
+    assert!(!mapping.is_empty());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.signature_verification_algorithms = rustls::crypto::WebPkiSupportedAlgorithms {
+        all: base.all,
+        mapping: Box::leak(mapping.into_boxed_slice()),
+    };
+    let rsa_only = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(pki.roots())
+        .with_no_client_auth();
+    let rsa_only = Arc::new(rsa_only);
+    for (cfg, want, kind) in [(&any, &ecdsa, "ECDSA"), (&rsa_only, &rsa, "RSA only")] {
+        let (_, client, err) = t.connect(cfg, "switchyard.test");
+        assert!(err.is_none(), "{kind}: {err:?}");
+        let got = client.peer_certificates().and_then(|c| c.first().cloned());
+        assert_eq!(got.as_ref(), Some(&want.der), "{kind}");
     }
 }
