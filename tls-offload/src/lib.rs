@@ -388,6 +388,21 @@ pub enum TlsError {
     Config(String),
 }
 
+/// Key exchange groups on both sides (listeners and connections to
+/// backends): the post-quantum hybrid, then the classical groups. Pinned
+/// here rather than left to rustls's `prefer-post-quantum` feature, so a
+/// change of rustls's defaults cannot change ours unseen. Towards backends
+/// the order is our preference (the hybrid's share goes first); a listener
+/// takes, as rustls does, the first group of the client's list that it
+/// supports, and clients that offer the hybrid (browsers, OpenSSL 3.5,
+/// rustls) list it first.
+const KX_GROUPS: [&dyn rustls::crypto::SupportedKxGroup; 4] = [
+    rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
+    rustls::crypto::aws_lc_rs::kx_group::X25519,
+    rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
+    rustls::crypto::aws_lc_rs::kx_group::SECP384R1,
+];
+
 /// A server configuration from a PEM certificate chain and a PEM private key,
 /// offering ALPN `h2` and `http/1.1`. TLS 1.3 and 1.2; key exchange prefers
 /// the post-quantum hybrid X25519MLKEM768, with classical groups as fallback.
@@ -472,6 +487,7 @@ pub fn server_config_with(
     opts: &TlsOptions,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = KX_GROUPS.to_vec();
     provider.cipher_suites = match &opts.cipher_suites {
         None => default_cipher_suites().to_vec(),
         Some(list) => list
@@ -611,6 +627,7 @@ pub struct ClientOptions {
 /// `opts.ca` unless `opts.no_verify`.
 pub fn client_config(opts: &ClientOptions) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = KX_GROUPS.to_vec();
     for s in &mut provider.cipher_suites {
         *s = hkdf::with_prepared_hmac(*s);
     }

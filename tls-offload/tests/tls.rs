@@ -1503,3 +1503,34 @@ fn of_two_certificates_for_a_name_the_client_gets_one_it_can_verify() {
         assert_eq!(got.as_ref(), Some(&want.der), "{kind}");
     }
 }
+
+/// A client offering the post-quantum hybrid first (rustls's default,
+/// with an X25519 share besides) gets it; a classical-only client gets
+/// X25519; each counted by group, for the listener too.
+#[test]
+fn the_hybrid_is_preferred_and_x25519_is_the_fallback() {
+    let pki = Pki::new("groups");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let mut t = T::new(&[&server], TlsOptions::default());
+    let hybrid = client_config(&pki, &[&rustls::version::TLS13], None, &[]);
+    let mut classical = rustls::crypto::aws_lc_rs::default_provider();
+    classical.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    let classical = Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(classical))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(pki.roots())
+            .with_no_client_auth(),
+    );
+    for (cfg, want) in [(&hybrid, "X25519MLKEM768"), (&classical, "X25519")] {
+        let (_, client, err) = t.connect(cfg, "switchyard.test");
+        assert!(err.is_none(), "{err:?}");
+        let group = client.negotiated_key_exchange_group().map(|g| format!("{:?}", g.name()));
+        assert_eq!(group.as_deref(), Some(want));
+    }
+    let st = t.tls.stats();
+    for g in ["X25519MLKEM768", "X25519"] {
+        assert_eq!(st.handshakes.get(&("TLSv1_3".into(), g.into())), Some(&1), "{st:?}");
+        assert_eq!(st.groups_by_listener.get(&(LISTENER, g.into())), Some(&1), "{st:?}");
+    }
+}
