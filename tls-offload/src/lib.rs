@@ -282,18 +282,30 @@ impl CryptoEngine<HandshakeIn, HandshakeOut> for SoftwareEngine {
 /// Runs one job; a bug in a handshake step (ours or rustls's) fails that
 /// connection, not the engine and every job queued behind it.
 fn run_job(job: Job<HandshakeIn>) -> Job<HandshakeOut> {
-    let server = matches!(job.work.conn, Pending::Server(_));
-    let step = std::panic::AssertUnwindSafe(|| handshake_step(job.work));
-    let out = std::panic::catch_unwind(step).unwrap_or_else(|_| {
-        let e = rustls::Error::General("handshake step panicked".into());
-        let result = if server {
-            Stepped::Server(ServerStep::Failed(e))
-        } else {
-            Stepped::Client(None, Some(e))
-        };
-        HandshakeOut { result, output: Vec::new() }
-    });
-    Job { tag: job.tag, work: out }
+    job.run()
+}
+
+impl Job<HandshakeIn> {
+    /// Runs the step, in software: what [`SoftwareEngine`]'s threads and
+    /// [`InlineEngine`] do with each job. An engine of another kind (a
+    /// hardware one) implements [`CryptoEngine`] by queueing jobs its own
+    /// way and calling this where they run; the result keeps the tag. A
+    /// step that panics is a failed handshake, not a lost job.
+    pub fn run(self) -> Job<HandshakeOut> {
+        let job = self;
+        let server = matches!(job.work.conn, Pending::Server(_));
+        let step = std::panic::AssertUnwindSafe(|| handshake_step(job.work));
+        let out = std::panic::catch_unwind(step).unwrap_or_else(|_| {
+            let e = rustls::Error::General("handshake step panicked".into());
+            let result = if server {
+                Stepped::Server(ServerStep::Failed(e))
+            } else {
+                Stepped::Client(None, Some(e))
+            };
+            HandshakeOut { result, output: Vec::new() }
+        });
+        Job { tag: job.tag, work: out }
+    }
 }
 
 /// The engine for a worker with no core to spare: handshake steps run on

@@ -1534,3 +1534,64 @@ fn the_hybrid_is_preferred_and_x25519_is_the_fallback() {
         assert_eq!(st.groups_by_listener.get(&(LISTENER, g.into())), Some(&1), "{st:?}");
     }
 }
+
+/// The seam for an engine of another kind: one written outside this crate
+/// queues jobs its own way and runs them with [`Job::run`] (here, all of
+/// them at each turn); handshakes through it complete and carry bytes.
+#[test]
+fn an_engine_from_outside_the_crate_runs_handshakes_with_job_run() {
+    use std::collections::VecDeque;
+    use switchyard_tls::{CryptoEngine, HandshakeIn, HandshakeOut, Job};
+    #[derive(Default)]
+    struct Outside {
+        queue: VecDeque<Job<HandshakeIn>>,
+        done: VecDeque<Job<HandshakeOut>>,
+        ran: Arc<std::sync::atomic::AtomicUsize>,
+    }
+    impl CryptoEngine<HandshakeIn, HandshakeOut> for Outside {
+        fn submit(&mut self, job: Job<HandshakeIn>) -> Result<(), Job<HandshakeIn>> {
+            self.queue.push_back(job);
+            Ok(())
+        }
+        fn work(&mut self) {
+            while let Some(job) = self.queue.pop_front() {
+                let tag = job.tag;
+                let out = job.run();
+                assert_eq!(out.tag, tag);
+                self.done.push_back(out);
+                self.ran.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        fn poll(&mut self) -> Option<Job<HandshakeOut>> {
+            self.done.pop_front()
+        }
+        fn arm(&self) -> Option<std::os::fd::RawFd> {
+            None
+        }
+        fn disarm(&self) {}
+    }
+    let pki = Pki::new("outside");
+    let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
+    let cfg = server_config_with(
+        &[(server.cert_path.clone(), server.key_path.clone())],
+        &TlsOptions::default(),
+    )
+    .unwrap();
+    let engine = Outside::default();
+    let ran = engine.ran.clone();
+    let mut t = T {
+        tls: Tls::new(vec![(LISTENER, cfg)], engine),
+        tcp: FakeTcp::default(),
+        now: Instant::from_secs(1),
+        l7: Vec::new(),
+        received: Default::default(),
+    };
+    let client = client_config(&pki, &[&rustls::version::TLS13], None, &[]);
+    let (c, mut client, err) = t.connect(&client, "switchyard.test");
+    assert!(err.is_none(), "{err:?}");
+    let ran = ran.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(ran >= 2, "the engine ran the handshake's steps: {ran}");
+    client.writer().write_all(b"through the seam").unwrap();
+    assert!(t.pump(c, &mut client).is_none());
+    assert_eq!(t.l7_read(c), b"through the seam");
+}
