@@ -419,12 +419,26 @@ enum ChunkState {
     Size,
     /// Whitespace after the size: only `;` may follow.
     ExtStart,
-    Ext,
+    /// After `;`: whitespace, then an extension's name (a token).
+    ExtPreName,
+    ExtName,
+    /// Whitespace after a name: `=`, `;` or the line's end.
+    ExtPostName,
+    /// After `=`: whitespace, then a token or a quoted string.
+    ExtPreValue,
+    ExtToken,
+    ExtQuoted,
+    /// After a backslash in a quoted string.
+    ExtQuotedEscape,
+    /// After a value: whitespace, `;` or the line's end.
+    ExtPostValue,
     SizeLf,
     Data,
     DataCr,
     DataLf,
     TrailerStart,
+    /// A trailer field's name, up to its colon.
+    TrailerName,
     TrailerLine,
     TrailerLf,
     FinalLf,
@@ -437,7 +451,34 @@ impl Default for ChunkScanner {
     }
 }
 
+/// A token character (RFC 9110 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 impl ChunkScanner {
+    /// The state after byte `b` of a chunk extension (see `scan`).
+    fn ext_byte(&self, b: u8) -> Result<ChunkState, Reject> {
+        use ChunkState::*;
+        let ws = b == b' ' || b == b'\t';
+        Ok(match (self.state, b) {
+            (ExtPreName | ExtPreValue | ExtPostName | ExtPostValue, _) if ws => self.state,
+            (ExtPreName | ExtName, b) if is_tchar(b) => ExtName,
+            (ExtName, _) if ws => ExtPostName,
+            (ExtName | ExtPostName, b'=') => ExtPreValue,
+            (ExtName | ExtPostName | ExtToken | ExtPostValue, b';') => ExtPreName,
+            (ExtName | ExtPostName | ExtToken | ExtPostValue, b'\r') => SizeLf,
+            (ExtPreValue, b'"') => ExtQuoted,
+            (ExtPreValue | ExtToken, b) if is_tchar(b) => ExtToken,
+            (ExtToken, _) if ws => ExtPostValue,
+            (ExtQuoted, b'"') => ExtPostValue,
+            (ExtQuoted, b'\\') => ExtQuotedEscape,
+            // qdtext and quoted-pair: whitespace, visible characters, obs-text.
+            (ExtQuoted | ExtQuotedEscape, b'\t' | b' '..=b'~' | 0x80..=0xff) => ExtQuoted,
+            _ => return Err(Reject::BadChunk),
+        })
+    }
+
     /// True once the last chunk and the trailer section have passed.
     pub fn done(&self) -> bool {
         self.state == ChunkState::Done
@@ -461,33 +502,40 @@ impl ChunkScanner {
                     }
                     b';' if self.digits > 0 => {
                         self.ext_len = 0;
-                        self.state = ChunkState::Ext;
+                        self.state = ChunkState::ExtPreName;
                     }
                     b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::ExtStart,
                     b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
                     _ => return Err(Reject::BadChunk),
                 },
-                // chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ):
-                // names, values and quoted strings are visible characters and
-                // whitespace; controls (NUL, bare CR or LF) are refused.
+                // chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ),
+                // ext-name a token, ext-val a token or a quoted string (RFC
+                // 9112 7.1.1, RFC 9110 5.6): anything else (an empty name,
+                // a stray quote, a control) is refused, as a backend that
+                // reads the grammar differently is how requests get smuggled.
+                // Whitespace before the line's end is let pass.
                 ChunkState::ExtStart => match b {
                     b' ' | b'\t' => {}
                     b';' => {
                         self.ext_len = 0;
-                        self.state = ChunkState::Ext;
+                        self.state = ChunkState::ExtPreName;
                     }
                     _ => return Err(Reject::BadChunk),
                 },
-                ChunkState::Ext => match b {
-                    b'\r' => self.state = ChunkState::SizeLf,
-                    b'\t' | b' '..=b'~' | 0x80..=0xff => {
-                        self.ext_len += 1;
-                        if self.ext_len > MAX_CHUNK_EXT {
-                            return Err(Reject::ExtensionTooLong);
-                        }
+                ChunkState::ExtPreName
+                | ChunkState::ExtName
+                | ChunkState::ExtPostName
+                | ChunkState::ExtPreValue
+                | ChunkState::ExtToken
+                | ChunkState::ExtQuoted
+                | ChunkState::ExtQuotedEscape
+                | ChunkState::ExtPostValue => {
+                    self.ext_len += 1;
+                    if self.ext_len > MAX_CHUNK_EXT {
+                        return Err(Reject::ExtensionTooLong);
                     }
-                    _ => return Err(Reject::BadChunk),
-                },
+                    self.state = self.ext_byte(b)?;
+                }
                 ChunkState::SizeLf => {
                     if b != b'\n' {
                         return Err(Reject::BadChunk);
@@ -517,10 +565,19 @@ impl ChunkScanner {
                     }
                     self.state = ChunkState::Size;
                 }
+                // A trailer field line is a header field line (RFC 9112 7.1.2,
+                // 5): a token, a colon, a value; no obsolete line folding
+                // (a line starting with whitespace), no space before the
+                // colon, no controls.
                 ChunkState::TrailerStart => match b {
                     b'\r' => self.state = ChunkState::FinalLf,
-                    b'\n' => return Err(Reject::BadChunk),
-                    _ => self.state = ChunkState::TrailerLine,
+                    b if is_tchar(b) => self.state = ChunkState::TrailerName,
+                    _ => return Err(Reject::BadChunk),
+                },
+                ChunkState::TrailerName => match b {
+                    b':' => self.state = ChunkState::TrailerLine,
+                    b if is_tchar(b) => {}
+                    _ => return Err(Reject::BadChunk),
                 },
                 ChunkState::TrailerLine => match b {
                     b'\r' => self.state = ChunkState::TrailerLf,
@@ -669,8 +726,32 @@ mod tests {
             b"5 x\r\n",
             b"5;a\x00\r\n",
             b"5;a\nhello",
+            b"5;\r\n",
+            b"5;=b\r\n",
+            b"5;a=\r\n",
+            b"5;a=\"b\r\n",
+            b"5;a=b\"\r\n",
+            b"5;a b\r\n",
+            b"5;a=b c\r\n",
+            b"5;a=\"\x01\"\r\n",
+            b"5;a@=b\r\n",
+            b"0\r\n X: folded\r\n",
+            b"0\r\nX : y\r\n",
+            b"0\r\nno colon\r\n",
         ] {
             assert_eq!(ChunkScanner::default().scan(bad), Err(Reject::BadChunk), "{bad:?}");
+        }
+        // What the grammar allows: whitespace around `;` and `=`, several
+        // extensions, quoted strings with escapes and `;` inside.
+        for good in [
+            &b"5;a\r\nhello\r\n0\r\n\r\n"[..],
+            b"5 ; a = b ; c\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"x; \\\"y\\\\\";b=tok-en.1\r\nhello\r\n0\r\n\r\n",
+            b"5;a=b \r\nhello\r\n0\r\nX-T: 1\r\nY:\r\n\r\n",
+        ] {
+            let mut s = ChunkScanner::default();
+            assert_eq!(s.scan(good), Ok(good.len()), "{:?}", String::from_utf8_lossy(good));
+            assert!(s.done());
         }
     }
 }

@@ -310,6 +310,13 @@ fn malformed_and_ambiguous_requests_get_their_status_and_never_reach_a_backend()
         ("chunk data without CRLF".into(), b"", 400, BadChunk),
         ("trailer bare LF".into(), b"", 400, BadChunk),
         ("chunk size empty".into(), b"", 400, BadChunk),
+        ("chunk ext empty name".into(), b"", 400, BadChunk),
+        ("chunk ext quotes for a name".into(), b"", 400, BadChunk),
+        ("chunk ext unterminated quote".into(), b"", 400, BadChunk),
+        ("chunk ext two values".into(), b"", 400, BadChunk),
+        ("trailer folded".into(), b"", 400, BadChunk),
+        ("trailer without a colon".into(), b"", 400, BadChunk),
+        ("trailer space before colon".into(), b"", 400, BadChunk),
         // Header fields: folding, bare CR, NUL, bad names.
         ("obs-fold with tab".into(), b"GET /api/ HTTP/1.1\r\nHost: v\r\nX: a\r\n\tb\r\n\r\n", 400, Malformed),
         ("bare CR in value".into(), b"GET /api/ HTTP/1.1\r\nHost: v\r\nX: a\rb\r\n\r\n", 400, Malformed),
@@ -351,6 +358,13 @@ fn malformed_and_ambiguous_requests_get_their_status_and_never_reach_a_backend()
         ("chunk data without CRLF", "5\r\nhelloXX0\r\n\r\n"),
         ("trailer bare LF", "5\r\nhello\r\n0\r\nX-T: 1\n\r\n"),
         ("chunk size empty", "\r\nhello\r\n0\r\n\r\n"),
+        ("chunk ext empty name", "5;=x\r\nhello\r\n0\r\n\r\n"),
+        ("chunk ext quotes for a name", "5;\"\"=\r\nhello\r\n0\r\n\r\n"),
+        ("chunk ext unterminated quote", "5;a=\"x\r\nhello\r\n0\r\n\r\n"),
+        ("chunk ext two values", "5;a=b c\r\nhello\r\n0\r\n\r\n"),
+        ("trailer folded", "5\r\nhello\r\n0\r\nX-T: a\r\n b\r\n\r\n"),
+        ("trailer without a colon", "5\r\nhello\r\n0\r\njunk\r\n\r\n"),
+        ("trailer space before colon", "5\r\nhello\r\n0\r\nX-T : a\r\n\r\n"),
     ];
     let mut checked = 0;
     for (name, raw, status, reason) in &cases {
