@@ -621,6 +621,9 @@ enum Phase {
 struct Session {
     conn: ConnId,
     listener: usize,
+    /// The address the client connected to: the Host of an HTTP/1.0
+    /// request that has none, as it goes upstream in HTTP/1.1.
+    local: std::net::SocketAddr,
     peer_ip: Option<IpAddr>,
     phase: Phase,
     inbuf: Vec<u8>,
@@ -1187,7 +1190,7 @@ impl L7 {
     /// Acts on one event of the TCP terminator.
     pub fn on_event<T: TcpApi>(&mut self, now: Instant, ev: TcpEvent, tcp: &mut T) {
         match ev {
-            TcpEvent::Accepted { conn, listener, peer, .. } => {
+            TcpEvent::Accepted { conn, listener, peer, local } => {
                 let Some(&li) = self.by_id.get(&listener) else {
                     tcp.abort(conn);
                     return;
@@ -1195,6 +1198,7 @@ impl L7 {
                 let s = Session {
                     conn,
                     listener: li,
+                    local,
                     peer_ip: Some(peer.ip()),
                     phase: Phase::Head,
                     inbuf: Vec::new(),
@@ -1588,6 +1592,11 @@ impl L7 {
             head.extend_from_slice(b"Host: ");
             head.extend_from_slice(a.as_bytes());
             head.extend_from_slice(b"\r\n");
+        } else if host.is_none() && !sets_host {
+            // HTTP/1.0 without Host goes up as HTTP/1.1, which needs one
+            // (RFC 9112 3.2): the address the client asked.
+            use std::io::Write as _;
+            let _ = write!(head, "Host: {}\r\n", x.local);
         }
         for (n, v) in &route.set_request_headers {
             head.extend_from_slice(n.as_bytes());

@@ -741,6 +741,17 @@ fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
     }
     assert_eq!(h.l7.listener_stats(3).unwrap().fixed_responses, 2);
 
+    // HTTP/1.0 without Host goes up as HTTP/1.1 with the address the
+    // client asked as its Host (an HTTP/1.1 backend refuses one without).
+    let c = h.client();
+    h.write(c, b"GET /x HTTP/1.0\r\n\r\n");
+    let u = h.accept_upstreams()[0];
+    let up = header_block(&h.take(u));
+    assert!(
+        up.starts_with("GET /x HTTP/1.1\r\n") && up.contains("\r\nHost: 198.18.0.10:80\r\n"),
+        "{up}"
+    );
+
     // Upstream, an absolute-form request goes in origin form with the
     // authority as its one Host.
     let c = h.client();
