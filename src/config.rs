@@ -180,8 +180,10 @@ struct RawRoute {
     rewrite_prefix: Option<Spanned<String>>,
     retries: Option<Spanned<u32>>,
     set_request_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    add_request_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     remove_request_headers: Option<Spanned<Vec<String>>>,
     set_response_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    add_response_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     remove_response_headers: Option<Spanned<Vec<String>>>,
     path_regex: Option<Spanned<String>>,
     header_regex: Option<Spanned<String>>,
@@ -1026,6 +1028,8 @@ impl Cx<'_> {
                             r.client_subject.as_ref().map(|v| v.span()),
                             r.set_request_headers.as_ref().map(|v| v.span()),
                             r.set_response_headers.as_ref().map(|v| v.span()),
+                            r.add_request_headers.as_ref().map(|v| v.span()),
+                            r.add_response_headers.as_ref().map(|v| v.span()),
                             r.compress.as_ref().map(|v| v.span()),
                             r.timeout_ms.as_ref().map(|v| v.span()),
                         ];
@@ -1154,6 +1158,12 @@ impl Cx<'_> {
                         }
                         if let Some(set) = &r.set_response_headers {
                             route.set_response_headers = headers(set)?;
+                        }
+                        if let Some(add) = &r.add_request_headers {
+                            route.add_request_headers = headers(add)?;
+                        }
+                        if let Some(add) = &r.add_response_headers {
+                            route.add_response_headers = headers(add)?;
                         }
                         if let Some(rm) = &r.remove_response_headers {
                             route.remove_response_headers = names(rm)?;
@@ -2520,13 +2530,17 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert_eq!(routes[1].header, Some(("X-Canary".into(), Some("1".into()))));
         let rw = src.replace(
             "  header = \"X-Canary: 1\"",
-            "  header = \"X-Canary: 1\"\n  rewrite_prefix = \"/v2/\"\n  set_request_headers = { X-Env = \"prod\" }\n  remove_request_headers = [\"Cookie\"]",
+            "  header = \"X-Canary: 1\"\n  rewrite_prefix = \"/v2/\"\n  set_request_headers = { X-Env = \"prod\" }\n  remove_request_headers = [\"Cookie\"]\n  add_request_headers = { X-Via = \"lb\" }\n  add_response_headers = { Set-Cookie = \"lb=1\" }",
         );
         let c = Config::parse("t.toml", &rw).unwrap_or_else(|e| panic!("{e}"));
         let Mode::L7 { routes, .. } = &c.listeners[1].mode else { panic!("l7") };
         assert_eq!(routes[1].rewrite_prefix.as_deref(), Some("/v2/"));
         assert_eq!(routes[1].set_request_headers, vec![("X-Env".to_string(), "prod".to_string())]);
         assert_eq!(routes[1].remove_request_headers, vec!["Cookie"]);
+        assert_eq!(routes[1].add_request_headers, vec![("X-Via".to_string(), "lb".to_string())]);
+        assert_eq!(routes[1].add_response_headers, vec![("Set-Cookie".into(), "lb=1".into())]);
+        let e = err(&rw.replace("X-Via = \"lb\"", "\"X Via\" = \"lb\""));
+        assert_eq!(e.key, "listener[1].route[1].add_request_headers", "{e}");
         let ck = src
             .replace("  header = \"X-Canary: 1\"", "  cookie = \"beta=yes\"\n  query = \"debug\"");
         let c = Config::parse("t.toml", &ck).unwrap_or_else(|e| panic!("{e}"));

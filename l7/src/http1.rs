@@ -235,8 +235,8 @@ pub struct ResponseInfo {
 /// and, when Transfer-Encoding is there too, Content-Length (RFC 9112 6.3
 /// item 3); plus `Connection: close` when the client connection ends after
 /// this response. The upstream connection's keep-alive is not the client's.
-/// A route's `set` headers replace the backend's of the same name and its
-/// `remove` ones are dropped. `upgrade`: a 101 switching the client's
+/// A route's `set` headers replace the backend's of the same name, its
+/// `add` ones come after the backend's, and its `remove` ones are dropped. `upgrade`: a 101 switching the client's
 /// connection, which keeps `Upgrade` and says `Connection: Upgrade`.
 /// Written to `h`, which is cleared first.
 pub fn client_response_head(
@@ -244,6 +244,7 @@ pub fn client_response_head(
     client_keep: bool,
     set: &[(String, String)],
     remove: &[String],
+    add: &[(String, String)],
     upgrade: bool,
     h: &mut Vec<u8>,
 ) {
@@ -287,7 +288,7 @@ pub fn client_response_head(
         h.extend_from_slice(b"\r\n");
     }
     if code >= 200 {
-        for (n, v) in set {
+        for (n, v) in set.iter().chain(add) {
             h.extend_from_slice(n.as_bytes());
             h.extend_from_slice(b": ");
             h.extend_from_slice(v.as_bytes());

@@ -168,11 +168,17 @@ pub struct Route {
     pub rewrite_prefix: Option<String>,
     /// Request headers set (replacing any the client sent) on the way upstream.
     pub set_request_headers: Vec<(String, String)>,
+    /// Request headers added on the way upstream, after any the client sent
+    /// of the same name (which stay).
+    pub add_request_headers: Vec<(String, String)>,
     /// Request headers removed on the way upstream.
     pub remove_request_headers: Vec<String>,
     /// Response headers set (replacing any the backend sent) on the way to
     /// the client.
     pub set_response_headers: Vec<(String, String)>,
+    /// Response headers added on the way to the client, after the
+    /// backend's of the same name (which stay).
+    pub add_response_headers: Vec<(String, String)>,
     /// Response headers removed on the way to the client.
     pub remove_response_headers: Vec<String>,
     /// Compress responses with brotli or gzip, whichever the client prefers
@@ -1598,7 +1604,7 @@ impl L7 {
             use std::io::Write as _;
             let _ = write!(head, "Host: {}\r\n", x.local);
         }
-        for (n, v) in &route.set_request_headers {
+        for (n, v) in route.set_request_headers.iter().chain(&route.add_request_headers) {
             head.extend_from_slice(n.as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(v.as_bytes());
@@ -2103,11 +2109,13 @@ impl L7 {
                         let upgrade = info.status == 101 && x.is_some_and(|x| x.upgrade);
                         let route =
                             x.and_then(|x| self.listeners[x.listener].cfg.routes.get(x.route?));
-                        let (set, remove) = match route {
-                            Some(r) => {
-                                (&r.set_response_headers[..], &r.remove_response_headers[..])
-                            }
-                            None => (&[][..], &[][..]),
+                        let (set, remove, add) = match route {
+                            Some(r) => (
+                                &r.set_response_headers[..],
+                                &r.remove_response_headers[..],
+                                &r.add_response_headers[..],
+                            ),
+                            None => (&[][..], &[][..], &[][..]),
                         };
                         let coding = x.and_then(|x| x.coding).filter(|_| {
                             info.status == 200
@@ -2154,6 +2162,7 @@ impl L7 {
                             client_keep,
                             set,
                             remove,
+                            add,
                             upgrade,
                             &mut head,
                         );

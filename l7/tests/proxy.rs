@@ -1083,6 +1083,8 @@ fn regex_routes_response_headers_and_route_counters() {
                 pool: 2,
                 set_response_headers: vec![("Cache-Control".into(), "no-store".into())],
                 remove_response_headers: vec!["Server".into()],
+                add_response_headers: vec![("Set-Cookie".into(), "lb=a".into())],
+                add_request_headers: vec![("X-User".into(), "via-lb".into())],
                 ..Route::default()
             },
             Route {
@@ -1092,30 +1094,35 @@ fn regex_routes_response_headers_and_route_counters() {
             },
         ];
     });
-    let ask = |h: &mut H, req: &str| -> (Option<SocketAddr>, String) {
+    let ask = |h: &mut H, req: &str| -> (Option<SocketAddr>, String, String) {
         let c = h.client();
         h.write(c, req.as_bytes());
         let Some(u) = h.accept_upstreams().pop() else {
-            return (None, header_block(&h.take(c)));
+            return (None, header_block(&h.take(c)), String::new());
         };
-        h.take(u);
+        let up = header_block(&h.take(u));
         h.write(
             u,
-            b"HTTP/1.1 200 OK\r\nServer: origin/1.0\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nServer: origin/1.0\r\nCache-Control: max-age=60\r\nSet-Cookie: app=1\r\nContent-Length: 2\r\n\r\nok",
         );
-        (Some(remote(h, u)), header_block(&h.take(c)))
+        (Some(remote(h, u)), header_block(&h.take(c)), up)
     };
-    let (to, resp) = ask(&mut h, "GET /orders/42 HTTP/1.1\r\nHost: v\r\nX-User: admin-ann\r\n\r\n");
+    let (to, resp, up) =
+        ask(&mut h, "GET /orders/42 HTTP/1.1\r\nHost: v\r\nX-User: admin-ann\r\n\r\n");
     assert_eq!(to.unwrap().to_string(), "198.18.0.51:8080", "admin route");
     assert!(resp.contains("Cache-Control: no-store\r\n"), "{resp}");
+    // Added headers come after the backend's (or client's) of that name.
+    let (app, lb) = (resp.find("Set-Cookie: app=1\r\n"), resp.find("Set-Cookie: lb=a\r\n"));
+    assert!(app.is_some() && lb.is_some() && app < lb, "{resp}");
+    assert!(up.contains("X-User: admin-ann\r\n") && up.contains("X-User: via-lb\r\n"), "{up}");
     assert!(!resp.contains("max-age") && !resp.contains("Server: origin"), "{resp}");
-    let (to, resp) = ask(&mut h, "GET /orders/42 HTTP/1.1\r\nHost: v\r\nX-User: bob\r\n\r\n");
+    let (to, resp, _) = ask(&mut h, "GET /orders/42 HTTP/1.1\r\nHost: v\r\nX-User: bob\r\n\r\n");
     assert_eq!(to.unwrap().to_string(), API_1, "regex on the header did not match");
     assert!(resp.contains("Cache-Control: max-age=60\r\n") && resp.contains("Server: origin"));
-    let (to, resp) =
+    let (to, resp, _) =
         ask(&mut h, "GET /orders/42x HTTP/1.1\r\nHost: v\r\nX-User: admin-ann\r\n\r\n");
     assert!(to.is_none() && resp.starts_with("HTTP/1.1 404 "), "path regex is anchored: {resp}");
-    let (to, _) = ask(&mut h, "GET /orders/7?x=1 HTTP/1.1\r\nHost: v\r\n\r\n");
+    let (to, _, _) = ask(&mut h, "GET /orders/7?x=1 HTTP/1.1\r\nHost: v\r\n\r\n");
     assert_eq!(to.unwrap().to_string(), API_2, "query string is not part of the path");
 
     let routes = h.l7.route_stats(3).unwrap();
