@@ -460,8 +460,10 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
                 let [_, ok, redirect, client, server] = r.responses;
                 let _ = writeln!(
                     out,
-                    "  route {ri}: requests {}, 2xx {ok}, 3xx {redirect}, 4xx {client}, 5xx {server}, upstream p50 {:.2} ms p99 {:.2} ms, total p50 {:.2} ms p99 {:.2} ms",
+                    "  route {ri}: requests {}, 2xx {ok}, 3xx {redirect}, 4xx {client}, 5xx {server}, bytes in {} out {}, upstream p50 {:.2} ms p99 {:.2} ms, total p50 {:.2} ms p99 {:.2} ms",
                     r.requests,
+                    r.bytes_in,
+                    r.bytes_out,
                     ms(&r.upstream_us, 0.5),
                     ms(&r.upstream_us, 0.99),
                     ms(&r.total_us, 0.5),

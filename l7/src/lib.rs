@@ -477,6 +477,9 @@ pub struct RouteStats {
     /// Final responses by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`,
     /// including the ones the proxy wrote (fixed, 502, 503, 504).
     pub responses: [u64; 5],
+    /// Request bytes from clients: heads as received, and bodies as they
+    /// go upstream (tunnels after a 101 too).
+    pub bytes_in: u64,
     /// Response bytes relayed from backends.
     pub bytes_out: u64,
     /// Microseconds from the request going upstream to its response head.
@@ -493,7 +496,14 @@ impl RouteStats {
             hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
                 .expect("static histogram bounds are valid")
         };
-        RouteStats { requests: 0, responses: [0; 5], bytes_out: 0, upstream_us: h(), total_us: h() }
+        RouteStats {
+            requests: 0,
+            responses: [0; 5],
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream_us: h(),
+            total_us: h(),
+        }
     }
 
     fn status(&mut self, code: u16) {
@@ -1519,6 +1529,7 @@ impl L7 {
         x.route = Some(ri);
         x.started = now;
         self.listeners[li].routes[ri].requests += 1;
+        self.listeners[li].routes[ri].bytes_in += head_len as u64;
         let route = &self.listeners[li].cfg.routes[ri];
         if let Some(fixed) = route.fixed.clone() {
             self.fixed(s, &fixed, tcp);
@@ -2010,6 +2021,11 @@ impl L7 {
                 };
                 if take > 0 {
                     lend(&mut self.spare_bufs, &mut up.out);
+                    let route =
+                        x.route.and_then(|ri| self.listeners[x.listener].routes.get_mut(ri));
+                    if let Some(r) = route {
+                        r.bytes_in += take as u64;
+                    }
                 }
                 up.out.extend_from_slice(&x.inbuf[..take]);
                 x.inbuf.drain(..take);

@@ -508,6 +508,9 @@ fn a_trickled_head_times_out_and_a_slow_upload_does_not_until_it_stalls() {
     h.l7.poll(h.now, &mut h.tcp);
     h.write(u, &response(b"got it", ""));
     assert!(h.take(c).ends_with(b"got it"));
+    let head = "POST /one/ HTTP/1.1\r\nHost: v\r\nContent-Length: 100\r\n\r\n";
+    let route = &h.l7.route_stats(3).unwrap()[1];
+    assert_eq!(route.bytes_in, (head.len() + 100) as u64, "head and body counted");
 
     // A body that stops half way: 408 after the idle timeout, and the
     // upstream, which has half a request, is dropped.
@@ -1132,6 +1135,9 @@ fn regex_routes_response_headers_and_route_counters() {
     assert_eq!(routes[1].upstream_us.len(), 2);
     assert_eq!(routes[1].total_us.len(), 2);
     assert!(routes[0].bytes_out > 2);
+    // Request bytes: the one head route 0 took, as the client sent it.
+    let head = "GET /orders/42 HTTP/1.1\r\nHost: v\r\nX-User: admin-ann\r\n\r\n";
+    assert_eq!(routes[0].bytes_in, head.len() as u64);
 }
 
 #[test]
