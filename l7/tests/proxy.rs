@@ -667,6 +667,12 @@ fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
             pool: 2,
             ..Route::default()
         },
+        Route {
+            path_prefix: "/".into(),
+            query: Some(("lang".into(), Some("en".into()))),
+            pool: 0,
+            ..Route::default()
+        },
         Route { path_prefix: "/".into(), pool: 1, ..Route::default() },
     ];
     let mut h = H::new();
@@ -711,6 +717,8 @@ fn routes_match_host_method_header_exact_path_and_answer_fixed_responses() {
         ("GET /x HTTP/1.1\r\nHost: v\r\nCookie: beta=no; a=1\r\n\r\n", Some("198.18.0.41:8080")),
         ("GET /x?a=1&debug HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.51:8080")),
         ("GET /x?debugging=1 HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.41:8080")),
+        ("GET /x?a=1&lang=en HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.31:8080")),
+        ("GET /x?lang=fr HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.41:8080")),
         ("GET /old HTTP/1.1\r\nHost: v\r\n\r\n", None),
         ("GET /old/page HTTP/1.1\r\nHost: v\r\n\r\n", Some("198.18.0.41:8080")),
         // A `://` in the query is not an absolute-form target: the path is
