@@ -1545,7 +1545,8 @@ impl Tls {
             if let State::Records(s) = &mut c.state
                 && s.seal(&mut c.out, &mut self.stats.records).is_err()
             {
-                // 2^64 records: the connection cannot go on.
+                // Out of records under these keys (2^24 in TLS 1.2, which
+                // cannot renew them; 2^64 otherwise): it cannot go on.
                 self.conns.remove(&id);
                 tcp.abort(id);
                 continue;

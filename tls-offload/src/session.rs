@@ -280,7 +280,8 @@ fn established(hs: ServerHs, early_plain: Vec<u8>, peer_closed: bool) -> ServerS
 }
 
 /// TLS 1.3 keys are renewed after this many records sent, well inside the
-/// AES-GCM limit of 2^24.5 full-size records (RFC 8446 5.5).
+/// AES-GCM limit of 2^24.5 full-size records (RFC 8446 5.5); a TLS 1.2
+/// connection ends there.
 const KEY_UPDATE_AFTER: u64 = 1 << 24;
 
 /// `KeyUpdate` handshake message type (RFC 8446 4).
@@ -534,6 +535,12 @@ impl Session {
             self.key_update_due = false;
             stats.key_updates_sent += 1;
             stats.sealed += 1;
+        }
+        // TLS 1.2 cannot renew its keys: past the limit above the
+        // connection ends (reset), as rustls refuses to write past it.
+        let records = self.tx_plain.len().div_ceil(MAX_PLAIN) as u64;
+        if self.version == Version::Tls12 && self.tx.seq() + records > KEY_UPDATE_AFTER {
+            return Err(RecordError::Exhausted);
         }
         for chunk in self.tx_plain.chunks(MAX_PLAIN) {
             self.tx.seal(content::APPLICATION_DATA, chunk, out)?;
