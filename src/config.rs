@@ -311,6 +311,11 @@ struct RawSimClient {
     start_ms: u32,
     #[serde(default)]
     connects_per_ms: u32,
+    /// `https` clients: the CA that signed the listener's certificate (PEM,
+    /// relative to the config file), the name to ask for, the version.
+    ca: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
+    tls_version: Option<Spanned<String>>,
 }
 
 fn hundred() -> u32 {
@@ -567,6 +572,20 @@ pub struct SimClient {
     /// New connections opened per virtual millisecond at most (HTTP; 0: no
     /// limit).
     pub connects_per_ms: u32,
+    /// `https` clients: the CA file, the server name asked for, and TLS 1.2
+    /// only (else TLS 1.3 only).
+    pub tls: Option<SimTls>,
+}
+
+/// How a simulated HTTPS client speaks TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimTls {
+    /// PEM file of the CA that signed the listener's certificate.
+    pub ca: std::path::PathBuf,
+    /// The server name (SNI) asked for and verified.
+    pub server_name: String,
+    /// TLS 1.2 (else TLS 1.3).
+    pub tls12: bool,
 }
 
 /// Kinds of simulated client.
@@ -574,6 +593,8 @@ pub struct SimClient {
 pub enum SimClientKind {
     /// HTTP/1.1 keep-alive requests, bodies verified.
     Http,
+    /// HTTP/1.1 keep-alive requests over TLS (rustls), bodies verified.
+    Https,
     /// HTTP/2 requests with prior knowledge over cleartext (h2c), one in
     /// flight per connection, bodies verified.
     H2c,
@@ -1612,13 +1633,14 @@ impl Cx<'_> {
         for c in &s.client {
             let kind = match c.kind.get_ref().as_str() {
                 "http" => SimClientKind::Http,
+                "https" => SimClientKind::Https,
                 "h2c" => SimClientKind::H2c,
                 "bulk" => SimClientKind::Bulk,
                 "udp" => SimClientKind::Udp,
                 other => {
                     return Err(self.at(
                         &c.kind,
-                        format!("kind `{other}`: expected `http`, `h2c`, `bulk` or `udp`"),
+                        format!("kind `{other}`: expected `http`, `https`, `h2c`, `bulk` or `udp`"),
                     ));
                 }
             };
@@ -1636,10 +1658,20 @@ impl Cx<'_> {
                     )
                 })?;
             match (&listeners[listener].mode, kind) {
-                (Mode::L7 { .. }, SimClientKind::Http)
+                (Mode::L7 { tls: None, .. }, SimClientKind::Http)
+                | (Mode::L7 { tls: Some(_), .. }, SimClientKind::Https)
                 | (Mode::L7 { tls: None, http2: true, .. }, SimClientKind::H2c)
                 | (Mode::L4 { proto: Proto::Tcp, .. }, SimClientKind::Bulk)
                 | (Mode::L4 { proto: Proto::Udp, .. }, SimClientKind::Udp) => {}
+                (Mode::L7 { .. }, SimClientKind::Http | SimClientKind::Https) => {
+                    return Err(self.at(
+                        &c.kind,
+                        format!(
+                            "`https` clients go to L7 listeners with `tls`, `http` clients to those without: listener `{}`",
+                            listeners[listener].name
+                        ),
+                    ));
+                }
                 (Mode::L7 { .. }, SimClientKind::H2c) => {
                     return Err(self.at(
                         &c.kind,
@@ -1656,7 +1688,7 @@ impl Cx<'_> {
                     ));
                 }
             }
-            if matches!(kind, SimClientKind::Http | SimClientKind::H2c) {
+            if matches!(kind, SimClientKind::Http | SimClientKind::Https | SimClientKind::H2c) {
                 if c.paths.is_empty() {
                     return Err(self.at(
                         &c.kind,
@@ -1695,6 +1727,7 @@ impl Cx<'_> {
                 latency_us: c.latency_us,
                 start_ms: c.start_ms,
                 connects_per_ms: c.connects_per_ms,
+                tls: self.sim_tls(c, kind)?,
             });
         }
         let mut admin = Vec::new();
@@ -1737,6 +1770,46 @@ impl Cx<'_> {
             clients,
             admin,
         })
+    }
+
+    /// An `https` client's TLS; its keys on another kind are an error.
+    fn sim_tls(
+        &self,
+        c: &RawSimClient,
+        kind: SimClientKind,
+    ) -> Result<Option<SimTls>, ConfigError> {
+        if kind != SimClientKind::Https {
+            if let Some(span) = [&c.ca, &c.server_name, &c.tls_version]
+                .into_iter()
+                .flatten()
+                .map(|v| v.span())
+                .next()
+            {
+                return Err(
+                    self.err(span, "`ca`, `server_name` and `tls_version` are for `https` clients")
+                );
+            }
+            return Ok(None);
+        }
+        let Some(ca) = &c.ca else {
+            return Err(self.at(
+                &c.kind,
+                "an `https` client needs `ca = \"ca.pem\"` (the CA of the listener's certificate)",
+            ));
+        };
+        let dir = Path::new(self.file).parent().unwrap_or(Path::new("."));
+        let tls12 = match c.tls_version.as_ref().map(|v| (v, v.get_ref().as_str())) {
+            None | Some((_, "1.3")) => false,
+            Some((_, "1.2")) => true,
+            Some((v, other)) => {
+                return Err(self.at(v, format!("tls_version `{other}`: expected `1.2` or `1.3`")));
+            }
+        };
+        Ok(Some(SimTls {
+            ca: dir.join(ca.get_ref()),
+            server_name: c.server_name.as_ref().map_or("localhost".into(), |n| n.get_ref().clone()),
+            tls12,
+        }))
     }
 
     /// The HTTP probe of a `[pool.health]` with `http_path`; the other HTTP

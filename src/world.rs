@@ -9,11 +9,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::rc::Rc;
 
+use std::sync::Arc;
 use switchyard_nic::sim::{RING, SimPort, pair};
+
 use switchyard_sim::hosts::{
     BulkClient, BulkConfig, BulkStats, ClientStats, EchoServer, EchoStats, H2Client, HostConfig,
-    HttpClient, HttpClientConfig, HttpServer, OriginSize, ServerStats, UdpClient, UdpClientConfig,
-    UdpClientStats, UdpEchoServer, UdpEchoStats,
+    HttpClient, HttpClientConfig, HttpServer, HttpsClient, OriginSize, ServerStats, UdpClient,
+    UdpClientConfig, UdpClientStats, UdpEchoServer, UdpEchoStats,
 };
 use switchyard_sim::{Duration, Instant, LinkConfig, LinkId, Network, Node};
 
@@ -151,6 +153,37 @@ pub enum WorldError {
     /// A pcap tap could not be created.
     #[error("pcap tap {0}: {1}")]
     Tap(String, std::io::Error),
+    /// An `https` client's CA could not be loaded.
+    #[error("sim client {0}: {1}")]
+    ClientTls(String, String),
+}
+
+/// The rustls configuration of a simulated HTTPS client: the CA file's
+/// certificates as its roots, the one TLS version asked for.
+fn sim_tls_client(
+    name: &str,
+    t: &crate::config::SimTls,
+) -> Result<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>), WorldError> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |e: String| WorldError::ClientTls(name.to_string(), e);
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&t.ca)
+        .map_err(|e| bad(format!("{}: {e}", t.ca.display())))?;
+    for c in certs {
+        let c = c.map_err(|e| bad(format!("{}: {e}", t.ca.display())))?;
+        roots.add(c).map_err(|e| bad(format!("{}: {e}", t.ca.display())))?;
+    }
+    let version = if t.tls12 { &rustls::version::TLS12 } else { &rustls::version::TLS13 };
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .map_err(|e| bad(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let sni = rustls::pki_types::ServerName::try_from(t.server_name.clone())
+        .map_err(|e| bad(format!("server_name `{}`: {e}", t.server_name)))?;
+    Ok((Arc::new(cfg), sni))
 }
 
 /// The running simulation.
@@ -306,7 +339,7 @@ impl World {
                 reorder_delay: Duration::from_micros(u64::from(c.latency_us) + 200),
             };
             match c.kind {
-                SimClientKind::Http | SimClientKind::H2c => {
+                SimClientKind::Http | SimClientKind::Https | SimClientKind::H2c => {
                     let http = HttpClientConfig {
                         target,
                         paths: c.paths.clone(),
@@ -320,11 +353,19 @@ impl World {
                         start: Some(start + Duration::from_millis(u64::from(c.start_ms))),
                         socket_buffer: sim.host_buffer,
                         connects_per_ms: c.connects_per_ms as usize,
+                        tls: match &c.tls {
+                            Some(t) => Some(sim_tls_client(&c.name, t)?),
+                            None => None,
+                        },
                     };
                     let (wire, client) = if c.kind == SimClientKind::H2c {
                         let (node, wire, stats) = H2Client::new(host, http);
                         net.add_node(Box::new(node));
                         (wire, ClientHost::H2c(stats))
+                    } else if c.kind == SimClientKind::Https {
+                        let (node, wire, stats) = HttpsClient::new(host, http);
+                        net.add_node(Box::new(node));
+                        (wire, ClientHost::Http(stats))
                     } else {
                         let (node, wire, stats) = HttpClient::new(host, http);
                         net.add_node(Box::new(node));

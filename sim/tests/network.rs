@@ -46,6 +46,7 @@ fn run(seed: u64, link: LinkConfig, tap: Option<&std::path::Path>) -> Outcome {
             start: None,
             socket_buffer: 65536,
             connects_per_ms: 0,
+            tls: None,
         },
     );
     net.add_node(Box::new(client));

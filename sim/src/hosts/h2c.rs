@@ -7,7 +7,6 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -202,7 +201,8 @@ impl Http2 {
 impl Session for Http2 {
     type Shared = H2Shared;
 
-    fn shared(target: SocketAddr, paths: &[String]) -> H2Shared {
+    fn shared(cfg: &super::http::HttpClientConfig, paths: &[String]) -> H2Shared {
+        let target = cfg.target;
         let uris = paths
             .iter()
             .map(|p| {

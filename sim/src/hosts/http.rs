@@ -300,6 +300,9 @@ pub struct HttpClientConfig {
     /// (0: no limit): a population ramps up instead of sending every SYN at
     /// once.
     pub connects_per_ms: usize,
+    /// TLS for sessions that speak it ([`super::https::Https1`]): the
+    /// client configuration and the server name to ask for.
+    pub tls: Option<(std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
 }
 
 /// What an HTTP client counted.
@@ -382,8 +385,9 @@ pub trait Session: Sized {
     /// What all connections of one client share (requests prepared once,
     /// scratch state).
     type Shared;
-    /// Prepares what connections to `target` requesting `paths` share.
-    fn shared(target: SocketAddr, paths: &[String]) -> Self::Shared;
+    /// Prepares what connections of a client configured by `cfg`
+    /// requesting `paths` share.
+    fn shared(cfg: &HttpClientConfig, paths: &[String]) -> Self::Shared;
     /// The state of a connection being opened (`None`: it cannot be).
     fn open(shared: &Self::Shared) -> Option<Self>;
     /// Moves what the socket has into the session (and what the session has
@@ -410,14 +414,8 @@ impl Session for Http1 {
     /// Each path's request head.
     type Shared = Vec<Vec<u8>>;
 
-    fn shared(target: SocketAddr, paths: &[String]) -> Vec<Vec<u8>> {
-        paths
-            .iter()
-            .map(|p| {
-                format!("GET {p} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: switchyard-sim\r\n\r\n")
-                    .into_bytes()
-            })
-            .collect()
+    fn shared(cfg: &HttpClientConfig, paths: &[String]) -> Vec<Vec<u8>> {
+        request_heads(cfg.target, paths)
     }
 
     fn open(_: &Vec<Vec<u8>>) -> Option<Http1> {
@@ -438,9 +436,33 @@ impl Session for Http1 {
             }
         }
         let Some(expected) = expected else { return Exchange::Pending };
+        read_response(&mut self.inbuf, expected)
+    }
+
+    fn send(&mut self, heads: &Vec<Vec<u8>>, path: usize, sock: &mut tcp::Socket<'static>) -> bool {
+        let req = &heads[path];
+        sock.send_capacity() - sock.send_queue() >= req.len() && sock.send_slice(req).is_ok()
+    }
+}
+
+/// Each path's HTTP/1.1 request head to `target`.
+pub(crate) fn request_heads(target: SocketAddr, paths: &[String]) -> Vec<Vec<u8>> {
+    paths
+        .iter()
+        .map(|p| {
+            format!("GET {p} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: switchyard-sim\r\n\r\n")
+                .into_bytes()
+        })
+        .collect()
+}
+
+/// The HTTP/1.1 response at the front of `inbuf`, if whole, checked against
+/// the `expected` body and taken off.
+pub(crate) fn read_response(inbuf: &mut Vec<u8>, expected: &[u8]) -> Exchange {
+    {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
-        let (head, status, len, backend, close) = match resp.parse(&self.inbuf) {
+        let (head, status, len, backend, close) = match resp.parse(inbuf) {
             Ok(httparse::Status::Complete(n)) => {
                 let mut len = None;
                 let mut backend = String::from("?");
@@ -462,11 +484,11 @@ impl Session for Http1 {
             Err(_) => return Exchange::Broken,
         };
         let Some(len) = len else { return Exchange::Broken };
-        if self.inbuf.len() < head + len {
+        if inbuf.len() < head + len {
             return Exchange::Pending;
         }
-        let body_ok = &self.inbuf[head..head + len] == expected;
-        self.inbuf.drain(..head + len);
+        let body_ok = &inbuf[head..head + len] == expected;
+        inbuf.drain(..head + len);
         Exchange::Response(Response {
             status,
             backend,
@@ -474,11 +496,6 @@ impl Session for Http1 {
             bytes: (head + len) as u64,
             keep: !close && status == 200,
         })
-    }
-
-    fn send(&mut self, heads: &Vec<Vec<u8>>, path: usize, sock: &mut tcp::Socket<'static>) -> bool {
-        let req = &heads[path];
-        sock.send_capacity() - sock.send_queue() >= req.len() && sock.send_slice(req).is_ok()
     }
 }
 
@@ -516,7 +533,7 @@ impl<S: Session> Client<S> {
         let stats = Rc::new(RefCell::new(ClientStats::default()));
         let paths = if cfg.paths.is_empty() { vec!["/".to_string()] } else { cfg.paths.clone() };
         let expected = paths.iter().map(|p| body_bytes(p, cfg.body_size)).collect();
-        let shared = S::shared(cfg.target, &paths);
+        let shared = S::shared(&cfg, &paths);
         let cfg = HttpClientConfig { paths, ..cfg };
         let c = Client {
             host,

@@ -1,12 +1,13 @@
 //! Simulated hosts: each is a small smoltcp stack on Ethernet (it does its own ARP)
 //! behind a sim port, plus an application: an HTTP/1.1 origin and load-generating
 //! clients (HTTP/1.1 keep-alive, RFC 9112, and HTTP/2 with prior knowledge,
-//! RFC 9113), a TCP bulk client that checks SHA-256 digests end to end, and
+//! RFC 9113, and HTTP/1.1 over TLS), a TCP bulk client that checks SHA-256 digests end to end, and
 //! an echo server.
 
 mod bulk;
 mod h2c;
 mod http;
+mod https;
 mod udp;
 
 use std::net::IpAddr;
@@ -23,6 +24,7 @@ pub use http::{
     Client, ClientStats, Exchange, Http1, HttpClient, HttpClientConfig, HttpServer, OriginSize,
     Response, ServerStats, Session, body_bytes,
 };
+pub use https::{Https1, HttpsClient, HttpsShared};
 pub use udp::{UdpClient, UdpClientConfig, UdpClientStats, UdpEchoServer, UdpEchoStats};
 
 use crate::{Duration, Instant};
