@@ -2233,7 +2233,7 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert_eq!(e.key, "sim.client[0].name", "{e}");
         assert!(e.message.contains("path `a b`"), "{e}");
         let e = err(&sim("web", "[\"/a\"]").replace("\"h2c\"", "\"h3\""));
-        assert!(e.message.contains("expected `http`, `h2c`, `bulk` or `udp`"), "{e}");
+        assert!(e.message.contains("expected `http`, `https`, `h2c`, `bulk` or `udp`"), "{e}");
     }
 
     /// Sim values that would overflow a time or allocate gigabytes are
