@@ -262,12 +262,15 @@ pub fn client_response_head(
     h.extend_from_slice(b"\r\n");
     // Headers the backend's Connection names (no list kept: a response
     // allocates nothing here).
+    let has_connection = resp.headers.iter().any(|x| x.name.eq_ignore_ascii_case("connection"));
     let named = |n: &str| {
-        resp.headers
-            .iter()
-            .filter(|x| x.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|x| x.value.split(|b| *b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(n.as_bytes()))
+        has_connection
+            && resp
+                .headers
+                .iter()
+                .filter(|x| x.name.eq_ignore_ascii_case("connection"))
+                .flat_map(|x| x.value.split(|b| *b == b','))
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(n.as_bytes()))
     };
     let te = resp.headers.iter().any(|x| x.name.eq_ignore_ascii_case("transfer-encoding"));
     for x in resp.headers.iter() {
@@ -531,9 +534,11 @@ impl ChunkScanner {
                 | ChunkState::ExtQuoted
                 | ChunkState::ExtQuotedEscape
                 | ChunkState::ExtPostValue => {
-                    self.ext_len += 1;
-                    if self.ext_len > MAX_CHUNK_EXT {
-                        return Err(Reject::ExtensionTooLong);
+                    if b != b'\r' {
+                        self.ext_len += 1;
+                        if self.ext_len > MAX_CHUNK_EXT {
+                            return Err(Reject::ExtensionTooLong);
+                        }
                     }
                     self.state = self.ext_byte(b)?;
                 }

@@ -934,6 +934,13 @@ fn compressible(headers: &[httparse::Header<'_>]) -> bool {
         if h.name.eq_ignore_ascii_case("content-encoding") && !v.eq_ignore_ascii_case(b"identity") {
             return false;
         }
+        // A transfer coding besides chunked (`gzip, chunked`): the body is
+        // coded already, and the coder would drop what says so.
+        if h.name.eq_ignore_ascii_case("transfer-encoding")
+            && v.split(|b| *b == b',').any(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        {
+            return false;
+        }
         if h.name.eq_ignore_ascii_case("cache-control")
             && v.windows(12).any(|w| w.eq_ignore_ascii_case(b"no-transform"))
         {
@@ -1993,13 +2000,17 @@ impl L7 {
                         let t = (x.body_left.min(avail as u64)) as usize;
                         x.body_left -= t as u64;
                         x.body_done = x.body_left == 0;
-                        x.waiting_since = now;
+                        if t > 0 {
+                            x.waiting_since = now;
+                        }
                         t
                     }
                     Framing::Chunked => match x.chunks.scan(&x.inbuf[..avail]) {
                         Ok(t) => {
                             x.body_done = x.chunks.done();
-                            x.waiting_since = now;
+                            if t > 0 {
+                                x.waiting_since = now;
+                            }
                             t
                         }
                         Err(r) => {
@@ -2621,16 +2632,27 @@ impl L7 {
                     x.phase = Phase::Closing;
                     self.flush_client(s, tcp);
                 }
-                Phase::Head if !x.inbuf.is_empty() && now >= x.head_since + head_timeout => {
+                // Bytes of a head (not the blank lines RFC 9112 2.2 lets a
+                // client send between requests) for too long: 408, or for
+                // a TLS passthrough listener waiting on a ClientHello, a
+                // reset (`fail` writes nothing HTTP into a raw stream).
+                Phase::Head
+                    if x.inbuf.iter().any(|b| !matches!(b, b'\r' | b'\n'))
+                        && now >= x.head_since + head_timeout =>
+                {
                     self.listeners[x.listener].stats.timeouts += 1;
+                    x.raw |= self.listeners[x.listener].cfg.passthrough;
                     self.fail(s, 408, "Request Timeout", tcp);
                 }
                 // A body still coming: the client's pace, not the backend's
                 // answer, is what may run out.
+                // (With bytes of it waiting here the backend is the slow one:
+                // the request timeout below, from the last byte moved.)
                 Phase::Request
                     if !x.response_started
                         && !x.body_done
                         && !x.raw
+                        && x.inbuf.is_empty()
                         && now >= x.last_active + idle_timeout =>
                 {
                     self.listeners[x.listener].stats.timeouts += 1;
@@ -2648,8 +2670,9 @@ impl L7 {
                 Phase::Request if !x.response_started => {
                     let Some(u) = x.upstream else { continue };
                     let (started, request_timeout) = (x.waiting_since, x.request_timeout);
-                    // A body still coming is timed by the arm above.
-                    let sent = x.body_done || x.raw;
+                    // A body still coming is timed by the arm above, unless
+                    // the backend does not take it.
+                    let sent = x.body_done || x.raw || !x.inbuf.is_empty();
                     let Some(up) = self.up(u) else { continue };
                     let (connected, opened, conn, pool, b) =
                         (up.connected, up.opened, up.conn, up.pool, up.backend);

@@ -524,6 +524,19 @@ fn a_trickled_head_times_out_and_a_slow_upload_does_not_until_it_stalls() {
     assert!(header_block(&h.take(c)).starts_with("HTTP/1.1 408 "));
     assert!(h.tcp.c(u).aborted, "the backend never sees a complete request");
     assert_eq!(h.l7.listener_stats(3).unwrap().timeouts, 2);
+
+    // A blank line between requests (RFC 9112 2.2) is not a head being
+    // trickled: the connection idles as any other.
+    let c = h.client();
+    h.write(c, b"GET /one/ HTTP/1.1\r\nHost: v\r\n\r\n");
+    let u = h.accept_upstreams().pop().unwrap_or(u);
+    h.take(u);
+    h.write(u, &response(b"ok", ""));
+    h.take(c);
+    h.write(c, b"\r\n");
+    h.now += Duration::from_secs(11);
+    h.l7.poll(h.now, &mut h.tcp);
+    assert!(h.take(c).is_empty() && !h.tcp.c(c).closed, "no 408 for a blank line");
 }
 
 #[test]
@@ -1826,6 +1839,15 @@ fn tls_passthrough_routes_by_sni_and_never_touches_the_bytes() {
     assert!(h.tcp.c(c).aborted && h.take(c).is_empty());
     let st = h.l7.listener_stats(3).unwrap();
     assert_eq!((st.requests, st.rejected(Reject::Malformed)), (4, 1));
+    // Half a hello, then nothing: reset at the head timeout, no HTTP 408
+    // written into what the client takes for TLS.
+    let c = h.client();
+    let hello = client_hello("db.example.com");
+    h.write(c, &hello[..100]);
+    h.now += Duration::from_secs(11);
+    h.l7.poll(h.now, &mut h.tcp);
+    assert!(h.tcp.c(c).aborted && h.take(c).is_empty());
+    assert!(h.tcp.connects.is_empty());
 }
 
 /// gRPC through the proxy: an HTTP/2 client, HTTP/2 to an `h2c` backend
@@ -2127,6 +2149,17 @@ fn compression_by_accept_encoding_and_content_type() {
         vec![resp],
     );
     assert!(!split(&got).0.contains("Content-Encoding"));
+    // A body the backend coded in transit (`gzip, chunked`) is relayed as it
+    // is: compressing it again would drop the coding it has.
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec();
+    let got =
+        ask(&mut h, "GET /api/x HTTP/1.1\r\nHost: v\r\nAccept-Encoding: gzip\r\n\r\n", vec![resp]);
+    let (head, body) = split(&got);
+    assert!(
+        !head.contains("Content-Encoding") && head.contains("Transfer-Encoding: gzip, chunked"),
+        "{head}"
+    );
+    assert_eq!(body, b"3\r\nabc\r\n0\r\n\r\n");
 }
 
 #[test]
