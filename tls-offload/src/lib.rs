@@ -766,9 +766,10 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
 /// Chooses a certificate by the ClientHello's server name and, among those
 /// for the name (an ECDSA and an RSA one, say), by the signature schemes
 /// the client accepts: the first in the list that it can verify. With no
-/// certificate for the name, the first in the list the client can verify
-/// (the default, the first, if it can). With none the client can verify,
-/// the first candidate, and the handshake fails as it must.
+/// certificate for the name, the default (the first in the list), unless
+/// the client cannot verify it and another it can is there. With none the
+/// client can verify, the first candidate, and the handshake fails as it
+/// must.
 #[derive(Debug)]
 struct SniResolver {
     certs: Vec<Arc<rustls::sign::CertifiedKey>>,
@@ -797,7 +798,8 @@ impl rustls::server::ResolvesServerCert for SniResolver {
                 return Some(named.find(usable).unwrap_or(first).clone());
             }
         }
-        self.certs.iter().find(usable).or(self.certs.first()).cloned()
+        let default = self.certs.first();
+        default.filter(usable).or_else(|| self.certs.iter().find(usable)).or(default).cloned()
     }
 }
 
@@ -1545,7 +1547,7 @@ impl Tls {
             if let State::Records(s) = &mut c.state
                 && s.seal(&mut c.out, &mut self.stats.records).is_err()
             {
-                // Out of records under these keys (2^24 in TLS 1.2, which
+                // Out of records under these keys (2^24 in TLS 1.2 with AES-GCM, which
                 // cannot renew them; 2^64 otherwise): it cannot go on.
                 self.conns.remove(&id);
                 tcp.abort(id);

@@ -158,6 +158,13 @@ impl Keys {
         Ok(())
     }
 
+    /// Whether the AEAD limits how many records one key may seal (AES-GCM,
+    /// 2^24.5 full records, RFC 8446 5.5); ChaCha20-Poly1305 does not in
+    /// practice (2^64).
+    pub fn limited(&self) -> bool {
+        self.key.algorithm() != &CHACHA20_POLY1305
+    }
+
     /// Bytes a record adds to `n` bytes of plaintext.
     pub fn overhead(&self) -> usize {
         HEADER

@@ -281,7 +281,7 @@ fn established(hs: ServerHs, early_plain: Vec<u8>, peer_closed: bool) -> ServerS
 
 /// TLS 1.3 keys are renewed after this many records sent, well inside the
 /// AES-GCM limit of 2^24.5 full-size records (RFC 8446 5.5); a TLS 1.2
-/// connection ends there.
+/// AES-GCM connection ends there.
 const KEY_UPDATE_AFTER: u64 = 1 << 24;
 
 /// `KeyUpdate` handshake message type (RFC 8446 4).
@@ -296,8 +296,8 @@ struct Temper {
     warnings: u8,
     /// Empty application-data records left before one with data.
     empty: u8,
-    /// Key updates asking for ours (each costs a derivation and a record)
-    /// left before application data comes.
+    /// Key updates (each costs a derivation, and a record if it asks for
+    /// ours) left before application data comes.
     key_update_requests: u8,
 }
 
@@ -494,7 +494,9 @@ impl Session {
                         }
                         _ => break Err(Failure::Send(AlertDescription::UnexpectedMessage)),
                     };
-                    if requested && !Temper::take(&mut self.temper.key_update_requests) {
+                    // Each costs a derivation, asked for ours or not (rustls
+                    // counts them all too).
+                    if !Temper::take(&mut self.temper.key_update_requests) {
                         break Err(Failure::Send(AlertDescription::UnexpectedMessage));
                     }
                     let Ok((seq, secrets)) = self.kernel.update_rx_secret() else {
@@ -536,10 +538,15 @@ impl Session {
             stats.key_updates_sent += 1;
             stats.sealed += 1;
         }
-        // TLS 1.2 cannot renew its keys: past the limit above the
-        // connection ends (reset), as rustls refuses to write past it.
+        // TLS 1.2 cannot renew its keys: an AES-GCM connection ends at the
+        // limit above. rustls sends close_notify there and refuses further
+        // writes; here the connection is reset, which a peer cannot take for
+        // the end of a complete response.
         let records = self.tx_plain.len().div_ceil(MAX_PLAIN) as u64;
-        if self.version == Version::Tls12 && self.tx.seq() + records > KEY_UPDATE_AFTER {
+        if self.version == Version::Tls12
+            && self.tx.limited()
+            && self.tx.seq() + records > KEY_UPDATE_AFTER
+        {
             return Err(RecordError::Exhausted);
         }
         for chunk in self.tx_plain.chunks(MAX_PLAIN) {

@@ -1522,7 +1522,17 @@ fn the_hybrid_is_preferred_and_x25519_is_the_fallback() {
             .with_root_certificates(pki.roots())
             .with_no_client_auth(),
     );
-    for (cfg, want) in [(&hybrid, "X25519MLKEM768"), (&classical, "X25519")] {
+    // P-256 only: the classical groups besides X25519 are in the list too.
+    let mut p256 = rustls::crypto::aws_lc_rs::default_provider();
+    p256.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::SECP256R1];
+    let p256 = Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(p256))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(pki.roots())
+            .with_no_client_auth(),
+    );
+    for (cfg, want) in [(&hybrid, "X25519MLKEM768"), (&classical, "X25519"), (&p256, "secp256r1")] {
         let (_, client, err) = t.connect(cfg, "switchyard.test");
         assert!(err.is_none(), "{err:?}");
         let group = client.negotiated_key_exchange_group().map(|g| format!("{:?}", g.name()));
