@@ -148,7 +148,7 @@ pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Rej
             content_length = Some(parse_decimal(h.value).ok_or(Reject::BadContentLength)?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te = true;
-            for coding in h.value.split(|b| *b == b',').map(trim).filter(|c| !c.is_empty()) {
+            for coding in codings(h.value) {
                 te_last_chunked = coding.eq_ignore_ascii_case(b"chunked");
                 te_chunked += usize::from(te_last_chunked);
                 te_other |= !te_last_chunked;
@@ -326,7 +326,7 @@ pub fn check_response(
             }
             content_length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            for coding in h.value.split(|b| *b == b',').map(trim).filter(|c| !c.is_empty()) {
+            for coding in codings(h.value) {
                 te = Some(coding.eq_ignore_ascii_case(b"chunked"));
             }
             te.get_or_insert(false);
@@ -388,6 +388,12 @@ fn valid_host(v: &[u8]) -> bool {
                     | b']'
             )
     })
+}
+
+/// The transfer codings a Transfer-Encoding field lists, in order,
+/// trimmed, empty list elements skipped (RFC 9110 5.6.1).
+fn codings(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',').map(trim).filter(|c| !c.is_empty())
 }
 
 fn trim(v: &[u8]) -> &[u8] {

@@ -987,6 +987,14 @@ struct Pool {
 }
 
 impl Pool {
+    /// Whether backend `b` may take a new request, ejection aside: not
+    /// drained, up, weighted above 0 and not in `exclude` (a bit per backend
+    /// index, the ones a request has tried).
+    fn may_take(&self, b: usize, exclude: u64) -> bool {
+        let excluded = b < 64 && exclude & (1 << b) != 0;
+        !self.drained[b] && self.up[b] && self.cfg.backends[b].weight > 0 && !excluded
+    }
+
     /// One of the eligible backends (at least one is) by the pool's balance.
     fn choose(&mut self, key: Option<u64>) -> usize {
         let n = self.cfg.backends.len();
@@ -1513,10 +1521,7 @@ impl L7 {
             path.into()
         };
         let path_only = &*path_only;
-        let host = authority.or_else(|| {
-            let h = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host"))?;
-            std::str::from_utf8(h.value).ok().map(str::trim)
-        });
+        let host = authority.or_else(|| header_str(req.headers, "host"));
         let li = x.listener;
         let method = req.method.unwrap_or("GET");
         let subject: Option<String> = if self.listeners[li].wants_identity {
@@ -1807,13 +1812,7 @@ impl L7 {
         now: Instant,
         tcp: &mut T,
     ) {
-        if let Some(conn) = self.up(u).map(|x| x.conn) {
-            tcp.abort(conn);
-        }
-        self.remove_upstream(u);
-        if let Some(x) = self.sess(s) {
-            x.upstream = None;
-        }
+        self.abort_upstream(u, s, tcp);
         if !self.retry_request(s, failed, now, tcp) {
             self.fail(s, 502, "Bad Gateway", tcp);
         }
@@ -1878,10 +1877,7 @@ impl L7 {
     /// left).
     fn another_backend(&self, pool: usize, exclude: u64) -> bool {
         let p = &self.pools[pool];
-        (0..p.cfg.backends.len()).any(|b| {
-            let excluded = b < 64 && exclude & (1 << b) != 0;
-            !p.drained[b] && p.up[b] && p.cfg.backends[b].weight > 0 && !excluded
-        })
+        (0..p.cfg.backends.len()).any(|b| p.may_take(b, exclude))
     }
 
     /// A backend of `pool`, by its balance, among those not drained, down,
@@ -1904,12 +1900,7 @@ impl L7 {
         for ejected_too in [false, true] {
             let mut any = false;
             for b in 0..p.cfg.backends.len() {
-                let excluded = b < 64 && exclude & (1 << b) != 0;
-                let ok = !p.drained[b]
-                    && p.up[b]
-                    && p.cfg.backends[b].weight > 0
-                    && !excluded
-                    && (ejected_too || p.ejected_until[b].is_none());
+                let ok = p.may_take(b, exclude) && (ejected_too || p.ejected_until[b].is_none());
                 p.eligible[b] = ok;
                 any |= ok;
             }
@@ -2016,12 +2007,7 @@ impl L7 {
                         Err(r) => {
                             // The backend already has the head: abort its
                             // connection so it never sees a complete request.
-                            let upconn = up.conn;
-                            tcp.abort(upconn);
-                            self.remove_upstream(u);
-                            if let Some(x) = self.sess(s) {
-                                x.upstream = None;
-                            }
+                            self.abort_upstream(u, s, tcp);
                             self.reject(s, r, tcp);
                             return;
                         }
@@ -2450,12 +2436,8 @@ impl L7 {
     /// The backend sent something we cannot relay: 502 if the client has seen
     /// nothing yet, else cut the client off.
     fn bad_upstream<T: TcpApi>(&mut self, u: u32, s: u32, tcp: &mut T) {
-        if let Some(conn) = self.up(u).map(|x| x.conn) {
-            tcp.abort(conn);
-        }
-        self.remove_upstream(u);
+        self.abort_upstream(u, s, tcp);
         let Some(x) = self.sess(s) else { return };
-        x.upstream = None;
         if x.response_started {
             let conn = x.conn;
             tcp.abort(conn);
@@ -2496,6 +2478,18 @@ impl L7 {
             idle.swap_remove(p);
         }
         self.remove_upstream(u);
+    }
+
+    /// Resets upstream `u` and detaches it from session `s`: the request
+    /// it carried is abandoned (the caller answers the client or retries).
+    fn abort_upstream<T: TcpApi>(&mut self, u: u32, s: u32, tcp: &mut T) {
+        if let Some(conn) = self.up(u).map(|x| x.conn) {
+            tcp.abort(conn);
+        }
+        self.remove_upstream(u);
+        if let Some(x) = self.sess(s) {
+            x.upstream = None;
+        }
     }
 
     fn remove_upstream(&mut self, u: u32) {
@@ -2657,13 +2651,7 @@ impl L7 {
                 {
                     self.listeners[x.listener].stats.timeouts += 1;
                     if let Some(u) = x.upstream {
-                        if let Some(conn) = self.up(u).map(|up| up.conn) {
-                            tcp.abort(conn);
-                        }
-                        self.remove_upstream(u);
-                    }
-                    if let Some(x) = self.sess(s) {
-                        x.upstream = None;
+                        self.abort_upstream(u, s, tcp);
                     }
                     self.fail(s, 408, "Request Timeout", tcp);
                 }
@@ -2674,18 +2662,14 @@ impl L7 {
                     // the backend does not take it.
                     let sent = x.body_done || x.raw || !x.inbuf.is_empty();
                     let Some(up) = self.up(u) else { continue };
-                    let (connected, opened, conn, pool, b) =
-                        (up.connected, up.opened, up.conn, up.pool, up.backend);
+                    let (connected, opened, pool, b) =
+                        (up.connected, up.opened, up.pool, up.backend);
                     if !connected && now >= opened + self.limits.connect_timeout {
                         self.pools[pool].stats.backends[b].connect_failures += 1;
                         self.backend_result(pool, b, false, now);
                         self.drop_upstream_and_retry(u, s, b, now, tcp);
                     } else if sent && now >= started + request_timeout {
-                        tcp.abort(conn);
-                        self.remove_upstream(u);
-                        if let Some(x) = self.sess(s) {
-                            x.upstream = None;
-                        }
+                        self.abort_upstream(u, s, tcp);
                         self.fail(s, 504, "Gateway Timeout", tcp);
                     }
                 }
