@@ -164,15 +164,8 @@ fn sim_tls_client(
     name: &str,
     t: &crate::config::SimTls,
 ) -> Result<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>), WorldError> {
-    use rustls::pki_types::pem::PemObject;
     let bad = |e: String| WorldError::ClientTls(name.to_string(), e);
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&t.ca)
-        .map_err(|e| bad(format!("{}: {e}", t.ca.display())))?;
-    for c in certs {
-        let c = c.map_err(|e| bad(format!("{}: {e}", t.ca.display())))?;
-        roots.add(c).map_err(|e| bad(format!("{}: {e}", t.ca.display())))?;
-    }
+    let roots = switchyard_tls::ca_roots(&t.ca).map_err(|e| bad(e.to_string()))?;
     let version = if t.tls12 { &rustls::version::TLS12 } else { &rustls::version::TLS13 };
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),

@@ -681,8 +681,9 @@ pub fn is_server_name(s: &str) -> bool {
     ServerName::try_from(s).is_ok()
 }
 
-/// The CA certificates of a PEM file (at least one).
-fn ca_roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
+/// The CA certificates of a PEM file (at least one): for verifying clients
+/// and backends, and the simulated clients' view of a listener.
+pub fn ca_roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
     let file_err = |reason: String| TlsError::File { path: ca.display().to_string(), reason };
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(e.to_string()))? {

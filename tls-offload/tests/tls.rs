@@ -15,8 +15,8 @@ use switchyard_stack::fake::FakeTcp;
 use switchyard_stack::tcp::{ConnId, ConnState, TcpApi, TcpEvent};
 use switchyard_stack::{Duration, Instant};
 use switchyard_tls::{
-    EngineWait, HANDSHAKE_TIMEOUT, InlineEngine, SoftwareEngine, Tls, TlsOptions,
-    server_config_with,
+    CryptoEngine, EngineWait, HANDSHAKE_TIMEOUT, HandshakeIn, HandshakeOut, InlineEngine,
+    SoftwareEngine, Tls, TlsOptions, server_config_with,
 };
 
 /// A CA, and certificates it signs, written as PEM files for the server side.
@@ -116,7 +116,19 @@ fn client_config(
     client_cert: Option<&Issued>,
     alpn: &[&[u8]],
 ) -> Arc<ClientConfig> {
-    let b = ClientConfig::builder_with_provider(provider())
+    client_config_from(provider(), pki, versions, client_cert, alpn)
+}
+
+/// As [`client_config`], over a provider changed by the test (its groups,
+/// the signature schemes it verifies).
+fn client_config_from(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    pki: &Pki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    client_cert: Option<&Issued>,
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let b = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(pki.roots());
@@ -149,15 +161,23 @@ impl T {
     /// With `inline = Some((queue, per_turn))`, handshakes run on the test's
     /// thread ([`InlineEngine`]); else on an engine thread.
     fn with_engine(pairs: &[&Issued], opts: TlsOptions, inline: Option<(usize, usize)>) -> T {
+        match inline {
+            Some((queue, per_turn)) => T::on(pairs, opts, InlineEngine::new(queue, per_turn)),
+            None => T::on(pairs, opts, SoftwareEngine::new(1, 64)),
+        }
+    }
+
+    /// Over `engine`, of whatever kind.
+    fn on(
+        pairs: &[&Issued],
+        opts: TlsOptions,
+        engine: impl CryptoEngine<HandshakeIn, HandshakeOut> + Send + 'static,
+    ) -> T {
         let pairs: Vec<(PathBuf, PathBuf)> =
             pairs.iter().map(|i| (i.cert_path.clone(), i.key_path.clone())).collect();
         let cfg = server_config_with(&pairs, &opts).unwrap();
-        let listeners = vec![(LISTENER, cfg)];
         T {
-            tls: match inline {
-                Some((queue, per_turn)) => Tls::new(listeners, InlineEngine::new(queue, per_turn)),
-                None => Tls::new(listeners, SoftwareEngine::new(1, 64)),
-            },
+            tls: Tls::new(vec![(LISTENER, cfg)], engine),
             tcp: FakeTcp::default(),
             now: Instant::from_secs(1),
             l7: Vec::new(),
@@ -1490,12 +1510,8 @@ fn of_two_certificates_for_a_name_the_client_gets_one_it_can_verify() {
         all: base.all,
         mapping: Box::leak(mapping.into_boxed_slice()),
     };
-    let rsa_only = ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(pki.roots())
-        .with_no_client_auth();
-    let rsa_only = Arc::new(rsa_only);
+    let rsa_only =
+        client_config_from(Arc::new(provider), &pki, &[&rustls::version::TLS13], None, &[]);
     for (cfg, want, kind) in [(&any, &ecdsa, "ECDSA"), (&rsa_only, &rsa, "RSA only")] {
         let (_, client, err) = t.connect(cfg, "switchyard.test");
         assert!(err.is_none(), "{kind}: {err:?}");
@@ -1515,23 +1531,12 @@ fn the_hybrid_is_preferred_and_x25519_is_the_fallback() {
     let hybrid = client_config(&pki, &[&rustls::version::TLS13], None, &[]);
     let mut classical = rustls::crypto::aws_lc_rs::default_provider();
     classical.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
-    let classical = Arc::new(
-        ClientConfig::builder_with_provider(Arc::new(classical))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(pki.roots())
-            .with_no_client_auth(),
-    );
+    let classical =
+        client_config_from(Arc::new(classical), &pki, &[&rustls::version::TLS13], None, &[]);
     // P-256 only: the classical groups besides X25519 are in the list too.
     let mut p256 = rustls::crypto::aws_lc_rs::default_provider();
     p256.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::SECP256R1];
-    let p256 = Arc::new(
-        ClientConfig::builder_with_provider(Arc::new(p256))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(pki.roots())
-            .with_no_client_auth(),
-    );
+    let p256 = client_config_from(Arc::new(p256), &pki, &[&rustls::version::TLS13], None, &[]);
     for (cfg, want) in [(&hybrid, "X25519MLKEM768"), (&classical, "X25519"), (&p256, "secp256r1")] {
         let (_, client, err) = t.connect(cfg, "switchyard.test");
         assert!(err.is_none(), "{err:?}");
@@ -1551,7 +1556,7 @@ fn the_hybrid_is_preferred_and_x25519_is_the_fallback() {
 #[test]
 fn an_engine_from_outside_the_crate_runs_handshakes_with_job_run() {
     use std::collections::VecDeque;
-    use switchyard_tls::{CryptoEngine, HandshakeIn, HandshakeOut, Job};
+    use switchyard_tls::Job;
     #[derive(Default)]
     struct Outside {
         queue: VecDeque<Job<HandshakeIn>>,
@@ -1582,20 +1587,9 @@ fn an_engine_from_outside_the_crate_runs_handshakes_with_job_run() {
     }
     let pki = Pki::new("outside");
     let server = pki.issue("server", "switchyard.test", &["switchyard.test"], false);
-    let cfg = server_config_with(
-        &[(server.cert_path.clone(), server.key_path.clone())],
-        &TlsOptions::default(),
-    )
-    .unwrap();
     let engine = Outside::default();
     let ran = engine.ran.clone();
-    let mut t = T {
-        tls: Tls::new(vec![(LISTENER, cfg)], engine),
-        tcp: FakeTcp::default(),
-        now: Instant::from_secs(1),
-        l7: Vec::new(),
-        received: Default::default(),
-    };
+    let mut t = T::on(&[&server], TlsOptions::default(), engine);
     let client = client_config(&pki, &[&rustls::version::TLS13], None, &[]);
     let (c, mut client, err) = t.connect(&client, "switchyard.test");
     assert!(err.is_none(), "{err:?}");
