@@ -89,6 +89,7 @@ for r in $(seq 1 "$rounds"); do
         sleep 1
         load 1 > /dev/null   # warm up: ARP, pools, the first handshakes
         c0=$(cpu "$pid")
+        s0=$(sleeps "$pid")
         perf_pid=
         if [ -n "${AB_PERF:-}" ] && [ "$which" = B ] && [ "$r" = 1 ]; then
             taskset -c 0 perf record -q -g -p "$pid" -o "$AB_PERF" -- sleep "$secs" > /dev/null 2>&1 &
@@ -97,11 +98,12 @@ for r in $(seq 1 "$rounds"); do
         req=$(load "$secs")
         [ -n "$perf_pid" ] && wait "$perf_pid"
         c1=$(cpu "$pid")
+        s1=$(sleeps "$pid")
         kill -INT "$pid"
         wait "$pid" || true
         rate=$(echo "$req / ($c1 - $c0)" | bc)
         sum[$which]=$((sum[$which] + rate))
-        echo "ab: round $r $which: $req $unit, LB CPU $(echo "$c1 - $c0" | bc) s, $rate per LB CPU-second"
+        echo "ab: round $r $which: $req $unit, LB CPU $(echo "$c1 - $c0" | bc) s, $rate per LB CPU-second, $(echo "scale=2; ($s1 - $s0) / $req" | bc) sleeps per one"
     done
 done
 echo "ab: $scenario, B / A = $(echo "scale=3; ${sum[B]} / ${sum[A]}" | bc) (means of $rounds rounds: A $((sum[A] / rounds)), B $((sum[B] / rounds)) per LB CPU-second)"

@@ -7,11 +7,16 @@
 //! connect, handshake offering only `--group`, `GET PATH` with
 //! `Connection: close`, the whole response read to EOF and its status
 //! checked. It stops after `--seconds S` or `--requests N` in all, whichever
-//! comes first, and prints the rate and the errors.
+//! comes first, and prints the rate and the errors. `--rate R` paces the
+//! connections to at most R a second in all (connection i starts no sooner
+//! than i/R seconds in), so that two runs can offer a server the same load:
+//! a server that idles between connections spends more per connection on
+//! going to sleep and waking up, so per-CPU-second figures compare fairly
+//! only at one offered rate.
 //!
 //!   tls-load --addr 198.18.0.10:443 --ca cert.pem [--name switchyard.test]
 //!            [--group x25519|x25519mlkem768] [--connections 16] [--seconds 5]
-//!            [--requests 1000000] [--path /1k]
+//!            [--requests 1000000] [--rate R] [--path /1k]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -32,6 +37,8 @@ struct Args {
     connections: usize,
     seconds: u64,
     requests: u64,
+    /// Connections a second in all; 0 for as fast as they go.
+    rate: f64,
     path: String,
 }
 
@@ -39,7 +46,7 @@ fn usage(why: &str) -> ! {
     eprintln!("tls-load: {why}");
     eprintln!(
         "usage: tls-load --addr IP:PORT --ca PEM [--name SNI] [--group x25519|x25519mlkem768] \
-         [--connections C] [--seconds S] [--requests N] [--path /1k]"
+         [--connections C] [--seconds S] [--requests N] [--rate R] [--path /1k]"
     );
     std::process::exit(2);
 }
@@ -59,6 +66,7 @@ fn args() -> Args {
         connections: 16,
         seconds: 5,
         requests: 1_000_000,
+        rate: 0.0,
         path: "/1k".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -78,6 +86,7 @@ fn args() -> Args {
             "--connections" => a.connections = value(&k, &v),
             "--seconds" => a.seconds = value(&k, &v),
             "--requests" => a.requests = value(&k, &v),
+            "--rate" => a.rate = value(&k, &v),
             "--path" => a.path = v,
             _ => usage(&format!("unknown option {k}")),
         }
@@ -87,6 +96,9 @@ fn args() -> Args {
     }
     if a.connections == 0 || a.seconds == 0 {
         usage("--connections and --seconds must be at least 1");
+    }
+    if !(a.rate >= 0.0 && a.rate.is_finite()) {
+        usage("--rate must be a number of connections a second (0: unpaced)");
     }
     a.server_name = rustls::pki_types::ServerName::try_from(a.name.clone())
         .unwrap_or_else(|e| usage(&format!("--name {}: {e}", a.name)));
@@ -154,9 +166,23 @@ fn main() {
                 let mut buf = Vec::with_capacity(4096);
                 // Each request takes a number first, so that no more than
                 // `--requests` are made in all.
-                while Instant::now() < deadline
-                    && taken.fetch_add(1, Ordering::Relaxed) < a.requests
-                {
+                loop {
+                    let i = taken.fetch_add(1, Ordering::Relaxed);
+                    if i >= a.requests {
+                        break;
+                    }
+                    if a.rate > 0.0 {
+                        let at = started + Duration::from_secs_f64(i as f64 / a.rate);
+                        if at >= deadline {
+                            break;
+                        }
+                        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    if Instant::now() >= deadline {
+                        break;
+                    }
                     match one(&cfg, &a, request.as_bytes(), &mut buf) {
                         Ok(true) => ok.fetch_add(1, Ordering::Relaxed),
                         other => {
