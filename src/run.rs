@@ -305,12 +305,14 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
     if !t.handshakes.is_empty() || t.failed + t.abandoned > 0 {
         let hs: Vec<String> =
             t.handshakes.iter().map(|((v, g), n)| format!("{v} {g}: {n}")).collect();
+        let why: Vec<String> = t.failed_by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
         let _ = writeln!(
             out,
-            "tls: handshakes [{}], resumed {}, failed {}, abandoned {}, timeouts {}, client certificates {}, engine steps {} (withdrawn {})",
+            "tls: handshakes [{}], resumed {}, failed {} [{}], abandoned {}, timeouts {}, client certificates {}, engine steps {} (withdrawn {})",
             hs.join(", "),
             t.resumed,
             t.failed,
+            why.join(", "),
             t.abandoned,
             t.timeouts,
             t.client_certificates,

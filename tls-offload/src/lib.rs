@@ -815,6 +815,13 @@ pub struct TlsStats {
     pub resumed: u64,
     /// Handshakes that failed (a fatal alert sent or received, or bad input).
     pub failed: u64,
+    /// The same by reason: `incompatible` (no version, cipher suite or
+    /// group in common), `malformed`, `unexpected-message`, `decrypt-error`
+    /// (a Finished or PSK binder that does not verify), `misbehaved`,
+    /// `no-application-protocol`, `alert` (the client's), for client
+    /// certificates `no-certificate`, `unknown-issuer`, `expired`,
+    /// `bad-certificate`; `oversized` (a handshake over 64 KiB), `internal`.
+    pub failed_by_reason: std::collections::BTreeMap<String, u64>,
     /// Connections closed during the handshake by the peer.
     pub abandoned: u64,
     /// Handshake steps run by the engine.
@@ -863,27 +870,53 @@ impl TlsStats {
         *map.entry(desc).or_default() += 1;
     }
 
+    /// A terminated connection's handshake failed with `e`: counted, with
+    /// its reason and the alert that ends it.
+    fn count_failure(&mut self, e: &rustls::Error) {
+        self.count_failure_for(failure_reason(e));
+        self.alert(e);
+    }
+
+    /// A terminated connection's handshake failed for `reason`, without an
+    /// error from rustls (bad input refused before it, or no room).
+    fn count_failure_for(&mut self, reason: &str) {
+        self.failed += 1;
+        *self.failed_by_reason.entry(reason.into()).or_default() += 1;
+    }
+
     /// The same for a connection to a backend, with the failure's reason.
     fn upstream_failed(&mut self, e: &rustls::Error) {
-        use rustls::CertificateError as C;
         let (received, desc) = alert_of(e);
         let u = &mut self.upstream;
         let map = if received { &mut u.alerts_received } else { &mut u.alerts_sent };
         *map.entry(desc).or_default() += 1;
-        let reason = match e {
-            rustls::Error::InvalidCertificate(C::UnknownIssuer) => "unknown-issuer",
-            rustls::Error::InvalidCertificate(C::NotValidForName)
-            | rustls::Error::InvalidCertificate(C::NotValidForNameContext { .. }) => {
-                "name-mismatch"
-            }
-            rustls::Error::InvalidCertificate(C::Expired)
-            | rustls::Error::InvalidCertificate(C::ExpiredContext { .. }) => "expired",
-            rustls::Error::InvalidCertificate(_) => "bad-certificate",
-            rustls::Error::AlertReceived(_) => "alert",
-            rustls::Error::NoApplicationProtocol => "no-application-protocol",
-            _ => "handshake-error",
-        };
-        *u.failed.entry(reason.into()).or_default() += 1;
+        *u.failed.entry(failure_reason(e).into()).or_default() += 1;
+    }
+}
+
+/// Why a handshake failed with `e`, in a word for the counters (the same
+/// words towards clients and backends).
+fn failure_reason(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    use rustls::Error as E;
+    match e {
+        E::InvalidCertificate(C::UnknownIssuer) => "unknown-issuer",
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "name-mismatch"
+        }
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
+        E::InvalidCertificate(_) => "bad-certificate",
+        E::NoCertificatesPresented => "no-certificate",
+        E::AlertReceived(_) => "alert",
+        E::NoApplicationProtocol => "no-application-protocol",
+        E::PeerIncompatible(_) => "incompatible",
+        E::InvalidMessage(_) => "malformed",
+        E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
+            "unexpected-message"
+        }
+        E::DecryptError => "decrypt-error",
+        E::PeerMisbehaved(_) => "misbehaved",
+        _ => "internal",
     }
 }
 
@@ -1121,7 +1154,7 @@ impl Tls {
                 };
                 let Ok(hs) = ServerHs::new(cfg) else {
                     tcp.abort(conn);
-                    self.stats.failed += 1;
+                    self.stats.count_failure_for("internal");
                     return None;
                 };
                 let state = State::Handshake {
@@ -1276,7 +1309,7 @@ impl Tls {
                     self.fail_upstream(id, "oversized", tcp);
                     return;
                 }
-                self.stats.failed += 1;
+                self.stats.count_failure_for("oversized");
                 self.forget(id);
                 tcp.abort(id);
                 return;
@@ -1474,8 +1507,7 @@ impl Tls {
             }
             ServerStep::Failed(e) => {
                 // The alert rustls wrote goes out, then the connection closes.
-                self.stats.failed += 1;
-                self.stats.alert(&e);
+                self.stats.count_failure(&e);
                 c.closing = true;
                 c.state = State::Handshake { conn: None, input: Vec::new() };
                 self.flush_one(id, tcp);

@@ -715,10 +715,10 @@ fn mutual_tls_accepts_a_good_certificate_and_refuses_the_rest_with_their_alerts(
     assert_eq!(t.tls.stats().client_certificates, 1);
     // No certificate, an expired one, one from another CA: each refused
     // with its alert, which the client sees, and none reaches L7.
-    for (who, cert, alert) in [
-        ("none", None, AlertDescription::CertificateRequired),
-        ("expired", Some(&expired), AlertDescription::CertificateExpired),
-        ("stranger", Some(&stranger), AlertDescription::UnknownCA),
+    for (who, cert, alert, reason) in [
+        ("none", None, AlertDescription::CertificateRequired, "no-certificate"),
+        ("expired", Some(&expired), AlertDescription::CertificateExpired, "expired"),
+        ("stranger", Some(&stranger), AlertDescription::UnknownCA, "unknown-issuer"),
     ] {
         let before = t.l7.len();
         let cfg = client_config(&pki, v13, cert, &[b"http/1.1"]);
@@ -728,7 +728,9 @@ fn mutual_tls_accepts_a_good_certificate_and_refuses_the_rest_with_their_alerts(
         assert!(t.tcp.c(c).closed || t.tcp.c(c).aborted, "{who}: connection left open");
         assert_eq!(t.l7.len(), before, "{who} reached L7");
         assert_eq!(t.tls.stats().alerts_sent.get(&format!("{alert:?}")), Some(&1), "{who}");
+        assert_eq!(t.tls.stats().failed_by_reason.get(reason), Some(&1), "{who}");
     }
+    assert_eq!(t.tls.stats().failed, 3);
     // Optional client certificates: no certificate is let in, without an
     // identity.
     let opts = TlsOptions {
@@ -751,6 +753,7 @@ fn tls12_can_be_switched_off() {
     let (_, _, err) = t.connect(&cfg, "switchyard.test");
     assert_eq!(err, Some(rustls::Error::AlertReceived(AlertDescription::ProtocolVersion)));
     assert_eq!(t.tls.stats().alerts_sent.get("ProtocolVersion"), Some(&1), "{:?}", t.tls.stats());
+    assert_eq!(t.tls.stats().failed_by_reason.get("incompatible"), Some(&1));
     let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
     assert!(t.connect(&cfg, "switchyard.test").2.is_none());
 }
@@ -825,6 +828,7 @@ fn bad_input_is_refused_counted_and_disturbs_no_one_else() {
     assert!(t.tcp.c(c).closed || t.tcp.c(c).aborted, "garbage: still open");
     let failed_garbage = t.tls.stats().failed;
     assert!(failed_garbage >= 1);
+    assert_eq!(t.tls.stats().failed_by_reason.get("malformed"), Some(&failed_garbage));
 
     // A truncated ClientHello, then the client gives up.
     let mut hello = Vec::new();
@@ -856,6 +860,10 @@ fn bad_input_is_refused_counted_and_disturbs_no_one_else() {
     t.settle();
     assert!(t.tcp.c(c).closed || t.tcp.c(c).aborted, "oversized hello: still open");
     assert!(t.tls.stats().failed > failed_garbage);
+    // Refused by its size before rustls reads it, and counted so.
+    let reasons = &t.tls.stats().failed_by_reason;
+    assert_eq!(reasons.get("oversized"), Some(&1), "{reasons:?}");
+    assert_eq!(reasons.values().sum::<u64>(), t.tls.stats().failed, "{reasons:?}");
 
     // A record with a bad MAC on an established connection: alert, reset.
     let (c, mut client, _) = t.connect(&cfg, "switchyard.test");
