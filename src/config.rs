@@ -311,8 +311,9 @@ struct RawSimClient {
     start_ms: u32,
     #[serde(default)]
     connects_per_ms: u32,
-    /// `https` clients: the CA that signed the listener's certificate (PEM,
-    /// relative to the config file), the name to ask for, the version.
+    /// `https` and `h2` clients: the CA that signed the listener's
+    /// certificate (PEM, relative to the config file), the name to ask
+    /// for, the version.
     ca: Option<Spanned<String>>,
     server_name: Option<Spanned<String>>,
     tls_version: Option<Spanned<String>>,
@@ -572,8 +573,8 @@ pub struct SimClient {
     /// New connections opened per virtual millisecond at most (HTTP; 0: no
     /// limit).
     pub connects_per_ms: u32,
-    /// `https` clients: the CA file, the server name asked for, and TLS 1.2
-    /// only (else TLS 1.3 only).
+    /// `https` and `h2` clients: the CA file, the server name asked for,
+    /// and TLS 1.2 only (else TLS 1.3 only).
     pub tls: Option<SimTls>,
 }
 
@@ -598,6 +599,9 @@ pub enum SimClientKind {
     /// HTTP/2 requests with prior knowledge over cleartext (h2c), one in
     /// flight per connection, bodies verified.
     H2c,
+    /// HTTP/2 requests over TLS (rustls, ALPN `h2` and nothing else), one in
+    /// flight per connection, bodies verified.
+    H2,
     /// TCP streams echoed back and compared by digest.
     Bulk,
     /// UDP requests echoed back and compared byte for byte.
@@ -1635,12 +1639,15 @@ impl Cx<'_> {
                 "http" => SimClientKind::Http,
                 "https" => SimClientKind::Https,
                 "h2c" => SimClientKind::H2c,
+                "h2" => SimClientKind::H2,
                 "bulk" => SimClientKind::Bulk,
                 "udp" => SimClientKind::Udp,
                 other => {
                     return Err(self.at(
                         &c.kind,
-                        format!("kind `{other}`: expected `http`, `https`, `h2c`, `bulk` or `udp`"),
+                        format!(
+                            "kind `{other}`: expected `http`, `https`, `h2c`, `h2`, `bulk` or `udp`"
+                        ),
                     ));
                 }
             };
@@ -1661,6 +1668,7 @@ impl Cx<'_> {
                 (Mode::L7 { tls: None, .. }, SimClientKind::Http)
                 | (Mode::L7 { tls: Some(_), .. }, SimClientKind::Https)
                 | (Mode::L7 { tls: None, http2: true, .. }, SimClientKind::H2c)
+                | (Mode::L7 { tls: Some(_), http2: true, .. }, SimClientKind::H2)
                 | (Mode::L4 { proto: Proto::Tcp, .. }, SimClientKind::Bulk)
                 | (Mode::L4 { proto: Proto::Udp, .. }, SimClientKind::Udp) => {}
                 (Mode::L7 { .. }, SimClientKind::Http | SimClientKind::Https) => {
@@ -1668,6 +1676,15 @@ impl Cx<'_> {
                         &c.kind,
                         format!(
                             "`https` clients go to L7 listeners with `tls`, `http` clients to those without: listener `{}`",
+                            listeners[listener].name
+                        ),
+                    ));
+                }
+                (Mode::L7 { .. }, SimClientKind::H2) => {
+                    return Err(self.at(
+                        &c.kind,
+                        format!(
+                            "`h2` clients speak HTTP/2 over TLS: listener `{}` needs `tls` and `http2 = true` (the default)",
                             listeners[listener].name
                         ),
                     ));
@@ -1684,11 +1701,14 @@ impl Cx<'_> {
                 _ => {
                     return Err(self.at(
                         &c.kind,
-                        "`http` and `h2c` clients go to L7 listeners, `bulk` clients to TCP L4 listeners and `udp` clients to UDP L4 listeners",
+                        "`http`, `https`, `h2c` and `h2` clients go to L7 listeners, `bulk` clients to TCP L4 listeners and `udp` clients to UDP L4 listeners",
                     ));
                 }
             }
-            if matches!(kind, SimClientKind::Http | SimClientKind::Https | SimClientKind::H2c) {
+            if matches!(
+                kind,
+                SimClientKind::Http | SimClientKind::Https | SimClientKind::H2c | SimClientKind::H2
+            ) {
                 if c.paths.is_empty() {
                     return Err(self.at(
                         &c.kind,
@@ -1772,29 +1792,34 @@ impl Cx<'_> {
         })
     }
 
-    /// An `https` client's TLS; its keys on another kind are an error.
+    /// An `https` or `h2` client's TLS; its keys on another kind are an
+    /// error.
     fn sim_tls(
         &self,
         c: &RawSimClient,
         kind: SimClientKind,
     ) -> Result<Option<SimTls>, ConfigError> {
-        if kind != SimClientKind::Https {
+        if !matches!(kind, SimClientKind::Https | SimClientKind::H2) {
             if let Some(span) = [&c.ca, &c.server_name, &c.tls_version]
                 .into_iter()
                 .flatten()
                 .map(|v| v.span())
                 .next()
             {
-                return Err(
-                    self.err(span, "`ca`, `server_name` and `tls_version` are for `https` clients")
-                );
+                return Err(self.err(
+                    span,
+                    "`ca`, `server_name` and `tls_version` are for `https` and `h2` clients",
+                ));
             }
             return Ok(None);
         }
         let Some(ca) = &c.ca else {
             return Err(self.at(
                 &c.kind,
-                "an `https` client needs `ca = \"ca.pem\"` (the CA of the listener's certificate)",
+                format!(
+                    "an `{}` client needs `ca = \"ca.pem\"` (the CA of the listener's certificate)",
+                    c.kind.get_ref()
+                ),
             ));
         };
         let dir = Path::new(self.file).parent().unwrap_or(Path::new("."));
@@ -2225,7 +2250,7 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         // An L4 listener.
         let e = err(&sim("pg", "[\"/a\"]"));
         assert_eq!(e.key, "sim.client[0].kind", "{e}");
-        assert!(e.message.contains("`h2c` clients go to L7 listeners"), "{e}");
+        assert!(e.message.contains("`h2c` and `h2` clients go to L7 listeners"), "{e}");
         // Paths.
         let e = err(&sim("web", "[]"));
         assert!(e.message.contains("an `h2c` client needs `paths"), "{e}");
@@ -2233,7 +2258,17 @@ backends = [{ name = "a", address = "198.18.0.21:5432" }]
         assert_eq!(e.key, "sim.client[0].name", "{e}");
         assert!(e.message.contains("path `a b`"), "{e}");
         let e = err(&sim("web", "[\"/a\"]").replace("\"h2c\"", "\"h3\""));
-        assert!(e.message.contains("expected `http`, `https`, `h2c`, `bulk` or `udp`"), "{e}");
+        assert!(
+            e.message.contains("expected `http`, `https`, `h2c`, `h2`, `bulk` or `udp`"),
+            "{e}"
+        );
+        // HTTP/2 over TLS goes to a listener with TLS, and needs its CA.
+        let h2 = sim("web", "[\"/a\"]").replace("\"h2c\"", "\"h2\"");
+        let e = err(&h2);
+        assert_eq!(e.key, "sim.client[0].kind", "{e}");
+        assert!(e.message.contains("`h2` clients speak HTTP/2 over TLS"), "{e}");
+        let e = err(&h2.replace("kind = \"h2\"", "kind = \"h2c\"\nca = \"ca.pem\""));
+        assert!(e.message.contains("are for `https` and `h2` clients"), "{e}");
     }
 
     /// Sim values that would overflow a time or allocate gigabytes are

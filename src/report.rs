@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::Mode;
+use crate::config::{Mode, SimClientKind};
 use crate::world::{BackendHost, ClientHost, World};
 
 /// One listener's counters.
@@ -176,7 +176,12 @@ impl Snapshot {
             match h {
                 ClientHost::Http(st) | ClientHost::H2c(st) => {
                     let st = st.borrow();
-                    row.kind = if matches!(h, ClientHost::H2c(_)) { "h2c" } else { "http" };
+                    row.kind = match c.kind {
+                        SimClientKind::Https => "https",
+                        SimClientKind::H2c => "h2c",
+                        SimClientKind::H2 => "h2",
+                        _ => "http",
+                    };
                     row.ok = st.responses_ok;
                     row.connections = st.connections;
                     row.bytes = st.bytes_in;

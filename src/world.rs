@@ -47,7 +47,7 @@ impl BackendHost {
 pub enum ClientHost {
     /// HTTP/1.1 requests.
     Http(Rc<RefCell<ClientStats>>),
-    /// HTTP/2 (h2c) requests.
+    /// HTTP/2 requests (h2c, or over TLS).
     H2c(Rc<RefCell<ClientStats>>),
     /// Bulk streams.
     Bulk(Rc<RefCell<BulkStats>>),
@@ -158,22 +158,27 @@ pub enum WorldError {
     ClientTls(String, String),
 }
 
-/// The rustls configuration of a simulated HTTPS client: the CA file's
-/// certificates as its roots, the one TLS version asked for.
+/// The rustls configuration of a simulated HTTPS or HTTP/2-over-TLS client:
+/// the CA file's certificates as its roots, the one TLS version asked for,
+/// `alpn` the one protocol offered.
 fn sim_tls_client(
     name: &str,
     t: &crate::config::SimTls,
+    alpn: &[u8],
 ) -> Result<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>), WorldError> {
     let bad = |e: String| WorldError::ClientTls(name.to_string(), e);
     let roots = switchyard_tls::ca_roots(&t.ca).map_err(|e| bad(e.to_string()))?;
     let version = if t.tls12 { &rustls::version::TLS12 } else { &rustls::version::TLS13 };
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_protocol_versions(&[version])
     .map_err(|e| bad(e.to_string()))?
     .with_root_certificates(roots)
     .with_no_client_auth();
+    // The protocol the client speaks and nothing else, so that a listener
+    // that does not agree to it fails the handshake.
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     let sni = rustls::pki_types::ServerName::try_from(t.server_name.clone())
         .map_err(|e| bad(format!("server_name `{}`: {e}", t.server_name)))?;
     Ok((Arc::new(cfg), sni))
@@ -332,7 +337,11 @@ impl World {
                 reorder_delay: Duration::from_micros(u64::from(c.latency_us) + 200),
             };
             match c.kind {
-                SimClientKind::Http | SimClientKind::Https | SimClientKind::H2c => {
+                SimClientKind::Http
+                | SimClientKind::Https
+                | SimClientKind::H2c
+                | SimClientKind::H2 => {
+                    let alpn: &[u8] = if c.kind == SimClientKind::H2 { b"h2" } else { b"http/1.1" };
                     let http = HttpClientConfig {
                         target,
                         paths: c.paths.clone(),
@@ -347,11 +356,12 @@ impl World {
                         socket_buffer: sim.host_buffer,
                         connects_per_ms: c.connects_per_ms as usize,
                         tls: match &c.tls {
-                            Some(t) => Some(sim_tls_client(&c.name, t)?),
+                            Some(t) => Some(sim_tls_client(&c.name, t, alpn)?),
                             None => None,
                         },
                     };
-                    let (wire, client) = if c.kind == SimClientKind::H2c {
+                    let (wire, client) = if matches!(c.kind, SimClientKind::H2c | SimClientKind::H2)
+                    {
                         let (node, wire, stats) = H2Client::new(host, http);
                         net.add_node(Box::new(node));
                         (wire, ClientHost::H2c(stats))

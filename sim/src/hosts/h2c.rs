@@ -1,14 +1,16 @@
-//! HTTP/2 (RFC 9113) with prior knowledge over cleartext (h2c) for the
-//! simulated client: the `h2` crate's client, polled with a no-op waker over an
-//! in-memory pipe the session fills from and drains to its smoltcp socket, so
-//! no thread and no runtime. One request is in flight per connection at a
-//! time, as with HTTP/1.1 keep-alive; [`super::http::Client`] does the rest.
+//! HTTP/2 (RFC 9113) for the simulated client, with prior knowledge over
+//! cleartext (h2c) or over TLS with ALPN `h2`: the `h2` crate's client, polled
+//! with a no-op waker over an in-memory pipe the session fills from and drains
+//! to its smoltcp socket (through a rustls client connection for TLS), so no
+//! thread and no runtime. One request is in flight per connection at a time,
+//! as with HTTP/1.1 keep-alive; [`super::http::Client`] does the rest.
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::io;
+use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -68,8 +70,73 @@ impl tokio::io::AsyncWrite for Pipe {
 /// What all HTTP/2 connections of one client share.
 pub struct H2Shared {
     pipe: Rc<RefCell<Bufs>>,
-    /// Each path's request URI (`http://target/path`).
+    /// Each path's request URI (`http://target/path`, `https://` over TLS).
     uris: Vec<http::Uri>,
+    /// HTTP/2 over TLS: the client configuration (offering ALPN `h2`) and
+    /// the name sent and verified.
+    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+}
+
+/// TLS between one connection's socket and its `h2` state: the rustls
+/// client, and the records the socket has not taken yet.
+struct TlsUnder {
+    tls: rustls::ClientConnection,
+    out: Vec<u8>,
+}
+
+impl TlsUnder {
+    /// What the socket has, opened, appended to `into` (`wire` counts the
+    /// records' bytes). False once TLS has failed, the server has closed
+    /// it, or the handshake agreed on a protocol other than `h2`.
+    fn recv(
+        &mut self,
+        sock: &mut tcp::Socket<'static>,
+        scratch: &mut [u8],
+        into: &mut Vec<u8>,
+        wire: &mut u64,
+    ) -> bool {
+        while sock.can_recv() {
+            let n = match sock.recv_slice(scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            *wire += n as u64;
+            let mut rd = &scratch[..n];
+            while !rd.is_empty() {
+                if self.tls.read_tls(&mut rd).is_err() || self.tls.process_new_packets().is_err() {
+                    return false;
+                }
+                let mut plain = [0u8; 4096];
+                loop {
+                    match self.tls.reader().read(&mut plain) {
+                        Ok(0) => return false, // close_notify
+                        Ok(k) => into.extend_from_slice(&plain[..k]),
+                        Err(_) => break, // nothing more yet
+                    }
+                }
+            }
+        }
+        self.tls.is_handshaking() || self.tls.alpn_protocol() == Some(b"h2")
+    }
+
+    /// `plain` to send: rustls takes all of it (before the handshake is
+    /// done it keeps it), the socket the records as far as it can.
+    fn send(&mut self, sock: &mut tcp::Socket<'static>, plain: &[u8]) -> bool {
+        if !plain.is_empty() && self.tls.writer().write_all(plain).is_err() {
+            return false;
+        }
+        while self.tls.wants_write() {
+            if self.tls.write_tls(&mut self.out).is_err() {
+                return false;
+            }
+        }
+        // Before the TCP handshake is done the records wait here.
+        if !self.out.is_empty() && sock.may_send() {
+            let n = sock.send_slice(&self.out).unwrap_or(0);
+            self.out.drain(..n);
+        }
+        true
+    }
 }
 
 /// The response being read: its head, and how much of the body matched.
@@ -93,11 +160,15 @@ pub struct Http2 {
     wire: u64,
     /// Received bytes `h2` has not read yet.
     rx_spill: Vec<u8>,
-    /// Bytes `h2` wrote that the socket has not taken yet.
+    /// Bytes `h2` wrote that the socket has not taken yet (cleartext; over
+    /// TLS rustls takes them all).
     tx_spill: Vec<u8>,
+    /// Over TLS: the TLS between socket and pipe.
+    tls: Option<TlsUnder>,
 }
 
-/// An HTTP/2 (h2c, prior knowledge) load generator.
+/// An HTTP/2 load generator: h2c with prior knowledge, or over TLS with ALPN
+/// `h2` when its configuration has TLS.
 pub type H2Client = Client<Http2>;
 
 impl Http2 {
@@ -108,14 +179,22 @@ impl Http2 {
     }
 
     /// Starts a turn: the bytes waiting and what the socket has go into the
-    /// pipe.
-    fn begin(&mut self, p: &RefCell<Bufs>, sock: &mut tcp::Socket<'static>, scratch: &mut [u8]) {
+    /// pipe. False if TLS under it has failed.
+    fn begin(
+        &mut self,
+        p: &RefCell<Bufs>,
+        sock: &mut tcp::Socket<'static>,
+        scratch: &mut [u8],
+    ) -> bool {
         let mut p = p.borrow_mut();
         p.rx.clear();
         p.rx_off = 0;
         p.tx.clear();
         let spill = std::mem::take(&mut self.rx_spill);
         p.rx.extend_from_slice(&spill);
+        if let Some(t) = &mut self.tls {
+            return t.recv(sock, scratch, &mut p.rx, &mut self.wire);
+        }
         while sock.can_recv() {
             match sock.recv_slice(scratch) {
                 Ok(0) | Err(_) => break,
@@ -125,17 +204,24 @@ impl Http2 {
                 }
             }
         }
+        true
     }
 
     /// Ends a turn: what `h2` wrote goes to the socket as far as it takes it,
     /// the rest (and anything `h2` did not read) waits in the spill buffers.
-    fn end(&mut self, p: &RefCell<Bufs>, sock: &mut tcp::Socket<'static>) {
+    /// False if TLS under it has failed.
+    fn end(&mut self, p: &RefCell<Bufs>, sock: &mut tcp::Socket<'static>) -> bool {
         let mut p = p.borrow_mut();
         if p.rx_off < p.rx.len() {
             self.rx_spill.extend_from_slice(&p.rx[p.rx_off..]);
         }
         p.rx.clear();
         p.rx_off = 0;
+        if let Some(t) = &mut self.tls {
+            let ok = t.send(sock, &p.tx);
+            p.tx.clear();
+            return ok;
+        }
         if self.tx_spill.is_empty() {
             let n = if sock.may_send() { sock.send_slice(&p.tx).unwrap_or(0) } else { 0 };
             if n < p.tx.len() {
@@ -150,6 +236,7 @@ impl Http2 {
             }
         }
         p.tx.clear();
+        true
     }
 
     /// Reads the response in flight as far as it has arrived.
@@ -203,17 +290,18 @@ impl Session for Http2 {
 
     fn shared(cfg: &super::http::HttpClientConfig, paths: &[String]) -> H2Shared {
         let target = cfg.target;
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         let uris = paths
             .iter()
             .map(|p| {
                 // A path that is no URI is asked for as `/`: its bodies then
                 // count as wrong, not as silently skipped.
-                format!("http://{target}{p}")
+                format!("{scheme}://{target}{p}")
                     .parse()
                     .unwrap_or_else(|_| http::Uri::from_static("/"))
             })
             .collect();
-        H2Shared { pipe: Rc::new(RefCell::new(Bufs::default())), uris }
+        H2Shared { pipe: Rc::new(RefCell::new(Bufs::default())), uris, tls: cfg.tls.clone() }
     }
 
     fn open(shared: &H2Shared) -> Option<Http2> {
@@ -230,6 +318,16 @@ impl Session for Http2 {
             return None;
         };
         let preface = std::mem::take(&mut shared.pipe.borrow_mut().tx);
+        // Over TLS the preface waits in rustls for the handshake.
+        let (tls, tx_spill) = match &shared.tls {
+            None => (None, preface),
+            Some((cfg, name)) => {
+                let mut tls = rustls::ClientConnection::new(cfg.clone(), name.clone()).ok()?;
+                tls.set_buffer_limit(None);
+                tls.writer().write_all(&preface).ok()?;
+                (Some(TlsUnder { tls, out: Vec::new() }), Vec::new())
+            }
+        };
         Some(Http2 {
             send,
             conn,
@@ -237,7 +335,8 @@ impl Session for Http2 {
             body: None,
             wire: 0,
             rx_spill: Vec::new(),
-            tx_spill: preface,
+            tx_spill,
+            tls,
         })
     }
 
@@ -250,11 +349,15 @@ impl Session for Http2 {
     ) -> Exchange {
         // Nothing came and nothing waits to go: `h2` has nothing to act on
         // (the client sets no timers), so it is not polled.
-        if self.rx_spill.is_empty() && self.tx_spill.is_empty() && !sock.can_recv() {
+        let tls_idle = self.tls.as_ref().is_none_or(|t| t.out.is_empty() && !t.tls.wants_write());
+        if self.rx_spill.is_empty() && self.tx_spill.is_empty() && tls_idle && !sock.can_recv() {
             return Exchange::Pending;
         }
         let mut cx = Context::from_waker(Waker::noop());
-        self.begin(&shared.pipe, sock, scratch);
+        if !self.begin(&shared.pipe, sock, scratch) {
+            self.end(&shared.pipe, sock);
+            return Exchange::Broken;
+        }
         let mut out = if self.drive(&mut cx) { Exchange::Pending } else { Exchange::Broken };
         if let (Exchange::Pending, Some(expected)) = (&out, expected) {
             out = self.read_response(&mut cx, expected);
@@ -263,7 +366,9 @@ impl Session for Http2 {
                 out = Exchange::Broken;
             }
         }
-        self.end(&shared.pipe, sock);
+        if !self.end(&shared.pipe, sock) {
+            return Exchange::Broken;
+        }
         out
     }
 
@@ -287,7 +392,6 @@ impl Session for Http2 {
             p.tx.clear();
         }
         self.drive(&mut cx);
-        self.end(&shared.pipe, sock);
-        true
+        self.end(&shared.pipe, sock)
     }
 }
