@@ -390,8 +390,20 @@ impl H2Front {
             TcpEvent::Accepted { conn, listener, peer, local }
                 if self.listeners.contains(&listener) =>
             {
-                self.sniffing
-                    .insert(conn, Sniff { listener, peer, local, buf: Vec::new(), since: now });
+                let s = Sniff { listener, peer, local, buf: Vec::new(), since: now };
+                // A protocol agreed by ALPN is the one spoken (RFC 7301
+                // 3.2): HTTP/1.1 goes to L7 as it is (the h2 preface there
+                // is a bad request), and on `h2` anything but the preface
+                // is a connection error for `h2` to find (RFC 9113 3.4).
+                // Without ALPN (cleartext, or a client that offered none)
+                // the first bytes decide.
+                match tcp.alpn(conn) {
+                    Some(b"http/1.1") => return Some(ev),
+                    Some(b"h2") => self.start_h2(conn, s, false, tcp),
+                    _ => {
+                        self.sniffing.insert(conn, s);
+                    }
+                }
                 None
             }
             TcpEvent::Readable { conn } | TcpEvent::PeerClosed { conn }
@@ -500,28 +512,7 @@ impl H2Front {
         }
         let Some(s) = self.sniffing.remove(&conn) else { return };
         if h2 {
-            self.stats.connections += 1;
-            let pipe = Rc::new(RefCell::new(PipeBufs::default()));
-            pipe.borrow_mut().rx.extend_from_slice(&s.buf);
-            let hs = h2::server::Builder::new()
-                .max_concurrent_streams(128)
-                .initial_window_size(REQ_BUF as u32)
-                .max_header_list_size(64 * 1024)
-                .handshake(Pipe(pipe.clone()));
-            self.conns.insert(
-                conn,
-                H2Conn {
-                    pipe,
-                    phase: ConnPhase::Handshaking(hs),
-                    listener: s.listener,
-                    peer: s.peer,
-                    local: s.local,
-                    streams: Vec::new(),
-                    peer_closed: closed,
-                    written: false,
-                },
-            );
-            self.drive(conn, tcp);
+            self.start_h2(conn, s, closed, tcp);
         } else {
             // HTTP/1.1 (or garbage, which L7 refuses): L7 sees the
             // connection from the start, the bytes read here first.
@@ -539,6 +530,32 @@ impl H2Front {
                 self.events.push(TcpEvent::PeerClosed { conn });
             }
         }
+    }
+
+    /// Serves `conn` as HTTP/2 from here on, the bytes sniffed first.
+    fn start_h2<T: TcpApi>(&mut self, conn: ConnId, s: Sniff, closed: bool, tcp: &mut T) {
+        self.stats.connections += 1;
+        let pipe = Rc::new(RefCell::new(PipeBufs::default()));
+        pipe.borrow_mut().rx.extend_from_slice(&s.buf);
+        let hs = h2::server::Builder::new()
+            .max_concurrent_streams(128)
+            .initial_window_size(REQ_BUF as u32)
+            .max_header_list_size(64 * 1024)
+            .handshake(Pipe(pipe.clone()));
+        self.conns.insert(
+            conn,
+            H2Conn {
+                pipe,
+                phase: ConnPhase::Handshaking(hs),
+                listener: s.listener,
+                peer: s.peer,
+                local: s.local,
+                streams: Vec::new(),
+                peer_closed: closed,
+                written: false,
+            },
+        );
+        self.drive(conn, tcp);
     }
 
     /// Moves bytes between TCP and the `h2` connection and polls everything
@@ -1316,6 +1333,13 @@ impl<T: TcpApi> TcpApi for H2Tcp<'_, T> {
             return self.tcp.client_identity(conn);
         }
         self.front.streams.get(&conn).and_then(|s| self.tcp.client_identity(s.conn))
+    }
+
+    fn alpn(&self, conn: ConnId) -> Option<&[u8]> {
+        if !virtual_id(conn) {
+            return self.tcp.alpn(conn);
+        }
+        self.front.streams.get(&conn).and_then(|s| self.tcp.alpn(s.conn))
     }
 
     fn peer(&self, conn: ConnId) -> Option<SocketAddr> {

@@ -2179,3 +2179,56 @@ fn a_route_can_have_its_own_request_timeout() {
     h.l7.poll(h.now, &mut h.tcp);
     assert!(header_block(&h.take(slow)).starts_with("HTTP/1.1 504 "));
 }
+
+/// A protocol agreed by ALPN is the one spoken, whatever the first bytes
+/// look like (RFC 7301 3.2): after `http/1.1` the HTTP/2 preface is an
+/// HTTP/1.1 request L7 refuses, and after `h2` an HTTP/1.1 request is an
+/// HTTP/2 connection error (RFC 9113 3.4). Neither reaches a backend.
+#[test]
+fn alpn_decides_the_protocol_not_the_first_bytes() {
+    use switchyard_l7::h2front::H2Front;
+    let mut h = H::new();
+    let mut front = H2Front::new([3]);
+    let peer: SocketAddr = "198.18.0.101:40000".parse().unwrap();
+    let local: SocketAddr = "198.18.0.10:443".parse().unwrap();
+    let through = |h: &mut H, front: &mut H2Front, ev: TcpEvent| {
+        if let Some(ev) = front.on_event(h.now, ev, &mut h.tcp) {
+            h.l7.on_event(h.now, ev, &mut front.wrap(&mut h.tcp));
+        }
+        let mut evs = Vec::new();
+        while front.has_events() {
+            front.take_events(&mut evs);
+            for ev in evs.drain(..) {
+                h.l7.on_event(h.now, ev, &mut front.wrap(&mut h.tcp));
+            }
+        }
+        front.flush(&mut h.tcp);
+    };
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let request = b"GET /api/x HTTP/1.1\r\nHost: v\r\n\r\n";
+    for (alpn, bytes) in [(&b"http/1.1"[..], &preface[..]), (&b"h2"[..], &request[..])] {
+        let c = h.tcp.new_conn(peer, ConnState::Established);
+        h.tcp.alpns.insert(c, alpn.to_vec());
+        through(&mut h, &mut front, TcpEvent::Accepted { conn: c, listener: 3, peer, local });
+        h.tcp.c(c).to_l7.extend(bytes.iter().copied());
+        through(&mut h, &mut front, TcpEvent::Readable { conn: c });
+        let sent = String::from_utf8_lossy(&h.tcp.c(c).sent).into_owned();
+        let what = String::from_utf8_lossy(alpn);
+        if alpn == b"h2" {
+            assert_eq!(front.stats().protocol_errors, 1, "{what}");
+            assert!(!sent.contains("HTTP/1.1"), "{what}: {sent:?}");
+        } else {
+            assert!(sent.starts_with("HTTP/1.1 4") || sent.starts_with("HTTP/1.1 5"), "{sent:?}");
+            assert_eq!(front.stats().connections, 0, "{what}: not served as HTTP/2");
+        }
+        assert!(h.tcp.c(c).closed || h.tcp.c(c).aborted, "{what}: connection left open");
+        assert!(h.tcp.connects.is_empty(), "{what}: a backend was asked");
+    }
+    // Without ALPN the first bytes still decide: the preface is HTTP/2.
+    let c = h.tcp.new_conn(peer, ConnState::Established);
+    through(&mut h, &mut front, TcpEvent::Accepted { conn: c, listener: 3, peer, local });
+    h.tcp.c(c).to_l7.extend(preface.iter().copied());
+    through(&mut h, &mut front, TcpEvent::Readable { conn: c });
+    assert_eq!(front.stats().connections, 2, "the h2 connection above and this one");
+    assert!(!h.tcp.c(c).closed && !h.tcp.c(c).aborted);
+}

@@ -41,6 +41,8 @@ pub struct FakeTcp {
     pub refuse: bool,
     /// Client certificate subjects, as a TLS layer would report them.
     pub identities: HashMap<ConnId, String>,
+    /// What `alpn` returns per connection, as a TLS layer would.
+    pub alpns: HashMap<ConnId, Vec<u8>>,
 }
 
 impl FakeTcp {
@@ -129,6 +131,9 @@ impl TcpApi for FakeTcp {
     }
     fn client_identity(&self, conn: ConnId) -> Option<&str> {
         self.identities.get(&conn).map(String::as_str)
+    }
+    fn alpn(&self, conn: ConnId) -> Option<&[u8]> {
+        self.alpns.get(&conn).map(Vec::as_slice)
     }
 
     fn peer(&self, conn: ConnId) -> Option<SocketAddr> {

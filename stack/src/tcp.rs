@@ -129,4 +129,10 @@ pub trait TcpApi {
         let _ = conn;
         None
     }
+    /// The application protocol a TLS layer agreed with the client by ALPN
+    /// (RFC 7301: `h2`, `http/1.1`); `None` without TLS or without ALPN.
+    fn alpn(&self, conn: ConnId) -> Option<&[u8]> {
+        let _ = conn;
+        None
+    }
 }

@@ -1007,6 +1007,9 @@ struct Conn {
     peer_closed: bool,
     /// The verified client certificate's subject (mutual TLS).
     identity: Option<String>,
+    /// The application protocol agreed by ALPN, on a terminated
+    /// connection.
+    alpn: Option<Vec<u8>>,
     /// A connection to a backend (we are the TLS client).
     upstream: bool,
     /// Ciphertext received (right behind the handshake) but not yet given to
@@ -1172,6 +1175,7 @@ impl Tls {
                         closing: false,
                         peer_closed: false,
                         identity: None,
+                        alpn: None,
                         unread: Vec::new(),
                         upstream: false,
                         sealing: false,
@@ -1528,6 +1532,7 @@ impl Tls {
                         .ok()
                         .map(|(_, cert)| cert.subject().to_string());
                 }
+                c.alpn = info.alpn;
                 // What arrived while the engine had the handshake is records.
                 if let State::Handshake { input, .. } = &c.state {
                     session.received(input);
@@ -1695,6 +1700,7 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
                     closing: false,
                     peer_closed: false,
                     identity: None,
+                    alpn: None,
                     unread: Vec::new(),
                     upstream: true,
                     sealing: false,
@@ -1916,6 +1922,13 @@ impl<T: TcpApi> TcpApi for TlsTcp<'_, T> {
         match self.tls.conns.get(&conn) {
             Some(c) => c.identity.as_deref(),
             None => self.tcp.client_identity(conn),
+        }
+    }
+
+    fn alpn(&self, conn: ConnId) -> Option<&[u8]> {
+        match self.tls.conns.get(&conn) {
+            Some(c) => c.alpn.as_deref(),
+            None => self.tcp.alpn(conn),
         }
     }
 

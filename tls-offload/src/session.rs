@@ -113,6 +113,8 @@ pub(crate) struct HandshakeInfo {
     pub resumed: bool,
     /// The client's certificate, verified (mutual TLS).
     pub client_cert: Option<CertificateDer<'static>>,
+    /// The application protocol agreed by ALPN (`h2`, `http/1.1`).
+    pub alpn: Option<Vec<u8>>,
 }
 
 /// Where one engine step left a server handshake.
@@ -245,6 +247,7 @@ fn established(hs: ServerHs, early_plain: Vec<u8>, peer_closed: bool) -> ServerS
             .unwrap_or_default(),
         resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         client_cert: conn.peer_certificates().and_then(|c| c.first()).cloned(),
+        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
     };
     let (secrets, kernel) = match conn.dangerous_into_kernel_connection() {
         Ok(s) => s,
