@@ -389,12 +389,13 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
     if h.connections + h.upstream_connections > 0 {
         let _ = writeln!(
             out,
-            "http2: connections {}, streams {}, client resets {}, proxy resets {}, protocol errors {}, upstream connections {}, upstream streams {}",
+            "http2: connections {}, streams {}, client resets {}, proxy resets {}, protocol errors {}, closed idle {}, upstream connections {}, upstream streams {}",
             h.connections,
             h.streams,
             h.client_resets,
             h.proxy_resets,
             h.protocol_errors,
+            h.idle_closed,
             h.upstream_connections,
             h.upstream_streams
         );

@@ -249,6 +249,7 @@ impl Dataplane {
             tls_events: Vec::new(),
             h2: {
                 let mut f = H2Front::new(h2_listeners);
+                f.set_idle_timeout(cfg.http.idle_timeout);
                 f.add_h2c_backends(
                     cfg.pools
                         .iter()

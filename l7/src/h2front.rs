@@ -50,6 +50,10 @@ const HEADS_CHUNK: usize = 16 * 1024;
 /// A new connection that sends nothing for this long is closed.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an HTTP/2 connection may be idle by default (L7's
+/// [`crate::Limits::idle_timeout`] sets it: [`H2Front::set_idle_timeout`]).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Counters of the front.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct H2Stats {
@@ -63,6 +67,10 @@ pub struct H2Stats {
     pub proxy_resets: u64,
     /// Connections ended by an HTTP/2 protocol error.
     pub protocol_errors: u64,
+    /// Connections closed for sending nothing for the idle timeout while
+    /// no stream was open (GOAWAY, then a reset if the client does not
+    /// finish), or for not finishing the connection preface in that time.
+    pub idle_closed: u64,
     /// HTTP/2 connections opened to `h2c` backends.
     pub upstream_connections: u64,
     /// Requests sent on them.
@@ -181,6 +189,15 @@ struct H2Conn {
     peer_closed: bool,
     /// In `H2Front::written`.
     written: bool,
+    /// When the client last sent bytes (or, after a deadline found a stream
+    /// open, the first deadline that found none: when the stream ended is
+    /// not known, so idleness counts from there).
+    active: Instant,
+    /// A deadline found a stream open.
+    was_busy: bool,
+    /// Sent GOAWAY for being idle; reset if it is still here at the next
+    /// deadline.
+    shutting: bool,
 }
 
 /// How the response L7 writes is delimited, as it is parsed.
@@ -265,6 +282,8 @@ struct Sniff {
     local: SocketAddr,
     buf: Vec<u8>,
     since: Instant,
+    /// ALPN agreed on `h2`: the first bytes start HTTP/2.
+    h2: bool,
 }
 
 /// The HTTP/2 front of one worker.
@@ -273,6 +292,11 @@ pub struct H2Front {
     // Keyed by our own connection handles, not by what peers choose: a fast
     // fixed hash will do (they are looked up on every event and call).
     sniffing: FlowMap<ConnId, Sniff>,
+    /// Idle deadlines of HTTP/2 connections, in order (a connection's entry
+    /// is checked when due and put back if it has been active since).
+    idle: std::collections::VecDeque<(Instant, ConnId)>,
+    /// How long a connection may send nothing while no stream is open.
+    idle_timeout: Duration,
     /// Bytes read while sniffing an HTTP/1.1 connection, replayed to L7.
     stash: FlowMap<ConnId, Vec<u8>>,
     conns: FlowMap<ConnId, H2Conn>,
@@ -317,6 +341,8 @@ impl H2Front {
         H2Front {
             listeners: listeners.into_iter().collect(),
             sniffing: flow_map(64, 0x6832_736e_6966),
+            idle: std::collections::VecDeque::new(),
+            idle_timeout: IDLE_TIMEOUT,
             stash: flow_map(0, 0x6832_7374_6173),
             conns: flow_map(64, 0x6832_636f_6e6e),
             streams: flow_map(64, 0x6832_7374_7265),
@@ -390,26 +416,26 @@ impl H2Front {
             TcpEvent::Accepted { conn, listener, peer, local }
                 if self.listeners.contains(&listener) =>
             {
-                let s = Sniff { listener, peer, local, buf: Vec::new(), since: now };
                 // A protocol agreed by ALPN is the one spoken (RFC 7301
                 // 3.2): HTTP/1.1 goes to L7 as it is (the h2 preface there
-                // is a bad request), and on `h2` anything but the preface
-                // is a connection error for `h2` to find (RFC 9113 3.4).
-                // Without ALPN (cleartext, or a client that offered none)
-                // the first bytes decide.
-                match tcp.alpn(conn) {
+                // is a bad request), and on `h2` the first bytes, whatever
+                // they are, start HTTP/2 (anything but the preface is a
+                // connection error for `h2` to find, RFC 9113 3.4). Without
+                // ALPN (cleartext, or a client that offered none) the first
+                // bytes decide.
+                let h2 = match tcp.alpn(conn) {
                     Some(b"http/1.1") => return Some(ev),
-                    Some(b"h2") => self.start_h2(conn, s, false, tcp),
-                    _ => {
-                        self.sniffing.insert(conn, s);
-                    }
-                }
+                    Some(b"h2") => true,
+                    _ => false,
+                };
+                self.sniffing
+                    .insert(conn, Sniff { listener, peer, local, buf: Vec::new(), since: now, h2 });
                 None
             }
             TcpEvent::Readable { conn } | TcpEvent::PeerClosed { conn }
                 if self.sniffing.contains_key(&conn) =>
             {
-                self.sniff(conn, matches!(ev, TcpEvent::PeerClosed { .. }), tcp);
+                self.sniff(now, conn, matches!(ev, TcpEvent::PeerClosed { .. }), tcp);
                 None
             }
             TcpEvent::Closed { conn, .. } if self.sniffing.remove(&conn).is_some() => None,
@@ -428,8 +454,13 @@ impl H2Front {
             | TcpEvent::PeerClosed { conn }
                 if self.conns.contains_key(&conn) =>
             {
-                if let (TcpEvent::PeerClosed { .. }, Some(c)) = (ev, self.conns.get_mut(&conn)) {
-                    c.peer_closed = true;
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    if let TcpEvent::PeerClosed { .. } = ev {
+                        c.peer_closed = true;
+                    }
+                    if let TcpEvent::Readable { .. } = ev {
+                        c.active = now;
+                    }
                 }
                 self.drive(conn, tcp);
                 None
@@ -457,6 +488,7 @@ impl H2Front {
             }
             st.unread
         });
+        self.expire_idle(now, tcp);
         if self.sniffing.is_empty() {
             return;
         }
@@ -491,11 +523,16 @@ impl H2Front {
 
     /// When `poll` next has work.
     pub fn poll_at(&self) -> Option<Instant> {
-        self.sniffing.values().map(|s| s.since + SNIFF_TIMEOUT).min()
+        let sniff = self.sniffing.values().map(|s| s.since + SNIFF_TIMEOUT).min();
+        let idle = self.idle.front().map(|e| e.0);
+        match (sniff, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Reads a new connection's first bytes and decides what it speaks.
-    fn sniff<T: TcpApi>(&mut self, conn: ConnId, closed: bool, tcp: &mut T) {
+    fn sniff<T: TcpApi>(&mut self, now: Instant, conn: ConnId, closed: bool, tcp: &mut T) {
         let Some(s) = self.sniffing.get_mut(&conn) else { return };
         while s.buf.len() < PREFACE.len() {
             let mut b = [0u8; 24];
@@ -505,14 +542,19 @@ impl H2Front {
                 Ok(n) => s.buf.extend_from_slice(&b[..n]),
             }
         }
-        let h2 = s.buf.len() == PREFACE.len() && s.buf == PREFACE;
-        let undecided = !closed && s.buf.len() < PREFACE.len() && PREFACE.starts_with(&s.buf);
+        let h2 = if s.h2 { !s.buf.is_empty() } else { s.buf == PREFACE };
+        let undecided = !closed
+            && if s.h2 {
+                s.buf.is_empty()
+            } else {
+                s.buf.len() < PREFACE.len() && PREFACE.starts_with(&s.buf)
+            };
         if undecided {
             return;
         }
         let Some(s) = self.sniffing.remove(&conn) else { return };
         if h2 {
-            self.start_h2(conn, s, closed, tcp);
+            self.start_h2(now, conn, s, closed, tcp);
         } else {
             // HTTP/1.1 (or garbage, which L7 refuses): L7 sees the
             // connection from the start, the bytes read here first.
@@ -533,7 +575,14 @@ impl H2Front {
     }
 
     /// Serves `conn` as HTTP/2 from here on, the bytes sniffed first.
-    fn start_h2<T: TcpApi>(&mut self, conn: ConnId, s: Sniff, closed: bool, tcp: &mut T) {
+    fn start_h2<T: TcpApi>(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        s: Sniff,
+        closed: bool,
+        tcp: &mut T,
+    ) {
         self.stats.connections += 1;
         let pipe = Rc::new(RefCell::new(PipeBufs::default()));
         pipe.borrow_mut().rx.extend_from_slice(&s.buf);
@@ -553,9 +602,68 @@ impl H2Front {
                 streams: Vec::new(),
                 peer_closed: closed,
                 written: false,
+                active: now,
+                was_busy: false,
+                shutting: false,
             },
         );
+        self.idle.push_back((now + self.idle_timeout, conn));
         self.drive(conn, tcp);
+    }
+
+    /// How long an HTTP/2 client connection may send nothing while it has
+    /// no stream open, or take to finish its connection preface (L7's
+    /// idle timeout).
+    pub fn set_idle_timeout(&mut self, d: Duration) {
+        self.idle_timeout = d;
+    }
+
+    /// Idle connections: GOAWAY first (RFC 9113 6.8), a reset if one is
+    /// still there at its next deadline; one still in its preface is reset.
+    /// Every connection has one entry in `idle`, always a timeout ahead of
+    /// when it was put there.
+    fn expire_idle<T: TcpApi>(&mut self, now: Instant, tcp: &mut T) {
+        while let Some(&(at, conn)) = self.idle.front() {
+            if at > now {
+                break;
+            }
+            self.idle.pop_front();
+            let timeout = self.idle_timeout;
+            let Some(c) = self.conns.get_mut(&conn) else { continue };
+            if !c.shutting {
+                if !c.streams.is_empty() {
+                    c.was_busy = true;
+                } else if std::mem::take(&mut c.was_busy) {
+                    c.active = now;
+                }
+                if c.was_busy || c.active + timeout > now {
+                    // Checked again a whole timeout later, which keeps the
+                    // queue in order: a connection closes after between one
+                    // and two timeouts without a byte.
+                    self.idle.push_back((now + timeout, conn));
+                    continue;
+                }
+            }
+            match &mut c.phase {
+                ConnPhase::Ready(h) if !c.shutting => {
+                    c.shutting = true;
+                    h.graceful_shutdown();
+                    self.stats.idle_closed += 1;
+                    self.idle.push_back((now + timeout, conn));
+                    self.drive(conn, tcp);
+                }
+                _ => {
+                    if !c.shutting {
+                        self.stats.idle_closed += 1;
+                    }
+                    let streams = self.conns.remove(&conn).map(|c| c.streams).unwrap_or_default();
+                    for v in streams {
+                        self.stream_gone(v);
+                    }
+                    tcp.abort(conn);
+                }
+            }
+        }
     }
 
     /// Moves bytes between TCP and the `h2` connection and polls everything

@@ -2232,3 +2232,78 @@ fn alpn_decides_the_protocol_not_the_first_bytes() {
     assert_eq!(front.stats().connections, 2, "the h2 connection above and this one");
     assert!(!h.tcp.c(c).closed && !h.tcp.c(c).aborted);
 }
+
+/// An HTTP/2 connection with no stream open that sends nothing for the idle
+/// timeout gets a GOAWAY and closes when the client has seen it; one with a
+/// request under way is left alone; one that never finishes its preface is
+/// reset. Each is counted.
+#[test]
+fn idle_http2_connections_are_closed() {
+    use switchyard_l7::h2front::H2Front;
+    const GOAWAY: u8 = 7;
+    // A request under way at the deadline: nothing happens.
+    let mut t = h2_client::H2::new();
+    let req = http::Request::builder().uri("http://v/api/x").body(()).unwrap();
+    let (_resp, _) = t.client.send_request(req, true).unwrap();
+    t.run();
+    assert_eq!(t.h.accept_upstreams().len(), 1);
+    t.h.now += Duration::from_secs(61);
+    t.front.poll(t.h.now, &mut t.h.tcp);
+    t.run();
+    assert_eq!(t.front.stats().idle_closed, 0);
+    assert!(!h2_client::frames(&t.from_front).iter().any(|f| f.0 == GOAWAY));
+
+    // No stream: GOAWAY at the deadline, then the connection closes once
+    // the client has answered (the h2 crate's graceful shutdown).
+    let mut t = h2_client::H2::new();
+    let at = t.front.poll_at().expect("an idle deadline");
+    assert!(at > t.h.now && at <= t.h.now + Duration::from_secs(60), "{at}");
+    t.h.now += Duration::from_secs(59);
+    t.front.poll(t.h.now, &mut t.h.tcp);
+    t.run();
+    assert_eq!(t.front.stats().idle_closed, 0, "not before the timeout");
+    t.h.now += Duration::from_secs(2);
+    t.front.poll(t.h.now, &mut t.h.tcp);
+    t.run();
+    assert_eq!(t.front.stats().idle_closed, 1);
+    assert!(h2_client::frames(&t.from_front).iter().any(|f| f.0 == GOAWAY), "a GOAWAY");
+    assert!(t.h.tcp.c(t.conn).closed, "closed after the GOAWAY");
+
+    // ALPN `h2`, then part of the preface and nothing more: reset at the
+    // deadline. Closing before any byte is no protocol error.
+    let mut h = H::new();
+    let mut front = H2Front::new([3]);
+    let peer: SocketAddr = "198.18.0.101:40000".parse().unwrap();
+    let local: SocketAddr = "198.18.0.10:443".parse().unwrap();
+    let mut conns = Vec::new();
+    for bytes in [&b"PRI * HT"[..], b""] {
+        let c = h.tcp.new_conn(peer, ConnState::Established);
+        h.tcp.alpns.insert(c, b"h2".to_vec());
+        assert!(
+            front
+                .on_event(
+                    h.now,
+                    TcpEvent::Accepted { conn: c, listener: 3, peer, local },
+                    &mut h.tcp
+                )
+                .is_none()
+        );
+        h.tcp.c(c).to_l7.extend(bytes.iter().copied());
+        conns.push(c);
+    }
+    assert!(front.on_event(h.now, TcpEvent::Readable { conn: conns[0] }, &mut h.tcp).is_none());
+    assert!(front.on_event(h.now, TcpEvent::PeerClosed { conn: conns[1] }, &mut h.tcp).is_none());
+    let mut evs = Vec::new();
+    front.take_events(&mut evs);
+    let to_l7 =
+        |c: ConnId| evs.iter().any(|e| matches!(e, TcpEvent::Accepted { conn, .. } if *conn == c));
+    assert!(
+        to_l7(conns[1]) && !to_l7(conns[0]),
+        "the empty one goes to L7, which closes it: {evs:?}"
+    );
+    assert_eq!(front.stats().protocol_errors, 0);
+    h.now += Duration::from_secs(61);
+    front.poll(h.now, &mut h.tcp);
+    assert!(h.tcp.c(conns[0]).aborted, "a preface never finished");
+    assert_eq!(front.stats().idle_closed, 1);
+}
