@@ -584,14 +584,22 @@ fn sni_picks_the_certificate_and_alpn_offers_h2_first() {
     let mut t = T::new(&[&a, &b], TlsOptions::default());
     for (name, want) in [("b.test", &b.der), ("a.test", &a.der)] {
         let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"h2", b"http/1.1"]);
-        let (_, client, err) = t.connect(&cfg, name);
+        let (c, client, err) = t.connect(&cfg, name);
         assert!(err.is_none(), "{err:?}");
         assert_eq!(&client.peer_certificates().unwrap()[0], want, "certificate for {name}");
         assert_eq!(client.alpn_protocol(), Some(&b"h2"[..]));
+        // L7 is told what was agreed (its HTTP/2 front serves by it).
+        assert_eq!(t.tls.wrap(&mut t.tcp).alpn(c), Some(&b"h2"[..]));
     }
     let cfg = client_config(&pki, &[&rustls::version::TLS13], None, &[b"http/1.1"]);
-    let (_, client, _) = t.connect(&cfg, "a.test");
+    let (c, client, _) = t.connect(&cfg, "a.test");
     assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(t.tls.wrap(&mut t.tcp).alpn(c), Some(&b"http/1.1"[..]));
+    // A client that offers none: nothing agreed.
+    let (c, client, _) =
+        t.connect(&client_config(&pki, &[&rustls::version::TLS13], None, &[]), "a.test");
+    assert_eq!(client.alpn_protocol(), None);
+    assert_eq!(t.tls.wrap(&mut t.tcp).alpn(c), None);
 }
 
 /// A client's session store that counts the TLS 1.3 tickets it is given.

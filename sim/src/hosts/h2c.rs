@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use h2::client::{Connection, ResponseFuture, SendRequest};
 use smoltcp::socket::tcp;
 
 use super::http::{Client, Exchange, Response, Session};
+use super::tls::TlsUnder;
 
 /// The bytes between one connection's `h2` state and its socket during one
 /// turn. All connections of a client share it: a turn fills it with what the
@@ -75,68 +76,6 @@ pub struct H2Shared {
     /// HTTP/2 over TLS: the client configuration (offering ALPN `h2`) and
     /// the name sent and verified.
     tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
-}
-
-/// TLS between one connection's socket and its `h2` state: the rustls
-/// client, and the records the socket has not taken yet.
-struct TlsUnder {
-    tls: rustls::ClientConnection,
-    out: Vec<u8>,
-}
-
-impl TlsUnder {
-    /// What the socket has, opened, appended to `into` (`wire` counts the
-    /// records' bytes). False once TLS has failed, the server has closed
-    /// it, or the handshake agreed on a protocol other than `h2`.
-    fn recv(
-        &mut self,
-        sock: &mut tcp::Socket<'static>,
-        scratch: &mut [u8],
-        into: &mut Vec<u8>,
-        wire: &mut u64,
-    ) -> bool {
-        while sock.can_recv() {
-            let n = match sock.recv_slice(scratch) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            *wire += n as u64;
-            let mut rd = &scratch[..n];
-            while !rd.is_empty() {
-                if self.tls.read_tls(&mut rd).is_err() || self.tls.process_new_packets().is_err() {
-                    return false;
-                }
-                let mut plain = [0u8; 4096];
-                loop {
-                    match self.tls.reader().read(&mut plain) {
-                        Ok(0) => return false, // close_notify
-                        Ok(k) => into.extend_from_slice(&plain[..k]),
-                        Err(_) => break, // nothing more yet
-                    }
-                }
-            }
-        }
-        self.tls.is_handshaking() || self.tls.alpn_protocol() == Some(b"h2")
-    }
-
-    /// `plain` to send: rustls takes all of it (before the handshake is
-    /// done it keeps it), the socket the records as far as it can.
-    fn send(&mut self, sock: &mut tcp::Socket<'static>, plain: &[u8]) -> bool {
-        if !plain.is_empty() && self.tls.writer().write_all(plain).is_err() {
-            return false;
-        }
-        while self.tls.wants_write() {
-            if self.tls.write_tls(&mut self.out).is_err() {
-                return false;
-            }
-        }
-        // Before the TCP handshake is done the records wait here.
-        if !self.out.is_empty() && sock.may_send() {
-            let n = sock.send_slice(&self.out).unwrap_or(0);
-            self.out.drain(..n);
-        }
-        true
-    }
 }
 
 /// The response being read: its head, and how much of the body matched.
@@ -322,10 +261,9 @@ impl Session for Http2 {
         let (tls, tx_spill) = match &shared.tls {
             None => (None, preface),
             Some((cfg, name)) => {
-                let mut tls = rustls::ClientConnection::new(cfg.clone(), name.clone()).ok()?;
-                tls.set_buffer_limit(None);
-                tls.writer().write_all(&preface).ok()?;
-                (Some(TlsUnder { tls, out: Vec::new() }), Vec::new())
+                let mut tls = TlsUnder::new(cfg, name)?;
+                tls.write(&preface).then_some(())?;
+                (Some(tls), Vec::new())
             }
         };
         Some(Http2 {
@@ -349,7 +287,7 @@ impl Session for Http2 {
     ) -> Exchange {
         // Nothing came and nothing waits to go: `h2` has nothing to act on
         // (the client sets no timers), so it is not polled.
-        let tls_idle = self.tls.as_ref().is_none_or(|t| t.out.is_empty() && !t.tls.wants_write());
+        let tls_idle = self.tls.as_ref().is_none_or(|t| !t.sending());
         if self.rx_spill.is_empty() && self.tx_spill.is_empty() && tls_idle && !sock.can_recv() {
             return Exchange::Pending;
         }
@@ -369,7 +307,12 @@ impl Session for Http2 {
         if !self.end(&shared.pipe, sock) {
             return Exchange::Broken;
         }
-        out
+        // A response the server closed TLS behind still counts.
+        let closed = self.tls.as_ref().is_some_and(TlsUnder::closed);
+        match out {
+            Exchange::Pending if closed => Exchange::Broken,
+            out => out,
+        }
     }
 
     fn send(&mut self, shared: &H2Shared, path: usize, sock: &mut tcp::Socket<'static>) -> bool {

@@ -4,48 +4,24 @@
 //! balancer's TLS termination is driven by a real TLS client on the
 //! simulated network.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 
-use rustls::ClientConnection;
-use rustls::pki_types::ServerName;
 use smoltcp::socket::tcp;
 
 use super::http::{Client, Exchange, HttpClientConfig, Session, read_response, request_heads};
+use super::tls::TlsUnder;
 
 /// What all HTTPS connections of one client share.
 pub struct HttpsShared {
     heads: Vec<Vec<u8>>,
-    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
 }
 
-/// One HTTPS connection: its TLS state, the ciphertext the socket has not
-/// taken yet, and the plaintext response bytes read so far.
+/// One HTTPS connection: its TLS, and the plaintext response bytes read so
+/// far.
 pub struct Https1 {
-    tls: ClientConnection,
-    out: Vec<u8>,
+    tls: TlsUnder,
     inbuf: Vec<u8>,
-}
-
-impl Https1 {
-    /// Hands what TLS has to send to the socket, as much as it takes.
-    fn flush(&mut self, sock: &mut tcp::Socket<'static>) -> bool {
-        while self.tls.wants_write() {
-            if self.tls.write_tls(&mut self.out).is_err() {
-                return false;
-            }
-        }
-        // Before the TCP handshake is done the records wait here.
-        if !self.out.is_empty() && sock.may_send() {
-            match sock.send_slice(&self.out) {
-                Ok(n) => {
-                    self.out.drain(..n);
-                }
-                Err(_) => return false,
-            }
-        }
-        true
-    }
 }
 
 impl Session for Https1 {
@@ -57,8 +33,7 @@ impl Session for Https1 {
 
     fn open(shared: &HttpsShared) -> Option<Https1> {
         let (cfg, name) = shared.tls.as_ref()?;
-        let tls = ClientConnection::new(cfg.clone(), name.clone()).ok()?;
-        Some(Https1 { tls, out: Vec::new(), inbuf: Vec::new() })
+        Some(Https1 { tls: TlsUnder::new(cfg, name)?, inbuf: Vec::new() })
     }
 
     fn exchange(
@@ -68,44 +43,34 @@ impl Session for Https1 {
         scratch: &mut [u8],
         expected: Option<&[u8]>,
     ) -> Exchange {
-        while sock.can_recv() {
-            let n = match sock.recv_slice(scratch) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut rd = &scratch[..n];
-            while !rd.is_empty() {
-                if self.tls.read_tls(&mut rd).is_err() || self.tls.process_new_packets().is_err() {
-                    return Exchange::Broken;
-                }
-                let mut plain = [0u8; 4096];
-                loop {
-                    match self.tls.reader().read(&mut plain) {
-                        Ok(0) => return Exchange::Broken, // close_notify
-                        Ok(k) => self.inbuf.extend_from_slice(&plain[..k]),
-                        Err(_) => break, // nothing more yet
-                    }
-                }
-            }
-        }
-        // The handshake's answers, key updates, and what `send` queued.
-        if !self.flush(sock) {
+        // (The responses' sizes are counted from their plaintext.)
+        let mut records = 0;
+        if !self.tls.recv(sock, scratch, &mut self.inbuf, &mut records) {
             return Exchange::Broken;
         }
-        let Some(expected) = expected else { return Exchange::Pending };
-        read_response(&mut self.inbuf, expected)
+        // The handshake's answers, key updates, and what `send` queued.
+        if !self.tls.send(sock, &[]) {
+            return Exchange::Broken;
+        }
+        // A response the server closed TLS behind still counts.
+        let out = match expected {
+            Some(expected) => read_response(&mut self.inbuf, expected),
+            None => Exchange::Pending,
+        };
+        match out {
+            Exchange::Pending if self.tls.closed() => Exchange::Broken,
+            out => out,
+        }
     }
 
     fn send(&mut self, shared: &HttpsShared, path: usize, sock: &mut tcp::Socket<'static>) -> bool {
+        // One request at a time: not while the last one's records wait.
         // Before the handshake is done rustls keeps the request and sends
-        // it once it is; the socket takes the records as it can.
-        if !self.out.is_empty() {
+        // it once it is.
+        if self.tls.sending() {
             return false;
         }
-        if self.tls.writer().write_all(&shared.heads[path]).is_err() {
-            return false;
-        }
-        self.flush(sock)
+        self.tls.send(sock, &shared.heads[path])
     }
 }
 

@@ -8,6 +8,7 @@ mod bulk;
 mod h2c;
 mod http;
 mod https;
+mod tls;
 mod udp;
 
 use std::net::IpAddr;
