@@ -154,4 +154,6 @@ cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / t }' "/pro
 # The part of it spent in the kernel (system time).
 cpu_sys() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", $15 / t }' "/proc/$1/stat"; }
 # How many times its threads have gone to sleep (voluntary context switches).
-sleeps() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n }'; }
+# (Threads that have exited are no longer counted; one that exits while this
+# reads is skipped.)
+sleeps() { awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }' /proc/"$1"/task/*/status 2>/dev/null || true; }

@@ -306,15 +306,16 @@ fn counters(cfg: &Config, dp: &Dataplane, ps: switchyard_nic::PortStats, elapsed
         let hs: Vec<String> =
             t.handshakes.iter().map(|((v, g), n)| format!("{v} {g}: {n}")).collect();
         let why: Vec<String> = t.failed_by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let why = if why.is_empty() { String::new() } else { format!(" [{}]", why.join(", ")) };
         let done: u64 = t.handshakes.values().sum();
         let rate = if done > 0 { 100.0 * t.resumed as f64 / done as f64 } else { 0.0 };
         let _ = writeln!(
             out,
-            "tls: handshakes [{}], resumed {} ({rate:.1}%), failed {} [{}], abandoned {}, timeouts {}, client certificates {}, engine steps {} (withdrawn {})",
+            "tls: handshakes [{}], resumed {} ({rate:.1}%), failed {}{}, abandoned {}, timeouts {}, client certificates {}, engine steps {} (withdrawn {})",
             hs.join(", "),
             t.resumed,
             t.failed,
-            why.join(", "),
+            why,
             t.abandoned,
             t.timeouts,
             t.client_certificates,

@@ -8,8 +8,9 @@
 //! `Connection: close`, the whole response read to EOF and its status
 //! checked. It stops after `--seconds S` or `--requests N` in all, whichever
 //! comes first, and prints the rate and the errors. `--rate R` paces the
-//! connections to at most R a second in all (connection i starts no sooner
-//! than i/R seconds in), so that two runs can offer a server the same load:
+//! connections at R a second in all (connection i starts no sooner than i/R
+//! seconds in; after a stall they catch up), so that two runs can offer a
+//! server the same load:
 //! a server that idles between connections spends more per connection on
 //! going to sleep and waking up, so per-CPU-second figures compare fairly
 //! only at one offered rate.
