@@ -156,4 +156,4 @@ cpu_sys() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", $15 / t }' "/proc/$1
 # How many times its threads have gone to sleep (voluntary context switches).
 # (Threads that have exited are no longer counted; one that exits while this
 # reads is skipped.)
-sleeps() { awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }' /proc/"$1"/task/*/status 2>/dev/null || true; }
+sleeps() { { cat /proc/"$1"/task/*/status 2>/dev/null || true; } | awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'; }

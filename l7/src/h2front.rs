@@ -189,11 +189,10 @@ struct H2Conn {
     peer_closed: bool,
     /// In `H2Front::written`.
     written: bool,
-    /// When the client last sent bytes (or, after a deadline found a stream
-    /// open, the first deadline that found none: when the stream ended is
-    /// not known, so idleness counts from there).
+    /// When the client last sent bytes (or, after a deadline found the
+    /// connection busy, the first deadline that found it idle).
     active: Instant,
-    /// A deadline found a stream open.
+    /// The last deadline found a stream open or a response on its way.
     was_busy: bool,
     /// Sent GOAWAY for being idle; reset if it is still here at the next
     /// deadline.
@@ -615,11 +614,12 @@ impl H2Front {
     /// no stream open, or take to finish its connection preface (L7's
     /// idle timeout).
     pub fn set_idle_timeout(&mut self, d: Duration) {
-        self.idle_timeout = d;
+        self.idle_timeout = d.max(Duration::from_millis(1));
     }
 
     /// Idle connections: GOAWAY first (RFC 9113 6.8), a reset if one is
-    /// still there at its next deadline; one still in its preface is reset.
+    /// still there, and idle, at its next deadline; one still in its
+    /// preface that has sent nothing for the timeout is reset.
     /// Every connection has one entry in `idle`, always a timeout ahead of
     /// when it was put there.
     fn expire_idle<T: TcpApi>(&mut self, now: Instant, tcp: &mut T) {
@@ -630,19 +630,24 @@ impl H2Front {
             self.idle.pop_front();
             let timeout = self.idle_timeout;
             let Some(c) = self.conns.get_mut(&conn) else { continue };
-            if !c.shutting {
-                if !c.streams.is_empty() {
-                    c.was_busy = true;
-                } else if std::mem::take(&mut c.was_busy) {
-                    c.active = now;
-                }
-                if c.was_busy || c.active + timeout > now {
-                    // Checked again a whole timeout later, which keeps the
-                    // queue in order: a connection closes after between one
-                    // and two timeouts without a byte.
-                    self.idle.push_back((now + timeout, conn));
-                    continue;
-                }
+            // Busy: a stream open (one may have crossed our GOAWAY, which
+            // is what a graceful one is for), or a response still on its
+            // way to a client that is reading it.
+            let busy =
+                !c.streams.is_empty() || !c.pipe.borrow().tx.is_empty() || tcp.send_queue(conn) > 0;
+            let was_busy = std::mem::replace(&mut c.was_busy, busy);
+            if was_busy && !busy {
+                // Idleness counts from here: when the work ended is not
+                // known.
+                c.active = now;
+            }
+            // Checked again a whole timeout later, which keeps the queue in
+            // order: a connection closes after between one and two timeouts
+            // without a byte or work (after its GOAWAY, one more without
+            // work).
+            if busy || was_busy || (!c.shutting && c.active + timeout > now) {
+                self.idle.push_back((now + timeout, conn));
+                continue;
             }
             match &mut c.phase {
                 ConnPhase::Ready(h) if !c.shutting => {

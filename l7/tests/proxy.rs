@@ -2307,3 +2307,69 @@ fn idle_http2_connections_are_closed() {
     assert!(h.tcp.c(conns[0]).aborted, "a preface never finished");
     assert_eq!(front.stats().idle_closed, 1);
 }
+
+/// The idle close never cuts work short: a request that crossed the GOAWAY
+/// is answered and a response a slow client is still reading is delivered
+/// whole; a client that answers nothing after its GOAWAY is reset.
+#[test]
+fn idle_http2_close_waits_for_streams_and_slow_readers() {
+    let later = |t: &mut h2_client::H2, s: u64| {
+        t.h.now += Duration::from_secs(s);
+        t.front.poll(t.h.now, &mut t.h.tcp);
+    };
+    // A request that crosses the GOAWAY, its backend slow to answer.
+    let mut t = h2_client::H2::new();
+    later(&mut t, 61);
+    assert_eq!(t.front.stats().idle_closed, 1, "GOAWAY sent");
+    let req = http::Request::builder().uri("http://v/api/x").body(()).unwrap();
+    let (resp, _) = t.client.send_request(req, true).unwrap();
+    t.run();
+    let ups = t.h.accept_upstreams();
+    assert_eq!(ups.len(), 1, "the request that crossed it is served");
+    t.run();
+    for _ in 0..3 {
+        later(&mut t, 61);
+    }
+    assert!(!t.h.tcp.c(t.conn).aborted, "reset with a stream open");
+    t.upstream_writes(ups[0], b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+    let mut resp = Box::pin(resp);
+    let resp = t.poll(&mut resp).expect("response").expect("ok");
+    let (got, _) = t.read_body(&mut resp.into_body());
+    assert_eq!(got, b"hello");
+    t.run();
+    assert!(t.h.tcp.c(t.conn).closed && !t.h.tcp.c(t.conn).aborted, "closed after the stream");
+
+    // A 60 KB response to a client that is not reading yet (no window).
+    let mut t = h2_client::H2::new();
+    let req = http::Request::builder().uri("http://v/api/x").body(()).unwrap();
+    let (resp, _) = t.client.send_request(req, true).unwrap();
+    t.run();
+    let ups = t.h.accept_upstreams();
+    t.run();
+    let body = vec![b'x'; 60_000];
+    let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 60000\r\n\r\n".to_vec();
+    answer.extend_from_slice(&body);
+    t.h.tcp.c(t.conn).window = 0;
+    t.upstream_writes(ups[0], &answer);
+    for _ in 0..3 {
+        later(&mut t, 61);
+    }
+    assert!(!t.h.tcp.c(t.conn).aborted, "reset while the response waited for the client");
+    assert_eq!(t.front.stats().idle_closed, 0);
+    t.h.tcp.c(t.conn).window = usize::MAX;
+    t.event(TcpEvent::Writable { conn: t.conn });
+    let mut resp = Box::pin(resp);
+    let resp = t.poll(&mut resp).expect("response").expect("ok");
+    let (got, _) = t.read_body(&mut resp.into_body());
+    assert_eq!(got, body, "delivered whole");
+
+    // A client that answers nothing once it has its GOAWAY: reset a timeout
+    // later (the front's bytes are not taken to it).
+    let mut t = h2_client::H2::new();
+    later(&mut t, 61);
+    assert_eq!(t.front.stats().idle_closed, 1);
+    assert!(!t.h.tcp.c(t.conn).aborted);
+    later(&mut t, 61);
+    assert!(t.h.tcp.c(t.conn).aborted, "reset after the GOAWAY went unanswered");
+    assert_eq!(t.front.stats().idle_closed, 1, "counted once");
+}

@@ -287,7 +287,7 @@ impl Session for Http2 {
     ) -> Exchange {
         // Nothing came and nothing waits to go: `h2` has nothing to act on
         // (the client sets no timers), so it is not polled.
-        let tls_idle = self.tls.as_ref().is_none_or(|t| !t.sending());
+        let tls_idle = self.tls.as_ref().is_none_or(|t| !t.sending() && !t.closed());
         if self.rx_spill.is_empty() && self.tx_spill.is_empty() && tls_idle && !sock.can_recv() {
             return Exchange::Pending;
         }
@@ -316,6 +316,10 @@ impl Session for Http2 {
     }
 
     fn send(&mut self, shared: &H2Shared, path: usize, sock: &mut tcp::Socket<'static>) -> bool {
+        // Not once the server has closed TLS.
+        if self.tls.as_ref().is_some_and(TlsUnder::closed) {
+            return false;
+        }
         let mut cx = Context::from_waker(Waker::noop());
         if !matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
             return false;

@@ -67,7 +67,8 @@ impl Session for Https1 {
         // One request at a time: not while the last one's records wait.
         // Before the handshake is done rustls keeps the request and sends
         // it once it is.
-        if self.tls.sending() {
+        // Nor once the server has closed TLS.
+        if self.tls.sending() || self.tls.closed() {
             return false;
         }
         self.tls.send(sock, &shared.heads[path])
