@@ -1413,6 +1413,9 @@ fn tls_and_mtls_to_nginx_backends() {
     let o =
         t.exec("cl", "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://198.18.0.10/bad/who");
     assert_eq!(text(&o).trim(), "502", "a backend from another CA");
+    // Health checks every 200 ms: at least two have run by now, however
+    // quickly the requests above went (they can take under 400 ms).
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     let out = lb.stop();
     let line = out
         .lines()
