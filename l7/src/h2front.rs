@@ -440,10 +440,7 @@ impl H2Front {
             TcpEvent::Closed { conn, .. } if self.sniffing.remove(&conn).is_some() => None,
             TcpEvent::Closed { conn, .. } => {
                 self.stash.remove(&conn);
-                if let Some(c) = self.conns.remove(&conn) {
-                    for v in c.streams {
-                        self.stream_gone(v);
-                    }
+                if self.remove_conn(conn) {
                     return None;
                 }
                 Some(ev)
@@ -522,12 +519,8 @@ impl H2Front {
 
     /// When `poll` next has work.
     pub fn poll_at(&self) -> Option<Instant> {
-        let sniff = self.sniffing.values().map(|s| s.since + SNIFF_TIMEOUT).min();
-        let idle = self.idle.front().map(|e| e.0);
-        match (sniff, idle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let sniff = self.sniffing.values().map(|s| s.since + SNIFF_TIMEOUT);
+        sniff.chain(self.idle.front().map(|e| e.0)).min()
     }
 
     /// Reads a new connection's first bytes and decides what it speaks.
@@ -661,10 +654,7 @@ impl H2Front {
                     if !c.shutting {
                         self.stats.idle_closed += 1;
                     }
-                    let streams = self.conns.remove(&conn).map(|c| c.streams).unwrap_or_default();
-                    for v in streams {
-                        self.stream_gone(v);
-                    }
+                    self.remove_conn(conn);
                     tcp.abort(conn);
                 }
             }
@@ -742,10 +732,7 @@ impl H2Front {
             }
             let done = matches!(c.phase, ConnPhase::Done) || failed;
             if done && flushed {
-                let c = self.conns.remove(&conn).map(|c| c.streams).unwrap_or_default();
-                for v in c {
-                    self.stream_gone(v);
-                }
+                self.remove_conn(conn);
                 tcp.close(conn);
                 return;
             }
@@ -964,6 +951,16 @@ impl H2Front {
     }
 
     /// The client's side of stream `v` is gone: L7 hears `Closed`.
+    /// Forgets HTTP/2 connection `conn` and its streams (L7 hears that
+    /// they are gone); false if it was not one.
+    fn remove_conn(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.remove(&conn) else { return false };
+        for v in c.streams {
+            self.stream_gone(v);
+        }
+        true
+    }
+
     fn stream_gone(&mut self, v: ConnId) {
         if let Some(st) = self.streams.remove(&v) {
             if let Some(c) = self.conns.get_mut(&st.conn) {
