@@ -13,9 +13,9 @@ use std::sync::Arc;
 use switchyard_nic::sim::{RING, SimPort, pair};
 
 use switchyard_sim::hosts::{
-    BulkClient, BulkConfig, BulkStats, ClientStats, EchoServer, EchoStats, H2Client, HostConfig,
-    HttpClient, HttpClientConfig, HttpServer, HttpsClient, OriginSize, ServerStats, UdpClient,
-    UdpClientConfig, UdpClientStats, UdpEchoServer, UdpEchoStats,
+    BulkClient, BulkConfig, BulkStats, ClientStats, ClientTls, EchoServer, EchoStats, H2Client,
+    HostConfig, HttpClient, HttpClientConfig, HttpServer, HttpsClient, OriginSize, ServerStats,
+    UdpClient, UdpClientConfig, UdpClientStats, UdpEchoServer, UdpEchoStats,
 };
 use switchyard_sim::{Duration, Instant, LinkConfig, LinkId, Network, Node};
 
@@ -165,7 +165,7 @@ fn sim_tls_client(
     name: &str,
     t: &crate::config::SimTls,
     alpn: &[u8],
-) -> Result<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>), WorldError> {
+) -> Result<ClientTls, WorldError> {
     let bad = |e: String| WorldError::ClientTls(name.to_string(), e);
     let roots = switchyard_tls::ca_roots(&t.ca).map_err(|e| bad(e.to_string()))?;
     let version = if t.tls12 { &rustls::version::TLS12 } else { &rustls::version::TLS13 };

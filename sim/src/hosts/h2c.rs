@@ -10,7 +10,6 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -19,7 +18,7 @@ use h2::client::{Connection, ResponseFuture, SendRequest};
 use smoltcp::socket::tcp;
 
 use super::http::{Client, Exchange, Response, Session};
-use super::tls::TlsUnder;
+use super::tls::{ClientTls, TlsUnder};
 
 /// The bytes between one connection's `h2` state and its socket during one
 /// turn. All connections of a client share it: a turn fills it with what the
@@ -75,7 +74,7 @@ pub struct H2Shared {
     uris: Vec<http::Uri>,
     /// HTTP/2 over TLS: the client configuration (offering ALPN `h2`) and
     /// the name sent and verified.
-    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<ClientTls>,
 }
 
 /// The response being read: its head, and how much of the body matched.
@@ -307,11 +306,9 @@ impl Session for Http2 {
         if !self.end(&shared.pipe, sock) {
             return Exchange::Broken;
         }
-        // A response the server closed TLS behind still counts.
-        let closed = self.tls.as_ref().is_some_and(TlsUnder::closed);
-        match out {
-            Exchange::Pending if closed => Exchange::Broken,
-            out => out,
+        match &self.tls {
+            Some(t) => t.unless_closed(out),
+            None => out,
         }
     }
 

@@ -302,7 +302,7 @@ pub struct HttpClientConfig {
     pub connects_per_ms: usize,
     /// TLS for sessions that speak it ([`super::https::Https1`]): the
     /// client configuration and the server name to ask for.
-    pub tls: Option<(std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    pub tls: Option<super::tls::ClientTls>,
 }
 
 /// What an HTTP client counted.

@@ -4,17 +4,15 @@
 //! balancer's TLS termination is driven by a real TLS client on the
 //! simulated network.
 
-use std::sync::Arc;
-
 use smoltcp::socket::tcp;
 
 use super::http::{Client, Exchange, HttpClientConfig, Session, read_response, request_heads};
-use super::tls::TlsUnder;
+use super::tls::{ClientTls, TlsUnder};
 
 /// What all HTTPS connections of one client share.
 pub struct HttpsShared {
     heads: Vec<Vec<u8>>,
-    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<ClientTls>,
 }
 
 /// One HTTPS connection: its TLS, and the plaintext response bytes read so
@@ -52,15 +50,11 @@ impl Session for Https1 {
         if !self.tls.send(sock, &[]) {
             return Exchange::Broken;
         }
-        // A response the server closed TLS behind still counts.
         let out = match expected {
             Some(expected) => read_response(&mut self.inbuf, expected),
             None => Exchange::Pending,
         };
-        match out {
-            Exchange::Pending if self.tls.closed() => Exchange::Broken,
-            out => out,
-        }
+        self.tls.unless_closed(out)
     }
 
     fn send(&mut self, shared: &HttpsShared, path: usize, sock: &mut tcp::Socket<'static>) -> bool {

@@ -26,6 +26,7 @@ pub use http::{
     Response, ServerStats, Session, body_bytes,
 };
 pub use https::{Https1, HttpsClient, HttpsShared};
+pub use tls::ClientTls;
 pub use udp::{UdpClient, UdpClientConfig, UdpClientStats, UdpEchoServer, UdpEchoStats};
 
 use crate::{Duration, Instant};

@@ -9,6 +9,12 @@ use rustls::ClientConnection;
 use rustls::pki_types::ServerName;
 use smoltcp::socket::tcp;
 
+use super::http::Exchange;
+
+/// A client's TLS: its rustls configuration, and the server name it asks
+/// for and verifies.
+pub type ClientTls = (Arc<rustls::ClientConfig>, ServerName<'static>);
+
 /// One connection's TLS: the rustls client, and the records the socket has
 /// not taken yet.
 pub(crate) struct TlsUnder {
@@ -74,6 +80,15 @@ impl TlsUnder {
     /// The server has closed TLS (`close_notify`).
     pub(crate) fn closed(&self) -> bool {
         self.closed
+    }
+
+    /// `out`, the turn's exchange, unless the server closed TLS with no
+    /// response ready: a response it closed behind still counts.
+    pub(crate) fn unless_closed(&self, out: Exchange) -> Exchange {
+        match out {
+            Exchange::Pending if self.closed => Exchange::Broken,
+            out => out,
+        }
     }
 
     /// Records wait for the socket, or rustls has some to write.
