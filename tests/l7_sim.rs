@@ -227,6 +227,22 @@ latency_us = 200
     (world, snap, ctx)
 }
 
+/// The load balancer's TLS counters, checked: one handshake of TLS `v` per
+/// client connection, none failed, no record refused.
+fn terminated<'a>(
+    lb: &'a switchyard::worker::Worker<switchyard_nic::sim::SimPort>,
+    v: &str,
+    connections: u64,
+) -> &'a switchyard_tls::TlsStats {
+    let tls = lb.dp.tls.stats();
+    let version = if v == "1.3" { "TLSv1_3" } else { "TLSv1_2" };
+    let done: u64 =
+        tls.handshakes.iter().filter(|((ver, _), _)| ver == version).map(|(_, n)| n).sum();
+    assert_eq!(done, connections, "TLS {v}: {tls:?}");
+    assert_eq!((tls.failed, tls.records.refused), (0, 0), "TLS {v}: {tls:?}");
+    tls
+}
+
 /// TLS 1.3 and 1.2 terminated on the L7 listener for real rustls clients on
 /// the simulated network: 1000 requests each, every body byte-exact, each
 /// path answered by its route's pool, keep-alive inside TLS, sessions
@@ -242,12 +258,7 @@ fn https_clients_through_tls_termination_and_l7_tls13_and_tls12() {
         // each of the version asked for, terminated by the load balancer.
         assert!(st.connections <= 120, "TLS {v}: {} connections\n{ctx}", st.connections);
         let lb = world.lb.borrow();
-        let tls = lb.dp.tls.stats();
-        let version = if v == "1.3" { "TLSv1_3" } else { "TLSv1_2" };
-        let done: u64 =
-            tls.handshakes.iter().filter(|((ver, _), _)| ver == version).map(|(_, n)| n).sum();
-        assert_eq!(done, st.connections, "TLS {v}: {tls:?}");
-        assert_eq!((tls.failed, tls.records.refused), (0, 0), "TLS {v}: {tls:?}");
+        let tls = terminated(&lb, v, st.connections);
         assert!(tls.records.opened >= 1000, "requests went through the record layer: {tls:?}");
         // The clients share rustls's session cache, and later connections
         // resume: in TLS 1.2 every one after the 20 slots' first; in TLS 1.3
@@ -279,12 +290,7 @@ fn h2_over_tls_with_alpn_h2_through_termination_and_l7() {
         assert_eq!(h2.connections, st.connections, "TLS {v}\n{ctx}");
         assert_eq!(h2.streams, 1000, "TLS {v}\n{ctx}");
         assert_eq!((h2.protocol_errors, h2.proxy_resets, h2.client_resets), (0, 0, 0), "{ctx}");
-        let tls = lb.dp.tls.stats();
-        let version = if v == "1.3" { "TLSv1_3" } else { "TLSv1_2" };
-        let done: u64 =
-            tls.handshakes.iter().filter(|((ver, _), _)| ver == version).map(|(_, n)| n).sum();
-        assert_eq!(done, st.connections, "TLS {v}: {tls:?}");
-        assert_eq!((tls.failed, tls.records.refused), (0, 0), "TLS {v}: {tls:?}");
+        terminated(&lb, v, st.connections);
     }
 }
 
