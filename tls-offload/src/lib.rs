@@ -234,7 +234,7 @@ impl SoftwareEngine {
             let tx: Sender<Job<HandshakeOut>> = tx.clone();
             let _ = std::thread::Builder::new().name(format!("tls-engine-{i}")).spawn(move || {
                 for job in rx.iter() {
-                    if tx.send(run_job(job)).is_err() {
+                    if tx.send(job.run()).is_err() {
                         return;
                     }
                     bell.ring();
@@ -279,18 +279,13 @@ impl CryptoEngine<HandshakeIn, HandshakeOut> for SoftwareEngine {
     }
 }
 
-/// Runs one job; a bug in a handshake step (ours or rustls's) fails that
-/// connection, not the engine and every job queued behind it.
-fn run_job(job: Job<HandshakeIn>) -> Job<HandshakeOut> {
-    job.run()
-}
-
 impl Job<HandshakeIn> {
     /// Runs the step, in software: what [`SoftwareEngine`]'s threads and
     /// [`InlineEngine`] do with each job. An engine of another kind (a
     /// hardware one) implements [`CryptoEngine`] by queueing jobs its own
     /// way and calling this where they run; the result keeps the tag. A
-    /// step that panics is a failed handshake, not a lost job.
+    /// step that panics (a bug, ours or rustls's) is a failed handshake,
+    /// not a lost job, nor the engine and every job queued behind it.
     pub fn run(self) -> Job<HandshakeOut> {
         let job = self;
         let server = matches!(job.work.conn, Pending::Server(_));
@@ -349,7 +344,7 @@ impl CryptoEngine<HandshakeIn, HandshakeOut> for InlineEngine {
     fn work(&mut self) {
         for _ in 0..self.per_turn {
             let Some(job) = self.queue.pop_front() else { break };
-            self.done.push_back(run_job(job));
+            self.done.push_back(job.run());
         }
     }
 
