@@ -9,6 +9,8 @@
 #   SBS_NIC="af_packet:lb0,v3" bash bench/side-by-side.sh ...   (Switchyard on another port kind)
 #   SBS_ONLY="https-new-conn h2-tls" bash bench/side-by-side.sh ...   (only these scenarios;
 #                   prints their table and leaves bench/RESULTS.md alone)
+#   SBS_BIN=/tmp/switchyard-before SBS_ONLY=... bash bench/side-by-side.sh ...   (another
+#                   switchyard binary than target/release/switchyard, e.g. one built before a change)
 #
 # Scenarios:
 #   http-keepalive  wrk, keep-alive connections, GET of a 1 KiB body via L7, at
@@ -67,7 +69,7 @@ mode = "l4"
 address = "198.18.0.10:8080"
 pool = "web"
 EOF
-ip netns exec "${P}lb" taskset -c 1 "$root/target/release/switchyard" run --config "$work/switchyard.toml" > "$work/switchyard.out" 2>&1 &
+ip netns exec "${P}lb" taskset -c 1 "${SBS_BIN:-$root/target/release/switchyard}" run --config "$work/switchyard.toml" > "$work/switchyard.out" 2>&1 &
 sy_pid=$!
 
 haproxy_config > "$work/haproxy.cfg" <<EOF
