@@ -32,6 +32,7 @@
 mod hkdf;
 pub mod record;
 mod session;
+mod ticket;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -556,11 +557,14 @@ pub fn server_config_with(
     cfg.alpn_protocols =
         opts.alpn.clone().unwrap_or_else(|| vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     // Resumption: stateless tickets (two per TLS 1.3 handshake; RFC 5077
-    // tickets for TLS 1.2), sealed with a key every worker shares, so a
-    // client resumes on whichever worker its next connection reaches; TLS
-    // 1.2 session IDs from a cache each worker keeps ([`Tls::new`]).
-    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-        .map_err(|e| TlsError::File { path: String::new(), reason: e.to_string() })?;
+    // tickets for TLS 1.2), sealed with keys every worker derives from one
+    // secret without a lock (the `ticket` module), so a client resumes on
+    // whichever worker its next connection reaches; TLS 1.2 session IDs from
+    // a cache each worker keeps ([`Tls::new`]).
+    cfg.ticketer = Arc::new(ticket::Tickets::new().ok_or_else(|| TlsError::File {
+        path: String::new(),
+        reason: "no randomness for the session ticket key".into(),
+    })?);
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_SESSIONS);
     // After the handshake the worker seals and opens records itself.
     cfg.enable_secret_extraction = true;
