@@ -6,27 +6,28 @@
 //! input rather than the extracted key, so each of its expands runs the extract
 //! again. A resumed TLS 1.3 handshake makes dozens of expands.
 //!
-//! rustls's generic [`HkdfUsingHmac`] extracts once and keys one HMAC per
-//! secret. Our HMAC under it keeps a key as the two hash states after its
-//! padded inner and outer key blocks, so an expand is one HMAC of the label
-//! from copies of those states: for a label of under 56 bytes, two calls of
-//! the SHA-256 compression function (`sha2`'s, with the SHA extensions where
-//! the CPU has them). aws-lc's HMAC did the same work but spent as long again
-//! setting up, copying and cleaning up its contexts (`HMAC_CTX_copy_ex`,
-//! `HMAC_Init_ex`: about 5% of the load balancer's CPU in a run of new TLS
-//! connections). Keys, and the states of a message being signed, are
-//! zeroized when dropped, as aws-lc's are. The outputs are HMAC's (RFC 2104)
-//! and HKDF's (RFC 5869); the tests check RFC 4231's and RFC 5869's vectors
-//! and compare with aws-lc's HMAC over many key and message lengths.
+//! Here an extract keys one HMAC with the extracted secret, and that key is
+//! the expander. A key is the two hash states after its padded inner and
+//! outer key blocks, so an expand is one HMAC of the label from copies of
+//! those states: for a label of under 56 bytes, two calls of the SHA-256
+//! compression function (`sha2`'s, with the SHA extensions where the CPU has
+//! them). aws-lc's HMAC did the same work but spent as long again setting up,
+//! copying and cleaning up its contexts (`HMAC_CTX_copy_ex`, `HMAC_Init_ex`:
+//! about 5% of the load balancer's CPU in a run of new TLS connections). Keys,
+//! extracted secrets, intermediate blocks and the states of a message being
+//! signed are zeroized when dropped or done with. The outputs are HMAC's
+//! (RFC 2104) and HKDF's (RFC 5869); the tests check RFC 4231's and RFC
+//! 5869's vectors and compare with aws-lc's HMAC and HKDF over many key,
+//! message and output lengths.
 //!
-//! rustls counts [`HkdfUsingHmac`] as not FIPS-approved, so a configuration
-//! with these suites reports `fips() == false`. That changes nothing here
-//! (aws-lc-rs is not built in its FIPS mode); a FIPS build would keep the
-//! provider's own suites.
+//! rustls counts a provider's own HKDF as not FIPS-approved unless it says
+//! so, and this one does not: a configuration with these suites reports
+//! `fips() == false`. That changes nothing here (aws-lc-rs is not built in
+//! its FIPS mode); a FIPS build would keep the provider's own suites.
 
 use std::sync::LazyLock;
 
-use rustls::crypto::tls13::HkdfUsingHmac;
+use rustls::crypto::tls13::{HkdfExpander, OkmBlock, OutputLengthError};
 use rustls::{SupportedCipherSuite, Tls13CipherSuite};
 use sha2::digest::generic_array::GenericArray;
 use zeroize::Zeroize;
@@ -171,18 +172,15 @@ impl<S: Sha> Drop for Run<S> {
     }
 }
 
-/// HMAC (RFC 2104) over one of the hashes above, for [`HkdfUsingHmac`].
-struct Hmac<S>(std::marker::PhantomData<fn() -> S>);
-
-/// A key of [`Hmac`]: the hash states after the padded inner and the padded
-/// outer key block.
+/// An HMAC (RFC 2104) key: the hash states after the padded inner and the
+/// padded outer key block.
 struct HmacKey<S: Sha> {
     inner: S::State,
     outer: S::State,
 }
 
-impl<S: Sha> rustls::crypto::hmac::Hmac for Hmac<S> {
-    fn with_key(&self, key: &[u8]) -> Box<dyn rustls::crypto::hmac::Key> {
+impl<S: Sha> HmacKey<S> {
+    fn new(key: &[u8]) -> Self {
         let mut k = [0u8; MAX_BLOCK];
         if key.len() > S::BLOCK {
             let mut run = Run::<S>::new();
@@ -191,48 +189,36 @@ impl<S: Sha> rustls::crypto::hmac::Hmac for Hmac<S> {
         } else {
             k[..key.len()].copy_from_slice(key);
         }
-        let mut pad = |byte: u8| {
-            let mut state = S::IV;
+        let mut this = HmacKey { inner: S::IV, outer: S::IV };
+        for (state, byte) in [(&mut this.inner, 0x36u8), (&mut this.outer, 0x5c)] {
             k[..S::BLOCK].iter_mut().for_each(|x| *x ^= byte);
-            S::compress(&mut state, &k[..S::BLOCK]);
+            S::compress(state, &k[..S::BLOCK]);
             k[..S::BLOCK].iter_mut().for_each(|x| *x ^= byte);
-            state
-        };
-        let key = HmacKey::<S> { inner: pad(0x36), outer: pad(0x5c) };
+        }
         k.zeroize();
-        Box::new(key)
+        this
     }
 
-    fn hash_output_len(&self) -> usize {
-        S::OUT
-    }
-}
-
-impl<S: Sha> rustls::crypto::hmac::Key for HmacKey<S> {
-    fn sign_concat(
-        &self,
-        first: &[u8],
-        middle: &[&[u8]],
-        last: &[u8],
-    ) -> rustls::crypto::hmac::Tag {
+    /// The tag of `first ‖ middle… ‖ last`, `S::OUT` bytes of it, into `out`.
+    fn sign_into(&self, first: &[u8], middle: &[&[u8]], last: &[u8], out: &mut [u8; 64]) {
         let mut inner = Run::<S>::after_block(self.inner);
         inner.update(first);
         for part in middle {
             inner.update(part);
         }
         inner.update(last);
-        let mut digest = [0u8; 64];
-        inner.finish(&mut digest);
+        inner.finish(out);
         let mut outer = Run::<S>::after_block(self.outer);
-        outer.update(&digest[..S::OUT]);
-        outer.finish(&mut digest);
-        let tag = rustls::crypto::hmac::Tag::new(&digest[..S::OUT]);
-        digest.zeroize();
-        tag
+        outer.update(&out[..S::OUT]);
+        outer.finish(out);
     }
 
-    fn tag_len(&self) -> usize {
-        S::OUT
+    fn tag(&self, first: &[u8], middle: &[&[u8]], last: &[u8]) -> rustls::crypto::hmac::Tag {
+        let mut out = [0u8; 64];
+        self.sign_into(first, middle, last, &mut out);
+        let tag = rustls::crypto::hmac::Tag::new(&out[..S::OUT]);
+        out.zeroize();
+        tag
     }
 }
 
@@ -243,12 +229,90 @@ impl<S: Sha> Drop for HmacKey<S> {
     }
 }
 
-static HMAC_SHA256: Hmac<Sha256> = Hmac(std::marker::PhantomData);
-static HMAC_SHA384: Hmac<Sha384> = Hmac(std::marker::PhantomData);
-static HKDF_SHA256: HkdfUsingHmac<'static> = HkdfUsingHmac(&HMAC_SHA256);
-static HKDF_SHA384: HkdfUsingHmac<'static> = HkdfUsingHmac(&HMAC_SHA384);
+/// HKDF (RFC 5869) on [`HmacKey`], as rustls's TLS 1.3 HKDF. rustls's generic
+/// `HkdfUsingHmac` would do the same arithmetic, but it hands each extracted
+/// secret back as a `Vec` that it frees without zeroizing, and boxes a key and
+/// an expander for each; here the secret stays on the stack and is zeroized,
+/// and the expander is the key.
+struct Hkdf<S>(std::marker::PhantomData<fn() -> S>);
 
-/// `suite` with its HKDF on [`HkdfUsingHmac`]; everything else (record
+impl<S: Sha> Hkdf<S> {
+    /// The expander keyed with HKDF-Extract(salt, secret); no salt is
+    /// `S::OUT` zero bytes.
+    fn extract(salt: Option<&[u8]>, secret: &[u8]) -> Box<dyn HkdfExpander> {
+        let zeroes = [0u8; 64];
+        let salt = salt.unwrap_or(&zeroes[..S::OUT]);
+        let mut prk = [0u8; 64];
+        HmacKey::<S>::new(salt).sign_into(secret, &[], &[], &mut prk);
+        let key = HmacKey::<S>::new(&prk[..S::OUT]);
+        prk.zeroize();
+        Box::new(key)
+    }
+}
+
+impl<S: Sha> rustls::crypto::tls13::Hkdf for Hkdf<S> {
+    fn extract_from_zero_ikm(&self, salt: Option<&[u8]>) -> Box<dyn HkdfExpander> {
+        Self::extract(salt, &[0u8; 64][..S::OUT])
+    }
+
+    fn extract_from_secret(&self, salt: Option<&[u8]>, secret: &[u8]) -> Box<dyn HkdfExpander> {
+        Self::extract(salt, secret)
+    }
+
+    fn expander_for_okm(&self, okm: &OkmBlock) -> Box<dyn HkdfExpander> {
+        Box::new(HmacKey::<S>::new(okm.as_ref()))
+    }
+
+    fn hmac_sign(&self, key: &OkmBlock, message: &[u8]) -> rustls::crypto::hmac::Tag {
+        HmacKey::<S>::new(key.as_ref()).tag(message, &[], &[])
+    }
+}
+
+impl<S: Sha> HkdfExpander for HmacKey<S> {
+    /// HKDF-Expand: T(n) = HMAC(PRK, T(n-1) ‖ info ‖ n), at most 255 of them.
+    fn expand_slice(&self, info: &[&[u8]], output: &mut [u8]) -> Result<(), OutputLengthError> {
+        if output.len() > 255 * S::OUT {
+            return Err(OutputLengthError);
+        }
+        // T(n-1) is the output's previous block, whole (only the last can
+        // be short).
+        let mut t = [0u8; 64];
+        for n in 0..output.len().div_ceil(S::OUT) {
+            let (done, rest) = output.split_at_mut(n * S::OUT);
+            let prev = &done[done.len().saturating_sub(S::OUT)..];
+            self.sign_into(prev, info, &[n as u8 + 1], &mut t);
+            let len = rest.len().min(S::OUT);
+            rest[..len].copy_from_slice(&t[..len]);
+        }
+        t.zeroize();
+        Ok(())
+    }
+
+    fn expand_block(&self, info: &[&[u8]]) -> OkmBlock {
+        let mut t = [0u8; 64];
+        self.sign_into(&[], info, &[1], &mut t);
+        let block = OkmBlock::new(&t[..S::OUT]);
+        t.zeroize();
+        block
+    }
+
+    fn hash_len(&self) -> usize {
+        S::OUT
+    }
+}
+
+static HKDF_SHA256: Hkdf<Sha256> = Hkdf(std::marker::PhantomData);
+static HKDF_SHA384: Hkdf<Sha384> = Hkdf(std::marker::PhantomData);
+
+/// HMAC-SHA256 of the concatenated `parts` under `key`, into `out`.
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]], out: &mut [u8; 32]) {
+    let mut t = [0u8; 64];
+    HmacKey::<Sha256>::new(key).sign_into(&[], parts, &[], &mut t);
+    out.copy_from_slice(&t[..32]);
+    t.zeroize();
+}
+
+/// `suite` with its HKDF on [`Hkdf`]; everything else (record
 /// protection, hash, limits, QUIC) is the suite's own.
 fn rekeyed(suite: &'static Tls13CipherSuite) -> Tls13CipherSuite {
     let sha384 =
@@ -298,8 +362,8 @@ mod tests {
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
-    fn sign(h: &dyn rustls::crypto::hmac::Hmac, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-        h.with_key(key).sign(parts).as_ref().to_vec()
+    fn sign<S: Sha>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        HmacKey::<S>::new(key).tag(&[], parts, &[]).as_ref().to_vec()
     }
 
     /// RFC 4231's test cases 1, 2, 6 and 7 (6 and 7 with a 131-byte key,
@@ -340,35 +404,119 @@ mod tests {
             ),
         ];
         for (key, msg, want256, want384) in cases {
-            assert_eq!(sign(&HMAC_SHA256, key, &[msg]), hex(want256));
-            assert_eq!(sign(&HMAC_SHA384, key, &[msg]), hex(want384));
+            assert_eq!(sign::<Sha256>(key, &[msg]), hex(want256));
+            assert_eq!(sign::<Sha384>(key, &[msg]), hex(want384));
         }
     }
 
+    fn bytes() -> Vec<u8> {
+        (0..1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+    }
+
     /// Against aws-lc's HMAC: keys of 0 to 200 bytes, messages of 0 to 300
-    /// in up to three pieces, so every way a message can meet a block boundary
-    /// and the padding can spill into another block is taken.
-    #[test]
-    fn hmac_matches_aws_lc() {
+    /// in one to five pieces, so every way a message can meet a block
+    /// boundary and the padding can spill into another block is taken.
+    fn hmac_matches<S: Sha>(alg: aws_lc_rs::hmac::Algorithm) {
         use aws_lc_rs::hmac as lc;
-        let bytes: Vec<u8> =
-            (0..512u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        let ours: [(&dyn rustls::crypto::hmac::Hmac, lc::Algorithm); 2] =
-            [(&HMAC_SHA256, lc::HMAC_SHA256), (&HMAC_SHA384, lc::HMAC_SHA384)];
-        for (h, alg) in ours {
-            for klen in (0..=200).step_by(7).chain([64, 128, 129]) {
-                let key = &bytes[..klen];
-                let theirs = lc::Key::new(alg, key);
-                for mlen in 0..=300 {
-                    let msg = &bytes[200..200 + mlen];
-                    let want = lc::sign(&theirs, msg);
-                    let (a, rest) = msg.split_at(mlen / 3);
-                    let (b, c) = rest.split_at(rest.len() / 2);
-                    let got = h.with_key(key).sign_concat(a, &[b], c);
-                    assert_eq!(got.as_ref(), want.as_ref(), "key {klen} bytes, message {mlen}");
-                }
+        let bytes = bytes();
+        for klen in (0..=200).step_by(7).chain([64, 128, 129]) {
+            let key = &bytes[..klen];
+            let theirs = lc::Key::new(alg, key);
+            let ours = HmacKey::<S>::new(key);
+            for mlen in 0..=300 {
+                let msg = &bytes[200..200 + mlen];
+                let want = lc::sign(&theirs, msg);
+                let pieces = 1 + mlen % 5;
+                let cut: Vec<usize> = (0..=pieces).map(|i| mlen * i / pieces).collect();
+                let parts: Vec<&[u8]> = cut.windows(2).map(|w| &msg[w[0]..w[1]]).collect();
+                let (first, rest) = parts.split_first().unwrap();
+                let (last, middle): (&[u8], &[&[u8]]) = match rest.split_last() {
+                    Some((last, middle)) => (last, middle),
+                    None => (&[], &[]),
+                };
+                let got = ours.tag(first, middle, last);
+                assert_eq!(got.as_ref(), want.as_ref(), "key {klen} bytes, message {mlen}");
             }
         }
+    }
+
+    #[test]
+    fn hmac_matches_aws_lc() {
+        hmac_matches::<Sha256>(aws_lc_rs::hmac::HMAC_SHA256);
+        hmac_matches::<Sha384>(aws_lc_rs::hmac::HMAC_SHA384);
+    }
+
+    /// Against aws-lc's HKDF, through the rustls trait the key schedule
+    /// calls: extracts with and without salt and from zero input, expands of
+    /// every length from 0 to 255 blocks and one byte too many, the block
+    /// expand, an expander from an output block, and the Finished HMAC.
+    fn hkdf_matches<S: Sha>(
+        ours: &dyn rustls::crypto::tls13::Hkdf,
+        alg: aws_lc_rs::hkdf::Algorithm,
+    ) {
+        use aws_lc_rs::hkdf as lc;
+        struct Len(usize);
+        impl lc::KeyType for Len {
+            fn len(&self) -> usize {
+                self.0
+            }
+        }
+        let theirs = |salt: &[u8], ikm: &[u8], info: &[&[u8]], len: usize| {
+            let mut out = vec![0; len];
+            lc::Salt::new(alg, salt)
+                .extract(ikm)
+                .expand(info, Len(len))
+                .unwrap()
+                .fill(&mut out)
+                .unwrap();
+            out
+        };
+        let bytes = bytes();
+        let zeroes = [0u8; 64];
+        let info: [&[u8]; 3] = [b"tls13 ", b"c hs traffic", &bytes[900..932]];
+        for (slen, ilen) in [(0, 0), (1, 32), (32, 32), (48, 48), (130, 7), (200, 300)] {
+            let (salt, ikm) = (&bytes[..slen], &bytes[300..300 + ilen]);
+            let x = ours.extract_from_secret(Some(salt), ikm);
+            assert_eq!(x.hash_len(), S::OUT);
+            for len in (0..=80).chain([255 * S::OUT - 1, 255 * S::OUT]) {
+                let mut out = vec![0; len];
+                x.expand_slice(&info, &mut out).unwrap();
+                assert_eq!(
+                    out,
+                    theirs(salt, ikm, &info, len),
+                    "salt {slen}, ikm {ilen}, {len} out"
+                );
+            }
+            let mut over = vec![0; 255 * S::OUT + 1];
+            assert!(x.expand_slice(&info, &mut over).is_err());
+            let block = x.expand_block(&info);
+            assert_eq!(block.as_ref(), &theirs(salt, ikm, &info, S::OUT)[..]);
+            // An expander keyed with an output block, as for traffic secrets.
+            let y = ours.expander_for_okm(&block);
+            let mut out = [0u8; 40];
+            y.expand_slice(&info, &mut out).unwrap();
+            let prk = lc::Prk::new_less_safe(alg, block.as_ref());
+            let mut want = [0u8; 40];
+            prk.expand(&info, Len(40)).unwrap().fill(&mut want).unwrap();
+            assert_eq!(out, want);
+            let tag = ours.hmac_sign(&block, ikm);
+            assert_eq!(tag.as_ref(), &sign::<S>(block.as_ref(), &[ikm])[..]);
+        }
+        // No salt is a hash length of zeroes; the zero input likewise.
+        let mut a = [0u8; 20];
+        let mut b = [0u8; 20];
+        ours.extract_from_secret(None, b"ikm").expand_slice(&info, &mut a).unwrap();
+        b.copy_from_slice(&theirs(&zeroes[..S::OUT], b"ikm", &info, 20));
+        assert_eq!(a, b);
+        ours.extract_from_zero_ikm(Some(b"salt")).expand_slice(&info, &mut a).unwrap();
+        b.copy_from_slice(&theirs(b"salt", &zeroes[..S::OUT], &info, 20));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn hkdf_matches_aws_lc() {
+        hkdf_matches::<Sha256>(&HKDF_SHA256, aws_lc_rs::hkdf::HKDF_SHA256);
+        hkdf_matches::<Sha384>(&HKDF_SHA384, aws_lc_rs::hkdf::HKDF_SHA384);
     }
 
     /// RFC 5869 appendix A.1 to A.3 (SHA-256), through this module's HKDF and
