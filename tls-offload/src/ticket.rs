@@ -67,15 +67,21 @@ struct Ratchet {
     secret: [u8; 32],
 }
 
+/// Replaces a period's secret with the next period's, HMAC-SHA256 of it
+/// under [`NEXT`].
+fn step(secret: &mut [u8; 32]) {
+    let mut next = [0u8; 32];
+    hmac_sha256(secret, &[NEXT], &mut next);
+    *secret = next;
+    next.zeroize();
+}
+
 impl Ratchet {
     /// Steps on to `period`'s secret, if it is later, zeroizing the ones
     /// passed.
     fn advance_to(&mut self, period: u32) {
         while self.period < period {
-            let mut next = [0u8; 32];
-            hmac_sha256(&self.secret, &[NEXT], &mut next);
-            self.secret = next;
-            next.zeroize();
+            step(&mut self.secret);
             self.period += 1;
         }
     }
@@ -84,10 +90,7 @@ impl Ratchet {
     fn key(&self, period: u32) -> Option<LessSafeKey> {
         let mut secret = self.secret;
         for _ in self.period..period {
-            let mut next = [0u8; 32];
-            hmac_sha256(&secret, &[NEXT], &mut next);
-            secret = next;
-            next.zeroize();
+            step(&mut secret);
         }
         let mut key = [0u8; 32];
         hmac_sha256(&secret, &[KEY], &mut key);
